@@ -1,0 +1,67 @@
+//! The one place where Rust errors become Python exceptions.
+//!
+//! Every failure the core can report is a variant of [`Error`]; `impl From<Error> for PyErr` maps
+//! each to the stdlib class a `concurrent.futures` or `multiprocessing` user already catches, so
+//! `except BrokenProcessPool:` keeps working after the import swap.
+
+use std::io;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTimeoutError, PyValueError};
+use pyo3::PyErr;
+
+pyo3::import_exception!(concurrent.futures.process, BrokenProcessPool);
+pyo3::import_exception!(concurrent.futures.thread, BrokenThreadPool);
+
+/// What can go wrong in the core, named for the cause.
+#[derive(Debug)]
+pub enum Error {
+    /// The pool no longer accepts work (`shutdown()` was called).
+    ShutDown,
+    /// Work was submitted during interpreter exit.
+    InterpreterShutDown,
+    /// The process pool cannot run work any more; the text says why.
+    BrokenProcess(String),
+    /// The thread pool cannot run work any more; the text says why.
+    BrokenThreads(String),
+    /// A bounded wait ran out.
+    Timeout,
+    /// An argument the caller can fix.
+    InvalidArgument(String),
+    /// An operating-system call failed.
+    Io(io::Error),
+    /// A Python exception raised inside the core (user code, pickling).
+    Python(PyErr),
+}
+
+/// The core's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<io::Error> for Error {
+    fn from(err: io::Error) -> Self {
+        Error::Io(err)
+    }
+}
+
+impl From<PyErr> for Error {
+    fn from(err: PyErr) -> Self {
+        Error::Python(err)
+    }
+}
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> PyErr {
+        match err {
+            // the stdlib's exact words, so code matching on them keeps working
+            Error::ShutDown => PyRuntimeError::new_err("cannot schedule new futures after shutdown"),
+            Error::InterpreterShutDown => {
+                PyRuntimeError::new_err("cannot schedule new futures after interpreter shutdown")
+            }
+            Error::BrokenProcess(why) => BrokenProcessPool::new_err(why),
+            Error::BrokenThreads(why) => BrokenThreadPool::new_err(why),
+            Error::Timeout => PyTimeoutError::new_err("the wait timed out"),
+            Error::InvalidArgument(why) => PyValueError::new_err(why),
+            Error::Io(e) => PyOSError::new_err(e.to_string()),
+            Error::Python(e) => e,
+        }
+    }
+}

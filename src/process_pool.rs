@@ -1,0 +1,167 @@
+//! `ProcessEngine`: the Python handle on a process-pool engine, and the completion thread that
+//! turns the engine's outcomes into finished futures.
+//!
+//! The engine (`scheduler.rs`) never touches Python. Its outcomes travel over a channel to one
+//! completion thread per pool, which takes the GIL once per batch and hands the batch to the
+//! front end's `on_results` callable (`_ResultSink.deliver` in `python/ferropool/futures.py`).
+//! Done-callbacks therefore run on that one thread, in completion order, as `Pool` promises.
+
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, ThreadId};
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Receiver};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use crate::errors::Error;
+use crate::scheduler::{Engine, EngineConfig, InitCall};
+use crate::signals::{timeout_from_secs, wait_interruptible, CountLatch};
+use crate::supervisor::WorkerSpec;
+use crate::task::{Completion, Outcome, PyTaskHandle, Task, TaskState};
+
+/// Outcome kinds as the Python side sees them. Must match `python/ferropool/_serialize.py`.
+const OUT_OK: u8 = 0;
+const OUT_ERR: u8 = 1;
+const OUT_DIED: u8 = 2;
+const OUT_CANCELLED: u8 = 3;
+const OUT_BROKEN: u8 = 4;
+
+/// A process pool's engine as Python sees it.
+#[pyclass(name = "ProcessEngine", module = "ferropool._core", frozen)]
+pub struct PyProcessEngine {
+    engine: Engine,
+    /// Opens when the completion thread has delivered the last outcome.
+    completer_done: Arc<CountLatch>,
+    completer: Arc<OnceLock<ThreadId>>,
+}
+
+#[pymethods]
+impl PyProcessEngine {
+    #[new]
+    #[pyo3(signature = (argv, workers, on_results, init=None, max_tasks_per_child=None))]
+    fn new(
+        argv: Vec<String>,
+        workers: usize,
+        on_results: Py<PyAny>,
+        init: Option<(u8, u32, Vec<u8>)>,
+        max_tasks_per_child: Option<u64>,
+    ) -> PyResult<Self> {
+        if workers == 0 {
+            return Err(PyValueError::new_err("max_workers must be greater than 0"));
+        }
+        if max_tasks_per_child == Some(0) {
+            return Err(PyValueError::new_err("max_tasks_per_child must be >= 1"));
+        }
+        let (tx, rx) = unbounded();
+        let cfg = EngineConfig {
+            spec: WorkerSpec { argv },
+            workers,
+            init: init.map(|(flags, fn_len, body)| InitCall { flags, fn_len, body }),
+            max_tasks_per_child,
+        };
+        let engine = Engine::start(cfg, tx).map_err(Error::from)?;
+        let completer_done = Arc::new(CountLatch::new(1));
+        let completer = Arc::new(OnceLock::new());
+        let (done, id) = (Arc::clone(&completer_done), Arc::clone(&completer));
+        thread::Builder::new()
+            .name("ferropool-results".into())
+            .spawn(move || {
+                let _ = id.set(thread::current().id());
+                complete_forever(&rx, &on_results);
+                Python::attach(|_py| drop(on_results));
+                done.count_down();
+            })
+            .map_err(Error::from)?;
+        Ok(PyProcessEngine { engine, completer_done, completer })
+    }
+
+    /// Queues one call; `fn_bytes` and `args` are concatenated into the frame body.
+    fn submit(&self, id: u64, fn_bytes: &[u8], args: &[u8], flags: u8) -> PyResult<PyTaskHandle> {
+        let fn_len = u32::try_from(fn_bytes.len()).map_err(|_| PyValueError::new_err("pickled function too large"))?;
+        let mut body = Vec::with_capacity(fn_bytes.len() + args.len());
+        body.extend_from_slice(fn_bytes);
+        body.extend_from_slice(args);
+        let state = Arc::new(TaskState::default());
+        self.engine.submit(Task { id, flags, fn_len, body, state: Arc::clone(&state) })?;
+        Ok(PyTaskHandle { state })
+    }
+
+    /// Stops accepting work; queued work runs (or is cancelled), then workers stop.
+    #[pyo3(signature = (cancel_pending=false))]
+    fn shutdown(&self, cancel_pending: bool) {
+        self.engine.shutdown(cancel_pending);
+    }
+
+    /// Kills every worker now.
+    fn terminate(&self) {
+        self.engine.terminate();
+    }
+
+    /// Waits until every worker has exited and every outcome was delivered. `False` on timeout.
+    #[pyo3(signature = (timeout=None))]
+    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let timeout = timeout_from_secs(timeout)?;
+        // a done-callback that joins its own pool must not wait for itself
+        let on_completer = self.completer.get() == Some(&thread::current().id());
+        let engine = &self.engine;
+        let completer_done = &self.completer_done;
+        wait_interruptible(py, timeout, |slice| {
+            engine.wait_finished(slice) && (on_completer || completer_done.wait_for(slice))
+        })
+    }
+
+    /// Process ids of the workers alive now.
+    #[getter]
+    fn pids(&self) -> Vec<u32> {
+        self.engine.pids()
+    }
+
+    /// Why the pool cannot run work, or `None`.
+    #[getter]
+    fn broken(&self) -> Option<String> {
+        self.engine.broken()
+    }
+}
+
+/// Delivers batches until the engine ends (its sender is dropped).
+fn complete_forever(rx: &Receiver<Vec<Completion>>, on_results: &Py<PyAny>) {
+    Python::attach(|py| {
+        while let Some(batch) = py.detach(|| next_batch(rx)) {
+            let delivered = to_python(py, batch).and_then(|list| on_results.call1(py, (list,)));
+            if let Err(err) = delivered {
+                err.write_unraisable(py, Some(on_results.bind(py)));
+            }
+        }
+    });
+}
+
+/// Blocks for one batch, then takes whatever else is already waiting, so one GIL acquisition
+/// serves every outcome that arrived meanwhile.
+fn next_batch(rx: &Receiver<Vec<Completion>>) -> Option<Vec<Completion>> {
+    let mut batch = rx.recv().ok()?;
+    while let Ok(more) = rx.recv_timeout(Duration::ZERO) {
+        batch.extend(more);
+    }
+    Some(batch)
+}
+
+/// `[(id, kind, payload), ...]` with the payloads described in `_serialize.py`.
+fn to_python(py: Python<'_>, batch: Vec<Completion>) -> PyResult<Bound<'_, PyList>> {
+    let items = batch.into_iter().map(|c| -> PyResult<Bound<'_, PyTuple>> {
+        let id = c.id;
+        match c.outcome {
+            Outcome::Ok(b) => (id, OUT_OK, PyBytes::new(py, &b)).into_pyobject(py),
+            Outcome::Err(b) => (id, OUT_ERR, PyBytes::new(py, &b)).into_pyobject(py),
+            Outcome::Died(info) => (id, OUT_DIED, (info.pid, info.code, info.signal)).into_pyobject(py),
+            Outcome::Cancelled => (id, OUT_CANCELLED, py.None()).into_pyobject(py),
+            Outcome::Broken(why, cause) => {
+                let cause = cause.map(|b| PyBytes::new(py, &b));
+                (id, OUT_BROKEN, (why, cause)).into_pyobject(py)
+            }
+        }
+    });
+    let items: PyResult<Vec<_>> = items.collect();
+    PyList::new(py, items?)
+}

@@ -1,0 +1,639 @@
+//! The process-pool engine: pending work, the workers' links, and their liveness, driven by one
+//! long-lived thread per pool that never takes the GIL.
+//!
+//! ```text
+//!  submit() ──(direct, when a worker is idle)──────────────────────────┐
+//!     │                                                                ▼
+//!     └──▶ pending ──dispatch()──▶ worker.out ──write──▶ socket ──▶ worker process
+//!                                                                      │ runs the call
+//!  Completion ◀── frames ◀── FrameReader ◀── read ◀── socket ◀─────────┘
+//!      │            (and: pidfd readable ⇒ worker died ⇒ its in-flight tasks fail)
+//!      ▼
+//!  results channel ──▶ completion thread (takes the GIL, sets futures: see `process_pool.rs`)
+//! ```
+//!
+//! All state lives in one `Sched` behind a mutex. The engine thread is the only one that adds or
+//! removes workers; submitters only append to `pending` or, when the queue is empty and a worker
+//! holds nothing, write the frame to that worker themselves. That fast path saves one thread
+//! hop per round trip, and it never needs to wake the engine: a queued task always has a worker
+//! with work in flight, whose result will wake the engine, which then dispatches.
+//!
+//! How many tasks a worker may hold (`window`) follows the measured task time: enough to cover
+//! about [`WINDOW_TARGET_US`] of work, so tiny tasks travel in batches and long ones are not
+//! parked behind each other in one worker while another idles.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::mem;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::errors::{Error, Result};
+use crate::registry;
+use crate::signals::CountLatch;
+use crate::supervisor::{InFlight, Worker, WorkerSpec};
+use crate::task::{Completion, ExitInfo, Outcome, Task};
+use crate::wire::{self, kind, ReadOutcome};
+
+/// Work a worker should hold, in µs of measured task time (see module docs).
+const WINDOW_TARGET_US: f64 = 2000.0;
+/// Upper bound on tasks held by one worker.
+const WINDOW_MAX: usize = 512;
+/// Tasks a worker holds before any task time has been measured.
+const WINDOW_INITIAL: usize = 2;
+/// Workers that die before start-up completes, in a row, before the pool gives up.
+const STARTUP_FAILURES_MAX: u32 = 3;
+/// How long stopped workers get to exit before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What the engine needs to know to run a pool.
+pub struct EngineConfig {
+    pub spec: WorkerSpec,
+    pub workers: usize,
+    /// The initializer call each worker runs before its first task.
+    pub init: Option<InitCall>,
+    pub max_tasks_per_child: Option<u64>,
+}
+
+/// A pickled initializer call, laid out like a task body.
+pub struct InitCall {
+    pub flags: u8,
+    pub fn_len: u32,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Accepting and running work.
+    Running,
+    /// `shutdown()` was called: no new work; finish what is queued and running.
+    Draining,
+    /// Workers were told to stop; waiting for them to exit.
+    Stopping,
+    /// Everything has exited; the engine thread ends.
+    Done,
+}
+
+/// Everything the engine knows, behind one mutex.
+struct Sched {
+    cfg: EngineConfig,
+    phase: Phase,
+    /// Tasks no worker has yet, oldest first.
+    pending: VecDeque<Task>,
+    workers: Vec<Worker>,
+    /// Where outcomes go; dropped when the engine ends, which ends the completion thread.
+    results: Option<Sender<Vec<Completion>>>,
+    /// Outcomes gathered while handling one round of events, sent together.
+    out: Vec<Completion>,
+    /// Why the pool cannot run work any more.
+    broken: Option<String>,
+    /// Moving average of task run time reported by workers, µs.
+    ewma_us: Option<f64>,
+    /// Workers that died before `READY`, in a row.
+    startup_failures: u32,
+    /// When stopped workers are killed if still alive.
+    stop_deadline: Option<Instant>,
+}
+
+/// The state shared by the engine thread and the pool's handle.
+pub struct Shared {
+    sched: Mutex<Sched>,
+    /// The engine polls `wake_rx`; anyone who needs its attention writes a byte to `wake_tx`.
+    wake_rx: UnixStream,
+    wake_tx: UnixStream,
+    /// A wake-up byte is already on its way; saves writing another.
+    wake_sent: AtomicBool,
+    /// Opens when the engine thread has ended.
+    pub finished: CountLatch,
+}
+
+/// The handle a front end holds. Dropping it shuts the pool down gracefully in the background.
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Starts the engine thread, which starts the workers.
+    pub fn start(cfg: EngineConfig, results: Sender<Vec<Completion>>) -> io::Result<Engine> {
+        let (wake_rx, wake_tx) = UnixStream::pair()?;
+        wake_rx.set_nonblocking(true)?;
+        wake_tx.set_nonblocking(true)?;
+        let shared = Arc::new(Shared {
+            sched: Mutex::new(Sched {
+                cfg,
+                phase: Phase::Running,
+                pending: VecDeque::new(),
+                workers: Vec::new(),
+                results: Some(results),
+                out: Vec::new(),
+                broken: None,
+                ewma_us: None,
+                startup_failures: 0,
+                stop_deadline: None,
+            }),
+            wake_rx,
+            wake_tx,
+            wake_sent: AtomicBool::new(false),
+            finished: CountLatch::new(1),
+        });
+        let for_thread = Arc::clone(&shared);
+        thread::Builder::new().name("ferropool-engine".into()).spawn(move || {
+            run(&for_thread);
+            for_thread.finished.count_down();
+        })?;
+        registry::register(Arc::clone(&shared) as Arc<dyn registry::Pool>);
+        Ok(Engine { shared })
+    }
+
+    /// Queues a task, or hands it straight to an idle worker.
+    pub fn submit(&self, task: Task) -> Result<()> {
+        let mut s = self.shared.lock();
+        if let Some(why) = &s.broken {
+            return Err(Error::BrokenProcess(why.clone()));
+        }
+        if s.phase != Phase::Running {
+            return Err(Error::ShutDown);
+        }
+        if s.pending.is_empty() {
+            if let Some(w) = s.workers.iter_mut().find(|w| w.inflight.is_empty() && w.can_take()) {
+                send_call(w, task);
+                match w.out.flush_to(&mut w.link) {
+                    Ok(true) | Err(_) => {} // a failed write shows up as the worker's death
+                    Ok(false) => self.shared.wake(), // the engine must finish the write
+                }
+                return Ok(());
+            }
+        }
+        s.pending.push_back(task);
+        if s.workers.is_empty() {
+            self.shared.wake(); // nobody will report a result: let the engine start workers
+        }
+        Ok(())
+    }
+
+    /// Stops accepting work; finishes what is queued (or cancels it) and running, then stops
+    /// the workers. Returns at once; see [`Engine::wait_finished`].
+    pub fn shutdown(&self, cancel_pending: bool) {
+        self.shared.shutdown(cancel_pending);
+    }
+
+    /// Kills every worker now; queued tasks are cancelled and running ones fail.
+    pub fn terminate(&self) {
+        let mut s = self.shared.lock();
+        if s.phase == Phase::Done {
+            return;
+        }
+        s.terminate();
+        s.send_out();
+        drop(s);
+        self.shared.wake();
+    }
+
+    /// Waits up to `timeout` for the engine thread to end.
+    pub fn wait_finished(&self, timeout: Duration) -> bool {
+        self.shared.finished.wait_for(timeout)
+    }
+
+    /// Process ids of the live workers.
+    pub fn pids(&self) -> Vec<u32> {
+        self.shared.lock().workers.iter().map(|w| w.pid).collect()
+    }
+
+    /// Why the pool is broken, if it is.
+    pub fn broken(&self) -> Option<String> {
+        self.shared.lock().broken.clone()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shared.shutdown(false);
+    }
+}
+
+impl registry::Pool for Shared {
+    fn begin_shutdown(&self) {
+        self.shutdown(false);
+    }
+
+    fn wait_finished(&self, timeout: Duration) -> bool {
+        self.finished.wait_for(timeout)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Sched> {
+        self.sched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes the engine thread look at the state again.
+    fn wake(&self) {
+        if !self.wake_sent.swap(true, Ordering::AcqRel) {
+            let _ = (&self.wake_tx).write(&[1]);
+        }
+    }
+
+    fn shutdown(&self, cancel_pending: bool) {
+        let mut s = self.lock();
+        if s.phase == Phase::Running {
+            s.phase = Phase::Draining;
+        }
+        if cancel_pending {
+            let pending = mem::take(&mut s.pending);
+            for task in pending {
+                if task.state.cancel() {
+                    s.out.push(Completion { id: task.id, outcome: Outcome::Cancelled });
+                }
+            }
+            s.send_out();
+        }
+        drop(s);
+        self.wake();
+    }
+
+    fn drain_wake(&self) {
+        self.wake_sent.store(false, Ordering::Release);
+        let mut sink = [0u8; 64];
+        while matches!((&self.wake_rx).read(&mut sink), Ok(n) if n > 0) {}
+    }
+}
+
+impl Worker {
+    /// Whether the scheduler may give this worker another task.
+    fn can_take(&self) -> bool {
+        !self.stopping && !self.link_closed && self.quota != Some(0)
+    }
+}
+
+/// Encodes a task into the worker's outgoing buffer and records it as in flight.
+/// The caller has checked the worker can take it; a task cancelled meanwhile is dropped here.
+fn send_call(w: &mut Worker, task: Task) -> bool {
+    if !task.state.start() {
+        return false;
+    }
+    let fn_len = task.fn_len;
+    wire::encode(&mut w.out.buf, kind::CALL, task.flags, task.id, fn_len, &[&task.body]);
+    w.inflight.push_back(InFlight { id: task.id, state: task.state });
+    if let Some(q) = w.quota.as_mut() {
+        *q = q.saturating_sub(1);
+    }
+    true
+}
+
+impl Sched {
+    /// Sends gathered outcomes to the completion thread.
+    fn send_out(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let batch = mem::take(&mut self.out);
+        if let Some(tx) = &self.results {
+            let _ = tx.send(batch);
+        }
+    }
+
+    /// Tasks one worker may hold, from the measured task time.
+    fn window(&self) -> usize {
+        match self.ewma_us {
+            None => WINDOW_INITIAL,
+            Some(us) => ((WINDOW_TARGET_US / us.max(1.0)).ceil() as usize).clamp(1, WINDOW_MAX),
+        }
+    }
+
+    /// Workers that count toward the pool's size (not on their way out).
+    fn active_workers(&self) -> usize {
+        self.workers.iter().filter(|w| !w.stopping).count()
+    }
+
+    /// One step of the engine between two waits: start workers, hand out work, move phases.
+    fn maintain(&mut self) {
+        if matches!(self.phase, Phase::Running | Phase::Draining) {
+            let wanted = if self.phase == Phase::Running || !self.pending.is_empty() { self.cfg.workers } else { 0 };
+            while self.broken.is_none() && self.active_workers() < wanted {
+                if let Err(e) = self.spawn_worker() {
+                    self.mark_broken(format!("could not start a worker process: {e}"), None);
+                }
+            }
+            self.dispatch();
+            if self.phase == Phase::Draining
+                && self.pending.is_empty()
+                && self.workers.iter().all(|w| w.inflight.is_empty())
+            {
+                self.stop_all();
+            }
+        }
+        if self.phase == Phase::Stopping {
+            if self.workers.is_empty() {
+                self.phase = Phase::Done;
+                self.send_out();
+                self.results = None;
+            } else if self.stop_deadline.is_some_and(|d| Instant::now() >= d) {
+                for w in &mut self.workers {
+                    w.signal_group(libc::SIGKILL);
+                }
+            }
+        }
+        for w in &mut self.workers {
+            if !w.out.is_empty() && !w.link_closed {
+                let _ = w.out.flush_to(&mut w.link);
+            }
+        }
+        self.send_out();
+    }
+
+    fn spawn_worker(&mut self) -> io::Result<()> {
+        let mut w = Worker::spawn(&self.cfg.spec, self.cfg.max_tasks_per_child)?;
+        // every worker gets an INIT first (empty without an initializer): it answers READY after it
+        match &self.cfg.init {
+            Some(init) => wire::encode(&mut w.out.buf, kind::INIT, init.flags, 0, init.fn_len, &[&init.body]),
+            None => wire::encode(&mut w.out.buf, kind::INIT, 0, 0, 0, &[]),
+        }
+        self.workers.push(w);
+        Ok(())
+    }
+
+    /// Hands pending tasks to workers with room, one at a time round the workers so the work
+    /// spreads evenly.
+    fn dispatch(&mut self) {
+        let window = self.window();
+        while !self.pending.is_empty() {
+            let mut gave = false;
+            for w in &mut self.workers {
+                if !w.can_take() || w.inflight.len() >= window {
+                    continue;
+                }
+                let Some(task) = self.pending.pop_front() else { break };
+                let id = task.id;
+                if send_call(w, task) {
+                    gave = true;
+                } else {
+                    // cancelled while queued: its future is already cancelled; free its entry
+                    self.out.push(Completion { id, outcome: Outcome::Cancelled });
+                    gave = true;
+                }
+            }
+            if !gave {
+                break;
+            }
+        }
+    }
+
+    /// Tells every worker to finish; those that never started and hold nothing are killed, as
+    /// waiting for an interpreter to boot only to tell it to exit helps nobody.
+    fn stop_all(&mut self) {
+        for w in &mut self.workers {
+            if !w.ready && w.inflight.is_empty() && !w.link_closed {
+                w.stopping = true;
+                w.signal_group(libc::SIGKILL);
+            } else if !w.stopping {
+                w.stopping = true;
+                wire::encode(&mut w.out.buf, kind::STOP, 0, 0, 0, &[]);
+            }
+        }
+        self.phase = Phase::Stopping;
+        self.stop_deadline = Some(Instant::now() + STOP_GRACE);
+    }
+
+    /// Kills everything now: queued work is cancelled, running work fails.
+    fn terminate(&mut self) {
+        for task in mem::take(&mut self.pending) {
+            if task.state.cancel() {
+                self.out.push(Completion { id: task.id, outcome: Outcome::Cancelled });
+            }
+        }
+        for mut w in mem::take(&mut self.workers) {
+            w.kill_and_reap();
+            for t in w.inflight.drain(..) {
+                self.out.push(Completion {
+                    id: t.id,
+                    outcome: Outcome::Broken("the pool was terminated while the task was running".into(), None),
+                });
+            }
+        }
+        self.phase = Phase::Stopping;
+    }
+
+    /// The pool cannot go on: fail everything queued and running, stop all workers.
+    fn mark_broken(&mut self, why: String, cause: Option<Vec<u8>>) {
+        if self.broken.is_some() {
+            return;
+        }
+        self.broken = Some(why.clone());
+        for task in mem::take(&mut self.pending) {
+            if task.state.cancel() || task.state.is_running() {
+                self.out.push(Completion { id: task.id, outcome: Outcome::Broken(why.clone(), cause.clone()) });
+            }
+        }
+        for mut w in mem::take(&mut self.workers) {
+            w.kill_and_reap();
+            for t in w.inflight.drain(..) {
+                self.out.push(Completion { id: t.id, outcome: Outcome::Broken(why.clone(), cause.clone()) });
+            }
+        }
+        self.phase = Phase::Stopping;
+    }
+
+    /// Reads whatever a worker sent and acts on each frame.
+    fn read_worker(&mut self, idx: usize) {
+        loop {
+            // a frame can break the pool, which removes every worker
+            let Some(w) = self.workers.get_mut(idx) else { return };
+            match w.reader.read_from(&mut w.link) {
+                Ok(ReadOutcome::Data(_)) => {}
+                Ok(ReadOutcome::WouldBlock) => break,
+                Ok(ReadOutcome::Eof) | Err(_) => {
+                    w.link_closed = true;
+                    break;
+                }
+            }
+            while let Some(frame) = self.workers.get_mut(idx).and_then(|w| w.reader.next_frame()) {
+                self.on_frame(idx, frame);
+            }
+        }
+    }
+
+    fn on_frame(&mut self, idx: usize, frame: wire::Frame) {
+        match frame.kind {
+            kind::READY => {
+                self.workers[idx].ready = true;
+                self.startup_failures = 0;
+            }
+            kind::OK | kind::ERR => {
+                let us = f64::from(frame.aux);
+                self.ewma_us = Some(self.ewma_us.map_or(us, |e| 0.8 * e + 0.2 * us));
+                let w = &mut self.workers[idx];
+                if let Some(pos) = w.inflight.iter().position(|t| t.id == frame.id) {
+                    w.inflight.remove(pos);
+                }
+                let outcome = if frame.kind == kind::OK { Outcome::Ok(frame.body) } else { Outcome::Err(frame.body) };
+                self.out.push(Completion { id: frame.id, outcome });
+                if w.quota == Some(0) && w.inflight.is_empty() && !w.stopping {
+                    // max_tasks_per_child reached: retire it; maintain() starts its successor
+                    w.stopping = true;
+                    wire::encode(&mut w.out.buf, kind::STOP, 0, 0, 0, &[]);
+                }
+            }
+            kind::INIT_FAILED => {
+                let pid = self.workers[idx].pid;
+                self.workers[idx].stopping = true;
+                self.mark_broken(
+                    format!(
+                        "A child process terminated abruptly: the initializer raised in worker {pid}; \
+                         the pool is not usable (fix the initializer)"
+                    ),
+                    Some(frame.body),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// A worker has exited: fail what it held unless it was asked to go, and account for it.
+    fn on_exit(&mut self, idx: usize, info: ExitInfo) {
+        let mut w = self.workers.remove(idx);
+        let unexpected = !w.stopping;
+        for t in w.inflight.drain(..) {
+            let outcome = if unexpected {
+                Outcome::Died(info)
+            } else {
+                Outcome::Broken("the pool was terminated while the task was running".into(), None)
+            };
+            self.out.push(Completion { id: t.id, outcome });
+        }
+        if unexpected && !w.ready {
+            self.startup_failures += 1;
+            if self.startup_failures >= STARTUP_FAILURES_MAX {
+                let how = describe_exit(info);
+                self.mark_broken(
+                    format!(
+                        "A child process terminated abruptly: {STARTUP_FAILURES_MAX} worker processes in a row \
+                         died while starting (the last {how}); the pool is not usable"
+                    ),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+/// "exited with code 3" / "was killed by signal 9".
+pub fn describe_exit(info: ExitInfo) -> String {
+    match (info.code, info.signal) {
+        (_, Some(sig)) => format!("worker {} was killed by signal {sig}", info.pid),
+        (Some(code), None) => format!("worker {} exited with code {code}", info.pid),
+        (None, None) => format!("worker {} ended", info.pid),
+    }
+}
+
+/// Which descriptor a poll entry watches.
+#[derive(Clone, Copy)]
+enum Watch {
+    Wake,
+    Link(usize),
+    Exit(usize),
+}
+
+/// The engine thread: maintain, wait for any event, handle it, repeat until `Done`.
+fn run(shared: &Shared) {
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut watch: Vec<Watch> = Vec::new();
+    loop {
+        let timeout_ms = {
+            let mut s = shared.lock();
+            s.maintain();
+            if s.phase == Phase::Done {
+                return;
+            }
+            fds.clear();
+            watch.clear();
+            fds.push(pollfd(shared.wake_rx.as_raw_fd(), libc::POLLIN));
+            watch.push(Watch::Wake);
+            let mut need_tick = s.phase == Phase::Stopping;
+            for (i, w) in s.workers.iter().enumerate() {
+                if !w.link_closed {
+                    let ev = if w.out.is_empty() { libc::POLLIN } else { libc::POLLIN | libc::POLLOUT };
+                    fds.push(pollfd(w.link_fd(), ev));
+                    watch.push(Watch::Link(i));
+                }
+                match &w.pidfd {
+                    Some(pfd) => {
+                        fds.push(pollfd(pfd.as_raw_fd(), libc::POLLIN));
+                        watch.push(Watch::Exit(i));
+                    }
+                    None => need_tick = true, // no pidfd: look for exits on a timer
+                }
+            }
+            if need_tick {
+                20
+            } else {
+                -1
+            }
+        };
+        // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfd structs; every
+        // descriptor in it belongs to `shared` or to a worker that only this thread removes.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            // poll itself failing means a bad descriptor: a bug, but never spin on it
+            thread::sleep(Duration::from_millis(10));
+        }
+        let mut s = shared.lock();
+        let mut exited: Vec<usize> = Vec::new();
+        for (fd, what) in fds.iter().zip(&watch) {
+            if fd.revents == 0 {
+                continue;
+            }
+            match *what {
+                Watch::Wake => shared.drain_wake(),
+                Watch::Link(i) if i < s.workers.len() => {
+                    if fd.revents & libc::POLLOUT != 0 {
+                        let w = &mut s.workers[i];
+                        if w.out.flush_to(&mut w.link).is_err() {
+                            w.link_closed = true;
+                        }
+                    }
+                    if fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                        s.read_worker(i);
+                    }
+                }
+                Watch::Exit(i) => exited.push(i),
+                Watch::Link(_) => {} // the pool broke while handling an earlier event
+            }
+        }
+        for (i, w) in s.workers.iter().enumerate() {
+            if w.pidfd.is_none() && w.link_closed && !exited.contains(&i) {
+                exited.push(i);
+            }
+        }
+        // remove from the back so the other indices stay valid
+        exited.sort_unstable();
+        exited.dedup();
+        for &i in exited.iter().rev() {
+            if i >= s.workers.len() {
+                continue;
+            }
+            if !s.workers[i].link_closed {
+                // the process is gone; whatever it wrote last is still in the socket
+                s.read_worker(i);
+            }
+            let Some(w) = s.workers.get_mut(i) else { continue };
+            match w.try_reap() {
+                Ok(Some(info)) => s.on_exit(i, info),
+                Ok(None) => {}
+                Err(_) => {
+                    let info = w.kill_and_reap();
+                    s.on_exit(i, info);
+                }
+            }
+        }
+    }
+}
+
+fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd { fd, events, revents: 0 }
+}

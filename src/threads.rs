@@ -1,0 +1,255 @@
+//! The thread pool: Rust-owned threads that run Python callables.
+//!
+//! Each thread attaches to the interpreter once and keeps its thread state for life. It takes
+//! jobs without releasing the GIL while the queue has some, and releases it only to wait for the
+//! next job (granian's idiom): so a burst of short jobs costs no GIL hand-off per job. Threads are
+//! started on demand, when no idle thread can take a submitted job and the cap allows, as
+//! `concurrent.futures.ThreadPoolExecutor` does. Dropping the queue's sender is shutdown: every
+//! thread finishes the jobs still queued and exits.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::errors::{BrokenThreadPool, Error};
+use crate::registry;
+use crate::signals::{timeout_from_secs, wait_interruptible, CountLatch};
+
+/// One call and the future it completes.
+struct Job {
+    future: Py<PyAny>,
+    func: Py<PyAny>,
+    args: Py<PyTuple>,
+    kwargs: Option<Py<PyDict>>,
+}
+
+struct Shared {
+    /// `None` once shut down.
+    tx: Mutex<Option<Sender<Job>>>,
+    rx: Receiver<Job>,
+    /// Threads waiting for work that no submit has claimed yet (CPython's idle semaphore).
+    idle: AtomicUsize,
+    started: AtomicUsize,
+    /// Threads alive; opens at zero.
+    live: CountLatch,
+    max_workers: usize,
+    name_prefix: String,
+    initializer: Option<(Py<PyAny>, Py<PyTuple>)>,
+    /// Python helpers in `python/ferropool/_threads.py`: thread_started, thread_finished,
+    /// initializer_failed.
+    hooks: Py<PyAny>,
+    broken: Mutex<Option<String>>,
+}
+
+thread_local! {
+    /// The pool this thread serves, so a task that joins its own pool gets an error, not a hang.
+    static SERVING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A thread pool as Python sees it.
+#[pyclass(name = "ThreadEngine", module = "ferropool._core", frozen)]
+pub struct PyThreadEngine {
+    shared: Arc<Shared>,
+}
+
+#[pymethods]
+impl PyThreadEngine {
+    #[new]
+    #[pyo3(signature = (max_workers, name_prefix, hooks, initializer=None, initargs=None))]
+    fn new(
+        py: Python<'_>,
+        max_workers: usize,
+        name_prefix: String,
+        hooks: Py<PyAny>,
+        initializer: Option<Py<PyAny>>,
+        initargs: Option<Py<PyTuple>>,
+    ) -> PyResult<Self> {
+        if max_workers == 0 {
+            return Err(PyValueError::new_err("max_workers must be greater than 0"));
+        }
+        let (tx, rx) = unbounded();
+        let initargs = initargs.unwrap_or_else(|| PyTuple::empty(py).unbind());
+        let shared = Arc::new(Shared {
+            tx: Mutex::new(Some(tx)),
+            rx,
+            idle: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            live: CountLatch::new(0),
+            max_workers,
+            name_prefix,
+            initializer: initializer.map(|f| (f, initargs)),
+            hooks,
+            broken: Mutex::new(None),
+        });
+        registry::register(Arc::clone(&shared) as Arc<dyn registry::Pool>);
+        Ok(PyThreadEngine { shared })
+    }
+
+    /// Queues `func(*args, **kwargs)`; its outcome goes to `future`.
+    #[pyo3(signature = (future, func, args, kwargs=None))]
+    fn submit(
+        &self,
+        future: Py<PyAny>,
+        func: Py<PyAny>,
+        args: Py<PyTuple>,
+        kwargs: Option<Py<PyDict>>,
+    ) -> PyResult<()> {
+        let sh = &self.shared;
+        if let Some(why) = sh.broken.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            return Err(Error::BrokenThreads(why.clone()).into());
+        }
+        {
+            let tx = sh.tx.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(tx) = tx.as_ref() else { return Err(Error::ShutDown.into()) };
+            tx.send(Job { future, func, args, kwargs }).map_err(|_| Error::ShutDown)?;
+        }
+        let claimed_idle = sh.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+        if !claimed_idle {
+            start_thread_if_allowed(sh)?;
+        }
+        Ok(())
+    }
+
+    /// Stops accepting work; `cancel_futures` cancels what is still queued; `wait` waits for the
+    /// threads to finish.
+    #[pyo3(signature = (wait=true, cancel_futures=false))]
+    fn shutdown(&self, py: Python<'_>, wait: bool, cancel_futures: bool) -> PyResult<()> {
+        let sh = &self.shared;
+        drop(sh.tx.lock().unwrap_or_else(PoisonError::into_inner).take());
+        if cancel_futures {
+            while let Ok(job) = sh.rx.try_recv() {
+                job.future.call_method0(py, intern!(py, "cancel"))?;
+            }
+        }
+        if wait {
+            if SERVING.with(std::cell::Cell::get) == Arc::as_ptr(sh) as usize {
+                return Err(PyRuntimeError::new_err("cannot join current thread: shutdown(wait=True) called from a task of the same pool"));
+            }
+            wait_interruptible(py, None, |slice| sh.live.wait_for(slice))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every thread to end; `False` on timeout.
+    #[pyo3(signature = (timeout=None))]
+    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let sh = &self.shared;
+        wait_interruptible(py, timeout_from_secs(timeout)?, |slice| sh.live.wait_for(slice))
+    }
+
+    /// Threads started so far that are still alive.
+    #[getter]
+    fn threads(&self) -> usize {
+        self.shared.started.load(Ordering::Acquire)
+    }
+}
+
+impl registry::Pool for Shared {
+    fn begin_shutdown(&self) {
+        drop(self.tx.lock().unwrap_or_else(PoisonError::into_inner).take());
+    }
+
+    fn wait_finished(&self, timeout: Duration) -> bool {
+        self.live.wait_for(timeout)
+    }
+}
+
+fn start_thread_if_allowed(sh: &Arc<Shared>) -> PyResult<()> {
+    let n = sh.started.load(Ordering::Acquire);
+    if n >= sh.max_workers || sh.started.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return Ok(());
+    }
+    let name = format!("{}_{}", sh.name_prefix, n);
+    let for_thread = Arc::clone(sh);
+    sh.live.count_up();
+    let spawned = thread::Builder::new().name(name.clone()).spawn(move || {
+        Python::attach(|py| serve(py, &for_thread, &name));
+        for_thread.live.count_down();
+    });
+    if let Err(e) = spawned {
+        sh.live.count_down();
+        sh.started.fetch_sub(1, Ordering::AcqRel);
+        return Err(Error::from(e).into());
+    }
+    Ok(())
+}
+
+/// A pool thread's life: name itself, run the initializer, then take jobs until shutdown.
+fn serve(py: Python<'_>, sh: &Arc<Shared>, name: &str) {
+    SERVING.with(|s| s.set(Arc::as_ptr(sh) as usize));
+    let hooks = sh.hooks.bind(py);
+    if let Err(e) = hooks.call_method1(intern!(py, "thread_started"), (name,)) {
+        e.write_unraisable(py, None);
+    }
+    if let Some((init, args)) = &sh.initializer {
+        if let Err(err) = init.call1(py, args.bind(py)) {
+            if let Err(e) = hooks.call_method1(intern!(py, "initializer_failed"), (err.into_value(py),)) {
+                e.write_unraisable(py, None);
+            }
+            break_pool(py, sh, "A thread initializer failed, the thread pool is not usable anymore");
+        }
+    }
+    loop {
+        let job = match sh.rx.try_recv() {
+            Ok(job) => job,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                sh.idle.fetch_add(1, Ordering::AcqRel);
+                match py.detach(|| sh.rx.recv()) {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            }
+        };
+        let broken = sh.broken.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        match broken {
+            Some(why) => fail_job(py, job, &why),
+            None => run_job(py, job),
+        }
+    }
+    sh.started.fetch_sub(1, Ordering::AcqRel);
+    if let Err(e) = hooks.call_method0(intern!(py, "thread_finished")) {
+        e.write_unraisable(py, None);
+    }
+}
+
+/// Runs one job the way CPython's `_WorkItem.run` does.
+fn run_job(py: Python<'_>, job: Job) {
+    let future = job.future.bind(py);
+    match future.call_method0(intern!(py, "set_running_or_notify_cancel")).and_then(|r| r.is_truthy()) {
+        Ok(true) => {}
+        Ok(false) => return, // cancelled while queued
+        Err(e) => return e.write_unraisable(py, Some(future)),
+    }
+    let outcome = job.func.bind(py).call(job.args.bind(py), job.kwargs.as_ref().map(|k| k.bind(py)));
+    let set = match outcome {
+        Ok(value) => future.call_method1(intern!(py, "set_result"), (value,)),
+        Err(err) => future.call_method1(intern!(py, "set_exception"), (err.into_value(py),)),
+    };
+    if let Err(e) = set {
+        e.write_unraisable(py, Some(future));
+    }
+}
+
+fn fail_job(py: Python<'_>, job: Job, why: &str) {
+    let future = job.future.bind(py);
+    let exc = BrokenThreadPool::new_err(why.to_owned()).into_value(py);
+    if let Err(e) = future.call_method1(intern!(py, "set_exception"), (exc,)) {
+        e.write_unraisable(py, Some(future));
+    }
+}
+
+/// Marks the pool broken and fails every queued job, as CPython's `_initializer_failed` does.
+fn break_pool(py: Python<'_>, sh: &Shared, why: &str) {
+    sh.broken.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert_with(|| why.to_owned());
+    while let Ok(job) = sh.rx.try_recv() {
+        fail_job(py, job, why);
+    }
+}

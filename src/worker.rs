@@ -1,0 +1,144 @@
+//! The loop inside a worker process: read frames, run each call through the Python handler
+//! (`python/ferropool/_worker.py`), write results back, batching them when calls are short.
+//!
+//! The GIL is released while the worker waits for frames and while it writes results; it is held
+//! only for the handler, which unpickles, calls and pickles.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::wire::{self, kind, FrameReader, ReadOutcome};
+
+/// Results wait for company at most this long before they are written.
+const BATCH_AGE: Duration = Duration::from_micros(500);
+/// A call that ran this long is followed by a write of the results so far.
+const SLOW_CALL_US: u32 = 100;
+/// Results written once this many bytes are waiting.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Exit codes `worker_main` returns (the Python side passes them to `os._exit`).
+const EXIT_OK: i32 = 0;
+const EXIT_INIT_FAILED: i32 = 3;
+const EXIT_ORPHANED: i32 = 4;
+
+/// Runs the worker until told to stop or until the parent goes away; returns the exit code.
+///
+/// `handler.init(body, fn_len, flags)` and `handler.call(body, fn_len, flags)` each return
+/// `(ok, payload)`.
+#[pyfunction]
+pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -> PyResult<i32> {
+    let mut link = take_link()?;
+    if !die_with_parent(parent_pid) {
+        return Ok(EXIT_ORPHANED);
+    }
+    let call = handler.getattr("call")?;
+    let init = handler.getattr("init")?;
+    let mut reader = FrameReader::default();
+    let mut out: Vec<u8> = Vec::new();
+    let mut batch_started: Option<Instant> = None;
+    let mut last_us: u32 = 0;
+    loop {
+        let Some(frame) = reader.next_frame() else {
+            if !out.is_empty() {
+                flush(py, &mut link, &mut out)?;
+                batch_started = None;
+            }
+            match py.detach(|| reader.read_from(&mut link)) {
+                Ok(ReadOutcome::Data(_) | ReadOutcome::WouldBlock) => continue,
+                Ok(ReadOutcome::Eof) | Err(_) => return Ok(EXIT_OK), // the parent is gone
+            }
+        };
+        match frame.kind {
+            kind::INIT => {
+                if !frame.body.is_empty() {
+                    let (ok, payload) = run_handler(py, &init, &frame)?;
+                    if !ok {
+                        wire::encode(&mut out, kind::INIT_FAILED, 0, 0, 0, &[payload.as_bytes()]);
+                        flush(py, &mut link, &mut out)?;
+                        return Ok(EXIT_INIT_FAILED);
+                    }
+                }
+                wire::encode(&mut out, kind::READY, 0, 0, 0, &[]);
+            }
+            kind::CALL => {
+                let stale = batch_started.is_some_and(|t| t.elapsed() >= BATCH_AGE);
+                if !out.is_empty() && (last_us >= SLOW_CALL_US || stale || out.len() >= BATCH_BYTES) {
+                    flush(py, &mut link, &mut out)?;
+                    batch_started = None;
+                }
+                let started = Instant::now();
+                let (ok, payload) = run_handler(py, &call, &frame)?;
+                last_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+                let k = if ok { kind::OK } else { kind::ERR };
+                wire::encode(&mut out, k, 0, frame.id, last_us, &[payload.as_bytes()]);
+                batch_started.get_or_insert(started);
+            }
+            kind::STOP => {
+                flush(py, &mut link, &mut out)?;
+                return Ok(EXIT_OK);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn run_handler<'py>(
+    py: Python<'py>,
+    handler: &Bound<'py, PyAny>,
+    frame: &wire::Frame,
+) -> PyResult<(bool, Bound<'py, PyBytes>)> {
+    let body = PyBytes::new(py, &frame.body);
+    handler.call1((body, frame.aux, frame.flags))?.extract()
+}
+
+/// Writes everything in `out`, with the GIL released.
+fn flush(py: Python<'_>, link: &mut UnixStream, out: &mut Vec<u8>) -> PyResult<()> {
+    let res = py.detach(|| link.write_all(out));
+    out.clear();
+    match res {
+        // the parent is gone: nobody needs the results; the read that follows sees EOF
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// Moves the link from stdin to a private descriptor and puts `/dev/null` on stdin.
+fn take_link() -> io::Result<UnixStream> {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates descriptor 0, which the parent set up as our link, to a
+    // new descriptor >= 3 that child processes of this worker will not inherit.
+    let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by nothing else.
+    let link = unsafe { UnixStream::from_raw_fd(fd) };
+    let devnull = File::open("/dev/null")?;
+    // SAFETY: dup2 replaces descriptor 0 (our copy of the link, now duplicated) with /dev/null.
+    if unsafe { libc::dup2(devnull.as_raw_fd(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    link.set_nonblocking(false)?;
+    Ok(link)
+}
+
+/// Asks the kernel to kill this worker when the thread that started it ends, and checks that
+/// the parent did not already go before that took effect. `false`: the parent is gone.
+#[cfg(target_os = "linux")]
+fn die_with_parent(parent_pid: u32) -> bool {
+    // SAFETY: PR_SET_PDEATHSIG only records a signal number for this process; getppid reads an id.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        u32::try_from(libc::getppid()).ok() == Some(parent_pid)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_parent_pid: u32) -> bool {
+    true // elsewhere the link's end-of-file is the only signal of the parent's death
+}
