@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::errors::Error;
+use crate::registry;
 use crate::scheduler::{Engine, EngineConfig, InitCall};
 use crate::signals::{timeout_from_secs, wait_interruptible, CountLatch};
 use crate::supervisor::WorkerSpec;
@@ -64,14 +65,18 @@ impl PyProcessEngine {
         let engine = Engine::start(cfg, tx).map_err(Error::from)?;
         let completer_done = Arc::new(CountLatch::new(1));
         let completer = Arc::new(OnceLock::new());
-        let (done, id) = (Arc::clone(&completer_done), Arc::clone(&completer));
+        // the completion thread is the last part of the pool to finish, so it keeps the pool's
+        // registration alive until then
+        let life = Arc::new(PoolLife { engine: engine.lifecycle(), completer_done: Arc::clone(&completer_done) });
+        registry::register(Arc::clone(&life) as Arc<dyn registry::Pool>);
+        let id = Arc::clone(&completer);
         thread::Builder::new()
             .name("ferropool-results".into())
             .spawn(move || {
                 let _ = id.set(thread::current().id());
                 complete_forever(&rx, &on_results);
                 Python::attach(|_py| drop(on_results));
-                done.count_down();
+                life.completer_done.count_down();
             })
             .map_err(Error::from)?;
         Ok(PyProcessEngine { engine, completer_done, completer })
@@ -122,6 +127,22 @@ impl PyProcessEngine {
     #[getter]
     fn broken(&self) -> Option<String> {
         self.engine.broken()
+    }
+}
+
+/// A process pool's threads, as interpreter exit sees them: the engine and the completion thread.
+struct PoolLife {
+    engine: Arc<dyn registry::Pool>,
+    completer_done: Arc<CountLatch>,
+}
+
+impl registry::Pool for PoolLife {
+    fn begin_shutdown(&self) {
+        self.engine.begin_shutdown();
+    }
+
+    fn wait_finished(&self, timeout: Duration) -> bool {
+        self.engine.wait_finished(timeout) && self.completer_done.wait_for(timeout)
     }
 }
 

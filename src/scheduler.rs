@@ -147,7 +147,6 @@ impl Engine {
             run(&for_thread);
             for_thread.finished.count_down();
         })?;
-        registry::register(Arc::clone(&shared) as Arc<dyn registry::Pool>);
         Ok(Engine { shared })
     }
 
@@ -203,6 +202,11 @@ impl Engine {
     /// Process ids of the live workers.
     pub fn pids(&self) -> Vec<u32> {
         self.shared.lock().workers.iter().map(|w| w.pid).collect()
+    }
+
+    /// The engine's side of interpreter-exit bookkeeping (see `registry.rs`).
+    pub fn lifecycle(&self) -> Arc<dyn registry::Pool> {
+        Arc::clone(&self.shared) as Arc<dyn registry::Pool>
     }
 
     /// Why the pool is broken, if it is.

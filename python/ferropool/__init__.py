@@ -1,0 +1,65 @@
+"""ferropool: multiprocessing and concurrent.futures with a Rust core.
+
+``import ferropool as multiprocessing`` or ``from ferropool import ProcessPoolExecutor``: the
+same names and semantics as the stdlib, plus lambdas that just work, crashed workers that cost
+one task, and waits that never hang. Submodules load on first use, so a worker process that
+imports ``ferropool._worker`` pays only for what it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._core import __version__, cpu_count
+
+__all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "BrokenExecutor",
+    "BrokenProcessPool",
+    "BrokenThreadPool",
+    "CancelledError",
+    "Future",
+    "InvalidStateError",
+    "ProcessPoolExecutor",
+    "ThreadPoolExecutor",
+    "TimeoutError",
+    "WorkerDiedError",
+    "__version__",
+    "as_completed",
+    "cpu_count",
+    "wait",
+]
+
+_LAZY = {
+    "ALL_COMPLETED": "futures",
+    "FIRST_COMPLETED": "futures",
+    "FIRST_EXCEPTION": "futures",
+    "Future": "futures",
+    "ProcessPoolExecutor": "futures",
+    "ThreadPoolExecutor": "futures",
+    "as_completed": "futures",
+    "wait": "futures",
+    "BrokenExecutor": "errors",
+    "BrokenProcessPool": "errors",
+    "BrokenThreadPool": "errors",
+    "CancelledError": "errors",
+    "InvalidStateError": "errors",
+    "TimeoutError": "errors",
+    "WorkerDiedError": "errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ferropool' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

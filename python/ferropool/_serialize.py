@@ -1,0 +1,121 @@
+"""How calls, results and exceptions become bytes, and back.
+
+Data travels with the stdlib's ``pickle`` (protocol 5). Callables and objects that plain pickle
+cannot ship to a fresh interpreter (lambdas, closures, anything defined in ``__main__`` or in a
+notebook) travel by value with ``cloudpickle``; that is why a script needs no
+``if __name__ == "__main__":`` guard: workers never re-run the main module.
+
+The frame flags and outcome kinds below are read by ``_worker.py`` and produced by
+``src/process_pool.rs``; the Rust core treats flags as opaque.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+import types
+from typing import Any
+
+PROTOCOL = 5
+
+# Flags of a CALL frame (opaque to the core; read in _worker.py).
+FLAG_CACHEABLE = 1  # the function bytes name an importable function: a worker may keep it
+FLAG_STAR_CHUNK = 2  # the arguments are a list of tuples: return [fn(*a) for a in them]
+FLAG_ITEM_CHUNK = 4  # the arguments are a list of items: return [fn(x) for x in them]
+
+# Outcome kinds delivered by the core. Must match src/process_pool.rs.
+OUT_OK, OUT_ERR, OUT_DIED, OUT_CANCELLED, OUT_BROKEN = range(5)
+
+loads = pickle.loads
+_plain_dumps = pickle.dumps
+_MAIN = b"__main__"
+_FN_CACHE_MAX = 1024
+_fn_cache: dict[Any, tuple[bytes, int]] = {}
+_CACHEABLE_TYPES = (types.FunctionType, types.BuiltinFunctionType)
+
+
+def _cloudpickle() -> Any:
+    import cloudpickle
+
+    return cloudpickle
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickles ``obj`` so that a fresh worker interpreter can load it.
+
+    Plain pickle first; cloudpickle when plain pickle fails or would refer to ``__main__``,
+    which a worker does not share with the parent.
+    """
+    try:
+        data = _plain_dumps(obj, PROTOCOL)
+    except Exception as plain_error:
+        try:
+            return _cloudpickle().dumps(obj, PROTOCOL)  # type: ignore[no-any-return]
+        except Exception:
+            raise plain_error from None
+    if _MAIN in data:
+        data = _cloudpickle().dumps(obj, PROTOCOL)
+    return data
+
+
+def dump_function(fn: Any) -> tuple[bytes, int]:
+    """Pickles a task's callable; returns the bytes and the frame flags that go with them.
+
+    Importable module-level functions are pickled by reference once and cached, here and in each
+    worker. Everything else is pickled on every call, as the stdlib does, so closures and bound
+    methods see the state they have at submit time.
+    """
+    try:
+        return _fn_cache[fn]
+    except (KeyError, TypeError):
+        pass
+    try:
+        data = _plain_dumps(fn, PROTOCOL)
+        by_reference = _MAIN not in data
+    except Exception:
+        by_reference = False
+    if not by_reference:
+        return _cloudpickle().dumps(fn, PROTOCOL), 0
+    flags = FLAG_CACHEABLE if isinstance(fn, _CACHEABLE_TYPES) else 0
+    if flags:
+        if len(_fn_cache) >= _FN_CACHE_MAX:
+            _fn_cache.clear()
+        _fn_cache[fn] = (data, flags)
+    return data, flags
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in a worker.
+
+    Attached as ``__cause__`` of the re-raised exception, so the parent's traceback shows where
+    in the worker it happened, as ``concurrent.futures`` does.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def dump_exception(exc: BaseException) -> bytes:
+    """Pickles an exception with its formatted traceback; an exception that cannot be pickled
+    is replaced by the pickling error, and its traceback still travels."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = f'\n"""\n{tb}"""'
+    try:
+        return dumps((exc, tb))
+    except Exception as pickling_error:
+        substitute = RuntimeError(
+            f"the task raised {type(exc).__qualname__}: {exc}, and that exception could not be pickled "
+            f"back to the parent ({type(pickling_error).__name__}: {pickling_error})"
+        )
+        return dumps((substitute, tb))
+
+
+def load_exception(payload: bytes) -> BaseException:
+    """The exception a worker sent, with its remote traceback as ``__cause__``."""
+    exc, tb = loads(payload)
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc  # type: ignore[no-any-return]

@@ -1,0 +1,81 @@
+"""The Python half of a worker process: unpickle a call, run it, pickle what came of it.
+
+The loop around it (reading frames, batching results, exiting with the parent) is Rust:
+``worker_main`` in ``src/worker.rs``. A worker is started as ``python -S -c ...`` by
+``_spawn.worker_argv()`` with the parent's ``sys.path``; skipping ``site`` halves start-up time.
+If an unpickle then fails for a module only ``site`` would have made importable (an editable
+install's import hook, say), the worker runs ``site`` once and tries again.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from . import _core
+from ._serialize import FLAG_CACHEABLE, FLAG_ITEM_CHUNK, FLAG_STAR_CHUNK, dump_exception, dumps, loads
+
+_FN_CACHE_MAX = 1024
+
+
+def _loads(data: Any) -> Any:
+    try:
+        return loads(data)
+    except ModuleNotFoundError:
+        if "site" in sys.modules:
+            raise
+        import site
+
+        site.main()
+        return loads(data)
+
+
+class Handler:
+    """Runs calls for ``worker_main``; each method returns ``(ok, payload)``."""
+
+    def __init__(self) -> None:
+        self._functions: dict[bytes, Any] = {}
+
+    def _function(self, body: bytes, fn_len: int, flags: int) -> Any:
+        fn_bytes = body[:fn_len]
+        if not flags & FLAG_CACHEABLE:
+            return _loads(fn_bytes)
+        fn = self._functions.get(fn_bytes)
+        if fn is None:
+            fn = _loads(fn_bytes)
+            if len(self._functions) >= _FN_CACHE_MAX:
+                self._functions.clear()
+            self._functions[fn_bytes] = fn
+        return fn
+
+    def call(self, body: bytes, fn_len: int, flags: int) -> tuple[bool, bytes]:
+        try:
+            fn = self._function(body, fn_len, flags)
+            args = _loads(memoryview(body)[fn_len:])
+            if flags & FLAG_ITEM_CHUNK:
+                result: Any = list(map(fn, args))
+            elif flags & FLAG_STAR_CHUNK:
+                result = [fn(*a) for a in args]
+            else:
+                result = fn(*args[0], **args[1])
+        except BaseException as exc:
+            return False, dump_exception(exc)
+        try:
+            return True, dumps(result)
+        except BaseException as exc:
+            return False, dump_exception(exc)
+
+    init = call
+
+
+def main(parent_pid: int) -> None:
+    """Entry point of a worker process."""
+    code = _core.worker_main(Handler(), parent_pid)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    # like multiprocessing's forked children: no interpreter teardown, the parent waits on us
+    os._exit(code)
