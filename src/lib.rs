@@ -3,6 +3,7 @@
 //! This file only registers; each concept lives in its own module (see `docs/ARCHITECTURE.md`).
 
 pub mod errors;
+pub mod forkserver;
 pub mod process_pool;
 pub mod registry;
 pub mod scheduler;
@@ -28,7 +29,7 @@ pub mod _core {
     #[pymodule_export]
     use crate::threads::PyThreadEngine;
     #[pymodule_export]
-    use crate::worker::worker_main;
+    use crate::worker::{die_with_parent, worker_main};
 
     use pyo3::prelude::*;
 

@@ -6,6 +6,8 @@
 //! front end's `on_results` callable (`_ResultSink.deliver` in `python/ferropool/futures.py`).
 //! Done-callbacks therefore run on that one thread, in completion order, as `Pool` promises.
 
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
@@ -41,14 +43,18 @@ pub struct PyProcessEngine {
 #[pymethods]
 impl PyProcessEngine {
     #[new]
-    #[pyo3(signature = (argv, workers, on_results, init=None, max_tasks_per_child=None))]
+    #[pyo3(signature = (argv, workers, on_results, init=None, max_tasks_per_child=None, forkserver_fd=None))]
     fn new(
         argv: Vec<String>,
         workers: usize,
         on_results: Py<PyAny>,
         init: Option<(u8, u32, Vec<u8>)>,
         max_tasks_per_child: Option<u64>,
+        forkserver_fd: Option<RawFd>,
     ) -> PyResult<Self> {
+        // SAFETY: the caller hands over a connected socket descriptor it no longer uses
+        // (`socket.detach()` in `_forkserver.py`); from here on this engine owns it.
+        let forkserver = forkserver_fd.map(|fd| unsafe { UnixStream::from_raw_fd(fd) });
         if workers == 0 {
             return Err(PyValueError::new_err("max_workers must be greater than 0"));
         }
@@ -57,7 +63,7 @@ impl PyProcessEngine {
         }
         let (tx, rx) = unbounded();
         let cfg = EngineConfig {
-            spec: WorkerSpec { argv },
+            spec: WorkerSpec { argv, forkserver },
             workers,
             init: init.map(|(flags, fn_len, body)| InitCall { flags, fn_len, body }),
             max_tasks_per_child,

@@ -107,7 +107,10 @@ pub struct Shared {
     /// The engine polls `wake_rx`; anyone who needs its attention writes a byte to `wake_tx`.
     wake_rx: UnixStream,
     wake_tx: UnixStream,
-    /// A wake-up byte is already on its way; saves writing another.
+    /// The engine is awake, or a wake-up byte is on its way: nobody needs to write another.
+    /// Cleared by the engine, under the `sched` lock, just before it sleeps; a submitter sets it
+    /// under the same lock, so a task queued after the engine looked is always followed by a
+    /// wake-up byte.
     wake_sent: AtomicBool,
     /// Opens when the engine thread has ended.
     pub finished: CountLatch,
@@ -159,8 +162,12 @@ impl Engine {
         if s.phase != Phase::Running {
             return Err(Error::ShutDown);
         }
-        if s.pending.is_empty() {
-            if let Some(w) = s.workers.iter_mut().find(|w| w.inflight.is_empty() && w.can_take()) {
+        // Fast path for a lone call (the latency case): the whole pool is idle, so writing the
+        // frame here saves the hop through the engine thread. Under a stream of submits the
+        // pool is never idle, and tasks queue up for the engine to send in batches, which costs
+        // the submitter no system call per task.
+        if s.pending.is_empty() && s.workers.iter().all(|w| w.inflight.is_empty()) {
+            if let Some(w) = s.workers.iter_mut().find(|w| w.can_take()) {
                 send_call(w, task);
                 match w.out.flush_to(&mut w.link) {
                     Ok(true) | Err(_) => {} // a failed write shows up as the worker's death
@@ -170,8 +177,11 @@ impl Engine {
             }
         }
         s.pending.push_back(task);
-        if s.workers.is_empty() {
-            self.shared.wake(); // nobody will report a result: let the engine start workers
+        // a worker with room takes it at once; otherwise the next result makes room and the
+        // engine dispatches then, with no wake-up needed
+        let window = s.window();
+        if s.workers.is_empty() || s.workers.iter().any(|w| w.can_take() && w.inflight.len() < window) {
+            self.shared.wake();
         }
         Ok(())
     }
@@ -262,7 +272,6 @@ impl Shared {
     }
 
     fn drain_wake(&self) {
-        self.wake_sent.store(false, Ordering::Release);
         let mut sink = [0u8; 64];
         while matches!((&self.wake_rx).read(&mut sink), Ok(n) if n > 0) {}
     }
@@ -352,7 +361,7 @@ impl Sched {
     }
 
     fn spawn_worker(&mut self) -> io::Result<()> {
-        let mut w = Worker::spawn(&self.cfg.spec, self.cfg.max_tasks_per_child)?;
+        let mut w = Worker::start(&mut self.cfg.spec, self.cfg.max_tasks_per_child)?;
         // every worker gets an INIT first (empty without an initializer): it answers READY after it
         match &self.cfg.init {
             Some(init) => wire::encode(&mut w.out.buf, kind::INIT, init.flags, 0, init.fn_len, &[&init.body]),
@@ -565,14 +574,15 @@ fn run(shared: &Shared) {
                     fds.push(pollfd(w.link_fd(), ev));
                     watch.push(Watch::Link(i));
                 }
-                match &w.pidfd {
-                    Some(pfd) => {
-                        fds.push(pollfd(pfd.as_raw_fd(), libc::POLLIN));
+                match w.exit_fd() {
+                    Some(fd) => {
+                        fds.push(pollfd(fd, libc::POLLIN));
                         watch.push(Watch::Exit(i));
                     }
                     None => need_tick = true, // no pidfd: look for exits on a timer
                 }
             }
+            shared.wake_sent.store(false, Ordering::Release);
             if need_tick {
                 20
             } else {
@@ -610,7 +620,7 @@ fn run(shared: &Shared) {
             }
         }
         for (i, w) in s.workers.iter().enumerate() {
-            if w.pidfd.is_none() && w.link_closed && !exited.contains(&i) {
+            if w.exit_fd().is_none() && w.link_closed && !exited.contains(&i) {
                 exited.push(i);
             }
         }

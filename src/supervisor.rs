@@ -1,28 +1,41 @@
 //! Worker processes: starting them, watching them, stopping them.
 //!
-//! A worker is a fresh interpreter started with `posix_spawn`-style `Command::spawn` from the
-//! engine thread, never a `fork()` of the threaded parent (DESIGN.md, principle 4). Its end of the
-//! link travels as its stdin; the worker moves it to a private descriptor and puts `/dev/null` in
-//! its place, as multiprocessing does for its children's stdin. Each worker leads its own process
-//! group, so a terminal's Ctrl-C reaches only the parent, and stopping a worker can stop anything
-//! it started too.
+//! A worker is never a `fork()` of the threaded parent (DESIGN.md, principle 4). It is either
+//! forked by the fork server (`forkserver.rs`), which a single-threaded parent made before any
+//! thread existed, or a fresh interpreter started by `Command::spawn` from the engine thread. In
+//! both cases its end of the link arrives as its stdin; the worker moves it to a private
+//! descriptor and puts `/dev/null` in its place, as multiprocessing does for its children's
+//! stdin. Each worker leads its own process group, so a terminal's Ctrl-C reaches only the
+//! parent, and stopping a worker can stop anything it started too.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::task::{ExitInfo, TaskState};
 use crate::wire::{FrameReader, WriteBuf};
 
-/// How to start a worker: the full command line (built by `python/ferropool/_spawn.py`).
-#[derive(Debug, Clone)]
+/// How to start a worker.
+#[derive(Debug)]
 pub struct WorkerSpec {
+    /// The command line of a fresh worker interpreter (`python/ferropool/_spawn.py`).
     pub argv: Vec<String>,
+    /// This engine's connection to the fork server, when there is one.
+    pub forkserver: Option<UnixStream>,
+}
+
+/// The process behind a worker, and how its end is observed.
+pub enum Proc {
+    /// Our child: reaped with `wait`, watched through a pidfd.
+    Child { child: Child, pidfd: Option<OwnedFd> },
+    /// The fork server's child: it writes the exit status to `status`, which also serves as the
+    /// descriptor to poll for the exit.
+    Forked { status: UnixStream },
 }
 
 /// A task a worker holds: sent to it, no result back yet.
@@ -34,12 +47,10 @@ pub struct InFlight {
 
 /// The parent's side of one worker process.
 pub struct Worker {
-    pub child: Child,
+    pub proc: Proc,
     pub pid: u32,
     /// The parent's end of the socket pair (non-blocking).
     pub link: UnixStream,
-    /// Becomes readable when the process exits (Linux pidfd); `None` where unsupported.
-    pub pidfd: Option<OwnedFd>,
     pub reader: FrameReader,
     pub out: WriteBuf,
     /// Tasks sent and not yet answered, oldest first (a worker runs them in order).
@@ -56,25 +67,45 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts a worker process with its link on stdin.
-    pub fn spawn(spec: &WorkerSpec, quota: Option<u64>) -> io::Result<Worker> {
+    /// Starts a worker: through the fork server when there is one, else as a fresh interpreter.
+    pub fn start(spec: &mut WorkerSpec, quota: Option<u64>) -> io::Result<Worker> {
+        if let Some(conn) = spec.forkserver.as_mut() {
+            match Worker::fork(conn, quota) {
+                Ok(w) => return Ok(w),
+                // the server is gone (killed from outside, say): fresh interpreters still work
+                Err(_) => spec.forkserver = None,
+            }
+        }
+        Worker::spawn(&spec.argv, quota)
+    }
+
+    fn fork(conn: &mut UnixStream, quota: Option<u64>) -> io::Result<Worker> {
         let (ours, theirs) = UnixStream::pair()?;
-        let (program, args) = spec
-            .argv
-            .split_first()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command line"))?;
+        let (status, status_theirs) = UnixStream::pair()?;
+        let pid = crate::forkserver::request_worker(conn, &theirs, &status_theirs)?;
+        status.set_nonblocking(true)?;
+        Ok(Worker::new(Proc::Forked { status }, pid, ours, quota)?)
+    }
+
+    fn spawn(argv: &[String], quota: Option<u64>) -> io::Result<Worker> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let (program, args) =
+            argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command line"))?;
         let child = Command::new(program)
             .args(args)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .process_group(0)
             .spawn()?;
-        ours.set_nonblocking(true)?;
         let pid = child.id();
+        Worker::new(Proc::Child { child, pidfd: pidfd_open(pid) }, pid, ours, quota)
+    }
+
+    fn new(proc: Proc, pid: u32, link: UnixStream, quota: Option<u64>) -> io::Result<Worker> {
+        link.set_nonblocking(true)?;
         Ok(Worker {
-            pidfd: pidfd_open(pid),
-            child,
+            proc,
             pid,
-            link: ours,
+            link,
             reader: FrameReader::default(),
             out: WriteBuf::default(),
             inflight: VecDeque::new(),
@@ -86,34 +117,77 @@ impl Worker {
         })
     }
 
+    /// The descriptor that becomes readable when the process has exited, if there is one.
+    pub fn exit_fd(&self) -> Option<RawFd> {
+        match &self.proc {
+            Proc::Child { pidfd, .. } => pidfd.as_ref().map(AsRawFd::as_raw_fd),
+            Proc::Forked { status } => Some(status.as_raw_fd()),
+        }
+    }
+
     /// Raw descriptor of the link, for `poll`.
     pub fn link_fd(&self) -> RawFd {
         self.link.as_raw_fd()
     }
 
-    /// Sends `signal` to the worker's whole process group, so children it started go too.
+    /// Sends `signal` to the worker's whole process group, so children it started go too, and
+    /// to the worker itself, which may not lead its group yet if it was forked a moment ago.
     pub fn signal_group(&self, signal: i32) {
-        let Ok(pgid) = libc::pid_t::try_from(self.pid) else { return };
-        // SAFETY: killpg only sends a signal; the group id is this worker's own pid, which stays
-        // reserved for it until we reap it with wait(), so it cannot name someone else's group.
+        let Ok(pid) = libc::pid_t::try_from(self.pid) else { return };
+        // SAFETY: kill/killpg only send a signal. The pid stays reserved for this worker until
+        // it is reaped (by us or by the fork server, which reports it to us first), so neither
+        // call can reach an unrelated process or group.
         unsafe {
-            libc::killpg(pgid, signal);
+            libc::killpg(pid, signal);
+            libc::kill(pid, signal);
         }
     }
 
     /// Returns the exit information if the process has ended (reaping it).
     pub fn try_reap(&mut self) -> io::Result<Option<ExitInfo>> {
-        Ok(self.child.try_wait()?.map(|status| exit_info(self.pid, status)))
+        let pid = self.pid;
+        match &mut self.proc {
+            Proc::Child { child, .. } => Ok(child.try_wait()?.map(|status| exit_info(pid, status))),
+            Proc::Forked { status } => {
+                let mut bytes = [0u8; 8];
+                match status.read(&mut bytes) {
+                    Ok(8) => {
+                        let (code, signal) = crate::forkserver::decode_status(bytes);
+                        Ok(Some(ExitInfo { pid, code, signal }))
+                    }
+                    // the server closed it without a status: it died, and took the worker along
+                    Ok(_) => Ok(Some(ExitInfo { pid, code: None, signal: None })),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        }
     }
 
     /// Kills the worker's group and waits for the worker itself.
     pub fn kill_and_reap(&mut self) -> ExitInfo {
         self.stopping = true;
         self.signal_group(libc::SIGKILL);
-        let _ = self.child.kill();
-        match self.child.wait() {
-            Ok(status) => exit_info(self.pid, status),
-            Err(_) => ExitInfo { pid: self.pid, code: None, signal: Some(libc::SIGKILL) },
+        let pid = self.pid;
+        let killed = ExitInfo { pid, code: None, signal: Some(libc::SIGKILL) };
+        match &mut self.proc {
+            Proc::Child { child, .. } => {
+                let _ = child.kill();
+                child.wait().map_or(killed, |status| exit_info(pid, status))
+            }
+            Proc::Forked { status } => {
+                // the server reaps it at once; wait for its word, but never forever
+                let _ = status.set_nonblocking(false);
+                let _ = status.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut bytes = [0u8; 8];
+                match status.read_exact(&mut bytes) {
+                    Ok(()) => {
+                        let (code, signal) = crate::forkserver::decode_status(bytes);
+                        ExitInfo { pid, code, signal }
+                    }
+                    Err(_) => killed,
+                }
+            }
         }
     }
 }

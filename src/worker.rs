@@ -127,10 +127,11 @@ fn take_link() -> io::Result<UnixStream> {
     Ok(link)
 }
 
-/// Asks the kernel to kill this worker when the thread that started it ends, and checks that
+/// Asks the kernel to kill this process when the thread that started it ends, and checks that
 /// the parent did not already go before that took effect. `false`: the parent is gone.
+#[pyfunction]
 #[cfg(target_os = "linux")]
-fn die_with_parent(parent_pid: u32) -> bool {
+pub fn die_with_parent(parent_pid: u32) -> bool {
     // SAFETY: PR_SET_PDEATHSIG only records a signal number for this process; getppid reads an id.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -138,7 +139,8 @@ fn die_with_parent(parent_pid: u32) -> bool {
     }
 }
 
+#[pyfunction]
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(_parent_pid: u32) -> bool {
+pub fn die_with_parent(_parent_pid: u32) -> bool {
     true // elsewhere the link's end-of-file is the only signal of the parent's death
 }

@@ -8,10 +8,10 @@ imports ``ferropool._worker`` pays only for what it runs.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from ._core import __version__, cpu_count
+
+# nothing here may import typing, re or concurrent.futures eagerly: every worker process imports
+# this package, and its start-up time is the pool's start-up time
 
 __all__ = [
     "ALL_COMPLETED",
@@ -52,10 +52,12 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ferropool' has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value

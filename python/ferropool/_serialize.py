@@ -11,10 +11,18 @@ The frame flags and outcome kinds below are read by ``_worker.py`` and produced 
 
 from __future__ import annotations
 
-import pickle
-import traceback
 import types
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
+
+# the C pickler itself: importing the `pickle` module would also import `re`, which a worker
+# does not otherwise need (this module is on every worker's start-up path)
+try:
+    import _pickle as pickle
+except ImportError:  # pragma: no cover - CPython always has it
+    import pickle  # type: ignore[no-redef]
+
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL = 5
 
@@ -28,6 +36,7 @@ OUT_OK, OUT_ERR, OUT_DIED, OUT_CANCELLED, OUT_BROKEN = range(5)
 
 loads = pickle.loads
 _plain_dumps = pickle.dumps
+PickleError = pickle.PickleError
 _MAIN = b"__main__"
 _FN_CACHE_MAX = 1024
 _fn_cache: dict[Any, tuple[bytes, int]] = {}
@@ -102,6 +111,8 @@ class RemoteTraceback(Exception):
 def dump_exception(exc: BaseException) -> bytes:
     """Pickles an exception with its formatted traceback; an exception that cannot be pickled
     is replaced by the pickling error, and its traceback still travels."""
+    import traceback
+
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     tb = f'\n"""\n{tb}"""'
     try:

@@ -36,7 +36,7 @@ from concurrent.futures import wait as _stdlib_wait
 from concurrent.futures import as_completed as _stdlib_as_completed
 from typing import Any, TypeVar
 
-from . import _core, _exit, _threads
+from . import _core, _exit, _forkserver, _threads
 from ._serialize import (
     FLAG_STAR_CHUNK,
     OUT_CANCELLED,
@@ -238,11 +238,14 @@ def _check_max_workers(max_workers: Any) -> None:
 _START_METHODS = ("spawn", "forkserver", "fork")
 
 
-def _check_context(mp_context: Any) -> None:
-    """ferropool always starts workers its own way (a fresh interpreter, never a fork of this
-    threaded process); any multiprocessing start method is accepted and means the same."""
+def _start_method(mp_context: Any) -> str:
+    """How workers start: ``"spawn"`` (always a fresh interpreter) or ``"forkserver"``.
+
+    ferropool never forks a threaded parent. ``"fork"`` and ``"forkserver"`` (and ``None``) mean
+    "fork from ferropool's fork server when this process allows one, else spawn".
+    """
     if mp_context is None:
-        return
+        return "forkserver"
     method = mp_context if isinstance(mp_context, str) else None
     get = getattr(mp_context, "get_start_method", None)
     if method is None and callable(get):
@@ -252,6 +255,7 @@ def _check_context(mp_context: Any) -> None:
             f"mp_context must be None, one of {', '.join(map(repr, _START_METHODS))}, or a "
             f"multiprocessing context (multiprocessing.get_context(...)), not {mp_context!r}"
         )
+    return "spawn" if method == "spawn" else "forkserver"
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -345,8 +349,10 @@ class ProcessPoolExecutor(_Executor):
     Args:
         max_workers: the number of worker processes; default ``ferropool.cpu_count()``, the CPUs
             this process may use (affinity and cgroup quota; ``FERROPOOL_CPU_COUNT`` overrides).
-        mp_context: accepted for compatibility: ``None``, a start-method name or a
-            multiprocessing context. ferropool never forks this process, whatever it says.
+        mp_context: ``None``, a start-method name or a multiprocessing context. ``"spawn"``
+            starts every worker as a fresh interpreter. Anything else forks workers from
+            ferropool's fork server, which is made only while this process has a single thread
+            (so the first pool of a program gets it); without one, workers are spawned.
         initializer: called as ``initializer(*initargs)`` in each worker before its first task.
             If it raises, the pool is broken: pending and later work fails with
             ``BrokenProcessPool``.
@@ -371,7 +377,7 @@ class ProcessPoolExecutor(_Executor):
         if max_workers is None:
             max_workers = _core.cpu_count()
         _check_max_workers(max_workers)
-        _check_context(mp_context)
+        start_method = _start_method(mp_context)
         if initializer is not None:
             _check_callable(initializer, "initializer")
         if max_tasks_per_child is not None:
@@ -388,7 +394,10 @@ class ProcessPoolExecutor(_Executor):
         self._ids = itertools.count(1)
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
-        self._engine = _core.ProcessEngine(worker_argv(), max_workers, self._sink.deliver, init, max_tasks_per_child)
+        server = _forkserver.connect() if start_method == "forkserver" else None
+        self._engine = _core.ProcessEngine(
+            worker_argv(), max_workers, self._sink.deliver, init, max_tasks_per_child, server
+        )
 
     def _check_open(self) -> None:
         broken = self._engine.broken

@@ -1,0 +1,219 @@
+"""The fork server: a copy of this process, made while it had one thread, that forks workers.
+
+A worker forked from it starts in about a millisecond with every module the parent had
+imported, instead of tens of milliseconds for a fresh interpreter that must import them again.
+It is made with ``os.fork()`` only while the parent has exactly one thread (no Rust engine or
+Python thread exists yet), so no lock can be held by a thread that is missing in the copy; it
+never starts a thread itself, so its own forks are safe too (DESIGN.md, principle 4). When the
+parent already has threads and no server exists, pools start fresh interpreters instead.
+
+Life cycle: the server leads its own process group and ignores SIGINT (Ctrl-C is for the
+parent), dies with the parent (parent-death signal), and exits by itself once the parent has
+closed its connection and every engine connection and worker is gone. Its workers die with it.
+
+Like ``multiprocessing``'s fork start method, workers inherit the descriptors the parent had
+open when the server was made; ``mp_context="spawn"`` gives clean interpreters instead.
+
+Protocol: see ``src/forkserver.rs``.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+
+from . import _core
+
+_lock = threading.Lock()
+_server: tuple[int, socket.socket] | None = None  # (pid, connection) while one runs
+
+
+def _thread_count() -> int:
+    """Threads of this process, C threads included; 0 when unknown (treated as unsafe)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Threads:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def server_pid() -> int | None:
+    """The fork server's pid, or ``None`` when this process has none."""
+    return _server[0] if _server is not None else None
+
+
+def connect() -> int | None:
+    """A new connection to the fork server for one engine, as a descriptor the engine will own.
+
+    Starts the server if this process has exactly one thread. ``None`` when there is no server
+    and one cannot be made safely now.
+    """
+    global _server
+    with _lock:
+        if _server is None:
+            if not sys.platform.startswith("linux") or _thread_count() != 1:
+                return None
+            _server = _start()
+        ours, theirs = socket.socketpair()
+        try:
+            socket.send_fds(_server[1], [b"c"], [theirs.fileno()])
+        except OSError:
+            ours.close()
+            _server = None  # it died; the next pool may start another
+            return None
+        finally:
+            theirs.close()
+        return ours.detach()
+
+
+def _start() -> tuple[int, socket.socket]:
+    ours, theirs = socket.socketpair()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()  # or the copy would print the parent's buffered output again
+        except Exception:
+            pass
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ours.close()
+            _serve(theirs, parent)
+        finally:
+            os._exit(0)
+    theirs.close()
+    return pid, ours
+
+
+def _forget_after_fork() -> None:
+    """In a child the user forked: the server belongs to the parent; let go of it."""
+    global _server
+    if _server is not None:
+        _server[1].close()
+        _server = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _serve(master: socket.socket, parent: int) -> None:
+    import selectors
+
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not _core.die_with_parent(parent):
+        return
+    gc.freeze()  # inherited objects stay put: no collection, no copy-on-write churn
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    sel = selectors.DefaultSelector()
+    sel.register(master, selectors.EVENT_READ, "master")
+    sel.register(wake_r, selectors.EVENT_READ, "child")
+    conns: set[socket.socket] = set()
+    statuses: dict[int, int] = {}  # worker pid -> the descriptor its exit status goes to
+    me = os.getpid()
+    master_open = True
+
+    def own_fds() -> list[int]:
+        fds = [wake_r, wake_w, sel.fileno(), *statuses.values(), *(c.fileno() for c in conns)]
+        return fds + ([master.fileno()] if master_open else [])
+
+    while master_open or conns or statuses:
+        for key, _ in sel.select():
+            if key.data == "master":
+                msg, fds, _, _ = socket.recv_fds(master, 1, 1)
+                if not msg:
+                    sel.unregister(master)
+                    master.close()
+                    master_open = False
+                    continue
+                conn = socket.socket(fileno=fds[0])
+                conns.add(conn)
+                sel.register(conn, selectors.EVENT_READ, "conn")
+            elif key.data == "child":
+                try:
+                    while os.read(wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+                _reap(statuses)
+            else:
+                conn = key.fileobj  # type: ignore[assignment]
+                try:
+                    msg, fds, _, _ = socket.recv_fds(conn, 1, 2)
+                except OSError:
+                    msg, fds = b"", []
+                if not msg or len(fds) != 2:
+                    for fd in fds:
+                        os.close(fd)
+                    sel.unregister(conn)
+                    conns.discard(conn)
+                    conn.close()
+                    continue
+                link, status = fds
+                pid = os.fork()
+                if pid == 0:
+                    _become_worker(link, status, own_fds(), me)
+                try:
+                    os.setpgid(pid, pid)  # as the child does: whichever runs first makes the group
+                except OSError:
+                    pass
+                os.close(link)
+                statuses[pid] = status
+                conn.sendall(struct.pack("<I", pid))
+        _reap(statuses)
+
+
+def _reap(statuses: dict[int, int]) -> None:
+    """Collects exited workers and tells each one's engine how it ended."""
+    while statuses:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        fd = statuses.pop(pid, None)
+        if fd is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        payload = struct.pack("<ii", code, 0) if code >= 0 else struct.pack("<ii", -1, -code)
+        try:
+            os.write(fd, payload)
+        except OSError:
+            pass  # the engine is gone and does not need to know
+        os.close(fd)
+
+
+def _become_worker(link: int, status: int, server_fds: list[int], server: int) -> None:
+    """In a freshly forked worker: drop the server's descriptors and run the worker loop."""
+    try:
+        os.setpgid(0, 0)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.close(status)
+        for fd in server_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        os.dup2(link, 0)  # the worker loop takes its link from stdin, as a spawned worker does
+        os.close(link)
+        gc.unfreeze()
+        from ._worker import main
+
+        main(server)
+    finally:
+        os._exit(1)

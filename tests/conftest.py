@@ -1,0 +1,187 @@
+"""Shared fixtures: leak checks around every test, executor factories, gates and beacons.
+
+Synchronisation between the test and its tasks never sleeps in the test process:
+
+* a *gate* is a file a task waits for (``_tasks.wait_gate`` polls for it inside the task); the
+  test opens the gate by creating the file. Used as a context manager it opens on exit, so
+  ``with make_executor() as ex, gate:`` releases the tasks before the executor shuts down.
+* a *beacon* is a FIFO whose read end the test holds; a task writes a line into it
+  (``_tasks.signal_beacon``) and the test blocks in ``select`` until the line arrives.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import select
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import ferropool
+
+KINDS = ("process", "thread")
+EXECUTORS = {"process": ferropool.ProcessPoolExecutor, "thread": ferropool.ThreadPoolExecutor}
+LEAK_DEADLINE = 5.0
+WAIT = 30.0  # generous timeout for results that should come quickly
+
+
+# --------------------------------------------------------------------------------------------
+# leak checks
+
+
+def _children() -> dict[int, psutil.Process]:
+    return {p.pid: p for p in psutil.Process().children(recursive=True)}
+
+
+def _fds() -> dict[str, str]:
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the descriptor listdir itself used
+            pass
+    return out
+
+
+def _shm() -> set[str]:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except FileNotFoundError:
+        return set()
+
+
+def _describe(p: psutil.Process) -> str:
+    try:
+        return f"pid {p.pid} ({p.status()}): {' '.join(p.cmdline())[:200]}"
+    except psutil.Error:
+        return f"pid {p.pid} (gone)"
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fails the test if it left child processes, file descriptors or /dev/shm entries."""
+    children_before = set(_children())
+    fd_count_before = len(os.listdir("/proc/self/fd"))
+    fds_before = _fds()
+    shm_before = _shm()
+    yield
+    deadline = time.monotonic() + LEAK_DEADLINE
+    while True:
+        gc.collect()  # garbage in a reference cycle is not a leak
+        new_children = [p for pid, p in _children().items() if pid not in children_before]
+        fd_count = len(os.listdir("/proc/self/fd"))
+        new_shm = _shm() - shm_before
+        if (not new_children and fd_count <= fd_count_before and not new_shm) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)  # polling the leak check itself, not synchronising with a task
+    problems = []
+    if new_children:
+        problems.append("child processes left behind:\n  " + "\n  ".join(map(_describe, new_children)))
+    if fd_count > fd_count_before:
+        fds_after = _fds()
+        new = {fd: target for fd, target in fds_after.items() if fds_before.get(fd) != target}
+        problems.append(f"open file descriptors grew from {fd_count_before} to {fd_count}; new: {new}")
+    if new_shm:
+        problems.append(f"new /dev/shm entries: {sorted(new_shm)}")
+    if problems:
+        pytest.fail("resource leak after the test:\n" + "\n".join(problems), pytrace=False)
+
+
+# --------------------------------------------------------------------------------------------
+# executors
+
+
+@pytest.fixture(params=KINDS)
+def kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def executor_cls(kind):
+    return EXECUTORS[kind]
+
+
+@pytest.fixture
+def make_executor(executor_cls):
+    """``make_executor(max_workers=2, **kwargs)``: an executor of the parametrized kind, shut
+    down at teardown if the test did not (tests still use ``with``)."""
+    made = []
+
+    def make(max_workers=2, **kwargs):
+        ex = executor_cls(max_workers=max_workers, **kwargs)
+        made.append(ex)
+        return ex
+
+    yield make
+    for ex in made:
+        ex.shutdown(wait=True, cancel_futures=True)
+    made.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# gates and beacons
+
+
+class Gate:
+    """A file whose creation releases the tasks waiting in ``_tasks.wait_gate``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def open(self) -> None:
+        Path(self.path).touch()
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.open()
+
+
+class Beacon:
+    """A FIFO the test reads lines from; tasks announce themselves into it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        os.mkfifo(self.path)
+        self._read_fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        # our own writer keeps the FIFO from reporting end-of-file between task writers
+        self._keep_fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+        self._buffer = b""
+
+    def wait(self, timeout: float = WAIT) -> str:
+        """The next line a task wrote; fails the test after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"no task signalled the beacon within {timeout} s")
+            ready, _, _ = select.select([self._read_fd], [], [], left)
+            if ready:
+                self._buffer += os.read(self._read_fd, 4096)
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def close(self) -> None:
+        for fd in (self._read_fd, self._keep_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def gate(tmp_path):
+    g = Gate(tmp_path / "gate")
+    yield g
+    g.open()  # never leave a task waiting, whatever happened in the test
+
+
+@pytest.fixture
+def beacon(tmp_path):
+    b = Beacon(tmp_path / "beacon")
+    yield b
+    b.close()
