@@ -84,15 +84,15 @@ impl Worker {
         let (status, status_theirs) = UnixStream::pair()?;
         let pid = crate::forkserver::request_worker(conn, &theirs, &status_theirs)?;
         status.set_nonblocking(true)?;
-        Ok(Worker::new(Proc::Forked { status }, pid, ours, quota)?)
+        Worker::new(Proc::Forked { status }, pid, ours, quota)
     }
 
-    fn spawn(argv: &[String], quota: Option<u64>) -> io::Result<Worker> {
+    fn spawn(command: &[String], quota: Option<u64>) -> io::Result<Worker> {
         let (ours, theirs) = UnixStream::pair()?;
-        let (program, args) =
-            argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command line"))?;
+        let (program, rest) =
+            command.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command line"))?;
         let child = Command::new(program)
-            .args(args)
+            .args(rest)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .process_group(0)
             .spawn()?;
