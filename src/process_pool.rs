@@ -22,7 +22,7 @@ use crate::registry;
 use crate::scheduler::{Engine, EngineConfig, InitCall};
 use crate::signals::{timeout_from_secs, wait_interruptible, CountLatch};
 use crate::supervisor::WorkerSpec;
-use crate::task::{Completion, Outcome, PyTaskHandle, Task, TaskState};
+use crate::task::{attach_handle, Completion, Outcome, Task, TaskState};
 
 /// Outcome kinds as the Python side sees them. Must match `python/ferropool/_serialize.py`.
 const OUT_OK: u8 = 0;
@@ -88,15 +88,25 @@ impl PyProcessEngine {
         Ok(PyProcessEngine { engine, completer_done, completer })
     }
 
-    /// Queues one call; `fn_bytes` and `args` are concatenated into the frame body.
-    fn submit(&self, id: u64, fn_bytes: &[u8], args: &[u8], flags: u8) -> PyResult<PyTaskHandle> {
+    /// Queues one call; `fn_bytes` and `args` are concatenated into the frame body. The task's
+    /// handle is stored on `future` (`_ferro_task`) before the task can run.
+    fn submit(
+        &self,
+        py: Python<'_>,
+        id: u64,
+        fn_bytes: &[u8],
+        args: &[u8],
+        flags: u8,
+        future: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let fn_len = u32::try_from(fn_bytes.len()).map_err(|_| PyValueError::new_err("pickled function too large"))?;
         let mut body = Vec::with_capacity(fn_bytes.len() + args.len());
         body.extend_from_slice(fn_bytes);
         body.extend_from_slice(args);
         let state = Arc::new(TaskState::default());
-        self.engine.submit(Task { id, flags, fn_len, body, state: Arc::clone(&state) })?;
-        Ok(PyTaskHandle { state })
+        attach_handle(py, future, &state)?;
+        self.engine.submit(Task { id, flags, fn_len, body, state })?;
+        Ok(())
     }
 
     /// Stops accepting work; queued work runs (or is cancelled), then workers stop.

@@ -103,6 +103,13 @@ impl PyTaskHandle {
     }
 }
 
+/// Gives a Python future its handle on the task's state (`future._ferro_task`), which its
+/// `cancel()` and `running()` consult.
+pub fn attach_handle(py: Python<'_>, future: &Bound<'_, PyAny>, state: &Arc<TaskState>) -> PyResult<()> {
+    let handle = Bound::new(py, PyTaskHandle { state: Arc::clone(state) })?;
+    future.setattr(pyo3::intern!(py, "_ferro_task"), handle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

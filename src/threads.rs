@@ -7,7 +7,7 @@
 //! `concurrent.futures.ThreadPoolExecutor` does. Dropping the queue's sender is shutdown: every
 //! thread finishes the jobs still queued and exits.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
@@ -21,9 +21,12 @@ use pyo3::types::{PyDict, PyTuple};
 use crate::errors::{BrokenThreadPool, Error};
 use crate::registry;
 use crate::signals::{timeout_from_secs, wait_interruptible, CountLatch};
+use crate::task::{attach_handle, TaskState};
 
 /// One call and the future it completes.
 struct Job {
+    /// Decides, atomically with the future's `cancel()`, whether the call runs.
+    state: Arc<TaskState>,
     future: Py<PyAny>,
     func: Py<PyAny>,
     args: Py<PyTuple>,
@@ -46,6 +49,8 @@ struct Shared {
     /// initializer_failed.
     hooks: Py<PyAny>,
     broken: Mutex<Option<String>>,
+    /// `broken.is_some()`, readable per job without the mutex.
+    is_broken: AtomicBool,
 }
 
 thread_local! {
@@ -87,6 +92,7 @@ impl PyThreadEngine {
             initializer: initializer.map(|f| (f, initargs)),
             hooks,
             broken: Mutex::new(None),
+            is_broken: AtomicBool::new(false),
         });
         registry::register(Arc::clone(&shared) as Arc<dyn registry::Pool>);
         Ok(PyThreadEngine { shared })
@@ -96,19 +102,23 @@ impl PyThreadEngine {
     #[pyo3(signature = (future, func, args, kwargs=None))]
     fn submit(
         &self,
-        future: Py<PyAny>,
+        py: Python<'_>,
+        future: Bound<'_, PyAny>,
         func: Py<PyAny>,
         args: Py<PyTuple>,
         kwargs: Option<Py<PyDict>>,
     ) -> PyResult<()> {
         let sh = &self.shared;
-        if let Some(why) = sh.broken.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
-            return Err(Error::BrokenThreads(why.clone()).into());
+        if sh.is_broken.load(Ordering::Acquire) {
+            let why = sh.broken.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default();
+            return Err(Error::BrokenThreads(why).into());
         }
         {
             let tx = sh.tx.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(tx) = tx.as_ref() else { return Err(Error::ShutDown.into()) };
-            tx.send(Job { future, func, args, kwargs }).map_err(|_| Error::ShutDown)?;
+            let state = Arc::new(TaskState::default());
+            attach_handle(py, &future, &state)?;
+            tx.send(Job { state, future: future.unbind(), func, args, kwargs }).map_err(|_| Error::ShutDown)?;
         }
         let claimed_idle = sh.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
         if !claimed_idle {
@@ -208,10 +218,11 @@ fn serve(py: Python<'_>, sh: &Arc<Shared>, name: &str) {
                 }
             }
         };
-        let broken = sh.broken.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        match broken {
-            Some(why) => fail_job(py, job, &why),
-            None => run_job(py, job),
+        if sh.is_broken.load(Ordering::Acquire) {
+            let why = sh.broken.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default();
+            fail_job(py, job, &why);
+        } else {
+            run_job(py, job);
         }
     }
     sh.started.fetch_sub(1, Ordering::AcqRel);
@@ -220,14 +231,14 @@ fn serve(py: Python<'_>, sh: &Arc<Shared>, name: &str) {
     }
 }
 
-/// Runs one job the way CPython's `_WorkItem.run` does.
+/// Runs one job the way CPython's `_WorkItem.run` does. Claiming the task state replaces
+/// `set_running_or_notify_cancel()`: a job whose future was cancelled is skipped, and the
+/// future's own `cancel()` already notified its waiters.
 fn run_job(py: Python<'_>, job: Job) {
-    let future = job.future.bind(py);
-    match future.call_method0(intern!(py, "set_running_or_notify_cancel")).and_then(|r| r.is_truthy()) {
-        Ok(true) => {}
-        Ok(false) => return, // cancelled while queued
-        Err(e) => return e.write_unraisable(py, Some(future)),
+    if !job.state.start() {
+        return;
     }
+    let future = job.future.bind(py);
     let outcome = job.func.bind(py).call(job.args.bind(py), job.kwargs.as_ref().map(|k| k.bind(py)));
     let set = match outcome {
         Ok(value) => future.call_method1(intern!(py, "set_result"), (value,)),
@@ -239,6 +250,9 @@ fn run_job(py: Python<'_>, job: Job) {
 }
 
 fn fail_job(py: Python<'_>, job: Job, why: &str) {
+    if !job.state.start() {
+        return;
+    }
     let future = job.future.bind(py);
     let exc = BrokenThreadPool::new_err(why.to_owned()).into_value(py);
     if let Err(e) = future.call_method1(intern!(py, "set_exception"), (exc,)) {
@@ -249,6 +263,7 @@ fn fail_job(py: Python<'_>, job: Job, why: &str) {
 /// Marks the pool broken and fails every queued job, as CPython's `_initializer_failed` does.
 fn break_pool(py: Python<'_>, sh: &Shared, why: &str) {
     sh.broken.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert_with(|| why.to_owned());
+    sh.is_broken.store(true, Ordering::Release);
     while let Ok(job) = sh.rx.try_recv() {
         fail_job(py, job, why);
     }

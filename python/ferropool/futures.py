@@ -31,6 +31,7 @@ from concurrent.futures._base import (
     FIRST_COMPLETED,
     FIRST_EXCEPTION,
     PENDING,
+    RUNNING,
 )
 from concurrent.futures import wait as _stdlib_wait
 from concurrent.futures import as_completed as _stdlib_as_completed
@@ -65,15 +66,80 @@ __all__ = [
 T = TypeVar("T")
 
 
+_DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+_condition_lock = threading.Lock()
+
+
 class Future(_base.Future):  # type: ignore[type-arg]
     """The result of a call that runs elsewhere; a ``concurrent.futures.Future``.
 
     Everything the stdlib offers works on it (``concurrent.futures.wait``, ``as_completed``,
-    ``asyncio.wrap_future``). Beyond it, it can be awaited directly, and for process pools
-    ``cancel()`` takes effect at once: a cancelled task never reaches a worker.
+    ``asyncio.wrap_future``). Beyond it, it can be awaited directly, and ``cancel()`` takes effect
+    at once: a cancelled task never reaches a worker.
     """
 
-    _ferro_task: Any = None  # the core's handle on a process-pool task, or None
+    # How a ferropool future differs inside (see docs/ARCHITECTURE.md, "Futures"): whether a
+    # task is cancelled or started is decided by one atomic compare-and-swap in the core
+    # (`_ferro_task`), not under this future's lock. The only transition left to the engine is
+    # PENDING/RUNNING -> FINISHED, which it makes without the lock while nobody waits: it
+    # stores the outcome, then the state, then looks for a condition; a waiter makes the
+    # condition first, then reads the state. Under the GIL one of them always sees the other,
+    # so the condition (and its lock) exists only for futures someone actually waits on.
+    __slots__ = ("_cond", "_ferro_task")
+
+    def __init__(self) -> None:
+        self._ferro_task: Any = None
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        try:
+            return self._cond
+        except AttributeError:
+            with _condition_lock:
+                try:
+                    return self._cond
+                except AttributeError:
+                    cond = self._cond = threading.Condition()
+                    return cond
+
+    def _finish_unlocked(self) -> None:
+        """Wakes whoever started waiting while the outcome was being stored."""
+        cond = getattr(self, "_cond", None)
+        if cond is not None:
+            with cond:
+                for waiter in self._waiters:
+                    if self._exception is None:
+                        waiter.add_result(self)
+                    else:
+                        waiter.add_exception(self)
+                cond.notify_all()
+        if self._done_callbacks:
+            self._invoke_callbacks()
+
+    def set_result(self, result: Any) -> None:
+        """Sets the future's value and wakes its waiters (executors and tests only)."""
+        if self._ferro_task is None or getattr(self, "_cond", None) is not None:
+            return super().set_result(result)
+        if self._state in _DONE:
+            raise InvalidStateError(f"{self._state}: {self!r}")
+        self._result = result
+        self._state = FINISHED
+        self._finish_unlocked()
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """Sets the future's exception and wakes its waiters (executors and tests only)."""
+        if self._ferro_task is None or getattr(self, "_cond", None) is not None:
+            return super().set_exception(exception)
+        if self._state in _DONE:
+            raise InvalidStateError(f"{self._state}: {self!r}")
+        self._exception = exception
+        self._state = FINISHED
+        self._finish_unlocked()
 
     def cancel(self) -> bool:
         """Cancels the call if it has not started running.
@@ -95,9 +161,13 @@ class Future(_base.Future):  # type: ignore[type-arg]
                 self.set_running_or_notify_cancel()
         return True
 
+    def done(self) -> bool:
+        """``True`` if the call finished or was cancelled."""
+        return self._state in _DONE
+
     def running(self) -> bool:
-        """``True`` if the call is being run by a worker (or sent to one)."""
-        if super().running():
+        """``True`` if the call is being run by a worker (or was sent to one)."""
+        if self._state == RUNNING:
             return True
         task = self._ferro_task
         return task is not None and self._state == PENDING and task.running()
@@ -110,7 +180,7 @@ class Future(_base.Future):  # type: ignore[type-arg]
             TimeoutError: the call did not finish in time.
             Exception: whatever the call raised, with the worker's traceback as ``__cause__``.
         """
-        try:
+        if self._state != FINISHED:
             with self._condition:
                 if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                     raise CancelledError()
@@ -120,11 +190,12 @@ class Future(_base.Future):  # type: ignore[type-arg]
                         raise CancelledError()
                     if self._state != FINISHED:
                         raise TimeoutError()
-                if self._exception is not None:
-                    raise self._exception
-                return self._result
-        finally:
-            self = None  # type: ignore[assignment]  # break the cycle through the traceback
+        if self._exception is not None:
+            try:
+                raise self._exception
+            finally:
+                self = None  # type: ignore[assignment]  # break the cycle through the traceback
+        return self._result
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Returns the exception the call raised (``None`` if it returned), waiting up to
@@ -134,16 +205,17 @@ class Future(_base.Future):  # type: ignore[type-arg]
             CancelledError: the future was cancelled.
             TimeoutError: the call did not finish in time.
         """
-        with self._condition:
-            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                raise CancelledError()
-            if self._state != FINISHED:
-                self._condition.wait(timeout)
+        if self._state != FINISHED:
+            with self._condition:
                 if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                     raise CancelledError()
                 if self._state != FINISHED:
-                    raise TimeoutError()
-            return self._exception  # type: ignore[no-any-return]
+                    self._condition.wait(timeout)
+                    if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                        raise CancelledError()
+                    if self._state != FINISHED:
+                        raise TimeoutError()
+        return self._exception
 
     def __await__(self) -> Any:
         import asyncio
@@ -413,7 +485,7 @@ class ProcessPoolExecutor(_Executor):
         tid = next(self._ids)
         self._sink.pending[tid] = fut
         try:
-            fut._ferro_task = self._engine.submit(tid, fn_bytes, payload, flags)
+            self._engine.submit(tid, fn_bytes, payload, flags, fut)
         except BaseException:
             del self._sink.pending[tid]
             raise
@@ -431,7 +503,8 @@ class ProcessPoolExecutor(_Executor):
             RuntimeError: the executor was shut down.
             BrokenProcessPool: the pool cannot run work (its initializer failed).
         """
-        _check_callable(fn)
+        if not callable(fn):
+            _check_callable(fn)
         if _exit.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         try:
@@ -547,7 +620,8 @@ class ThreadPoolExecutor(_Executor):
             RuntimeError: the executor was shut down.
             BrokenThreadPool: the pool cannot run work (an initializer failed).
         """
-        _check_callable(fn)
+        if not callable(fn):
+            _check_callable(fn)
         if _exit.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         fut = Future()
