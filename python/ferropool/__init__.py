@@ -12,6 +12,27 @@ from ._core import __version__, cpu_count
 
 # nothing here may import typing, re or concurrent.futures eagerly: every worker process imports
 # this package, and its start-up time is the pool's start-up time
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
+if TYPE_CHECKING:
+    from .errors import (
+        BrokenExecutor,
+        BrokenProcessPool,
+        BrokenThreadPool,
+        CancelledError,
+        InvalidStateError,
+        TimeoutError,
+        WorkerDiedError,
+    )
+    from .futures import (
+        ALL_COMPLETED,
+        FIRST_COMPLETED,
+        FIRST_EXCEPTION,
+        Future,
+        ProcessPoolExecutor,
+        ThreadPoolExecutor,
+        as_completed,
+        wait,
+    )
 
 __all__ = [
     "ALL_COMPLETED",

@@ -1,5 +1,7 @@
-"""``python -m ferropool``: a CPU-bound job run serially, then on a ProcessPoolExecutor with every
-usable core, with both times and the speedup."""
+"""``python -m ferropool``: a CPU-bound job, serially and on every usable core.
+
+It prints both times and the speedup of a ProcessPoolExecutor over the serial run.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ def count_primes(bounds: tuple[int, int]) -> int:
 
 
 def main() -> None:
+    """Runs the demo."""
     workers = ferropool.cpu_count()
     limit, pieces = 600_000, 4 * max(workers, 2)
     step = limit // pieces

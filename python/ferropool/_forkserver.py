@@ -150,29 +150,35 @@ def _serve(master: socket.socket, parent: int) -> None:
                 _reap(statuses)
             else:
                 conn = key.fileobj  # type: ignore[assignment]
-                try:
-                    msg, fds, _, _ = socket.recv_fds(conn, 1, 2)
-                except OSError:
-                    msg, fds = b"", []
-                if not msg or len(fds) != 2:
-                    for fd in fds:
-                        os.close(fd)
+                if not _fork_worker(conn, statuses, own_fds(), me):
                     sel.unregister(conn)
                     conns.discard(conn)
                     conn.close()
-                    continue
-                link, status = fds
-                pid = os.fork()
-                if pid == 0:
-                    _become_worker(link, status, own_fds(), me)
-                try:
-                    os.setpgid(pid, pid)  # as the child does: whichever runs first makes the group
-                except OSError:
-                    pass
-                os.close(link)
-                statuses[pid] = status
-                conn.sendall(struct.pack("<I", pid))
         _reap(statuses)
+
+
+def _fork_worker(conn: socket.socket, statuses: dict[int, int], server_fds: list[int], server: int) -> bool:
+    """Answers one request on an engine's connection; ``False`` when the engine has gone."""
+    try:
+        msg, fds, _, _ = socket.recv_fds(conn, 1, 2)
+    except OSError:
+        msg, fds = b"", []
+    if not msg or len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        return False
+    link, status = fds
+    pid = os.fork()
+    if pid == 0:
+        _become_worker(link, status, server_fds, server)
+    try:
+        os.setpgid(pid, pid)  # as the child does: whichever runs first makes the group
+    except OSError:
+        pass
+    os.close(link)
+    statuses[pid] = status
+    conn.sendall(struct.pack("<I", pid))
+    return True
 
 
 def _reap(statuses: dict[int, int]) -> None:

@@ -12,6 +12,7 @@ The frame flags and outcome kinds below are read by ``_worker.py`` and produced 
 from __future__ import annotations
 
 import types
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 
 # the C pickler itself: importing the `pickle` module would also import `re`, which a worker
@@ -44,7 +45,7 @@ _CACHEABLE_TYPES = (types.FunctionType, types.BuiltinFunctionType)
 
 
 def _cloudpickle() -> Any:
-    import cloudpickle
+    import cloudpickle  # type: ignore[import-untyped]
 
     return cloudpickle
 
@@ -109,8 +110,11 @@ class RemoteTraceback(Exception):
 
 
 def dump_exception(exc: BaseException) -> bytes:
-    """Pickles an exception with its formatted traceback; an exception that cannot be pickled
-    is replaced by the pickling error, and its traceback still travels."""
+    """Pickles an exception with its formatted traceback.
+
+    An exception that cannot be pickled is replaced by a RuntimeError that names it and the
+    pickling error; its traceback still travels.
+    """
     import traceback
 
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -16,8 +16,5 @@ def worker_argv() -> list[str]:
     if not sys.executable:
         raise RuntimeError("sys.executable is not set; ferropool needs a Python executable to start workers")
     flags = [f for f in subprocess._args_from_interpreter_flags() if f != "-S"]  # type: ignore[attr-defined]
-    code = (
-        f"import sys; sys.path[:] = {sys.path!r}; "
-        f"from ferropool._worker import main; main({os.getpid()})"
-    )
+    code = f"import sys; sys.path[:] = {sys.path!r}; from ferropool._worker import main; main({os.getpid()})"
     return [sys.executable, *flags, "-S", "-c", code]

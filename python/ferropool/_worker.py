@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import sys
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 
 from . import _core
 from ._serialize import FLAG_CACHEABLE, FLAG_ITEM_CHUNK, FLAG_STAR_CHUNK, dump_exception, dumps, loads
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 
 if TYPE_CHECKING:
     from typing import Any

@@ -55,8 +55,9 @@ class WorkerDiedError(BrokenProcessPool):
         signal: the number of the signal that killed it, or ``None``.
     """
 
-    def __init__(self, message: str, pid: int | None = None, exitcode: int | None = None,
-                 signal: int | None = None) -> None:
+    def __init__(
+        self, message: str, pid: int | None = None, exitcode: int | None = None, signal: int | None = None
+    ) -> None:
         super().__init__(message)
         self.pid = pid
         self.exitcode = exitcode

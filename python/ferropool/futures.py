@@ -23,6 +23,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import _base
+from concurrent.futures import as_completed as _stdlib_as_completed
+from concurrent.futures import wait as _stdlib_wait
 from concurrent.futures._base import (
     ALL_COMPLETED,
     CANCELLED,
@@ -33,8 +35,6 @@ from concurrent.futures._base import (
     PENDING,
     RUNNING,
 )
-from concurrent.futures import wait as _stdlib_wait
-from concurrent.futures import as_completed as _stdlib_as_completed
 from typing import Any, TypeVar
 
 from . import _core, _exit, _forkserver, _threads
@@ -70,7 +70,7 @@ _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 _condition_lock = threading.Lock()
 
 
-class Future(_base.Future):  # type: ignore[type-arg]
+class Future(_base.Future[T]):
     """The result of a call that runs elsewhere; a ``concurrent.futures.Future``.
 
     Everything the stdlib offers works on it (``concurrent.futures.wait``, ``as_completed``,
@@ -86,6 +86,7 @@ class Future(_base.Future):  # type: ignore[type-arg]
     # condition first, then reads the state. Under the GIL one of them always sees the other,
     # so the condition (and its lock) exists only for futures someone actually waits on.
     __slots__ = ("_cond", "_ferro_task")
+    _cond: threading.Condition
 
     def __init__(self) -> None:
         self._ferro_task: Any = None
@@ -119,7 +120,7 @@ class Future(_base.Future):  # type: ignore[type-arg]
                         waiter.add_exception(self)
                 cond.notify_all()
         if self._done_callbacks:
-            self._invoke_callbacks()
+            self._invoke_callbacks()  # type: ignore[attr-defined]
 
     def set_result(self, result: Any) -> None:
         """Sets the future's value and wakes its waiters (executors and tests only)."""
@@ -198,8 +199,10 @@ class Future(_base.Future):  # type: ignore[type-arg]
         return self._result
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """Returns the exception the call raised (``None`` if it returned), waiting up to
-        ``timeout`` seconds.
+        """Returns the exception the call raised, waiting up to ``timeout`` seconds.
+
+        Returns:
+            The exception, or ``None`` if the call returned.
 
         Raises:
             CancelledError: the future was cancelled.
@@ -223,7 +226,7 @@ class Future(_base.Future):  # type: ignore[type-arg]
         return asyncio.wrap_future(self).__await__()
 
 
-def wait(fs: Iterable[Future], timeout: float | None = None, return_when: str = ALL_COMPLETED) -> Any:
+def wait(fs: Iterable[Future[Any]], timeout: float | None = None, return_when: str = ALL_COMPLETED) -> Any:
     """Waits for the futures to complete; the stdlib's ``concurrent.futures.wait``.
 
     Returns:
@@ -232,14 +235,14 @@ def wait(fs: Iterable[Future], timeout: float | None = None, return_when: str = 
     return _stdlib_wait(fs, timeout, return_when)
 
 
-def as_completed(fs: Iterable[Future], timeout: float | None = None) -> Iterator[Future]:
+def as_completed(fs: Iterable[Future[T]], timeout: float | None = None) -> Iterator[Future[T]]:
     """Yields the futures as they complete (finished or cancelled).
 
     Raises:
         TimeoutError: some futures were still running after ``timeout`` seconds.
     """
     try:
-        yield from _stdlib_as_completed(fs, timeout)
+        yield from _stdlib_as_completed(fs, timeout)  # type: ignore[misc, arg-type]
     except TimeoutError:
         raise
     except _base.TimeoutError as exc:
@@ -257,7 +260,7 @@ class _ResultSink:
     __slots__ = ("pending",)
 
     def __init__(self) -> None:
-        self.pending: dict[int, Future] = {}
+        self.pending: dict[int, Future[Any]] = {}
 
     def deliver(self, batch: list[tuple[int, int, Any]]) -> None:
         pop = self.pending.pop
@@ -338,7 +341,7 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 class _Executor(_base.Executor):
     """What both executors share: ``map`` and the context-manager protocol."""
 
-    def _submit_call(self, fn_bytes: bytes, flags: int, payload: bytes) -> Future:
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         raise NotImplementedError
 
     def map(
@@ -368,24 +371,29 @@ class _Executor(_base.Executor):
             if buffersize < 1:
                 raise ValueError("buffersize must be None or > 0")
         end_time = None if timeout is None else timeout + time.monotonic()
-        submit = self._map_submitter(fn, chunksize)
-        items: Iterator[Any] = zip(*iterables)
-        if chunksize > 1:
+        submit, chunked = self._map_submitter(fn, chunksize)
+        items: Iterator[Any] = zip(*iterables, strict=False)
+        if chunked:
             items = _chunks(items, chunksize)
         if buffersize is None:
             fs = [submit(x) for x in items]
         else:
             fs = [submit(x) for x in itertools.islice(items, buffersize)]
-        return self._map_results(fs, items if buffersize is not None else None, submit, end_time, chunksize > 1)
+        return self._map_results(fs, items if buffersize is not None else None, submit, end_time, chunked)
 
-    def _map_submitter(self, fn: Callable[..., Any], chunksize: int) -> Callable[[Any], Future]:
-        return lambda args: self.submit(fn, *args)
+    def _map_submitter(self, fn: Callable[..., Any], chunksize: int) -> tuple[Callable[[Any], Future[Any]], bool]:
+        """How ``map`` submits: a function of one item (or chunk), and whether items are chunked.
+
+        By default items go one per task: ``chunksize`` has no effect, as in the stdlib's
+        ``ThreadPoolExecutor``.
+        """
+        return (lambda args: self.submit(fn, *args)), False
 
     @staticmethod
     def _map_results(
-        fs: list[Future],
+        fs: list[Future[Any]],
         more: Iterator[Any] | None,
-        submit: Callable[[Any], Future],
+        submit: Callable[[Any], Future[Any]],
         end_time: float | None,
         chunked: bool,
     ) -> Iterator[Any]:
@@ -480,8 +488,8 @@ class ProcessPoolExecutor(_Executor):
         if _exit.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def _submit_call(self, fn_bytes: bytes, flags: int, payload: bytes) -> Future:
-        fut = Future()
+    def _submit_call(self, fn_bytes: bytes, flags: int, payload: bytes) -> Future[Any]:
+        fut: Future[Any] = Future()
         tid = next(self._ids)
         self._sink.pending[tid] = fut
         try:
@@ -491,7 +499,7 @@ class ProcessPoolExecutor(_Executor):
             raise
         return fut
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedules ``fn(*args, **kwargs)`` to run in a worker.
 
         Returns:
@@ -512,35 +520,36 @@ class ProcessPoolExecutor(_Executor):
             payload = dumps((args, kwargs))
         except Exception as exc:
             self._check_open()
-            fut = Future()
+            fut: Future[Any] = Future()
             fut.set_exception(exc)
             return fut
         return self._submit_call(fn_bytes, flags, payload)
 
-    def _map_submitter(self, fn: Callable[..., Any], chunksize: int) -> Callable[[Any], Future]:
+    def _map_submitter(self, fn: Callable[..., Any], chunksize: int) -> tuple[Callable[[Any], Future[Any]], bool]:
+        """The function is pickled once for the whole ``map``; chunks travel as one task each."""
         try:
             fn_bytes, flags = dump_function(fn)
-        except Exception:
-            return super()._map_submitter(fn, chunksize)  # each submit fails its own future
+        except Exception as exc:
+            error = exc  # every task fails with the pickling error, as each submit would
+
+            def fail(_: Any) -> Future[Any]:
+                self._check_open()
+                fut: Future[Any] = Future()
+                fut.set_exception(error)
+                return fut
+
+            return fail, False
         if chunksize > 1:
-            flags |= FLAG_STAR_CHUNK
+            chunk_flags = flags | FLAG_STAR_CHUNK
+            return (lambda chunk: self._submit_pickled(fn_bytes, chunk_flags, chunk)), True
+        return (lambda args: self._submit_pickled(fn_bytes, flags, (args, {}))), False
 
-            def submit_chunk(chunk: list[tuple[Any, ...]]) -> Future:
-                return self._submit_pickled(fn_bytes, flags, chunk)
-
-            return submit_chunk
-
-        def submit_one(args: tuple[Any, ...]) -> Future:
-            return self._submit_pickled(fn_bytes, flags, (args, {}))
-
-        return submit_one
-
-    def _submit_pickled(self, fn_bytes: bytes, flags: int, args: Any) -> Future:
+    def _submit_pickled(self, fn_bytes: bytes, flags: int, args: Any) -> Future[Any]:
         try:
             payload = dumps(args)
         except Exception as exc:
             self._check_open()
-            fut = Future()
+            fut: Future[Any] = Future()
             fut.set_exception(exc)
             return fut
         return self._submit_call(fn_bytes, flags, payload)
@@ -605,11 +614,9 @@ class ThreadPoolExecutor(_Executor):
             _check_callable(initializer, "initializer")
         self._max_workers = max_workers
         self._thread_name_prefix = thread_name_prefix or f"ThreadPoolExecutor-{self._counter()}"
-        self._engine = _core.ThreadEngine(
-            max_workers, self._thread_name_prefix, _threads, initializer, tuple(initargs)
-        )
+        self._engine = _core.ThreadEngine(max_workers, self._thread_name_prefix, _threads, initializer, tuple(initargs))
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedules ``fn(*args, **kwargs)`` to run on a pool thread.
 
         Returns:
@@ -624,7 +631,7 @@ class ThreadPoolExecutor(_Executor):
             _check_callable(fn)
         if _exit.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-        fut = Future()
+        fut: Future[Any] = Future()
         self._engine.submit(fut, fn, args, kwargs or None)
         return fut
 
@@ -636,4 +643,3 @@ class ThreadPoolExecutor(_Executor):
             cancel_futures: cancel every future that has not started running.
         """
         self._engine.shutdown(wait, cancel_futures)
-

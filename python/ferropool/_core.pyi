@@ -1,0 +1,69 @@
+"""Type stubs for ``ferropool._core``, the Rust core. User-facing documentation lives in the
+Python facade (``futures.py``); these are the native building blocks it uses."""
+
+from collections.abc import Callable, Sequence
+from typing import Any, final
+
+__version__: str
+__all__: list[str]
+
+def cpu_count() -> int:
+    """CPUs this process may use (affinity, cgroup quota, ``FERROPOOL_CPU_COUNT``); at least 1."""
+
+def shutdown_all(timeout: float | None = None) -> bool:
+    """Shuts down every pool still running and waits for each; ``False`` if one timed out."""
+
+def worker_main(handler: Any, parent_pid: int) -> int:
+    """The worker loop; returns the process exit code."""
+
+def die_with_parent(parent_pid: int) -> bool:
+    """Sets the parent-death signal; ``False`` if the parent is already gone."""
+
+@final
+class TaskHandle:
+    """A task's atomic state, shared with the scheduler."""
+
+    def cancel(self) -> bool: ...
+    def running(self) -> bool: ...
+
+@final
+class ProcessEngine:
+    """A process pool's engine: scheduler, workers and completion thread."""
+
+    def __new__(
+        cls,
+        argv: Sequence[str],
+        workers: int,
+        on_results: Callable[[list[tuple[int, int, Any]]], object],
+        init: tuple[int, int, bytes] | None = None,
+        max_tasks_per_child: int | None = None,
+        forkserver_fd: int | None = None,
+    ) -> ProcessEngine: ...
+    def submit(self, id: int, fn_bytes: bytes, args: bytes, flags: int, future: Any) -> None: ...
+    def shutdown(self, cancel_pending: bool = False) -> None: ...
+    def terminate(self) -> None: ...
+    def join(self, timeout: float | None = None) -> bool: ...
+    @property
+    def pids(self) -> list[int]: ...
+    @property
+    def broken(self) -> str | None: ...
+
+@final
+class ThreadEngine:
+    """A thread pool of Rust-owned threads."""
+
+    def __new__(
+        cls,
+        max_workers: int,
+        name_prefix: str,
+        hooks: Any,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] | None = None,
+    ) -> ThreadEngine: ...
+    def submit(
+        self, future: Any, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None = None
+    ) -> None: ...
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
+    def join(self, timeout: float | None = None) -> bool: ...
+    @property
+    def threads(self) -> int: ...
