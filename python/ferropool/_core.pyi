@@ -5,7 +5,16 @@ from collections.abc import Callable, Sequence
 from typing import Any, final
 
 __version__: str
-__all__: list[str]
+__all__ = [
+    "ProcessEngine",
+    "TaskHandle",
+    "ThreadEngine",
+    "__version__",
+    "cpu_count",
+    "die_with_parent",
+    "shutdown_all",
+    "worker_main",
+]
 
 def cpu_count() -> int:
     """CPUs this process may use (affinity, cgroup quota, ``FERROPOOL_CPU_COUNT``); at least 1."""

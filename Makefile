@@ -1,0 +1,57 @@
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: help
+help: ## show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip maturin
+
+.PHONY: install
+install: $(PY) ## venv + editable install with test and lint extras
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -E test
+
+.PHONY: build-dev
+build-dev: $(PY) ## debug build of the native module into the venv
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop
+
+.PHONY: build-prod
+build-prod: $(PY) ## optimised wheel in target/wheels
+	$(VENV)/bin/maturin build --release
+
+.PHONY: format
+format: ## ruff fix + format, cargo fmt
+	$(PY) -m ruff check --fix python tests benches
+	$(PY) -m ruff format python tests benches
+	cargo fmt
+
+.PHONY: lint-python
+lint-python: ## ruff, mypy --strict, stubtest of the native module
+	$(PY) -m ruff check python tests benches
+	$(PY) -m ruff format --check python tests benches
+	$(PY) -m mypy python/ferropool
+	$(PY) -m mypy.stubtest ferropool._core
+
+.PHONY: lint-rust
+lint-rust: ## cargo fmt --check, clippy with warnings as errors
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+.PHONY: lint
+lint: lint-python lint-rust ## all linters
+
+.PHONY: test
+test: ## the whole Python test suite, then the Rust unit tests
+	$(PY) -m pytest
+	cargo test
+
+.PHONY: bench
+bench: ## ferropool against the stdlib (and loky/mpire/pebble if installed): writes BENCHMARKS.md
+	$(PY) benches/run.py --repeat 5 --anchors --out BENCHMARKS.md
+
+.PHONY: all
+all: format lint test ## format, lint, test
