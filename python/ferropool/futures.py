@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from . import _core, _exit, _forkserver, _threads
 from ._serialize import (
+    FLAG_ITEM_CHUNK,
     FLAG_STAR_CHUNK,
     OUT_CANCELLED,
     OUT_DIED,
@@ -371,18 +372,24 @@ class _Executor(_base.Executor):
             if buffersize < 1:
                 raise ValueError("buffersize must be None or > 0")
         end_time = None if timeout is None else timeout + time.monotonic()
-        submit, chunked = self._map_submitter(fn, chunksize)
+        single = len(iterables) == 1
+        submit, chunked = self._map_submitter(fn, chunksize, single)
         items: Iterator[Any] = zip(*iterables, strict=False)
         if chunked:
-            items = _chunks(items, chunksize)
+            # one iterable: chunks of the items themselves, called as fn(x), less to pickle
+            items = _chunks(iter(iterables[0]) if single else items, chunksize)
         if buffersize is None:
             fs = [submit(x) for x in items]
         else:
             fs = [submit(x) for x in itertools.islice(items, buffersize)]
         return self._map_results(fs, items if buffersize is not None else None, submit, end_time, chunked)
 
-    def _map_submitter(self, fn: Callable[..., Any], chunksize: int) -> tuple[Callable[[Any], Future[Any]], bool]:
+    def _map_submitter(
+        self, fn: Callable[..., Any], chunksize: int, single: bool
+    ) -> tuple[Callable[[Any], Future[Any]], bool]:
         """How ``map`` submits: a function of one item (or chunk), and whether items are chunked.
+
+        A chunk of a single-iterable ``map`` holds the items; otherwise it holds argument tuples.
 
         By default items go one per task: ``chunksize`` has no effect, as in the stdlib's
         ``ThreadPoolExecutor``.
@@ -525,7 +532,9 @@ class ProcessPoolExecutor(_Executor):
             return fut
         return self._submit_call(fn_bytes, flags, payload)
 
-    def _map_submitter(self, fn: Callable[..., Any], chunksize: int) -> tuple[Callable[[Any], Future[Any]], bool]:
+    def _map_submitter(
+        self, fn: Callable[..., Any], chunksize: int, single: bool
+    ) -> tuple[Callable[[Any], Future[Any]], bool]:
         """The function is pickled once for the whole ``map``; chunks travel as one task each."""
         try:
             fn_bytes, flags = dump_function(fn)
@@ -540,7 +549,7 @@ class ProcessPoolExecutor(_Executor):
 
             return fail, False
         if chunksize > 1:
-            chunk_flags = flags | FLAG_STAR_CHUNK
+            chunk_flags = flags | (FLAG_ITEM_CHUNK if single else FLAG_STAR_CHUNK)
             return (lambda chunk: self._submit_pickled(fn_bytes, chunk_flags, chunk)), True
         return (lambda args: self._submit_pickled(fn_bytes, flags, (args, {}))), False
 
