@@ -41,7 +41,10 @@ fn send_fds(conn: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
     // SAFETY: CMSG_SPACE only computes a size from its argument.
     let space = unsafe { libc::CMSG_SPACE(fds_len as u32) } as usize;
     let mut control = vec![0u8; space];
-    let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
     // SAFETY: an all-zero msghdr is a valid empty header; every pointer set below outlives the
     // sendmsg call (`iov`, `payload`, `control` are locals), and the control buffer is exactly
     // CMSG_SPACE bytes, enough for one cmsghdr carrying `fds.len()` descriptors, which

@@ -36,7 +36,10 @@ pub mod _core {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         // Cargo's "0.1.0-alpha.1" is PEP 440's "0.1.0a1"
-        let version = env!("CARGO_PKG_VERSION").replace("-alpha.", "a").replace("-beta.", "b").replace("-rc.", "rc");
+        let version = env!("CARGO_PKG_VERSION")
+            .replace("-alpha.", "a")
+            .replace("-beta.", "b")
+            .replace("-rc.", "rc");
         m.add("__version__", version)
     }
 }

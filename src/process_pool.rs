@@ -73,7 +73,10 @@ impl PyProcessEngine {
         let completer = Arc::new(OnceLock::new());
         // the completion thread is the last part of the pool to finish, so it keeps the pool's
         // registration alive until then
-        let life = Arc::new(PoolLife { engine: engine.lifecycle(), completer_done: Arc::clone(&completer_done) });
+        let life = Arc::new(PoolLife {
+            engine: engine.lifecycle(),
+            completer_done: Arc::clone(&completer_done),
+        });
         registry::register(Arc::clone(&life) as Arc<dyn registry::Pool>);
         let id = Arc::clone(&completer);
         thread::Builder::new()
@@ -85,7 +88,11 @@ impl PyProcessEngine {
                 life.completer_done.count_down();
             })
             .map_err(Error::from)?;
-        Ok(PyProcessEngine { engine, completer_done, completer })
+        Ok(PyProcessEngine {
+            engine,
+            completer_done,
+            completer,
+        })
     }
 
     /// Queues one call; `fn_bytes` and `args` are concatenated into the frame body. The task's
@@ -105,7 +112,13 @@ impl PyProcessEngine {
         body.extend_from_slice(args);
         let state = Arc::new(TaskState::default());
         attach_handle(py, future, &state)?;
-        self.engine.submit(Task { id, flags, fn_len, body, state })?;
+        self.engine.submit(Task {
+            id,
+            flags,
+            fn_len,
+            body,
+            state,
+        })?;
         Ok(())
     }
 

@@ -28,8 +28,12 @@ pub fn register(pool: Arc<dyn Pool>) {
 
 /// Every pool still alive, after asking each to shut down.
 pub fn begin_shutdown_all() -> Vec<Arc<dyn Pool>> {
-    let live: Vec<Arc<dyn Pool>> =
-        LIVE.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Weak::upgrade).collect();
+    let live: Vec<Arc<dyn Pool>> = LIVE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
     for pool in &live {
         pool.begin_shutdown();
     }

@@ -170,7 +170,7 @@ impl Engine {
             if let Some(w) = s.workers.iter_mut().find(|w| w.can_take()) {
                 send_call(w, task);
                 match w.out.flush_to(&mut w.link) {
-                    Ok(true) | Err(_) => {} // a failed write shows up as the worker's death
+                    Ok(true) | Err(_) => {}          // a failed write shows up as the worker's death
                     Ok(false) => self.shared.wake(), // the engine must finish the write
                 }
                 return Ok(());
@@ -262,7 +262,10 @@ impl Shared {
             let pending = mem::take(&mut s.pending);
             for task in pending {
                 if task.state.cancel() {
-                    s.out.push(Completion { id: task.id, outcome: Outcome::Cancelled });
+                    s.out.push(Completion {
+                        id: task.id,
+                        outcome: Outcome::Cancelled,
+                    });
                 }
             }
             s.send_out();
@@ -292,7 +295,10 @@ fn send_call(w: &mut Worker, task: Task) -> bool {
     }
     let fn_len = task.fn_len;
     wire::encode(&mut w.out.buf, kind::CALL, task.flags, task.id, fn_len, &[&task.body]);
-    w.inflight.push_back(InFlight { id: task.id, state: task.state });
+    w.inflight.push_back(InFlight {
+        id: task.id,
+        state: task.state,
+    });
     if let Some(q) = w.quota.as_mut() {
         *q = q.saturating_sub(1);
     }
@@ -327,7 +333,11 @@ impl Sched {
     /// One step of the engine between two waits: start workers, hand out work, move phases.
     fn maintain(&mut self) {
         if matches!(self.phase, Phase::Running | Phase::Draining) {
-            let wanted = if self.phase == Phase::Running || !self.pending.is_empty() { self.cfg.workers } else { 0 };
+            let wanted = if self.phase == Phase::Running || !self.pending.is_empty() {
+                self.cfg.workers
+            } else {
+                0
+            };
             while self.broken.is_none() && self.active_workers() < wanted {
                 if let Err(e) = self.spawn_worker() {
                     self.mark_broken(format!("could not start a worker process: {e}"), None);
@@ -387,7 +397,10 @@ impl Sched {
                     gave = true;
                 } else {
                     // cancelled while queued: its future is already cancelled; free its entry
-                    self.out.push(Completion { id, outcome: Outcome::Cancelled });
+                    self.out.push(Completion {
+                        id,
+                        outcome: Outcome::Cancelled,
+                    });
                     gave = true;
                 }
             }
@@ -417,7 +430,10 @@ impl Sched {
     fn terminate(&mut self) {
         for task in mem::take(&mut self.pending) {
             if task.state.cancel() {
-                self.out.push(Completion { id: task.id, outcome: Outcome::Cancelled });
+                self.out.push(Completion {
+                    id: task.id,
+                    outcome: Outcome::Cancelled,
+                });
             }
         }
         for mut w in mem::take(&mut self.workers) {
@@ -440,13 +456,19 @@ impl Sched {
         self.broken = Some(why.clone());
         for task in mem::take(&mut self.pending) {
             if task.state.cancel() || task.state.is_running() {
-                self.out.push(Completion { id: task.id, outcome: Outcome::Broken(why.clone(), cause.clone()) });
+                self.out.push(Completion {
+                    id: task.id,
+                    outcome: Outcome::Broken(why.clone(), cause.clone()),
+                });
             }
         }
         for mut w in mem::take(&mut self.workers) {
             w.kill_and_reap();
             for t in w.inflight.drain(..) {
-                self.out.push(Completion { id: t.id, outcome: Outcome::Broken(why.clone(), cause.clone()) });
+                self.out.push(Completion {
+                    id: t.id,
+                    outcome: Outcome::Broken(why.clone(), cause.clone()),
+                });
             }
         }
         self.phase = Phase::Stopping;
@@ -484,7 +506,11 @@ impl Sched {
                 if let Some(pos) = w.inflight.iter().position(|t| t.id == frame.id) {
                     w.inflight.remove(pos);
                 }
-                let outcome = if frame.kind == kind::OK { Outcome::Ok(frame.body) } else { Outcome::Err(frame.body) };
+                let outcome = if frame.kind == kind::OK {
+                    Outcome::Ok(frame.body)
+                } else {
+                    Outcome::Err(frame.body)
+                };
                 self.out.push(Completion { id: frame.id, outcome });
                 if w.quota == Some(0) && w.inflight.is_empty() && !w.stopping {
                     // max_tasks_per_child reached: retire it; maintain() starts its successor
@@ -570,7 +596,11 @@ fn run(shared: &Shared) {
             let mut need_tick = s.phase == Phase::Stopping;
             for (i, w) in s.workers.iter().enumerate() {
                 if !w.link_closed {
-                    let ev = if w.out.is_empty() { libc::POLLIN } else { libc::POLLIN | libc::POLLOUT };
+                    let ev = if w.out.is_empty() {
+                        libc::POLLIN
+                    } else {
+                        libc::POLLIN | libc::POLLOUT
+                    };
                     fds.push(pollfd(w.link_fd(), ev));
                     watch.push(Watch::Link(i));
                 }

@@ -45,7 +45,10 @@ pub struct CountLatch {
 impl CountLatch {
     /// A latch that opens after `n` calls to [`CountLatch::count_down`].
     pub fn new(n: usize) -> Self {
-        CountLatch { count: Mutex::new(n), zero: Condvar::new() }
+        CountLatch {
+            count: Mutex::new(n),
+            zero: Condvar::new(),
+        }
     }
 
     pub fn count_up(&self) {
@@ -63,8 +66,10 @@ impl CountLatch {
     /// Waits up to `timeout` for the count to reach zero; `true` if it did.
     pub fn wait_for(&self, timeout: Duration) -> bool {
         let count = self.count.lock().unwrap_or_else(PoisonError::into_inner);
-        let (count, _) =
-            self.zero.wait_timeout_while(count, timeout, |c| *c > 0).unwrap_or_else(PoisonError::into_inner);
+        let (count, _) = self
+            .zero
+            .wait_timeout_while(count, timeout, |c| *c > 0)
+            .unwrap_or_else(PoisonError::into_inner);
         *count == 0
     }
 
@@ -78,7 +83,9 @@ impl CountLatch {
 pub fn timeout_from_secs(timeout: Option<f64>) -> PyResult<Option<Duration>> {
     match timeout {
         None => Ok(None),
-        Some(t) if t.is_nan() => Err(pyo3::exceptions::PyValueError::new_err("timeout must be a number, not NaN")),
+        Some(t) if t.is_nan() => Err(pyo3::exceptions::PyValueError::new_err(
+            "timeout must be a number, not NaN",
+        )),
         Some(t) => Ok(Some(Duration::from_secs_f64(t.clamp(0.0, 1e9)))),
     }
 }

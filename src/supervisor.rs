@@ -89,15 +89,24 @@ impl Worker {
 
     fn spawn(command: &[String], quota: Option<u64>) -> io::Result<Worker> {
         let (ours, theirs) = UnixStream::pair()?;
-        let (program, rest) =
-            command.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command line"))?;
+        let (program, rest) = command
+            .split_first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command line"))?;
         let child = Command::new(program)
             .args(rest)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .process_group(0)
             .spawn()?;
         let pid = child.id();
-        Worker::new(Proc::Child { child, pidfd: pidfd_open(pid) }, pid, ours, quota)
+        Worker::new(
+            Proc::Child {
+                child,
+                pidfd: pidfd_open(pid),
+            },
+            pid,
+            ours,
+            quota,
+        )
     }
 
     fn new(proc: Proc, pid: u32, link: UnixStream, quota: Option<u64>) -> io::Result<Worker> {
@@ -133,7 +142,9 @@ impl Worker {
     /// Sends `signal` to the worker's whole process group, so children it started go too, and
     /// to the worker itself, which may not lead its group yet if it was forked a moment ago.
     pub fn signal_group(&self, signal: i32) {
-        let Ok(pid) = libc::pid_t::try_from(self.pid) else { return };
+        let Ok(pid) = libc::pid_t::try_from(self.pid) else {
+            return;
+        };
         // SAFETY: kill/killpg only send a signal. The pid stays reserved for this worker until
         // it is reaped (by us or by the fork server, which reports it to us first), so neither
         // call can reach an unrelated process or group.
@@ -156,7 +167,11 @@ impl Worker {
                         Ok(Some(ExitInfo { pid, code, signal }))
                     }
                     // the server closed it without a status: it died, and took the worker along
-                    Ok(_) => Ok(Some(ExitInfo { pid, code: None, signal: None })),
+                    Ok(_) => Ok(Some(ExitInfo {
+                        pid,
+                        code: None,
+                        signal: None,
+                    })),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
                     Err(e) => Err(e),
                 }
@@ -169,7 +184,11 @@ impl Worker {
         self.stopping = true;
         self.signal_group(libc::SIGKILL);
         let pid = self.pid;
-        let killed = ExitInfo { pid, code: None, signal: Some(libc::SIGKILL) };
+        let killed = ExitInfo {
+            pid,
+            code: None,
+            signal: Some(libc::SIGKILL),
+        };
         match &mut self.proc {
             Proc::Child { child, .. } => {
                 let _ = child.kill();
@@ -194,7 +213,11 @@ impl Worker {
 
 /// Translates a wait status into exit code or signal.
 fn exit_info(pid: u32, status: ExitStatus) -> ExitInfo {
-    ExitInfo { pid, code: status.code(), signal: status.signal() }
+    ExitInfo {
+        pid,
+        code: status.code(),
+        signal: status.signal(),
+    }
 }
 
 /// Opens a descriptor that becomes readable when `pid` exits, so the engine can wait on worker

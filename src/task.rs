@@ -21,12 +21,17 @@ pub struct TaskState(AtomicU8);
 impl TaskState {
     /// Claims the task for a worker. `false` means it was cancelled first.
     pub fn start(&self) -> bool {
-        self.0.compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        self.0
+            .compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Cancels the task if no worker has it yet. `true` when it is (now or already) cancelled.
     pub fn cancel(&self) -> bool {
-        match self.0.compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire) {
+        match self
+            .0
+            .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => true,
             Err(now) => now == CANCELLED,
         }
@@ -106,7 +111,12 @@ impl PyTaskHandle {
 /// Gives a Python future its handle on the task's state (`future._ferro_task`), which its
 /// `cancel()` and `running()` consult.
 pub fn attach_handle(py: Python<'_>, future: &Bound<'_, PyAny>, state: &Arc<TaskState>) -> PyResult<()> {
-    let handle = Bound::new(py, PyTaskHandle { state: Arc::clone(state) })?;
+    let handle = Bound::new(
+        py,
+        PyTaskHandle {
+            state: Arc::clone(state),
+        },
+    )?;
     future.setattr(pyo3::intern!(py, "_ferro_task"), handle)
 }
 

@@ -110,17 +110,34 @@ impl PyThreadEngine {
     ) -> PyResult<()> {
         let sh = &self.shared;
         if sh.is_broken.load(Ordering::Acquire) {
-            let why = sh.broken.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default();
+            let why = sh
+                .broken
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .unwrap_or_default();
             return Err(Error::BrokenThreads(why).into());
         }
         {
             let tx = sh.tx.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(tx) = tx.as_ref() else { return Err(Error::ShutDown.into()) };
+            let Some(tx) = tx.as_ref() else {
+                return Err(Error::ShutDown.into());
+            };
             let state = Arc::new(TaskState::default());
             attach_handle(py, &future, &state)?;
-            tx.send(Job { state, future: future.unbind(), func, args, kwargs }).map_err(|_| Error::ShutDown)?;
+            tx.send(Job {
+                state,
+                future: future.unbind(),
+                func,
+                args,
+                kwargs,
+            })
+            .map_err(|_| Error::ShutDown)?;
         }
-        let claimed_idle = sh.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+        let claimed_idle = sh
+            .idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
         if !claimed_idle {
             start_thread_if_allowed(sh)?;
         }
@@ -140,7 +157,9 @@ impl PyThreadEngine {
         }
         if wait {
             if SERVING.with(std::cell::Cell::get) == Arc::as_ptr(sh) as usize {
-                return Err(PyRuntimeError::new_err("cannot join current thread: shutdown(wait=True) called from a task of the same pool"));
+                return Err(PyRuntimeError::new_err(
+                    "cannot join current thread: shutdown(wait=True) called from a task of the same pool",
+                ));
             }
             wait_interruptible(py, None, |slice| sh.live.wait_for(slice))?;
         }
@@ -173,7 +192,12 @@ impl registry::Pool for Shared {
 
 fn start_thread_if_allowed(sh: &Arc<Shared>) -> PyResult<()> {
     let n = sh.started.load(Ordering::Acquire);
-    if n >= sh.max_workers || sh.started.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+    if n >= sh.max_workers
+        || sh
+            .started
+            .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+    {
         return Ok(());
     }
     let name = format!("{}_{}", sh.name_prefix, n);
@@ -203,7 +227,11 @@ fn serve(py: Python<'_>, sh: &Arc<Shared>, name: &str) {
             if let Err(e) = hooks.call_method1(intern!(py, "initializer_failed"), (err.into_value(py),)) {
                 e.write_unraisable(py, None);
             }
-            break_pool(py, sh, "A thread initializer failed, the thread pool is not usable anymore");
+            break_pool(
+                py,
+                sh,
+                "A thread initializer failed, the thread pool is not usable anymore",
+            );
         }
     }
     loop {
@@ -219,7 +247,12 @@ fn serve(py: Python<'_>, sh: &Arc<Shared>, name: &str) {
             }
         };
         if sh.is_broken.load(Ordering::Acquire) {
-            let why = sh.broken.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default();
+            let why = sh
+                .broken
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .unwrap_or_default();
             fail_job(py, job, &why);
         } else {
             run_job(py, job);
@@ -239,7 +272,10 @@ fn run_job(py: Python<'_>, job: Job) {
         return;
     }
     let future = job.future.bind(py);
-    let outcome = job.func.bind(py).call(job.args.bind(py), job.kwargs.as_ref().map(|k| k.bind(py)));
+    let outcome = job
+        .func
+        .bind(py)
+        .call(job.args.bind(py), job.kwargs.as_ref().map(|k| k.bind(py)));
     let set = match outcome {
         Ok(value) => future.call_method1(intern!(py, "set_result"), (value,)),
         Err(err) => future.call_method1(intern!(py, "set_exception"), (err.into_value(py),)),
@@ -262,7 +298,10 @@ fn fail_job(py: Python<'_>, job: Job, why: &str) {
 
 /// Marks the pool broken and fails every queued job, as CPython's `_initializer_failed` does.
 fn break_pool(py: Python<'_>, sh: &Shared, why: &str) {
-    sh.broken.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert_with(|| why.to_owned());
+    sh.broken
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert_with(|| why.to_owned());
     sh.is_broken.store(true, Ordering::Release);
     while let Ok(job) = sh.rx.try_recv() {
         fail_job(py, job, why);

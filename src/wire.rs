@@ -147,7 +147,8 @@ impl FrameReader {
 
     /// Whether a complete frame is waiting in the buffer.
     pub fn has_frame(&self) -> bool {
-        self.peek_len().is_some_and(|total| self.buf.len() - self.start >= total)
+        self.peek_len()
+            .is_some_and(|total| self.buf.len() - self.start >= total)
     }
 }
 
@@ -211,7 +212,11 @@ mod tests {
         encode(&mut bytes, kind::OK, 0, 8, 99, &[]);
         encode(&mut bytes, kind::ERR, 2, u64::MAX, u32::MAX, &[&vec![0u8; 100_000]]);
         for step in [1, 5, 21, 22, 23, 4096] {
-            let mut src = Trickle { data: bytes.clone(), pos: 0, step };
+            let mut src = Trickle {
+                data: bytes.clone(),
+                pos: 0,
+                step,
+            };
             let mut reader = FrameReader::default();
             let mut frames = Vec::new();
             loop {
@@ -223,9 +228,21 @@ mod tests {
                 }
             }
             assert_eq!(frames.len(), 3, "step {step}");
-            assert_eq!(frames[0], Frame { kind: kind::CALL, flags: 1, id: 7, aux: 3, body: b"abcdefg".to_vec() });
+            assert_eq!(
+                frames[0],
+                Frame {
+                    kind: kind::CALL,
+                    flags: 1,
+                    id: 7,
+                    aux: 3,
+                    body: b"abcdefg".to_vec()
+                }
+            );
             assert_eq!(frames[1].body, b"");
-            assert_eq!((frames[2].id, frames[2].aux, frames[2].body.len()), (u64::MAX, u32::MAX, 100_000));
+            assert_eq!(
+                (frames[2].id, frames[2].aux, frames[2].body.len()),
+                (u64::MAX, u32::MAX, 100_000)
+            );
             assert!(!reader.has_frame());
         }
     }

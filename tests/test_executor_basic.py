@@ -175,3 +175,20 @@ def test_workers_do_not_share_parent_globals():
 def test_process_pool_sizes(workers):
     with ferropool.ProcessPoolExecutor(max_workers=workers) as ex:
         assert list(ex.map(_tasks.square, range(10))) == [i * i for i in range(10)]
+
+
+def test_idle_worker_takes_task_while_other_worker_is_busy(gate, beacon):
+    """With two warm workers and one busy with a long task, a new quick task must run on the
+    idle worker, not wait behind the long one."""
+    with ferropool.ProcessPoolExecutor(max_workers=2) as ex, gate:
+        # warm up: both workers started, and many quick tasks measured
+        assert list(ex.map(_tasks.square, range(300))) == [i * i for i in range(300)]
+        slow = ex.submit(_tasks.wait_gate, gate.path, "slow", beacon.path)
+        busy_pid = int(beacon.wait())
+        fast = ex.submit(_tasks.get_pid)
+        try:
+            fast_pid = fast.result(timeout=10)
+        finally:
+            gate.open()
+        assert fast_pid != busy_pid
+        assert slow.result(timeout=WAIT) == "slow"

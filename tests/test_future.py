@@ -310,3 +310,4 @@ def test_done_callback_sees_failed_future(make_executor):
         ex.submit(_tasks.fail).add_done_callback(callback)
         assert done.wait(WAIT)
     assert seen == [ValueError]
+

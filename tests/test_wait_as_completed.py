@@ -34,8 +34,9 @@ def test_wait_empty():
 
 def test_wait_first_completed(make_executor, gate):
     with make_executor() as ex, gate:
-        slow = ex.submit(_tasks.wait_gate, gate.path)
+        # the quick task goes first: see test_executor_basic's idle-worker test for the other order
         fast = ex.submit(_tasks.square, 3)
+        slow = ex.submit(_tasks.wait_gate, gate.path)
         done, not_done = ferropool.wait([slow, fast], timeout=WAIT, return_when=ferropool.FIRST_COMPLETED)
         assert fast in done
         assert slow in not_done
@@ -43,8 +44,8 @@ def test_wait_first_completed(make_executor, gate):
 
 def test_wait_first_exception(make_executor, gate):
     with make_executor() as ex, gate:
-        slow = ex.submit(_tasks.wait_gate, gate.path)
         bad = ex.submit(_tasks.fail)
+        slow = ex.submit(_tasks.wait_gate, gate.path)
         done, not_done = ferropool.wait([slow, bad], timeout=WAIT, return_when=ferropool.FIRST_EXCEPTION)
         assert bad in done
         assert slow in not_done
@@ -59,8 +60,8 @@ def test_wait_first_exception_without_exception_waits_for_all(make_executor):
 
 def test_wait_timeout(make_executor, gate):
     with make_executor() as ex, gate:
-        slow = ex.submit(_tasks.wait_gate, gate.path)
         fast = ex.submit(_tasks.square, 3)
+        slow = ex.submit(_tasks.wait_gate, gate.path)
         fast.result(timeout=WAIT)
         done, not_done = ferropool.wait([slow, fast], timeout=0.1)
         assert not_done == {slow}
@@ -97,8 +98,8 @@ def test_as_completed_yields_every_future(make_executor):
 
 def test_as_completed_fast_before_slow(make_executor, gate):
     with make_executor() as ex, gate:
-        slow = ex.submit(_tasks.wait_gate, gate.path, "slow")
         fast = ex.submit(_tasks.square, 4)
+        slow = ex.submit(_tasks.wait_gate, gate.path, "slow")
         it = ferropool.as_completed([slow, fast], timeout=WAIT)
         assert next(it) is fast
         gate.open()
@@ -109,6 +110,7 @@ def test_as_completed_fast_before_slow(make_executor, gate):
 def test_as_completed_includes_finished_and_cancelled(make_executor):
     cancelled = ferropool.Future()
     cancelled.cancel()
+    cancelled.set_running_or_notify_cancel()  # what an executor does with a cancelled item
     with make_executor() as ex:
         finished = ex.submit(_tasks.square, 1)
         finished.result(timeout=WAIT)
@@ -120,8 +122,8 @@ def test_as_completed_includes_finished_and_cancelled(make_executor):
                                  multiprocessing.TimeoutError])
 def test_as_completed_timeout(make_executor, gate, cls):
     with make_executor() as ex, gate:
-        slow = ex.submit(_tasks.wait_gate, gate.path)
         fast = ex.submit(_tasks.square, 2)
+        slow = ex.submit(_tasks.wait_gate, gate.path)
         seen = []
         with pytest.raises(cls):
             for f in ferropool.as_completed([slow, fast], timeout=0.2):
@@ -144,3 +146,18 @@ def test_stdlib_as_completed_accepts_ferropool_futures(make_executor, gate):
         slow = ex.submit(_tasks.wait_gate, gate.path)
         with pytest.raises(cf.TimeoutError):
             list(cf.as_completed([slow], timeout=0.1))
+
+
+def test_cancelled_queued_process_future_is_done_for_wait_at_once(gate, beacon):
+    """A process pool's cancel() takes effect at once: wait/as_completed see it without waiting
+    for the busy worker to reach the task."""
+    with ferropool.ProcessPoolExecutor(max_workers=1) as ex, gate:
+        ex.submit(_tasks.wait_gate, gate.path, None, beacon.path)
+        beacon.wait()
+        queued = [ex.submit(_tasks.square, i) for i in range(3)]
+        assert queued[-1].cancel()
+        done, not_done = ferropool.wait([queued[-1]], timeout=WAIT)
+        assert done == {queued[-1]}
+        assert list(ferropool.as_completed([queued[-1]], timeout=WAIT)) == [queued[-1]]
+        done, _ = cf.wait([queued[-1]], timeout=WAIT)
+        assert done == {queued[-1]}

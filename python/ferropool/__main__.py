@@ -31,7 +31,7 @@ def count_primes(bounds: tuple[int, int]) -> int:
 def main() -> None:
     """Runs the demo."""
     workers = ferropool.cpu_count()
-    limit, pieces = 600_000, 4 * max(workers, 2)
+    limit, pieces = 800_000, 16 * max(workers, 2)
     step = limit // pieces
     chunks = [(i * step, (i + 1) * step) for i in range(pieces)]
     print(f"ferropool {ferropool.__version__}: counting primes below {limit:,} in {pieces} tasks")
