@@ -170,6 +170,10 @@ impl registry::Pool for PoolLife {
         self.engine.begin_shutdown();
     }
 
+    fn terminate(&self) {
+        self.engine.terminate();
+    }
+
     fn wait_finished(&self, timeout: Duration) -> bool {
         self.engine.wait_finished(timeout) && self.completer_done.wait_for(timeout)
     }

@@ -13,9 +13,18 @@ use std::time::Duration;
 pub trait Pool: Send + Sync {
     /// Stop accepting work; finish what is queued.
     fn begin_shutdown(&self);
+    /// Stop now: cancel what is queued, kill what runs where it can be killed.
+    fn terminate(&self);
+    /// Whether `terminate` stops running work (processes), or only queued work (threads).
+    fn kills_running_work(&self) -> bool {
+        true
+    }
     /// Wait up to `timeout` for the pool's threads to end.
     fn wait_finished(&self, timeout: Duration) -> bool;
 }
+
+/// How long a terminating exit waits for thread-pool threads still running a task.
+const ABANDON_THREADS_AFTER: Duration = Duration::from_secs(1);
 
 static LIVE: Mutex<Vec<Weak<dyn Pool>>> = Mutex::new(Vec::new());
 
@@ -26,29 +35,42 @@ pub fn register(pool: Arc<dyn Pool>) {
     live.push(Arc::downgrade(&pool));
 }
 
-/// Every pool still alive, after asking each to shut down.
-pub fn begin_shutdown_all() -> Vec<Arc<dyn Pool>> {
-    let live: Vec<Arc<dyn Pool>> = LIVE
-        .lock()
+/// Every pool still alive.
+fn live() -> Vec<Arc<dyn Pool>> {
+    LIVE.lock()
         .unwrap_or_else(PoisonError::into_inner)
         .iter()
         .filter_map(Weak::upgrade)
-        .collect();
-    for pool in &live {
-        pool.begin_shutdown();
-    }
-    live
+        .collect()
 }
 
 /// Shuts down every pool still running and waits up to `timeout` seconds for each (forever when
-/// `None`). Called at interpreter exit; returns whether all finished.
+/// `None`): gracefully (queued work runs, as the stdlib does at exit), or with `terminate` by
+/// cancelling queued work and killing workers. Called at interpreter exit; returns whether all
+/// finished. A `KeyboardInterrupt` during a graceful wait propagates; the caller then
+/// terminates.
 #[pyo3::pyfunction]
-#[pyo3(signature = (timeout=None))]
-pub fn shutdown_all(py: pyo3::Python<'_>, timeout: Option<f64>) -> pyo3::PyResult<bool> {
+#[pyo3(signature = (timeout=None, terminate=false))]
+pub fn shutdown_all(py: pyo3::Python<'_>, timeout: Option<f64>, terminate: bool) -> pyo3::PyResult<bool> {
     let timeout = crate::signals::timeout_from_secs(timeout)?;
+    let pools = live();
+    for pool in &pools {
+        if terminate {
+            pool.terminate();
+        } else {
+            pool.begin_shutdown();
+        }
+    }
     let mut all = true;
-    for pool in begin_shutdown_all() {
-        all &= crate::signals::wait_interruptible(py, timeout, |slice| pool.wait_finished(slice))?;
+    for pool in pools {
+        // a thread cannot be killed: after an interrupt, its running task is abandoned like a
+        // daemon thread's rather than waited for
+        let limit = if terminate && !pool.kills_running_work() {
+            Some(ABANDON_THREADS_AFTER)
+        } else {
+            timeout
+        };
+        all &= crate::signals::wait_interruptible(py, limit, |slice| pool.wait_finished(slice))?;
     }
     Ok(all)
 }

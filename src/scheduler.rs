@@ -27,7 +27,6 @@ use std::io::{self, Read, Write};
 use std::mem;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -99,19 +98,19 @@ struct Sched {
     startup_failures: u32,
     /// When stopped workers are killed if still alive.
     stop_deadline: Option<Instant>,
+    /// The engine polls `wake_rx`; anyone who needs its attention writes a byte to `wake_tx`.
+    /// Both close when the engine ends, so a finished pool holds no descriptor.
+    wake_rx: Option<UnixStream>,
+    wake_tx: Option<UnixStream>,
+    /// The engine is awake, or a wake-up byte is on its way: nobody needs to write another.
+    /// Cleared by the engine just before it sleeps; set by whoever wakes it. Both happen under
+    /// the lock, so a task queued after the engine looked is always followed by a wake-up byte.
+    wake_sent: bool,
 }
 
 /// The state shared by the engine thread and the pool's handle.
 pub struct Shared {
     sched: Mutex<Sched>,
-    /// The engine polls `wake_rx`; anyone who needs its attention writes a byte to `wake_tx`.
-    wake_rx: UnixStream,
-    wake_tx: UnixStream,
-    /// The engine is awake, or a wake-up byte is on its way: nobody needs to write another.
-    /// Cleared by the engine, under the `sched` lock, just before it sleeps; a submitter sets it
-    /// under the same lock, so a task queued after the engine looked is always followed by a
-    /// wake-up byte.
-    wake_sent: AtomicBool,
     /// Opens when the engine thread has ended.
     pub finished: CountLatch,
 }
@@ -139,10 +138,10 @@ impl Engine {
                 ewma_us: None,
                 startup_failures: 0,
                 stop_deadline: None,
+                wake_rx: Some(wake_rx),
+                wake_tx: Some(wake_tx),
+                wake_sent: false,
             }),
-            wake_rx,
-            wake_tx,
-            wake_sent: AtomicBool::new(false),
             finished: CountLatch::new(1),
         });
         let for_thread = Arc::clone(&shared);
@@ -169,9 +168,10 @@ impl Engine {
         if s.pending.is_empty() && s.workers.iter().all(|w| w.inflight.is_empty()) {
             if let Some(w) = s.workers.iter_mut().find(|w| w.can_take()) {
                 send_call(w, task);
-                match w.out.flush_to(&mut w.link) {
-                    Ok(true) | Err(_) => {}          // a failed write shows up as the worker's death
-                    Ok(false) => self.shared.wake(), // the engine must finish the write
+                // a failed write shows up as the worker's death; a partial one is the engine's
+                // to finish
+                if matches!(w.out.flush_to(&mut w.link), Ok(false)) {
+                    s.wake();
                 }
                 return Ok(());
             }
@@ -181,7 +181,7 @@ impl Engine {
         // engine dispatches then, with no wake-up needed
         let window = s.window();
         if s.workers.is_empty() || s.workers.iter().any(|w| w.can_take() && w.inflight.len() < window) {
-            self.shared.wake();
+            s.wake();
         }
         Ok(())
     }
@@ -194,14 +194,7 @@ impl Engine {
 
     /// Kills every worker now; queued tasks are cancelled and running ones fail.
     pub fn terminate(&self) {
-        let mut s = self.shared.lock();
-        if s.phase == Phase::Done {
-            return;
-        }
-        s.terminate();
-        s.send_out();
-        drop(s);
-        self.shared.wake();
+        registry::Pool::terminate(&*self.shared);
     }
 
     /// Waits up to `timeout` for the engine thread to end.
@@ -236,6 +229,15 @@ impl registry::Pool for Shared {
         self.shutdown(false);
     }
 
+    fn terminate(&self) {
+        let mut s = self.lock();
+        if s.phase != Phase::Done {
+            s.terminate();
+            s.send_out();
+            s.wake();
+        }
+    }
+
     fn wait_finished(&self, timeout: Duration) -> bool {
         self.finished.wait_for(timeout)
     }
@@ -244,13 +246,6 @@ impl registry::Pool for Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Sched> {
         self.sched.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Makes the engine thread look at the state again.
-    fn wake(&self) {
-        if !self.wake_sent.swap(true, Ordering::AcqRel) {
-            let _ = (&self.wake_tx).write(&[1]);
-        }
     }
 
     fn shutdown(&self, cancel_pending: bool) {
@@ -270,13 +265,7 @@ impl Shared {
             }
             s.send_out();
         }
-        drop(s);
-        self.wake();
-    }
-
-    fn drain_wake(&self) {
-        let mut sink = [0u8; 64];
-        while matches!((&self.wake_rx).read(&mut sink), Ok(n) if n > 0) {}
+        s.wake();
     }
 }
 
@@ -306,6 +295,24 @@ fn send_call(w: &mut Worker, task: Task) -> bool {
 }
 
 impl Sched {
+    /// Makes the engine thread look at the state again.
+    fn wake(&mut self) {
+        if !self.wake_sent {
+            if let Some(tx) = &self.wake_tx {
+                self.wake_sent = true;
+                let _ = (&*tx).write(&[1]);
+            }
+        }
+    }
+
+    /// Reads the wake-up bytes that have arrived.
+    fn drain_wake(&mut self) {
+        let mut sink = [0u8; 64];
+        if let Some(rx) = &self.wake_rx {
+            while matches!((&*rx).read(&mut sink), Ok(n) if n > 0) {}
+        }
+    }
+
     /// Sends gathered outcomes to the completion thread.
     fn send_out(&mut self) {
         if self.out.is_empty() {
@@ -355,7 +362,11 @@ impl Sched {
             if self.workers.is_empty() {
                 self.phase = Phase::Done;
                 self.send_out();
+                // a finished pool holds nothing: the completion thread ends, descriptors close
                 self.results = None;
+                self.wake_rx = None;
+                self.wake_tx = None;
+                self.cfg.spec.forkserver = None;
             } else if self.stop_deadline.is_some_and(|d| Instant::now() >= d) {
                 for w in &mut self.workers {
                     w.signal_group(libc::SIGKILL);
@@ -381,31 +392,27 @@ impl Sched {
         Ok(())
     }
 
-    /// Hands pending tasks to workers with room, one at a time round the workers so the work
-    /// spreads evenly.
+    /// Hands pending tasks out, each to the worker holding the fewest, so a quick task never
+    /// waits behind a long one while another worker has room.
     fn dispatch(&mut self) {
         let window = self.window();
         while !self.pending.is_empty() {
-            let mut gave = false;
-            for w in &mut self.workers {
-                if !w.can_take() || w.inflight.len() >= window {
-                    continue;
-                }
-                let Some(task) = self.pending.pop_front() else { break };
-                let id = task.id;
-                if send_call(w, task) {
-                    gave = true;
-                } else {
-                    // cancelled while queued: its future is already cancelled; free its entry
-                    self.out.push(Completion {
-                        id,
-                        outcome: Outcome::Cancelled,
-                    });
-                    gave = true;
-                }
-            }
-            if !gave {
-                break;
+            let target = self
+                .workers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.can_take() && w.inflight.len() < window)
+                .min_by_key(|(_, w)| w.inflight.len())
+                .map(|(i, _)| i);
+            let Some(i) = target else { break };
+            let Some(task) = self.pending.pop_front() else { break };
+            let id = task.id;
+            if !send_call(&mut self.workers[i], task) {
+                // cancelled while queued: its future is already cancelled; free its entry
+                self.out.push(Completion {
+                    id,
+                    outcome: Outcome::Cancelled,
+                });
             }
         }
     }
@@ -591,8 +598,10 @@ fn run(shared: &Shared) {
             }
             fds.clear();
             watch.clear();
-            fds.push(pollfd(shared.wake_rx.as_raw_fd(), libc::POLLIN));
-            watch.push(Watch::Wake);
+            if let Some(rx) = &s.wake_rx {
+                fds.push(pollfd(rx.as_raw_fd(), libc::POLLIN));
+                watch.push(Watch::Wake);
+            }
             let mut need_tick = s.phase == Phase::Stopping;
             for (i, w) in s.workers.iter().enumerate() {
                 if !w.link_closed {
@@ -612,7 +621,7 @@ fn run(shared: &Shared) {
                     None => need_tick = true, // no pidfd: look for exits on a timer
                 }
             }
-            shared.wake_sent.store(false, Ordering::Release);
+            s.wake_sent = false;
             if need_tick {
                 20
             } else {
@@ -633,7 +642,7 @@ fn run(shared: &Shared) {
                 continue;
             }
             match *what {
-                Watch::Wake => shared.drain_wake(),
+                Watch::Wake => s.drain_wake(),
                 Watch::Link(i) if i < s.workers.len() => {
                     if fd.revents & libc::POLLOUT != 0 {
                         let w = &mut s.workers[i];

@@ -185,6 +185,17 @@ impl registry::Pool for Shared {
         drop(self.tx.lock().unwrap_or_else(PoisonError::into_inner).take());
     }
 
+    /// Threads cannot be killed: queued jobs are dropped (their futures stay pending, which
+    /// nobody can observe any more at exit) and running ones finish.
+    fn terminate(&self) {
+        self.begin_shutdown();
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    fn kills_running_work(&self) -> bool {
+        false
+    }
+
     fn wait_finished(&self, timeout: Duration) -> bool {
         self.live.wait_for(timeout)
     }

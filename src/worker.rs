@@ -1,26 +1,22 @@
 //! The loop inside a worker process: read frames, run each call through the Python handler
-//! (`python/ferropool/_worker.py`), write results back, batching them when calls are short.
+//! (`python/ferropool/_worker.py`), write each result back as soon as its call returns.
 //!
 //! The GIL is released while the worker waits for frames and while it writes results; it is held
-//! only for the handler, which unpickles, calls and pickles.
+//! only for the handler, which unpickles, calls and pickles. Frames are read in batches, but
+//! results are not held back to share a write: a call that crashes the process (segfault,
+//! `os._exit`) would take every unwritten result with it, and tasks that finished must keep their
+//! results.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::wire::{self, kind, FrameReader, ReadOutcome};
-
-/// Results wait for company at most this long before they are written.
-const BATCH_AGE: Duration = Duration::from_micros(500);
-/// A call that ran this long is followed by a write of the results so far.
-const SLOW_CALL_US: u32 = 100;
-/// Results written once this many bytes are waiting.
-const BATCH_BYTES: usize = 256 * 1024;
 
 /// Exit codes `worker_main` returns (the Python side passes them to `os._exit`).
 const EXIT_OK: i32 = 0;
@@ -41,13 +37,10 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
     let init = handler.getattr("init")?;
     let mut reader = FrameReader::default();
     let mut out: Vec<u8> = Vec::new();
-    let mut batch_started: Option<Instant> = None;
-    let mut last_us: u32 = 0;
     loop {
         let Some(frame) = reader.next_frame() else {
             if !out.is_empty() {
                 flush(py, &mut link, &mut out)?;
-                batch_started = None;
             }
             match py.detach(|| reader.read_from(&mut link)) {
                 Ok(ReadOutcome::Data(_) | ReadOutcome::WouldBlock) => continue,
@@ -67,17 +60,12 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
                 wire::encode(&mut out, kind::READY, 0, 0, 0, &[]);
             }
             kind::CALL => {
-                let stale = batch_started.is_some_and(|t| t.elapsed() >= BATCH_AGE);
-                if !out.is_empty() && (last_us >= SLOW_CALL_US || stale || out.len() >= BATCH_BYTES) {
-                    flush(py, &mut link, &mut out)?;
-                    batch_started = None;
-                }
                 let started = Instant::now();
                 let (ok, payload) = run_handler(py, &call, &frame)?;
-                last_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+                let us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
                 let k = if ok { kind::OK } else { kind::ERR };
-                wire::encode(&mut out, k, 0, frame.id, last_us, &[payload.as_bytes()]);
-                batch_started.get_or_insert(started);
+                wire::encode(&mut out, k, 0, frame.id, us, &[payload.as_bytes()]);
+                flush(py, &mut link, &mut out)?;
             }
             kind::STOP => {
                 flush(py, &mut link, &mut out)?;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
 import time
 
@@ -208,3 +209,8 @@ def exit_if(x, bad, code=4):
     if x == bad:
         os._exit(code)
     return x
+
+
+def module_name(_=None):
+    """The name this module was imported under (workers import it by reference)."""
+    return __name__, sys.modules[__name__].__file__

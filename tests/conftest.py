@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import select
 import time
 from pathlib import Path
 
+import ferropool
 import psutil
 import pytest
-
-import ferropool
 
 KINDS = ("process", "thread")
 EXECUTORS = {"process": ferropool.ProcessPoolExecutor, "thread": ferropool.ThreadPoolExecutor}
@@ -53,6 +53,17 @@ def _shm() -> set[str]:
         return set()
 
 
+def _ours(entry: str) -> bool:
+    """False for a /dev/shm entry that names, as libraries do (``sem.loky-<pid>-...``), a live
+    process outside this test process's tree: other programs on the machine create those."""
+    mine = {os.getpid(), *_children()}
+    for token in re.findall(r"(?<![0-9A-Za-z])\d{2,}(?![0-9A-Za-z])", entry):
+        pid = int(token)
+        if pid not in mine and psutil.pid_exists(pid):
+            return False
+    return True
+
+
 def _describe(p: psutil.Process) -> str:
     try:
         return f"pid {p.pid} ({p.status()}): {' '.join(p.cmdline())[:200]}"
@@ -81,7 +92,7 @@ def no_leaks(request):
         gc.collect()  # garbage in a reference cycle is not a leak
         new_children = [p for pid, p in _children().items() if pid not in children_before]
         fd_count = len(os.listdir("/proc/self/fd"))
-        new_shm = _shm() - shm_before
+        new_shm = {e for e in _shm() - shm_before if _ours(e)}
         fds_ok = fd_count <= fd_count_before or getattr(request.node, "ferro_call_failed", False)
         if (not new_children and fds_ok and not new_shm) or time.monotonic() > deadline:
             break
@@ -100,6 +111,30 @@ def no_leaks(request):
         problems.append(f"new /dev/shm entries: {sorted(new_shm)}")
     if problems:
         pytest.fail("resource leak after the test:\n" + "\n".join(problems), pytrace=False)
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Waits, on pidfds and without reaping anything, until the processes have exited; returns
+    those still running (not zombies) at the deadline."""
+    fds = {}
+    try:
+        for p in procs:
+            try:
+                fds[os.pidfd_open(p.pid)] = p
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        pending = set(fds)
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select(list(pending), [], [], left)
+            pending -= set(ready)
+        return [fds[fd] for fd in pending]
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ import functools
 import os
 import threading
 
+import ferropool
 import pytest
 
-import ferropool
 from tests import _tasks
 from tests.conftest import WAIT
 
@@ -187,8 +187,17 @@ def test_idle_worker_takes_task_while_other_worker_is_busy(gate, beacon):
         busy_pid = int(beacon.wait())
         fast = ex.submit(_tasks.get_pid)
         try:
-            fast_pid = fast.result(timeout=10)
+            fast_pid = fast.result(timeout=5)
         finally:
             gate.open()
         assert fast_pid != busy_pid
         assert slow.result(timeout=WAIT) == "slow"
+
+
+def test_workers_import_the_tasks_module_by_name():
+    with ferropool.ProcessPoolExecutor(max_workers=1) as ex:
+        name, path = ex.submit(_tasks.module_name).result(timeout=WAIT)
+        pid = ex.submit(_tasks.get_pid).result(timeout=WAIT)
+    assert name == "tests._tasks"
+    assert os.path.samefile(path, _tasks.__file__)
+    assert pid != os.getpid()

@@ -8,9 +8,9 @@ import multiprocessing
 import threading
 import traceback
 
+import ferropool
 import pytest
 
-import ferropool
 from tests import _tasks
 from tests.conftest import WAIT
 
@@ -310,4 +310,3 @@ def test_done_callback_sees_failed_future(make_executor):
         ex.submit(_tasks.fail).add_done_callback(callback)
         assert done.wait(WAIT)
     assert seen == [ValueError]
-

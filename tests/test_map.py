@@ -6,9 +6,9 @@ import itertools
 import pickle
 import threading
 
+import ferropool
 import pytest
 
-import ferropool
 from tests import _tasks
 
 

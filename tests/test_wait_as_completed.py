@@ -6,9 +6,9 @@ import builtins
 import concurrent.futures as cf
 import multiprocessing
 
+import ferropool
 import pytest
 
-import ferropool
 from tests import _tasks
 from tests.conftest import WAIT
 
@@ -118,8 +118,9 @@ def test_as_completed_includes_finished_and_cancelled(make_executor):
     assert seen == {cancelled, finished}
 
 
-@pytest.mark.parametrize("cls", [ferropool.TimeoutError, builtins.TimeoutError, cf.TimeoutError,
-                                 multiprocessing.TimeoutError])
+@pytest.mark.parametrize(
+    "cls", [ferropool.TimeoutError, builtins.TimeoutError, cf.TimeoutError, multiprocessing.TimeoutError]
+)
 def test_as_completed_timeout(make_executor, gate, cls):
     with make_executor() as ex, gate:
         fast = ex.submit(_tasks.square, 2)

@@ -7,6 +7,7 @@ interpreter they attach to is.
 
 from __future__ import annotations
 
+import sys
 import threading
 
 from . import _core
@@ -14,10 +15,28 @@ from . import _core
 shutting_down = False
 
 
+def _dying_of_interrupt() -> bool:
+    """Whether the program is ending because of an uncaught ``KeyboardInterrupt``."""
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    return isinstance(last, KeyboardInterrupt)
+
+
 def _python_exit() -> None:
+    """Finishes every pool: queued work runs, as the stdlib does at exit.
+
+    A program ending with Ctrl-C does not wait for its work: its pools are terminated. A second
+    Ctrl-C during the wait terminates them too. Either way no pool thread outlives this call.
+    """
     global shutting_down
     shutting_down = True
-    _core.shutdown_all()
+    if _dying_of_interrupt():
+        _core.shutdown_all(terminate=True)
+        return
+    try:
+        _core.shutdown_all()
+    except KeyboardInterrupt:
+        _core.shutdown_all(terminate=True)
+        raise
 
 
 threading._register_atexit(_python_exit)  # type: ignore[attr-defined]

@@ -1,0 +1,302 @@
+"""What the executors and the pools share: one backend per kind of pool.
+
+``ProcessPoolExecutor`` and ``Pool`` drive a :class:`ProcessBackend`; ``ThreadPoolExecutor`` and
+``ThreadPool`` drive a :class:`ThreadBackend`. Every call, chunk of a map, or initializer becomes
+the same task with the same :class:`~ferropool.Future`; the front ends only adapt names and
+return types (one task model, DESIGN.md principle 1).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from . import _core, _exit, _forkserver, _threads
+from ._future import Future
+from ._serialize import (
+    FLAG_ITEM_CHUNK,
+    FLAG_STAR_CHUNK,
+    OUT_CANCELLED,
+    OUT_DIED,
+    OUT_ERR,
+    OUT_OK,
+    dump_function,
+    dumps,
+    load_exception,
+    loads,
+)
+from ._spawn import worker_argv
+from .errors import BrokenProcessPool, InvalidStateError, WorkerDiedError
+
+
+class ResultSink:
+    """Completes process-pool futures from the outcomes the core delivers.
+
+    Called on the pool's completion thread with a batch of ``(id, kind, payload)``. It holds no
+    reference to its pool, so a pool nobody uses can be garbage-collected while its last tasks
+    finish.
+    """
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: dict[int, Future[Any]] = {}
+
+    def deliver(self, batch: list[tuple[int, int, Any]]) -> None:
+        """Sets the future of each outcome in ``batch``."""
+        pop = self.pending.pop
+        for tid, kind, payload in batch:
+            fut = pop(tid, None)
+            if fut is None:
+                continue
+            try:
+                if kind == OUT_OK:
+                    fut.set_result(loads(payload))
+                elif kind == OUT_ERR:
+                    fut.set_exception(load_exception(payload))
+                elif kind == OUT_CANCELLED:
+                    fut.cancel()
+                elif kind == OUT_DIED:
+                    fut.set_exception(WorkerDiedError.from_exit(*payload))
+                else:
+                    fut.set_exception(broken_error(*payload))
+            except InvalidStateError:
+                pass
+            except BaseException as exc:  # the payload itself could not be unpickled
+                try:
+                    fut.set_exception(exc)
+                except InvalidStateError:
+                    pass
+
+
+def broken_error(why: str, cause: bytes | None) -> BrokenProcessPool:
+    """The error for work a broken pool could not run, with the worker's exception as cause."""
+    err = BrokenProcessPool(why)
+    if cause is not None:
+        try:
+            err.__cause__ = load_exception(cause)
+        except Exception:
+            pass
+    return err
+
+
+def check_callable(fn: Any, what: str = "fn") -> None:
+    """Raises ``TypeError`` unless ``fn`` is callable."""
+    if not callable(fn):
+        raise TypeError(f"{what} must be callable, not {type(fn).__name__!r}; pass a function or other callable")
+
+
+def check_positive_int(value: Any, what: str, message: str) -> None:
+    """Raises ``TypeError`` for a non-integer and ``ValueError(message)`` for one below 1."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what} must be an int or None, not {type(value).__name__!r}")
+    if value <= 0:
+        raise ValueError(message)
+
+
+START_METHODS = ("spawn", "forkserver", "fork")
+
+
+def start_method(context: Any, what: str = "mp_context") -> str:
+    """How workers start: ``"spawn"`` (always a fresh interpreter) or ``"forkserver"``.
+
+    ferropool never forks a threaded parent. ``"fork"`` and ``"forkserver"`` (and ``None``) mean
+    "fork from ferropool's fork server when this process allows one, else spawn".
+    """
+    if context is None:
+        return "forkserver"
+    method = context if isinstance(context, str) else None
+    get = getattr(context, "get_start_method", None)
+    if method is None and callable(get):
+        method = get()
+    if method not in START_METHODS:
+        raise ValueError(
+            f"{what} must be None, one of {', '.join(map(repr, START_METHODS))}, or a "
+            f"multiprocessing context (multiprocessing.get_context(...)), not {context!r}"
+        )
+    return "spawn" if method == "spawn" else "forkserver"
+
+
+def chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of up to ``size`` items, taken from ``items`` as they are needed."""
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+def failed(exc: BaseException) -> Future[Any]:
+    """A future that already failed with ``exc``."""
+    fut: Future[Any] = Future()
+    fut.set_exception(exc)
+    return fut
+
+
+class ProcessBackend:
+    """One process-pool engine (``_core.ProcessEngine``), its result sink and its task ids."""
+
+    def __init__(
+        self,
+        workers: int,
+        method: str,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
+        max_tasks_per_child: int | None,
+    ) -> None:
+        init = None
+        if initializer is not None:
+            fn_bytes, flags = dump_function(initializer)
+            init = (flags, len(fn_bytes), fn_bytes + dumps((tuple(initargs), {})))
+        self.workers = workers
+        self.sink = ResultSink()
+        self._ids = itertools.count(1)
+        self.closed = False
+        server = _forkserver.connect() if method == "forkserver" else None
+        self.engine = _core.ProcessEngine(worker_argv(), workers, self.sink.deliver, init, max_tasks_per_child, server)
+
+    def check_open(self) -> None:
+        """Raises what a submit to this pool would raise now, if anything."""
+        broken = self.engine.broken
+        if broken is not None:
+            raise BrokenProcessPool(broken)
+        if self.closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _exit.shutting_down:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def submit_call(self, fn_bytes: bytes, flags: int, payload: bytes) -> Future[Any]:
+        """Queues an already pickled call."""
+        fut: Future[Any] = Future()
+        tid = next(self._ids)
+        self.sink.pending[tid] = fut
+        try:
+            self.engine.submit(tid, fn_bytes, payload, flags, fut)
+        except BaseException:
+            del self.sink.pending[tid]
+            raise
+        return fut
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        """Queues ``fn(*args, **kwargs)``; a pickling error fails only the returned future."""
+        if _exit.shutting_down:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        try:
+            fn_bytes, flags = dump_function(fn)
+            payload = dumps((args, kwargs))
+        except Exception as exc:
+            self.check_open()
+            return failed(exc)
+        return self.submit_call(fn_bytes, flags, payload)
+
+    def chunk_submitter(self, fn: Callable[..., Any], star: bool) -> Callable[[list[Any]], Future[Any]]:
+        """A function that queues one chunk, whose future holds the list of results.
+
+        ``fn`` is pickled once here, not once per chunk; ``star`` calls ``fn(*item)``.
+        """
+        try:
+            fn_bytes, flags = dump_function(fn)
+        except Exception as exc:
+            error = exc  # every chunk fails with the pickling error, as each submit would
+
+            def fail(_: list[Any]) -> Future[Any]:
+                self.check_open()
+                return failed(error)
+
+            return fail
+        flags |= FLAG_STAR_CHUNK if star else FLAG_ITEM_CHUNK
+
+        def submit_chunk(chunk: list[Any]) -> Future[Any]:
+            try:
+                payload = dumps(chunk)
+            except Exception as exc:
+                self.check_open()
+                return failed(exc)
+            return self.submit_call(fn_bytes, flags, payload)
+
+        return submit_chunk
+
+    def one_submitter(self, fn: Callable[..., Any]) -> Callable[[tuple[Any, ...]], Future[Any]]:
+        """A function that queues ``fn(*args)`` for each args tuple, ``fn`` pickled once."""
+        try:
+            fn_bytes, flags = dump_function(fn)
+        except Exception:
+            return lambda args: self.submit(fn, args, {})
+
+        def submit_one(args: tuple[Any, ...]) -> Future[Any]:
+            try:
+                payload = dumps((args, {}))
+            except Exception as exc:
+                self.check_open()
+                return failed(exc)
+            return self.submit_call(fn_bytes, flags, payload)
+
+        return submit_one
+
+    def shutdown(self, cancel_pending: bool) -> None:
+        """Stops accepting work; queued work runs (or is cancelled), then the workers stop.
+
+        Cancelled futures are cancelled before this returns, as the stdlib's are.
+        """
+        self.closed = True
+        if cancel_pending:
+            for fut in list(self.sink.pending.values()):
+                fut.cancel()  # a no-op for tasks a worker already has
+        self.engine.shutdown(cancel_pending)
+
+    def terminate(self) -> None:
+        """Kills every worker now; queued work is cancelled, running work fails."""
+        self.closed = True
+        self.engine.terminate()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Waits for the workers to exit and every outcome to be delivered."""
+        return self.engine.join(timeout)
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool) -> list[Any]:
+    return [fn(*item) for item in chunk] if star else list(map(fn, chunk))
+
+
+class ThreadBackend:
+    """One thread pool (``_core.ThreadEngine``)."""
+
+    def __init__(
+        self,
+        max_workers: int,
+        name_prefix: str,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
+    ) -> None:
+        self.workers = max_workers
+        self.closed = False
+        self._lock = threading.Lock()
+        self.engine = _core.ThreadEngine(max_workers, name_prefix, _threads, initializer, tuple(initargs))
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        """Queues ``fn(*args, **kwargs)`` on the pool's threads."""
+        if _exit.shutting_down:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        fut: Future[Any] = Future()
+        self.engine.submit(fut, fn, args, kwargs or None)
+        return fut
+
+    def chunk_submitter(self, fn: Callable[..., Any], star: bool) -> Callable[[list[Any]], Future[Any]]:
+        """A function that queues one chunk, whose future holds the list of results."""
+        return lambda chunk: self.submit(_run_chunk, (fn, chunk, star), {})
+
+    def one_submitter(self, fn: Callable[..., Any]) -> Callable[[tuple[Any, ...]], Future[Any]]:
+        """A function that queues ``fn(*args)`` for each args tuple."""
+        return lambda args: self.submit(fn, args, {})
+
+    def shutdown(self, cancel_pending: bool, wait: bool = False) -> None:
+        """Stops accepting work; queued work runs (or is cancelled); ``wait`` joins the threads."""
+        self.closed = True
+        self.engine.shutdown(wait, cancel_pending)
+
+    def terminate(self) -> None:
+        """Cancels queued work; threads finish what they run (a thread cannot be killed)."""
+        self.shutdown(cancel_pending=True)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Waits for every thread to end."""
+        return self.engine.join(timeout)

@@ -1,0 +1,182 @@
+"""``ferropool.Future``: a ``concurrent.futures.Future`` that the core starts and cancels.
+
+Its lock is made only when someone waits on it (see ``Future``'s comment).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import _base
+from concurrent.futures._base import (
+    CANCELLED,
+    CANCELLED_AND_NOTIFIED,
+    FINISHED,
+    PENDING,
+    RUNNING,
+)
+from typing import Any, TypeVar
+
+from .errors import CancelledError, InvalidStateError, TimeoutError
+
+__all__ = ["Future"]
+
+T = TypeVar("T")
+
+_DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+_condition_lock = threading.Lock()
+
+
+class Future(_base.Future[T]):
+    """The result of a call that runs elsewhere; a ``concurrent.futures.Future``.
+
+    Everything the stdlib offers works on it (``concurrent.futures.wait``, ``as_completed``,
+    ``asyncio.wrap_future``). Beyond it, it can be awaited directly, and ``cancel()`` takes effect
+    at once: a cancelled task never reaches a worker.
+    """
+
+    # How a ferropool future differs inside (see docs/ARCHITECTURE.md, "Futures"): whether a
+    # task is cancelled or started is decided by one atomic compare-and-swap in the core
+    # (`_ferro_task`), not under this future's lock. The only transition left to the engine is
+    # PENDING/RUNNING -> FINISHED, which it makes without the lock while nobody waits: it
+    # stores the outcome, then the state, then looks for a condition; a waiter makes the
+    # condition first, then reads the state. Under the GIL one of them always sees the other,
+    # so the condition (and its lock) exists only for futures someone actually waits on.
+    __slots__ = ("_cond", "_ferro_task")
+    _cond: threading.Condition
+
+    def __init__(self) -> None:
+        self._ferro_task: Any = None
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        try:
+            return self._cond
+        except AttributeError:
+            with _condition_lock:
+                try:
+                    return self._cond
+                except AttributeError:
+                    cond = self._cond = threading.Condition()
+                    return cond
+
+    def _finish_unlocked(self) -> None:
+        """Wakes whoever started waiting while the outcome was being stored."""
+        cond = getattr(self, "_cond", None)
+        if cond is not None:
+            with cond:
+                for waiter in self._waiters:
+                    if self._exception is None:
+                        waiter.add_result(self)
+                    else:
+                        waiter.add_exception(self)
+                cond.notify_all()
+        if self._done_callbacks:
+            self._invoke_callbacks()  # type: ignore[attr-defined]
+
+    def set_result(self, result: Any) -> None:
+        """Sets the future's value and wakes its waiters (executors and tests only)."""
+        if self._ferro_task is None or getattr(self, "_cond", None) is not None:
+            return super().set_result(result)
+        if self._state in _DONE:
+            raise InvalidStateError(f"{self._state}: {self!r}")
+        self._result = result
+        self._state = FINISHED
+        self._finish_unlocked()
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """Sets the future's exception and wakes its waiters (executors and tests only)."""
+        if self._ferro_task is None or getattr(self, "_cond", None) is not None:
+            return super().set_exception(exception)
+        if self._state in _DONE:
+            raise InvalidStateError(f"{self._state}: {self!r}")
+        self._exception = exception
+        self._state = FINISHED
+        self._finish_unlocked()
+
+    def cancel(self) -> bool:
+        """Cancels the call if it has not started running.
+
+        Returns:
+            ``False`` if the call is running or finished, otherwise ``True``.
+        """
+        task = self._ferro_task
+        if task is None:
+            return super().cancel()
+        if not task.cancel():
+            # a worker already has it: too late, as with the stdlib's running futures
+            return self.cancelled()
+        if not super().cancel():
+            return False
+        with self._condition:
+            if self._state == CANCELLED:
+                # no executor thread will ever pick this task up to notify waiters: do it now
+                self.set_running_or_notify_cancel()
+        return True
+
+    def done(self) -> bool:
+        """``True`` if the call finished or was cancelled."""
+        return self._state in _DONE
+
+    def running(self) -> bool:
+        """``True`` if the call is being run by a worker (or was sent to one)."""
+        if self._state == RUNNING:
+            return True
+        task = self._ferro_task
+        return task is not None and self._state == PENDING and task.running()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Returns the call's value, waiting up to ``timeout`` seconds for it.
+
+        Raises:
+            CancelledError: the future was cancelled.
+            TimeoutError: the call did not finish in time.
+            Exception: whatever the call raised, with the worker's traceback as ``__cause__``.
+        """
+        if self._state != FINISHED:
+            with self._condition:
+                if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                    raise CancelledError()
+                if self._state != FINISHED:
+                    self._condition.wait(timeout)
+                    if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                        raise CancelledError()
+                    if self._state != FINISHED:
+                        raise TimeoutError()
+        if self._exception is not None:
+            try:
+                raise self._exception
+            finally:
+                self = None  # type: ignore[assignment]  # break the cycle through the traceback
+        return self._result
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Returns the exception the call raised, waiting up to ``timeout`` seconds.
+
+        Returns:
+            The exception, or ``None`` if the call returned.
+
+        Raises:
+            CancelledError: the future was cancelled.
+            TimeoutError: the call did not finish in time.
+        """
+        if self._state != FINISHED:
+            with self._condition:
+                if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                    raise CancelledError()
+                if self._state != FINISHED:
+                    self._condition.wait(timeout)
+                    if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                        raise CancelledError()
+                    if self._state != FINISHED:
+                        raise TimeoutError()
+        return self._exception
+
+    def __await__(self) -> Any:
+        import asyncio
+
+        return asyncio.wrap_future(self).__await__()
