@@ -180,6 +180,14 @@ impl PyThreadEngine {
     }
 }
 
+impl Drop for PyThreadEngine {
+    /// An executor nobody references any more: its threads finish the queued jobs and exit, as
+    /// the stdlib's do when their executor is collected.
+    fn drop(&mut self) {
+        registry::Pool::begin_shutdown(&*self.shared);
+    }
+}
+
 impl registry::Pool for Shared {
     fn begin_shutdown(&self) {
         drop(self.tx.lock().unwrap_or_else(PoisonError::into_inner).take());

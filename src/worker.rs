@@ -57,7 +57,10 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
                         return Ok(EXIT_INIT_FAILED);
                     }
                 }
+                // on its own: if the first call crashes the worker, the parent must still know
+                // that start-up succeeded (a crash loop at start-up breaks the pool)
                 wire::encode(&mut out, kind::READY, 0, 0, 0, &[]);
+                flush(py, &mut link, &mut out)?;
             }
             kind::CALL => {
                 let started = Instant::now();

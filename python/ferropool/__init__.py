@@ -33,9 +33,11 @@ if TYPE_CHECKING:
         as_completed,
         wait,
     )
+    from .pool import AsyncResult, Pool, ThreadPool
 
 __all__ = [
     "ALL_COMPLETED",
+    "AsyncResult",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
     "BrokenExecutor",
@@ -44,7 +46,9 @@ __all__ = [
     "CancelledError",
     "Future",
     "InvalidStateError",
+    "Pool",
     "ProcessPoolExecutor",
+    "ThreadPool",
     "ThreadPoolExecutor",
     "TimeoutError",
     "WorkerDiedError",
@@ -55,6 +59,9 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AsyncResult": "pool",
+    "Pool": "pool",
+    "ThreadPool": "pool",
     "ALL_COMPLETED": "futures",
     "FIRST_COMPLETED": "futures",
     "FIRST_EXCEPTION": "futures",

@@ -19,8 +19,8 @@ __all__ = [
 def cpu_count() -> int:
     """CPUs this process may use (affinity, cgroup quota, ``FERROPOOL_CPU_COUNT``); at least 1."""
 
-def shutdown_all(timeout: float | None = None) -> bool:
-    """Shuts down every pool still running and waits for each; ``False`` if one timed out."""
+def shutdown_all(timeout: float | None = None, terminate: bool = False) -> bool:
+    """Shuts down (or terminates) every pool still running and waits; ``False`` on timeout."""
 
 def worker_main(handler: Any, parent_pid: int) -> int:
     """The worker loop; returns the process exit code."""

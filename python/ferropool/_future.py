@@ -6,6 +6,7 @@ Its lock is made only when someone waits on it (see ``Future``'s comment).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import _base
 from concurrent.futures._base import (
     CANCELLED,
@@ -117,6 +118,10 @@ class Future(_base.Future[T]):
                 # no executor thread will ever pick this task up to notify waiters: do it now
                 self.set_running_or_notify_cancel()
         return True
+
+    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:  # type: ignore[override]
+        """Calls ``fn(future)`` when the future finishes or is cancelled (at once if it has)."""
+        super().add_done_callback(fn)  # type: ignore[arg-type]
 
     def done(self) -> bool:
         """``True`` if the call finished or was cancelled."""

@@ -1,0 +1,526 @@
+"""``multiprocessing.pool`` on ferropool's engine: Pool, ThreadPool and their results.
+
+A ``Pool`` drives the same backend as ``ProcessPoolExecutor`` (``_backend.ProcessBackend``), a
+``ThreadPool`` the same one as ``ThreadPoolExecutor``: each call or chunk becomes one task with
+one ``Future``, and the result objects here wrap those futures.
+
+Differences from the stdlib, all on purpose:
+
+- ``imap`` and ``imap_unordered`` read their input lazily, keeping at most ``buffersize`` chunks
+  submitted or finished-but-unread, so an endless input works in bounded memory.
+- A worker that dies fails the chunk it was running (``WorkerDiedError``); the pool goes on.
+- A callback that raises is logged; later results are still delivered.
+- Callbacks of a ``ThreadPool`` run on one dedicated thread, in completion order, as a process
+  ``Pool``'s run on its completion thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+from . import _core
+from ._backend import ProcessBackend, ThreadBackend, check_callable, start_method
+from ._future import Future
+from .errors import CancelledError, TimeoutError
+
+__all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool", "ThreadPool"]
+
+T = TypeVar("T")
+_log = logging.getLogger("ferropool")
+
+RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+#: Chunks ``imap`` keeps submitted or finished-but-unread, per worker, unless told otherwise.
+IMAP_BUFFER_PER_WORKER = 16
+
+
+def _report_callback_error(kind: str, callback: Callable[..., object], exc: BaseException) -> None:
+    _log.error("%s %r raised; the pool goes on", kind, callback, exc_info=exc)
+
+
+class AsyncResult(Generic[T]):
+    """The result of ``apply_async`` (and the base of ``MapResult``).
+
+    Wraps the ``Future`` of its task. ``callback`` receives the value, ``error_callback`` the
+    exception; both run on the pool's result thread, in completion order.
+    """
+
+    def __init__(
+        self,
+        future: Future[Any],
+        callback: Callable[[T], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        callbacks: _CallbackRunner | None = None,
+    ) -> None:
+        self._future = future
+        if callback is not None or error_callback is not None:
+            deliver = self._callback_for(callback, error_callback)
+            if callbacks is None:
+                future.add_done_callback(deliver)
+            else:
+                future.add_done_callback(callbacks.schedule(deliver))
+
+    def _callback_for(
+        self, callback: Callable[[T], object] | None, error_callback: Callable[[BaseException], object] | None
+    ) -> Callable[[Future[Any]], None]:
+        def deliver(fut: Future[Any]) -> None:
+            try:
+                exc = fut.exception()
+            except CancelledError as cancelled:
+                exc = cancelled
+            if exc is None:
+                if callback is not None:
+                    try:
+                        callback(self._value(fut))
+                    except BaseException as err:
+                        _report_callback_error("callback", callback, err)
+            elif error_callback is not None:
+                try:
+                    error_callback(exc)
+                except BaseException as err:
+                    _report_callback_error("error_callback", error_callback, err)
+
+        return deliver
+
+    def _value(self, fut: Future[Any]) -> Any:
+        return fut.result()
+
+    def ready(self) -> bool:
+        """Whether the call has completed."""
+        return self._future.done()
+
+    def successful(self) -> bool:
+        """Whether the call completed without raising.
+
+        Raises:
+            ValueError: the result is not ready yet.
+        """
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return not self._future.cancelled() and self._future.exception() is None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Waits until the result is available or ``timeout`` seconds pass."""
+        try:
+            self._future.exception(timeout)
+        except (TimeoutError, CancelledError):
+            pass
+
+    def get(self, timeout: float | None = None) -> T:
+        """Returns the result when it arrives.
+
+        Raises:
+            TimeoutError: it did not arrive within ``timeout`` seconds (``ferropool.TimeoutError``,
+                also a ``multiprocessing.TimeoutError``).
+            Exception: whatever the call raised, with the worker's traceback as ``__cause__``.
+        """
+        self._future.exception(timeout)  # raises TimeoutError when not done in time
+        return self._value(self._future)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        state = "ready" if self.ready() else "pending"
+        return f"<{type(self).__name__} {state}>"
+
+
+ApplyResult = AsyncResult
+
+
+class MapResult(AsyncResult[list[T]]):
+    """The result of ``map_async``/``starmap_async``: the chunks' results, in order, as one list.
+
+    It is ready when every chunk has finished, or as soon as one fails (as in the stdlib).
+    """
+
+    def __init__(
+        self,
+        chunks: list[Future[Any]],
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        callbacks: _CallbackRunner | None = None,
+    ) -> None:
+        self._chunks = chunks
+        whole: Future[Any] = Future()
+        self._remaining = len(chunks)
+        self._lock = threading.Lock()
+        if not chunks:
+            whole.set_result([])
+        for chunk in chunks:
+            chunk.add_done_callback(self._chunk_done)
+        super().__init__(whole, callback, error_callback, callbacks)
+
+    def _chunk_done(self, chunk: Future[Any]) -> None:
+        try:
+            exc = chunk.exception()
+        except CancelledError as cancelled:
+            exc = cancelled
+        with self._lock:
+            if self._future.done():
+                return
+            if exc is not None:
+                self._future.set_exception(exc)
+                return
+            self._remaining -= 1
+            if self._remaining:
+                return
+            value = [x for c in self._chunks for x in c.result()]
+            self._future.set_result(value)
+
+
+class IMapIterator(Generic[T]):
+    """The iterator ``imap`` (ordered) and ``imap_unordered`` return.
+
+    Reads the input lazily: at most ``buffersize`` chunks are submitted or finished-but-unread at
+    any time; each result taken lets one more chunk in.
+    """
+
+    def __init__(
+        self,
+        submit: Callable[[list[Any]], Future[Any]],
+        items: Iterator[Any],
+        chunksize: int,
+        buffersize: int,
+        ordered: bool,
+    ) -> None:
+        self._submit = submit
+        self._chunks = _chunked(items, chunksize)
+        self._ordered = ordered
+        self._buffer: collections.deque[Any] = collections.deque()  # values of the chunk being read
+        self._inflight: collections.deque[Future[Any]] = collections.deque()  # ordered mode
+        self._done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()  # unordered mode
+        self._outstanding = 0
+        self._exhausted = False
+        self._lock = threading.Lock()
+        for _ in range(buffersize):
+            if not self._submit_next():
+                break
+
+    def _submit_next(self) -> bool:
+        """Submits the next chunk; ``False`` when the input is exhausted."""
+        if self._exhausted:
+            return False
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            self._exhausted = True
+            return False
+        fut = self._submit(chunk)
+        self._outstanding += 1
+        if self._ordered:
+            self._inflight.append(fut)
+        else:
+            fut.add_done_callback(lambda done: self._done.put(done))
+        return True
+
+    def __iter__(self) -> IMapIterator[T]:
+        return self
+
+    def next(self, timeout: float | None = None) -> T:
+        """Returns the next result, waiting up to ``timeout`` seconds.
+
+        Raises:
+            StopIteration: every result has been returned.
+            TimeoutError: the next result did not arrive in time.
+            Exception: whatever the call raised for this item.
+        """
+        with self._lock:
+            while not self._buffer:
+                if self._outstanding == 0:
+                    raise StopIteration
+                fut = self._next_chunk(timeout)
+                self._outstanding -= 1
+                self._submit_next()
+                self._buffer.extend(fut.result())  # a failed chunk raises here, in its place
+            return self._buffer.popleft()  # type: ignore[no-any-return]
+
+    __next__ = next
+
+    def _next_chunk(self, timeout: float | None) -> Future[Any]:
+        if self._ordered:
+            fut = self._inflight[0]
+            fut.exception(timeout)  # TimeoutError leaves it in place for the next call
+            return self._inflight.popleft()
+        try:
+            return self._done.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError() from None
+
+
+def _chunked(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+class _CallbackRunner:
+    """One thread that runs a thread pool's callbacks in completion order.
+
+    A process ``Pool`` needs none: its futures complete on the engine's completion thread.
+    Backed by a one-thread ``ThreadBackend``, so it is joined at exit like every pool.
+    """
+
+    def __init__(self) -> None:
+        self._thread = ThreadBackend(1, "ThreadPool-callbacks", None, ())
+
+    def schedule(self, deliver: Callable[[Future[Any]], None]) -> Callable[[Future[Any]], None]:
+        def hand_over(fut: Future[Any]) -> None:
+            self._thread.submit(deliver, (fut,), {})
+
+        return hand_over
+
+    def close(self) -> None:
+        self._thread.shutdown(cancel_pending=False)
+
+
+def _check_pool_size(processes: Any) -> int:
+    if processes is None:
+        return _core.cpu_count()
+    if not isinstance(processes, int) or isinstance(processes, bool):
+        raise TypeError(f"processes must be an int or None, not {type(processes).__name__!r}")
+    if processes < 1:
+        raise ValueError("Number of processes must be at least 1")
+    return processes
+
+
+def _default_chunksize(n: int, workers: int) -> int:
+    """The stdlib's rule: about four chunks per worker."""
+    chunksize, extra = divmod(n, workers * 4)
+    return chunksize + 1 if extra else chunksize
+
+
+class Pool:
+    """A pool of worker processes; ``multiprocessing.Pool`` on ferropool's engine.
+
+    Args:
+        processes: the number of workers; default ``ferropool.cpu_count()``.
+        initializer: called as ``initializer(*initargs)`` in each worker before its first task.
+        initargs: the arguments for ``initializer``.
+        maxtasksperchild: tasks (calls or chunks) a worker runs before a fresh one replaces it.
+        context: ``None``, a start-method name or a multiprocessing context; ``"spawn"`` starts
+            every worker as a fresh interpreter (see ``ProcessPoolExecutor``).
+
+    Raises:
+        ValueError: ``processes`` or ``maxtasksperchild`` is below 1, or ``context`` is unknown.
+        TypeError: ``initializer`` is not callable.
+    """
+
+    _backend: ProcessBackend | ThreadBackend
+    _callbacks: _CallbackRunner | None = None
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+    ) -> None:
+        self._state = RUN
+        processes = _check_pool_size(processes)
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if maxtasksperchild is not None and (
+            not isinstance(maxtasksperchild, int) or isinstance(maxtasksperchild, bool) or maxtasksperchild <= 0
+        ):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        method = start_method(context, "context")
+        self._processes = processes
+        self._backend = ProcessBackend(processes, method, initializer, tuple(initargs), maxtasksperchild)
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._state != RUN:
+            raise ValueError("Pool not running")
+
+    def apply(self, func: Callable[..., T], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None) -> T:
+        """Calls ``func(*args, **kwds)`` in a worker and returns its result (blocking)."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] | None = None,
+        callback: Callable[[T], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> AsyncResult[T]:
+        """Schedules ``func(*args, **kwds)``; returns an ``AsyncResult``.
+
+        Raises:
+            ValueError: the pool was closed or terminated.
+            TypeError: ``func`` is not callable.
+        """
+        self._check_running()
+        if not callable(func):
+            check_callable(func, "func")
+        fut = self._backend.submit(func, tuple(args), dict(kwds) if kwds else {})
+        return AsyncResult(fut, callback, error_callback, self._callbacks)
+
+    def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None) -> list[T]:
+        """``list(map(func, iterable))`` run in the pool, in order (blocking).
+
+        The input is consumed at once; without ``chunksize``, it is cut into about four chunks
+        per worker.
+        """
+        return self._map_async(func, iterable, False, chunksize).get()
+
+    def starmap(
+        self, func: Callable[..., T], iterable: Iterable[Iterable[Any]], chunksize: int | None = None
+    ) -> list[T]:
+        """Like ``map``, but calls ``func(*item)`` for each item."""
+        return self._map_async(func, iterable, True, chunksize).get()
+
+    def map_async(
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> MapResult[T]:
+        """Like ``map``, but returns a ``MapResult`` at once."""
+        return self._map_async(func, iterable, False, chunksize, callback, error_callback)
+
+    def starmap_async(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> MapResult[T]:
+        """Like ``starmap``, but returns a ``MapResult`` at once."""
+        return self._map_async(func, iterable, True, chunksize, callback, error_callback)
+
+    def _map_async(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Any],
+        star: bool,
+        chunksize: int | None,
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> MapResult[T]:
+        self._check_running()
+        if not callable(func):
+            check_callable(func, "func")
+        items = iterable if isinstance(iterable, list) else list(iterable)
+        if chunksize is None:
+            chunksize = _default_chunksize(len(items), self._processes)
+        else:
+            _check_chunksize(chunksize)
+        submit = self._backend.chunk_submitter(func, star)
+        step = max(chunksize, 1)
+        chunks = [submit(items[i : i + step]) for i in range(0, len(items), step)]
+        return MapResult(chunks, callback, error_callback, self._callbacks)
+
+    def imap(
+        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *, buffersize: int | None = None
+    ) -> IMapIterator[T]:
+        """Results of ``func`` over ``iterable``, in order, as they become available.
+
+        The input is read lazily: at most ``buffersize`` chunks (default
+        ``IMAP_BUFFER_PER_WORKER`` per worker) are submitted or waiting to be read.
+        """
+        return self._imap(func, iterable, chunksize, buffersize, ordered=True)
+
+    def imap_unordered(
+        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *, buffersize: int | None = None
+    ) -> IMapIterator[T]:
+        """Like ``imap``, but in completion order."""
+        return self._imap(func, iterable, chunksize, buffersize, ordered=False)
+
+    def _imap(
+        self, func: Callable[..., T], iterable: Iterable[Any], chunksize: int, buffersize: int | None, ordered: bool
+    ) -> IMapIterator[T]:
+        self._check_running()
+        if not callable(func):
+            check_callable(func, "func")
+        _check_chunksize(chunksize)
+        if buffersize is None:
+            buffersize = IMAP_BUFFER_PER_WORKER * self._processes
+        elif not isinstance(buffersize, int) or isinstance(buffersize, bool) or buffersize < 1:
+            raise ValueError("buffersize must be a positive int or None")
+        items = iter(iterable)
+        return IMapIterator(self._backend.chunk_submitter(func, False), items, chunksize, buffersize, ordered)
+
+    # -- ending -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Accepts no more work; the workers exit once the queued work is done."""
+        if self._state == RUN:
+            self._state = CLOSE
+            self._backend.shutdown(cancel_pending=False)
+
+    def terminate(self) -> None:
+        """Stops the workers now: queued work is cancelled, running work fails."""
+        if self._state != TERMINATE:
+            self._state = TERMINATE
+            self._backend.terminate()
+
+    def join(self) -> None:
+        """Waits for the workers to exit; call ``close()`` or ``terminate()`` first.
+
+        Raises:
+            ValueError: the pool is still running.
+        """
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        self._backend.join()
+        if self._callbacks is not None:
+            self._callbacks.close()
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.terminate()
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
+
+
+def _check_chunksize(chunksize: Any) -> None:
+    if not isinstance(chunksize, int) or isinstance(chunksize, bool):
+        raise TypeError(f"chunksize must be an int, not {type(chunksize).__name__!r}")
+    if chunksize < 1:
+        raise ValueError(f"Chunksize must be 1+, not {chunksize}")
+
+
+class ThreadPool(Pool):
+    """A pool of threads with the ``Pool`` API; ``multiprocessing.pool.ThreadPool``.
+
+    Args:
+        processes: the number of threads; default ``ferropool.cpu_count()``.
+        initializer: called as ``initializer(*initargs)`` at the start of each thread.
+        initargs: the arguments for ``initializer``.
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+    ) -> None:
+        self._state = RUN
+        processes = _check_pool_size(processes)
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._processes = processes
+        self._backend = ThreadBackend(processes, "ThreadPool", initializer, tuple(initargs))
+        self._callbacks = _CallbackRunner()
+
+    def terminate(self) -> None:
+        """Accepts no more work and cancels what is queued.
+
+        Running calls finish: a thread cannot be killed.
+        """
+        super().terminate()
