@@ -119,7 +119,7 @@ class Future(_base.Future[T]):
                 self.set_running_or_notify_cancel()
         return True
 
-    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:  # type: ignore[override]
+    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
         """Calls ``fn(future)`` when the future finishes or is cancelled (at once if it has)."""
         super().add_done_callback(fn)  # type: ignore[arg-type]
 
