@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import _core, _exit, _forkserver, _threads
@@ -188,7 +188,7 @@ class ProcessBackend:
             return failed(exc)
         return self.submit_call(fn_bytes, flags, payload)
 
-    def chunk_submitter(self, fn: Callable[..., Any], star: bool) -> Callable[[list[Any]], Future[Any]]:
+    def chunk_submitter(self, fn: Callable[..., Any], star: bool) -> Callable[[Sequence[Any]], Future[Any]]:
         """A function that queues one chunk, whose future holds the list of results.
 
         ``fn`` is pickled once here, not once per chunk; ``star`` calls ``fn(*item)``.
@@ -198,14 +198,14 @@ class ProcessBackend:
         except Exception as exc:
             error = exc  # every chunk fails with the pickling error, as each submit would
 
-            def fail(_: list[Any]) -> Future[Any]:
+            def fail(_: Sequence[Any]) -> Future[Any]:
                 self.check_open()
                 return failed(error)
 
             return fail
         flags |= FLAG_STAR_CHUNK if star else FLAG_ITEM_CHUNK
 
-        def submit_chunk(chunk: list[Any]) -> Future[Any]:
+        def submit_chunk(chunk: Sequence[Any]) -> Future[Any]:
             try:
                 payload = dumps(chunk)
             except Exception as exc:
@@ -253,7 +253,7 @@ class ProcessBackend:
         return self.engine.join(timeout)
 
 
-def _run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool) -> list[Any]:
+def _run_chunk(fn: Callable[..., Any], chunk: Sequence[Any], star: bool) -> list[Any]:
     return [fn(*item) for item in chunk] if star else list(map(fn, chunk))
 
 
@@ -280,7 +280,7 @@ class ThreadBackend:
         self.engine.submit(fut, fn, args, kwargs or None)
         return fut
 
-    def chunk_submitter(self, fn: Callable[..., Any], star: bool) -> Callable[[list[Any]], Future[Any]]:
+    def chunk_submitter(self, fn: Callable[..., Any], star: bool) -> Callable[[Sequence[Any]], Future[Any]]:
         """A function that queues one chunk, whose future holds the list of results."""
         return lambda chunk: self.submit(_run_chunk, (fn, chunk, star), {})
 

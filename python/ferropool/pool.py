@@ -21,7 +21,7 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from . import _core
@@ -35,6 +35,7 @@ T = TypeVar("T")
 _log = logging.getLogger("ferropool")
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+_NO_KWDS: dict[str, Any] = {}  # never mutated: submit only reads it
 
 #: Chunks ``imap`` keeps submitted or finished-but-unread, per worker, unless told otherwise.
 IMAP_BUFFER_PER_WORKER = 16
@@ -50,6 +51,8 @@ class AsyncResult(Generic[T]):
     Wraps the ``Future`` of its task. ``callback`` receives the value, ``error_callback`` the
     exception; both run on the pool's result thread, in completion order.
     """
+
+    __slots__ = ("_future",)
 
     def __init__(
         self,
@@ -137,6 +140,8 @@ class MapResult(AsyncResult[list[T]]):
     It is ready when every chunk has finished, or as soon as one fails (as in the stdlib).
     """
 
+    __slots__ = ("_chunks", "_lock", "_remaining")
+
     def __init__(
         self,
         chunks: list[Future[Any]],
@@ -168,8 +173,7 @@ class MapResult(AsyncResult[list[T]]):
             self._remaining -= 1
             if self._remaining:
                 return
-            value = [x for c in self._chunks for x in c.result()]
-            self._future.set_result(value)
+            self._future.set_result(list(itertools.chain.from_iterable(c.result() for c in self._chunks)))
 
 
 class IMapIterator(Generic[T]):
@@ -181,7 +185,7 @@ class IMapIterator(Generic[T]):
 
     def __init__(
         self,
-        submit: Callable[[list[Any]], Future[Any]],
+        submit: Callable[[Sequence[Any]], Future[Any]],
         items: Iterator[Any],
         chunksize: int,
         buffersize: int,
@@ -354,10 +358,13 @@ class Pool:
             ValueError: the pool was closed or terminated.
             TypeError: ``func`` is not callable.
         """
-        self._check_running()
+        if self._state != RUN:
+            raise ValueError("Pool not running")
         if not callable(func):
             check_callable(func, "func")
-        fut = self._backend.submit(func, tuple(args), dict(kwds) if kwds else {})
+        fut = self._backend.submit(func, args if type(args) is tuple else tuple(args), dict(kwds) if kwds else _NO_KWDS)
+        if callback is None and error_callback is None:
+            return AsyncResult(fut)
         return AsyncResult(fut, callback, error_callback, self._callbacks)
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None) -> list[T]:
@@ -408,7 +415,9 @@ class Pool:
         self._check_running()
         if not callable(func):
             check_callable(func, "func")
-        items = iterable if isinstance(iterable, list) else list(iterable)
+        # sequences are sliced as they are (a slice of a range pickles as three numbers); any
+        # other iterable is consumed into a list first, as the stdlib does
+        items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         if chunksize is None:
             chunksize = _default_chunksize(len(items), self._processes)
         else:
