@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from . import _core, _exit, _forkserver, _threads
 from ._future import Future
 from ._serialize import (
     FLAG_ITEM_CHUNK,
+    FLAG_OUTCOMES,
     FLAG_STAR_CHUNK,
     OUT_CANCELLED,
     OUT_DIED,
@@ -188,10 +190,13 @@ class ProcessBackend:
             return failed(exc)
         return self.submit_call(fn_bytes, flags, payload)
 
-    def chunk_submitter(self, fn: Callable[..., Any], star: bool) -> Callable[[Sequence[Any]], Future[Any]]:
+    def chunk_submitter(
+        self, fn: Callable[..., Any], star: bool, outcomes: bool = False
+    ) -> Callable[[Sequence[Any]], Future[Any]]:
         """A function that queues one chunk, whose future holds the list of results.
 
-        ``fn`` is pickled once here, not once per chunk; ``star`` calls ``fn(*item)``.
+        ``fn`` is pickled once here, not once per chunk; ``star`` calls ``fn(*item)``;
+        ``outcomes`` see ``outcome_submitter``.
         """
         try:
             fn_bytes, flags = dump_function(fn)
@@ -204,6 +209,8 @@ class ProcessBackend:
 
             return fail
         flags |= FLAG_STAR_CHUNK if star else FLAG_ITEM_CHUNK
+        if outcomes:
+            flags |= FLAG_OUTCOMES
 
         def submit_chunk(chunk: Sequence[Any]) -> Future[Any]:
             try:
@@ -214,6 +221,13 @@ class ProcessBackend:
             return self.submit_call(fn_bytes, flags, payload)
 
         return submit_chunk
+
+    def outcome_submitter(self, fn: Callable[..., Any]) -> Callable[[Sequence[Any]], Future[Any]]:
+        """Like ``chunk_submitter``, but each item keeps its own outcome.
+
+        The future holds ``(seconds, [(True, value) | (False, (exception, traceback text))])``.
+        """
+        return self.chunk_submitter(fn, star=False, outcomes=True)
 
     def one_submitter(self, fn: Callable[..., Any]) -> Callable[[tuple[Any, ...]], Future[Any]]:
         """A function that queues ``fn(*args)`` for each args tuple, ``fn`` pickled once."""
@@ -257,6 +271,17 @@ def _run_chunk(fn: Callable[..., Any], chunk: Sequence[Any], star: bool) -> list
     return [fn(*item) for item in chunk] if star else list(map(fn, chunk))
 
 
+def _run_outcomes(fn: Callable[..., Any], chunk: Sequence[Any]) -> tuple[float, list[tuple[bool, Any]]]:
+    started = time.perf_counter()
+    outcomes: list[tuple[bool, Any]] = []
+    for item in chunk:
+        try:
+            outcomes.append((True, fn(item)))
+        except BaseException as exc:
+            outcomes.append((False, (exc, None)))
+    return time.perf_counter() - started, outcomes
+
+
 class ThreadBackend:
     """One thread pool (``_core.ThreadEngine``)."""
 
@@ -283,6 +308,10 @@ class ThreadBackend:
     def chunk_submitter(self, fn: Callable[..., Any], star: bool) -> Callable[[Sequence[Any]], Future[Any]]:
         """A function that queues one chunk, whose future holds the list of results."""
         return lambda chunk: self.submit(_run_chunk, (fn, chunk, star), {})
+
+    def outcome_submitter(self, fn: Callable[..., Any]) -> Callable[[Sequence[Any]], Future[Any]]:
+        """Like ``chunk_submitter``, but each item keeps its own outcome (see ProcessBackend)."""
+        return lambda chunk: self.submit(_run_outcomes, (fn, chunk), {})
 
     def one_submitter(self, fn: Callable[..., Any]) -> Callable[[tuple[Any, ...]], Future[Any]]:
         """A function that queues ``fn(*args)`` for each args tuple."""

@@ -31,6 +31,7 @@ PROTOCOL = 5
 FLAG_CACHEABLE = 1  # the function bytes name an importable function: a worker may keep it
 FLAG_STAR_CHUNK = 2  # the arguments are a list of tuples: return [fn(*a) for a in them]
 FLAG_ITEM_CHUNK = 4  # the arguments are a list of items: return [fn(x) for x in them]
+FLAG_OUTCOMES = 8  # with FLAG_ITEM_CHUNK: return (seconds, [(True, value) | (False, (exc, tb))])
 
 # Outcome kinds delivered by the core. Must match src/process_pool.rs.
 OUT_OK, OUT_ERR, OUT_DIED, OUT_CANCELLED, OUT_BROKEN = range(5)
@@ -115,22 +116,56 @@ def dump_exception(exc: BaseException) -> bytes:
     An exception that cannot be pickled is replaced by a RuntimeError that names it and the
     pickling error; its traceback still travels.
     """
-    import traceback
-
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    tb = f'\n"""\n{tb}"""'
+    exc, tb = exception_with_traceback(exc)
     try:
         return dumps((exc, tb))
     except Exception as pickling_error:
-        substitute = RuntimeError(
-            f"the task raised {type(exc).__qualname__}: {exc}, and that exception could not be pickled "
-            f"back to the parent ({type(pickling_error).__name__}: {pickling_error})"
-        )
-        return dumps((substitute, tb))
+        return dumps((_unpicklable(exc, pickling_error), tb))
+
+
+def _unpicklable(exc: BaseException, pickling_error: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"the task raised {type(exc).__qualname__}: {exc}, and that exception could not be pickled "
+        f"back to the parent ({type(pickling_error).__name__}: {pickling_error})"
+    )
+
+
+def dump_outcomes(seconds: float, outcomes: list[tuple[bool, Any]]) -> bytes:
+    """Pickles per-item outcomes.
+
+    An item whose value or exception cannot be pickled becomes a failed item carrying the
+    pickling error; the others travel intact.
+    """
+    try:
+        return dumps((seconds, outcomes))
+    except Exception:
+        pass
+    safe: list[tuple[bool, Any]] = []
+    for ok, value in outcomes:
+        try:
+            dumps(value)
+            safe.append((ok, value))
+        except Exception as pickling_error:
+            exc = value[0] if not ok else pickling_error
+            tb = value[1] if not ok else exception_with_traceback(pickling_error)[1]
+            safe.append((False, (_unpicklable(exc, pickling_error) if not ok else pickling_error, tb)))
+    return dumps((seconds, safe))
+
+
+def exception_with_traceback(exc: BaseException) -> tuple[BaseException, str]:
+    """The exception and its formatted traceback, ready to travel (see ``dump_exception``)."""
+    import traceback
+
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return exc, f'\n"""\n{tb}"""'
+
+
+def attach_traceback(exc: BaseException, tb: str) -> BaseException:
+    """``exc`` with the worker's traceback text as its ``__cause__``."""
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
 
 
 def load_exception(payload: bytes) -> BaseException:
     """The exception a worker sent, with its remote traceback as ``__cause__``."""
-    exc, tb = loads(payload)
-    exc.__cause__ = RemoteTraceback(tb)
-    return exc  # type: ignore[no-any-return]
+    return attach_traceback(*loads(payload))

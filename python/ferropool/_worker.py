@@ -11,9 +11,20 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from . import _core
-from ._serialize import FLAG_CACHEABLE, FLAG_ITEM_CHUNK, FLAG_STAR_CHUNK, dump_exception, dumps, loads
+from ._serialize import (
+    FLAG_CACHEABLE,
+    FLAG_ITEM_CHUNK,
+    FLAG_OUTCOMES,
+    FLAG_STAR_CHUNK,
+    dump_exception,
+    dump_outcomes,
+    dumps,
+    exception_with_traceback,
+    loads,
+)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 
@@ -57,6 +68,8 @@ class Handler:
         try:
             fn = self._function(body, fn_len, flags)
             args = _loads(memoryview(body)[fn_len:])
+            if flags & FLAG_OUTCOMES:
+                return True, _outcomes(fn, args)
             if flags & FLAG_ITEM_CHUNK:
                 result: Any = list(map(fn, args))
             elif flags & FLAG_STAR_CHUNK:
@@ -71,6 +84,18 @@ class Handler:
             return False, dump_exception(exc)
 
     init = call
+
+
+def _outcomes(fn: Any, items: Any) -> bytes:
+    """Calls ``fn`` on each item, keeping each item's value or exception apart."""
+    started = time.perf_counter()
+    outcomes: list[tuple[bool, Any]] = []
+    for item in items:
+        try:
+            outcomes.append((True, fn(item)))
+        except BaseException as exc:
+            outcomes.append((False, exception_with_traceback(exc)))
+    return dump_outcomes(time.perf_counter() - started, outcomes)
 
 
 def main(parent_pid: int) -> None:

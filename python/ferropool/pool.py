@@ -17,6 +17,7 @@ Differences from the stdlib, all on purpose:
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import queue
@@ -27,6 +28,7 @@ from typing import Any, Generic, TypeVar
 from . import _core
 from ._backend import ProcessBackend, ThreadBackend, check_callable, start_method
 from ._future import Future
+from ._serialize import attach_traceback
 from .errors import CancelledError, TimeoutError
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool", "ThreadPool"]
@@ -38,7 +40,7 @@ RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 _NO_KWDS: dict[str, Any] = {}  # never mutated: submit only reads it
 
 #: Chunks ``imap`` keeps submitted or finished-but-unread, per worker, unless told otherwise.
-IMAP_BUFFER_PER_WORKER = 16
+IMAP_BUFFER_PER_WORKER = 64
 
 
 def _report_callback_error(kind: str, callback: Callable[..., object], exc: BaseException) -> None:
@@ -179,9 +181,18 @@ class MapResult(AsyncResult[list[T]]):
 class IMapIterator(Generic[T]):
     """The iterator ``imap`` (ordered) and ``imap_unordered`` return.
 
-    Reads the input lazily: at most ``buffersize`` chunks are submitted or finished-but-unread at
-    any time; each result taken lets one more chunk in.
+    Reads the input lazily: at most ``buffersize`` chunks' worth of items are submitted or
+    finished-but-unread at any time; once half of them have been read, more are submitted
+    together, so a reader that is the bottleneck costs the pool one wake-up per batch.
+
+    Short calls travel several to a task: the worker reports how long the items took, and each
+    task is made to carry about ``BATCH_TARGET_S`` of work (never fewer items than ``chunksize``,
+    and few enough to keep every worker busy). Every item keeps its own outcome, so an exception
+    is raised at that item's place and iteration can go on after it, as with ``chunksize=1``.
     """
+
+    #: Work one task should carry once item times are known.
+    BATCH_TARGET_S = 0.001
 
     def __init__(
         self,
@@ -189,36 +200,42 @@ class IMapIterator(Generic[T]):
         items: Iterator[Any],
         chunksize: int,
         buffersize: int,
+        workers: int,
         ordered: bool,
     ) -> None:
         self._submit = submit
-        self._chunks = _chunked(items, chunksize)
+        self._items = items
         self._ordered = ordered
-        self._buffer: collections.deque[Any] = collections.deque()  # values of the chunk being read
-        self._inflight: collections.deque[Future[Any]] = collections.deque()  # ordered mode
-        self._done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()  # unordered mode
-        self._outstanding = 0
+        self._chunksize = chunksize
+        self._per_task = chunksize
+        self._limit = buffersize * chunksize  # items submitted or unread, at most
+        self._max_per_task = max(chunksize, self._limit // (2 * workers))
+        self._item_seconds: float | None = None
+        self._buffer: collections.deque[tuple[bool, Any]] = collections.deque()  # read, not returned
+        self._tasks: collections.deque[tuple[Future[Any], int]] = collections.deque()  # ordered mode
+        self._done: queue.SimpleQueue[tuple[Future[Any], int]] = queue.SimpleQueue()  # unordered mode
+        self._in_flight_tasks = 0
+        self._outstanding = 0  # items submitted whose results were not returned yet
         self._exhausted = False
         self._lock = threading.Lock()
-        for _ in range(buffersize):
-            if not self._submit_next():
-                break
+        self._top_up()
 
-    def _submit_next(self) -> bool:
-        """Submits the next chunk; ``False`` when the input is exhausted."""
-        if self._exhausted:
-            return False
-        chunk = next(self._chunks, None)
-        if chunk is None:
-            self._exhausted = True
-            return False
-        fut = self._submit(chunk)
-        self._outstanding += 1
-        if self._ordered:
-            self._inflight.append(fut)
-        else:
-            fut.add_done_callback(lambda done: self._done.put(done))
-        return True
+    def _top_up(self) -> None:
+        while not self._exhausted and self._outstanding < self._limit:
+            batch = list(itertools.islice(self._items, min(self._per_task, self._limit - self._outstanding)))
+            if not batch:
+                self._exhausted = True
+                return
+            fut = self._submit(batch)
+            self._outstanding += len(batch)
+            self._in_flight_tasks += 1
+            if self._ordered:
+                self._tasks.append((fut, len(batch)))
+            else:
+                fut.add_done_callback(functools.partial(self._task_done, len(batch)))
+
+    def _task_done(self, n: int, fut: Future[Any]) -> None:
+        self._done.put((fut, n))
 
     def __iter__(self) -> IMapIterator[T]:
         return self
@@ -232,26 +249,44 @@ class IMapIterator(Generic[T]):
             Exception: whatever the call raised for this item.
         """
         with self._lock:
-            while not self._buffer:
-                if self._outstanding == 0:
+            if not self._buffer:
+                if self._in_flight_tasks == 0:
                     raise StopIteration
-                fut = self._next_chunk(timeout)
-                self._outstanding -= 1
-                self._submit_next()
-                self._buffer.extend(fut.result())  # a failed chunk raises here, in its place
-            return self._buffer.popleft()  # type: ignore[no-any-return]
+                fut, n = self._next_task(timeout)
+                self._in_flight_tasks -= 1
+                self._buffer.extend(self._unpack(fut, n))
+            ok, value = self._buffer.popleft()
+            self._outstanding -= 1
+            if self._outstanding <= self._limit // 2:
+                self._top_up()
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
 
     __next__ = next
 
-    def _next_chunk(self, timeout: float | None) -> Future[Any]:
+    def _next_task(self, timeout: float | None) -> tuple[Future[Any], int]:
         if self._ordered:
-            fut = self._inflight[0]
-            fut.exception(timeout)  # TimeoutError leaves it in place for the next call
-            return self._inflight.popleft()
+            self._tasks[0][0].exception(timeout)  # TimeoutError leaves it in place for the next call
+            return self._tasks.popleft()
         try:
             return self._done.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError() from None
+
+    def _unpack(self, fut: Future[Any], n: int) -> list[tuple[bool, Any]]:
+        """The task's items as ``(ok, value or exception)``, learning the item time."""
+        try:
+            seconds, outcomes = fut.result()
+        except BaseException as exc:  # the whole task failed: a dead worker, say
+            return [(False, exc)] * n
+        item_seconds = seconds / max(len(outcomes), 1)
+        self._item_seconds = (
+            item_seconds if self._item_seconds is None else 0.7 * self._item_seconds + 0.3 * item_seconds
+        )
+        wanted = int(self.BATCH_TARGET_S / max(self._item_seconds, 1e-7))
+        self._per_task = max(self._chunksize, min(wanted, self._max_per_task))
+        return [(True, v) if ok else (False, v[0] if v[1] is None else attach_traceback(*v)) for ok, v in outcomes]
 
 
 def _chunked(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -455,7 +490,8 @@ class Pool:
         elif not isinstance(buffersize, int) or isinstance(buffersize, bool) or buffersize < 1:
             raise ValueError("buffersize must be a positive int or None")
         items = iter(iterable)
-        return IMapIterator(self._backend.chunk_submitter(func, False), items, chunksize, buffersize, ordered)
+        submit = self._backend.outcome_submitter(func)
+        return IMapIterator(submit, items, chunksize, buffersize, self._processes, ordered)
 
     # -- ending -----------------------------------------------------------------------------
 
