@@ -10,8 +10,8 @@ Differences from the stdlib, all on purpose:
   submitted or finished-but-unread, so an endless input works in bounded memory.
 - A worker that dies fails the chunk it was running (``WorkerDiedError``); the pool goes on.
 - A callback that raises is logged; later results are still delivered.
-- Callbacks of a ``ThreadPool`` run on one dedicated thread, in completion order, as a process
-  ``Pool``'s run on its completion thread.
+- Callbacks run on one dedicated thread per pool, in completion order, also for results that
+  were ready at once.
 """
 
 from __future__ import annotations
@@ -66,10 +66,7 @@ class AsyncResult(Generic[T]):
         self._future = future
         if callback is not None or error_callback is not None:
             deliver = self._callback_for(callback, error_callback)
-            if callbacks is None:
-                future.add_done_callback(deliver)
-            else:
-                future.add_done_callback(callbacks.schedule(deliver))
+            future.add_done_callback(deliver if callbacks is None else callbacks.schedule(deliver))
 
     def _callback_for(
         self, callback: Callable[[T], object] | None, error_callback: Callable[[BaseException], object] | None
@@ -152,14 +149,14 @@ class MapResult(AsyncResult[list[T]]):
         callbacks: _CallbackRunner | None = None,
     ) -> None:
         self._chunks = chunks
-        whole: Future[Any] = Future()
         self._remaining = len(chunks)
         self._lock = threading.Lock()
+        # the whole result first: a chunk that already failed completes it during the loop below
+        super().__init__(Future(), callback, error_callback, callbacks)
         if not chunks:
-            whole.set_result([])
+            self._future.set_result([])
         for chunk in chunks:
             chunk.add_done_callback(self._chunk_done)
-        super().__init__(whole, callback, error_callback, callbacks)
 
     def _chunk_done(self, chunk: Future[Any]) -> None:
         try:
@@ -295,10 +292,13 @@ def _chunked(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 
 class _CallbackRunner:
-    """One thread that runs a thread pool's callbacks in completion order.
+    """The one thread that runs a pool's callbacks, in completion order.
 
-    A process ``Pool`` needs none: its futures complete on the engine's completion thread.
-    Backed by a one-thread ``ThreadBackend``, so it is joined at exit like every pool.
+    A future's done-callbacks run on whichever thread completes it (a process pool's completion
+    thread, a thread pool's worker), or at once in the caller's thread if it is already done
+    (an empty ``map_async``, an argument that cannot be pickled). Handing every callback to this
+    thread gives ``Pool``'s guarantee in all cases. Backed by a one-thread ``ThreadBackend``, so
+    it is joined at exit like every pool.
     """
 
     def __init__(self) -> None:
@@ -347,7 +347,17 @@ class Pool:
     """
 
     _backend: ProcessBackend | ThreadBackend
-    _callbacks: _CallbackRunner | None = None
+    _runner: _CallbackRunner | None = None
+    _runner_lock = threading.Lock()
+
+    @property
+    def _callbacks(self) -> _CallbackRunner:
+        """The pool's callback thread, started on first use."""
+        if self._runner is None:
+            with self._runner_lock:
+                if self._runner is None:
+                    self._runner = _CallbackRunner()
+        return self._runner
 
     def __init__(
         self,
@@ -460,7 +470,8 @@ class Pool:
         submit = self._backend.chunk_submitter(func, star)
         step = max(chunksize, 1)
         chunks = [submit(items[i : i + step]) for i in range(0, len(items), step)]
-        return MapResult(chunks, callback, error_callback, self._callbacks)
+        runner = self._callbacks if callback is not None or error_callback is not None else None
+        return MapResult(chunks, callback, error_callback, runner)
 
     def imap(
         self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *, buffersize: int | None = None
@@ -516,8 +527,8 @@ class Pool:
         if self._state == RUN:
             raise ValueError("Pool is still running")
         self._backend.join()
-        if self._callbacks is not None:
-            self._callbacks.close()
+        if self._runner is not None:
+            self._runner.close()
 
     def __enter__(self) -> Pool:
         self._check_running()
@@ -561,7 +572,6 @@ class ThreadPool(Pool):
             raise TypeError("initializer must be a callable")
         self._processes = processes
         self._backend = ThreadBackend(processes, "ThreadPool", initializer, tuple(initargs))
-        self._callbacks = _CallbackRunner()
 
     def terminate(self) -> None:
         """Accepts no more work and cancels what is queued.
