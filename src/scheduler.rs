@@ -437,22 +437,10 @@ impl Sched {
     fn terminate(&mut self) {
         for task in mem::take(&mut self.pending) {
             if task.state.cancel() {
-                self.out.push(Completion {
-                    id: task.id,
-                    outcome: Outcome::Cancelled,
-                });
+                self.out.push(Completion { id: task.id, outcome: Outcome::Cancelled });
             }
         }
-        for mut w in mem::take(&mut self.workers) {
-            w.kill_and_reap();
-            for t in w.inflight.drain(..) {
-                self.out.push(Completion {
-                    id: t.id,
-                    outcome: Outcome::Broken("the pool was terminated while the task was running".into(), None),
-                });
-            }
-        }
-        self.phase = Phase::Stopping;
+        self.kill_workers("the pool was terminated while the task was running", None);
     }
 
     /// The pool cannot go on: fail everything queued and running, stop all workers.
@@ -463,22 +451,24 @@ impl Sched {
         self.broken = Some(why.clone());
         for task in mem::take(&mut self.pending) {
             if task.state.cancel() || task.state.is_running() {
-                self.out.push(Completion {
-                    id: task.id,
-                    outcome: Outcome::Broken(why.clone(), cause.clone()),
-                });
+                self.out.push(Completion { id: task.id, outcome: Outcome::Broken(why.clone(), cause.clone()) });
             }
         }
-        for mut w in mem::take(&mut self.workers) {
-            w.kill_and_reap();
+        self.kill_workers(&why, cause);
+    }
+
+    /// Sends SIGKILL to every worker's group and fails what they held; the engine thread reaps
+    /// them as their exits arrive, so a caller holding the GIL never waits here.
+    fn kill_workers(&mut self, why: &str, cause: Option<Vec<u8>>) {
+        for w in &mut self.workers {
+            w.stopping = true;
+            w.signal_group(libc::SIGKILL);
             for t in w.inflight.drain(..) {
-                self.out.push(Completion {
-                    id: t.id,
-                    outcome: Outcome::Broken(why.clone(), cause.clone()),
-                });
+                self.out.push(Completion { id: t.id, outcome: Outcome::Broken(why.to_owned(), cause.clone()) });
             }
         }
         self.phase = Phase::Stopping;
+        self.stop_deadline = Some(Instant::now() + STOP_GRACE);
     }
 
     /// Reads whatever a worker sent and acts on each frame.
