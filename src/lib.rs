@@ -21,7 +21,7 @@ pub mod _core {
     #[pymodule_export]
     use crate::process_pool::PyProcessEngine;
     #[pymodule_export]
-    use crate::registry::shutdown_all;
+    use crate::registry::{after_fork_in_child, shutdown_all};
     #[pymodule_export]
     use crate::supervisor::cpu_count;
     #[pymodule_export]

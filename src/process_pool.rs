@@ -35,6 +35,8 @@ const OUT_BROKEN: u8 = 4;
 #[pyclass(name = "ProcessEngine", module = "ferropool._core", frozen)]
 pub struct PyProcessEngine {
     engine: Engine,
+    /// The fork epoch this pool was made in (see `registry.rs`).
+    epoch: u64,
     /// Opens when the completion thread has delivered the last outcome.
     completer_done: Arc<CountLatch>,
     completer: Arc<OnceLock<ThreadId>>,
@@ -90,6 +92,7 @@ impl PyProcessEngine {
             .map_err(Error::from)?;
         Ok(PyProcessEngine {
             engine,
+            epoch: registry::fork_epoch(),
             completer_done,
             completer,
         })
@@ -106,6 +109,9 @@ impl PyProcessEngine {
         flags: u8,
         future: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
+        if !registry::is_ours(self.epoch) {
+            return Err(registry::inherited_pool_error());
+        }
         let fn_len = u32::try_from(fn_bytes.len()).map_err(|_| PyValueError::new_err("pickled function too large"))?;
         let mut body = Vec::with_capacity(fn_bytes.len() + args.len());
         body.extend_from_slice(fn_bytes);
@@ -125,18 +131,25 @@ impl PyProcessEngine {
     /// Stops accepting work; queued work runs (or is cancelled), then workers stop.
     #[pyo3(signature = (cancel_pending=false))]
     fn shutdown(&self, cancel_pending: bool) {
-        self.engine.shutdown(cancel_pending);
+        if registry::is_ours(self.epoch) {
+            self.engine.shutdown(cancel_pending);
+        }
     }
 
     /// Kills every worker now.
     fn terminate(&self) {
-        self.engine.terminate();
+        if registry::is_ours(self.epoch) {
+            self.engine.terminate();
+        }
     }
 
     /// Waits until every worker has exited and every outcome was delivered. `False` on timeout.
     #[pyo3(signature = (timeout=None))]
     fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let timeout = timeout_from_secs(timeout)?;
+        if !registry::is_ours(self.epoch) {
+            return Ok(true); // the parent's pool: nothing of it runs here
+        }
         // a done-callback that joins its own pool must not wait for itself
         let on_completer = self.completer.get() == Some(&thread::current().id());
         let engine = &self.engine;
@@ -149,13 +162,21 @@ impl PyProcessEngine {
     /// Process ids of the workers alive now.
     #[getter]
     fn pids(&self) -> Vec<u32> {
-        self.engine.pids()
+        if registry::is_ours(self.epoch) {
+            self.engine.pids()
+        } else {
+            Vec::new()
+        }
     }
 
     /// Why the pool cannot run work, or `None`.
     #[getter]
     fn broken(&self) -> Option<String> {
-        self.engine.broken()
+        if registry::is_ours(self.epoch) {
+            self.engine.broken()
+        } else {
+            Some("this pool belongs to the parent process (it was created before os.fork())".into())
+        }
     }
 }
 

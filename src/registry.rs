@@ -6,8 +6,38 @@
 //! [`shutdown_all`]'s Python wrapper with `threading._register_atexit`, the hook the stdlib's
 //! executors use, which runs before finalization.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
+
+/// Bumped in the child of every `os.fork()`: a pool made in another epoch belongs to an
+/// ancestor process, whose threads do not exist here and whose locks may have been copied
+/// while held. Such a pool is never locked, waited for or used in this process.
+static FORK_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The current fork epoch (0 in the process that imported ferropool first).
+pub fn fork_epoch() -> u64 {
+    FORK_EPOCH.load(Ordering::Acquire)
+}
+
+/// Whether a pool made in `epoch` belongs to this process.
+pub fn is_ours(epoch: u64) -> bool {
+    epoch == fork_epoch()
+}
+
+/// The error for using a pool inherited through `fork()`.
+pub fn inherited_pool_error() -> pyo3::PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err(
+        "this pool was created by the parent process before os.fork(); its workers and threads \
+         belong to the parent. Create a new pool in the child process.",
+    )
+}
+
+/// Called in the child after `os.fork()` (registered by `python/ferropool/_exit.py`).
+#[pyo3::pyfunction]
+pub fn after_fork_in_child() {
+    FORK_EPOCH.fetch_add(1, Ordering::AcqRel);
+}
 
 /// What interpreter exit needs from a pool.
 pub trait Pool: Send + Sync {
@@ -26,21 +56,32 @@ pub trait Pool: Send + Sync {
 /// How long a terminating exit waits for thread-pool threads still running a task.
 const ABANDON_THREADS_AFTER: Duration = Duration::from_secs(1);
 
-static LIVE: Mutex<Vec<Weak<dyn Pool>>> = Mutex::new(Vec::new());
+/// Live pools with the fork epoch they were made in.
+static LIVE: Mutex<Vec<(u64, Weak<dyn Pool>)>> = Mutex::new(Vec::new());
 
 /// Records a pool until it is gone.
 pub fn register(pool: Arc<dyn Pool>) {
     let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
-    live.retain(|p| p.strong_count() > 0);
-    live.push(Arc::downgrade(&pool));
+    live.retain(|(epoch, p)| is_ours(*epoch) && p.strong_count() > 0);
+    live.push((fork_epoch(), Arc::downgrade(&pool)));
 }
 
-/// Every pool still alive.
+/// Every pool of this process still alive. In a forked child the list may have been copied
+/// while another thread held its lock, so the child only tries the lock.
 fn live() -> Vec<Arc<dyn Pool>> {
-    LIVE.lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    let guard = if fork_epoch() == 0 {
+        LIVE.lock().unwrap_or_else(PoisonError::into_inner)
+    } else {
+        match LIVE.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Vec::new(),
+        }
+    };
+    guard
         .iter()
-        .filter_map(Weak::upgrade)
+        .filter(|(epoch, _)| is_ours(*epoch))
+        .filter_map(|(_, p)| p.upgrade())
         .collect()
 }
 

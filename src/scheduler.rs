@@ -118,6 +118,8 @@ pub struct Shared {
 /// The handle a front end holds. Dropping it shuts the pool down gracefully in the background.
 pub struct Engine {
     shared: Arc<Shared>,
+    /// The fork epoch it was made in: in a forked child it is left alone (see `registry.rs`).
+    epoch: u64,
 }
 
 impl Engine {
@@ -149,7 +151,10 @@ impl Engine {
             run(&for_thread);
             for_thread.finished.count_down();
         })?;
-        Ok(Engine { shared })
+        Ok(Engine {
+            shared,
+            epoch: registry::fork_epoch(),
+        })
     }
 
     /// Queues a task, or hands it straight to an idle worker.
@@ -220,7 +225,9 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.shared.shutdown(false);
+        if registry::is_ours(self.epoch) {
+            self.shared.shutdown(false);
+        }
     }
 }
 
@@ -437,7 +444,10 @@ impl Sched {
     fn terminate(&mut self) {
         for task in mem::take(&mut self.pending) {
             if task.state.cancel() {
-                self.out.push(Completion { id: task.id, outcome: Outcome::Cancelled });
+                self.out.push(Completion {
+                    id: task.id,
+                    outcome: Outcome::Cancelled,
+                });
             }
         }
         self.kill_workers("the pool was terminated while the task was running", None);
@@ -451,7 +461,10 @@ impl Sched {
         self.broken = Some(why.clone());
         for task in mem::take(&mut self.pending) {
             if task.state.cancel() || task.state.is_running() {
-                self.out.push(Completion { id: task.id, outcome: Outcome::Broken(why.clone(), cause.clone()) });
+                self.out.push(Completion {
+                    id: task.id,
+                    outcome: Outcome::Broken(why.clone(), cause.clone()),
+                });
             }
         }
         self.kill_workers(&why, cause);
@@ -464,7 +477,10 @@ impl Sched {
             w.stopping = true;
             w.signal_group(libc::SIGKILL);
             for t in w.inflight.drain(..) {
-                self.out.push(Completion { id: t.id, outcome: Outcome::Broken(why.to_owned(), cause.clone()) });
+                self.out.push(Completion {
+                    id: t.id,
+                    outcome: Outcome::Broken(why.to_owned(), cause.clone()),
+                });
             }
         }
         self.phase = Phase::Stopping;

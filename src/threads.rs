@@ -62,6 +62,8 @@ thread_local! {
 #[pyclass(name = "ThreadEngine", module = "ferropool._core", frozen)]
 pub struct PyThreadEngine {
     shared: Arc<Shared>,
+    /// The fork epoch this pool was made in (see `registry.rs`).
+    epoch: u64,
 }
 
 #[pymethods]
@@ -95,7 +97,10 @@ impl PyThreadEngine {
             is_broken: AtomicBool::new(false),
         });
         registry::register(Arc::clone(&shared) as Arc<dyn registry::Pool>);
-        Ok(PyThreadEngine { shared })
+        Ok(PyThreadEngine {
+            shared,
+            epoch: registry::fork_epoch(),
+        })
     }
 
     /// Queues `func(*args, **kwargs)`; its outcome goes to `future`.
@@ -108,6 +113,9 @@ impl PyThreadEngine {
         args: Py<PyTuple>,
         kwargs: Option<Py<PyDict>>,
     ) -> PyResult<()> {
+        if !registry::is_ours(self.epoch) {
+            return Err(registry::inherited_pool_error());
+        }
         let sh = &self.shared;
         if sh.is_broken.load(Ordering::Acquire) {
             let why = sh
@@ -148,6 +156,9 @@ impl PyThreadEngine {
     /// threads to finish.
     #[pyo3(signature = (wait=true, cancel_futures=false))]
     fn shutdown(&self, py: Python<'_>, wait: bool, cancel_futures: bool) -> PyResult<()> {
+        if !registry::is_ours(self.epoch) {
+            return Ok(()); // the parent's threads: nothing of them runs here
+        }
         let sh = &self.shared;
         drop(sh.tx.lock().unwrap_or_else(PoisonError::into_inner).take());
         if cancel_futures {
@@ -169,6 +180,9 @@ impl PyThreadEngine {
     /// Waits for every thread to end; `False` on timeout.
     #[pyo3(signature = (timeout=None))]
     fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        if !registry::is_ours(self.epoch) {
+            return Ok(true);
+        }
         let sh = &self.shared;
         wait_interruptible(py, timeout_from_secs(timeout)?, |slice| sh.live.wait_for(slice))
     }
@@ -184,7 +198,9 @@ impl Drop for PyThreadEngine {
     /// An executor nobody references any more: its threads finish the queued jobs and exit, as
     /// the stdlib's do when their executor is collected.
     fn drop(&mut self) {
-        registry::Pool::begin_shutdown(&*self.shared);
+        if registry::is_ours(self.epoch) {
+            registry::Pool::begin_shutdown(&*self.shared);
+        }
     }
 }
 

@@ -214,3 +214,15 @@ def exit_if(x, bad, code=4):
 def module_name(_=None):
     """The name this module was imported under (workers import it by reference)."""
     return __name__, sys.modules[__name__].__file__
+
+
+def unpicklable_if(x, bad):
+    """Returns ``x``, except a lock (which cannot be pickled back) when ``x == bad``."""
+    if x == bad:
+        return threading.Lock()
+    return x
+
+
+def modules_loaded(names):
+    """Which of ``names`` this process has imported."""
+    return {name: name in sys.modules for name in names}

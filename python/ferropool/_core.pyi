@@ -10,6 +10,7 @@ __all__ = [
     "TaskHandle",
     "ThreadEngine",
     "__version__",
+    "after_fork_in_child",
     "cpu_count",
     "die_with_parent",
     "shutdown_all",
@@ -21,6 +22,9 @@ def cpu_count() -> int:
 
 def shutdown_all(timeout: float | None = None, terminate: bool = False) -> bool:
     """Shuts down (or terminates) every pool still running and waits; ``False`` on timeout."""
+
+def after_fork_in_child() -> None:
+    """Marks every pool as the parent's (called in the child of ``os.fork()``)."""
 
 def worker_main(handler: Any, parent_pid: int) -> int:
     """The worker loop; returns the process exit code."""

@@ -1,4 +1,4 @@
-"""Interpreter exit: finish every pool before the interpreter finalizes.
+"""Interpreter exit and fork: finish every pool before the interpreter finalizes.
 
 Registered with ``threading._register_atexit``, the hook ``concurrent.futures`` uses, which runs
 before ``atexit`` callbacks and before finalization: the pools' threads must be gone before the
@@ -7,6 +7,7 @@ interpreter they attach to is.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -40,3 +41,5 @@ def _python_exit() -> None:
 
 
 threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+# in a child of os.fork(), the parent's pools are not ours to use, wait for or shut down
+os.register_at_fork(after_in_child=_core.after_fork_in_child)
