@@ -472,3 +472,44 @@ def test_later_pools_share_the_server(tmp_path):
     assert out["server"] is not None, detail
     assert out["second_server"] == out["server"], detail
     assert out["parent"] == out["server"], detail
+
+
+INHERITED_POOL = """
+if __name__ == "__main__":
+    pools = {"executor": ferropool.ProcessPoolExecutor(max_workers=1), "threads": ferropool.ThreadPoolExecutor(1)}
+    for ex in pools.values():
+        assert ex.submit(_tasks.square, 2).result(timeout=30) == 4
+    pid = os.fork()
+    if pid == 0:
+        errors = {}
+        for name, ex in pools.items():
+            try:
+                ex.submit(_tasks.square, 3)
+                errors[name] = None
+            except RuntimeError as exc:
+                errors[name] = str(exc)
+            ex.shutdown(wait=True)  # the parent's pool: a no-op here, never a hang
+        print("CHILD " + json.dumps(errors), flush=True)
+        sys.exit(0)
+    _, status = os.waitpid(pid, 0)
+    after = {name: ex.submit(_tasks.square, 5).result(timeout=30) for name, ex in pools.items()}
+    for ex in pools.values():
+        ex.shutdown(wait=True)
+    report(child_exit=os.waitstatus_to_exitcode(status), after=after)
+"""
+
+
+def test_inherited_pool_gives_a_clear_error_in_a_forked_child(tmp_path):
+    """Using the parent's pool in a forked child raises RuntimeError saying to make a new pool;
+    shutting it down there is a no-op; the parent's pools keep working."""
+    script = _script(tmp_path, INHERITED_POOL)
+    proc = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60)
+    detail = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    child_line = next(line for line in proc.stdout.splitlines() if line.startswith("CHILD "))
+    errors = json.loads(child_line[len("CHILD ") :])
+    for name in ("executor", "threads"):
+        assert errors[name] is not None and "os.fork()" in errors[name], detail
+    report_line = next(line for line in proc.stdout.splitlines() if line.startswith("REPORT "))
+    out = json.loads(report_line[len("REPORT ") :])
+    assert out["child_exit"] == 0, detail
+    assert out["after"] == {"executor": 25, "threads": 25}, detail
