@@ -217,7 +217,7 @@ def _become_worker(link: int, status: int, server_fds: list[int], server: int) -
                 pass
         os.dup2(link, 0)  # the worker loop takes its link from stdin, as a spawned worker does
         os.close(link)
-        gc.unfreeze()
+        # inherited objects stay frozen: a collection in the worker never walks the parent's heap
         from ._worker import main
 
         main(server)
