@@ -22,7 +22,7 @@ use crate::registry;
 use crate::scheduler::{Engine, EngineConfig, InitCall};
 use crate::signals::{timeout_from_secs, wait_interruptible, CountLatch};
 use crate::supervisor::WorkerSpec;
-use crate::task::{attach_handle, Completion, Outcome, Task, TaskState};
+use crate::task::{attach_handle, Completion, Outcome, PyTaskHandle, Task, TaskState};
 
 /// Outcome kinds as the Python side sees them. Must match `python/ferropool/_serialize.py`.
 const OUT_OK: u8 = 0;
@@ -30,11 +30,17 @@ const OUT_ERR: u8 = 1;
 const OUT_DIED: u8 = 2;
 const OUT_CANCELLED: u8 = 3;
 const OUT_BROKEN: u8 = 4;
+const OUT_TIMED_OUT: u8 = 5;
+const OUT_KILLED: u8 = 6;
 
 /// A process pool's engine as Python sees it.
 #[pyclass(name = "ProcessEngine", module = "ferropool._core", frozen)]
 pub struct PyProcessEngine {
     engine: Engine,
+    /// Handed (weakly) to each task's handle, for `Future.kill()`.
+    stopper: std::sync::Weak<dyn crate::task::Stopper>,
+    /// `cancel_running=True`: a future's `cancel()` stops its running task too.
+    cancel_stops: bool,
     /// The fork epoch this pool was made in (see `registry.rs`).
     epoch: u64,
     /// Opens when the completion thread has delivered the last outcome.
@@ -45,7 +51,11 @@ pub struct PyProcessEngine {
 #[pymethods]
 impl PyProcessEngine {
     #[new]
-    #[pyo3(signature = (argv, workers, on_results, init=None, max_tasks_per_child=None, forkserver_fd=None))]
+    #[pyo3(signature = (
+        argv, workers, on_results, init=None, max_tasks_per_child=None, forkserver_fd=None,
+        max_memory_per_child=None, cancel_running=false
+    ))]
+    #[allow(clippy::too_many_arguments)] // mirrors the executor's constructor
     fn new(
         argv: Vec<String>,
         workers: usize,
@@ -53,6 +63,8 @@ impl PyProcessEngine {
         init: Option<(u8, u32, Vec<u8>)>,
         max_tasks_per_child: Option<u64>,
         forkserver_fd: Option<RawFd>,
+        max_memory_per_child: Option<u64>,
+        cancel_running: bool,
     ) -> PyResult<Self> {
         // SAFETY: the caller hands over a connected socket descriptor it no longer uses
         // (`socket.detach()` in `_forkserver.py`); from here on this engine owns it.
@@ -69,6 +81,7 @@ impl PyProcessEngine {
             workers,
             init: init.map(|(flags, fn_len, body)| InitCall { flags, fn_len, body }),
             max_tasks_per_child,
+            max_memory_per_child: max_memory_per_child.unwrap_or(0),
         };
         let engine = Engine::start(cfg, tx).map_err(Error::from)?;
         let completer_done = Arc::new(CountLatch::new(1));
@@ -90,8 +103,11 @@ impl PyProcessEngine {
                 life.completer_done.count_down();
             })
             .map_err(Error::from)?;
+        let stopper = engine.stopper();
         Ok(PyProcessEngine {
             engine,
+            stopper,
+            cancel_stops: cancel_running,
             epoch: registry::fork_epoch(),
             completer_done,
             completer,
@@ -99,7 +115,10 @@ impl PyProcessEngine {
     }
 
     /// Queues one call; `fn_bytes` and `args` are concatenated into the frame body. The task's
-    /// handle is stored on `future` (`_ferro_task`) before the task can run.
+    /// handle is stored on `future` (`_ferro_task`) before the task can run. `timeout`: seconds
+    /// it may run once started, after which its worker is killed.
+    #[pyo3(signature = (id, fn_bytes, args, flags, future, timeout=None))]
+    #[allow(clippy::too_many_arguments)] // one call per task: positional on purpose
     fn submit(
         &self,
         py: Python<'_>,
@@ -108,6 +127,7 @@ impl PyProcessEngine {
         args: &[u8],
         flags: u8,
         future: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
     ) -> PyResult<()> {
         if !registry::is_ours(self.epoch) {
             return Err(registry::inherited_pool_error());
@@ -117,13 +137,29 @@ impl PyProcessEngine {
         body.extend_from_slice(fn_bytes);
         body.extend_from_slice(args);
         let state = Arc::new(TaskState::default());
-        attach_handle(py, future, &state)?;
+        let stopper = Some(self.stopper.clone());
+        let handle = PyTaskHandle {
+            state: Arc::clone(&state),
+            id,
+            stopper,
+            cancel_stops: self.cancel_stops,
+        };
+        attach_handle(py, future, handle)?;
+        let timeout = match timeout {
+            Some(t) if !(t > 0.0 && t.is_finite()) => {
+                return Err(PyValueError::new_err(format!(
+                    "timeout must be a positive number of seconds, not {t}"
+                )))
+            }
+            t => t.map(Duration::from_secs_f64),
+        };
         self.engine.submit(Task {
             id,
             flags,
             fn_len,
             body,
             state,
+            timeout,
         })?;
         Ok(())
     }
@@ -231,6 +267,8 @@ fn to_python(py: Python<'_>, batch: Vec<Completion>) -> PyResult<Bound<'_, PyLis
             Outcome::Err(b) => (id, OUT_ERR, PyBytes::new(py, &b)).into_pyobject(py),
             Outcome::Died(info) => (id, OUT_DIED, (info.pid, info.code, info.signal)).into_pyobject(py),
             Outcome::Cancelled => (id, OUT_CANCELLED, py.None()).into_pyobject(py),
+            Outcome::Killed => (id, OUT_KILLED, py.None()).into_pyobject(py),
+            Outcome::TimedOut { limit, pid } => (id, OUT_TIMED_OUT, (limit.as_secs_f64(), pid)).into_pyobject(py),
             Outcome::Broken(why, cause) => {
                 let cause = cause.map(|b| PyBytes::new(py, &b));
                 (id, OUT_BROKEN, (why, cause)).into_pyobject(py)

@@ -22,7 +22,7 @@
 //! about [`WINDOW_TARGET_US`] of work, so tiny tasks travel in batches and long ones are not
 //! parked behind each other in one worker while another idles.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::mem;
 use std::os::fd::AsRawFd;
@@ -36,7 +36,7 @@ use crossbeam_channel::Sender;
 use crate::errors::{Error, Result};
 use crate::registry;
 use crate::signals::CountLatch;
-use crate::supervisor::{InFlight, Worker, WorkerSpec};
+use crate::supervisor::{Worker, WorkerSpec};
 use crate::task::{Completion, ExitInfo, Outcome, Task};
 use crate::wire::{self, kind, ReadOutcome};
 
@@ -58,6 +58,8 @@ pub struct EngineConfig {
     /// The initializer call each worker runs before its first task.
     pub init: Option<InitCall>,
     pub max_tasks_per_child: Option<u64>,
+    /// Resident memory (bytes) past which a worker is replaced after its current task; 0: none.
+    pub max_memory_per_child: u64,
 }
 
 /// A pickled initializer call, laid out like a task body.
@@ -96,6 +98,8 @@ struct Sched {
     ewma_us: Option<f64>,
     /// Workers that died before `READY`, in a row.
     startup_failures: u32,
+    /// Tasks to kill the moment they start (they wait in a worker behind another task).
+    kill_requested: HashSet<u64>,
     /// When stopped workers are killed if still alive.
     stop_deadline: Option<Instant>,
     /// The engine polls `wake_rx`; anyone who needs its attention writes a byte to `wake_tx`.
@@ -139,6 +143,7 @@ impl Engine {
                 broken: None,
                 ewma_us: None,
                 startup_failures: 0,
+                kill_requested: HashSet::new(),
                 stop_deadline: None,
                 wake_rx: Some(wake_rx),
                 wake_tx: Some(wake_tx),
@@ -212,6 +217,12 @@ impl Engine {
         self.shared.lock().workers.iter().map(|w| w.pid).collect()
     }
 
+    /// What a task handle uses to stop its task.
+    pub fn stopper(&self) -> std::sync::Weak<dyn crate::task::Stopper> {
+        let shared: Arc<dyn crate::task::Stopper> = Arc::clone(&self.shared) as Arc<dyn crate::task::Stopper>;
+        Arc::downgrade(&shared)
+    }
+
     /// The engine's side of interpreter-exit bookkeeping (see `registry.rs`).
     pub fn lifecycle(&self) -> Arc<dyn registry::Pool> {
         Arc::clone(&self.shared) as Arc<dyn registry::Pool>
@@ -228,6 +239,16 @@ impl Drop for Engine {
         if registry::is_ours(self.epoch) {
             self.shared.shutdown(false);
         }
+    }
+}
+
+impl crate::task::Stopper for Shared {
+    fn stop(&self, id: u64) -> bool {
+        let mut s = self.lock();
+        let found = s.kill_task(id);
+        s.send_out();
+        s.wake();
+        found
     }
 }
 
@@ -286,15 +307,21 @@ impl Worker {
 /// Encodes a task into the worker's outgoing buffer and records it as in flight.
 /// The caller has checked the worker can take it; a task cancelled meanwhile is dropped here.
 fn send_call(w: &mut Worker, task: Task) -> bool {
-    if !task.state.start() {
+    if !task.state.start_or_resume() {
         return false;
     }
-    let fn_len = task.fn_len;
-    wire::encode(&mut w.out.buf, kind::CALL, task.flags, task.id, fn_len, &[&task.body]);
-    w.inflight.push_back(InFlight {
-        id: task.id,
-        state: task.state,
-    });
+    wire::encode(
+        &mut w.out.buf,
+        kind::CALL,
+        task.flags,
+        task.id,
+        task.fn_len,
+        &[&task.body],
+    );
+    if w.inflight.is_empty() && w.ready {
+        w.head_started = Some(Instant::now());
+    }
+    w.inflight.push_back(task);
     if let Some(q) = w.quota.as_mut() {
         *q = q.saturating_sub(1);
     }
@@ -391,9 +418,17 @@ impl Sched {
     fn spawn_worker(&mut self) -> io::Result<()> {
         let mut w = Worker::start(&mut self.cfg.spec, self.cfg.max_tasks_per_child)?;
         // every worker gets an INIT first (empty without an initializer): it answers READY after it
+        let limit = self.cfg.max_memory_per_child;
         match &self.cfg.init {
-            Some(init) => wire::encode(&mut w.out.buf, kind::INIT, init.flags, 0, init.fn_len, &[&init.body]),
-            None => wire::encode(&mut w.out.buf, kind::INIT, 0, 0, 0, &[]),
+            Some(init) => wire::encode(
+                &mut w.out.buf,
+                kind::INIT,
+                init.flags,
+                limit,
+                init.fn_len,
+                &[&init.body],
+            ),
+            None => wire::encode(&mut w.out.buf, kind::INIT, 0, limit, 0, &[]),
         }
         self.workers.push(w);
         Ok(())
@@ -509,7 +544,11 @@ impl Sched {
     fn on_frame(&mut self, idx: usize, frame: wire::Frame) {
         match frame.kind {
             kind::READY => {
-                self.workers[idx].ready = true;
+                let w = &mut self.workers[idx];
+                w.ready = true;
+                if !w.inflight.is_empty() {
+                    w.head_started = Some(Instant::now());
+                }
                 self.startup_failures = 0;
             }
             kind::OK | kind::ERR => {
@@ -519,17 +558,28 @@ impl Sched {
                 if let Some(pos) = w.inflight.iter().position(|t| t.id == frame.id) {
                     w.inflight.remove(pos);
                 }
+                // results come in order: the next task has just started
+                w.head_started = if w.inflight.is_empty() {
+                    None
+                } else {
+                    Some(Instant::now())
+                };
                 let outcome = if frame.kind == kind::OK {
                     Outcome::Ok(frame.body)
                 } else {
                     Outcome::Err(frame.body)
                 };
                 self.out.push(Completion { id: frame.id, outcome });
-                if w.quota == Some(0) && w.inflight.is_empty() && !w.stopping {
-                    // max_tasks_per_child reached: retire it; maintain() starts its successor
-                    w.stopping = true;
-                    wire::encode(&mut w.out.buf, kind::STOP, 0, 0, 0, &[]);
+                self.retire_if_done(idx);
+                let next = self.workers[idx].inflight.front().map(|t| t.id);
+                if next.is_some_and(|id| self.kill_requested.remove(&id)) {
+                    self.stop_running(idx, Outcome::Killed);
                 }
+            }
+            kind::RETIRE => {
+                // over its memory limit: no more work for it; it stops once its tasks are done
+                self.workers[idx].quota = Some(0);
+                self.retire_if_done(idx);
             }
             kind::INIT_FAILED => {
                 let pid = self.workers[idx].pid;
@@ -546,17 +596,108 @@ impl Sched {
         }
     }
 
-    /// A worker has exited: fail what it held unless it was asked to go, and account for it.
+    /// A worker that reached its task quota (or its memory limit) and holds nothing is told to
+    /// stop; `maintain()` starts its successor.
+    fn retire_if_done(&mut self, idx: usize) {
+        let w = &mut self.workers[idx];
+        if w.quota == Some(0) && w.inflight.is_empty() && !w.stopping {
+            w.stopping = true;
+            wire::encode(&mut w.out.buf, kind::STOP, 0, 0, 0, &[]);
+        }
+    }
+
+    /// Kills the worker running a task: that task fails with `outcome`; the tasks queued behind
+    /// it never started, so they go back to the front of the queue for another worker.
+    fn stop_running(&mut self, idx: usize, outcome: Outcome) {
+        let w = &mut self.workers[idx];
+        w.stopping = true;
+        w.signal_group(libc::SIGKILL);
+        w.head_started = None;
+        if let Some(head) = w.inflight.pop_front() {
+            self.out.push(Completion { id: head.id, outcome });
+        }
+        for task in w.inflight.drain(..).rev() {
+            self.pending.push_front(task);
+        }
+    }
+
+    /// Stops the tasks that ran past their time limit; returns how long until the next limit.
+    fn enforce_time_limits(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut next: Option<Duration> = None;
+        for idx in 0..self.workers.len() {
+            let w = &self.workers[idx];
+            let (Some(started), Some(head)) = (w.head_started, w.inflight.front()) else {
+                continue;
+            };
+            let Some(limit) = head.timeout else { continue };
+            let deadline = started + limit;
+            if now >= deadline {
+                let pid = w.pid;
+                self.stop_running(idx, Outcome::TimedOut { limit, pid });
+            } else {
+                let left = deadline - now;
+                next = Some(next.map_or(left, |n| n.min(left)));
+            }
+        }
+        next
+    }
+
+    /// Stops a task wherever it is: queued (dropped), running (its worker killed), or waiting
+    /// in a worker behind another task (killed the moment it starts). `false` if not found.
+    fn kill_task(&mut self, id: u64) -> bool {
+        if let Some(pos) = self.pending.iter().position(|t| t.id == id) {
+            if let Some(task) = self.pending.remove(pos) {
+                task.state.cancel();
+                self.out.push(Completion {
+                    id,
+                    outcome: Outcome::Killed,
+                });
+            }
+            return true;
+        }
+        for idx in 0..self.workers.len() {
+            let w = &self.workers[idx];
+            if w.stopping {
+                continue;
+            }
+            match w.inflight.iter().position(|t| t.id == id) {
+                Some(0) => {
+                    self.stop_running(idx, Outcome::Killed);
+                    return true;
+                }
+                Some(_) => {
+                    self.kill_requested.insert(id);
+                    return true;
+                }
+                None => {}
+            }
+        }
+        false
+    }
+
+    /// A worker has exited. Unless it was asked to go, the task it was running fails (it named
+    /// the cause) and those queued behind it, never started, go to another worker.
     fn on_exit(&mut self, idx: usize, info: ExitInfo) {
         let mut w = self.workers.remove(idx);
         let unexpected = !w.stopping;
+        if unexpected {
+            if let Some(head) = w.inflight.pop_front() {
+                self.out.push(Completion {
+                    id: head.id,
+                    outcome: Outcome::Died(info),
+                });
+            }
+            for task in w.inflight.drain(..).rev() {
+                self.pending.push_front(task);
+            }
+        }
         for t in w.inflight.drain(..) {
-            let outcome = if unexpected {
-                Outcome::Died(info)
-            } else {
-                Outcome::Broken("the pool was terminated while the task was running".into(), None)
-            };
-            self.out.push(Completion { id: t.id, outcome });
+            let why = "the pool was terminated while the task was running";
+            self.out.push(Completion {
+                id: t.id,
+                outcome: Outcome::Broken(why.into(), None),
+            });
         }
         if unexpected && !w.ready {
             self.startup_failures += 1;
@@ -628,10 +769,18 @@ fn run(shared: &Shared) {
                 }
             }
             s.wake_sent = false;
-            if need_tick {
-                20
+            let tick = if need_tick {
+                Some(Duration::from_millis(20))
             } else {
-                -1
+                None
+            };
+            match (tick, s.enforce_time_limits()) {
+                (None, None) => -1,
+                (a, b) => {
+                    let d = a.into_iter().chain(b).min().unwrap_or(Duration::ZERO);
+                    // round up: waking a moment early would only find the deadline not yet due
+                    i32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+                }
             }
         };
         // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfd structs; every

@@ -14,10 +14,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::task::{ExitInfo, TaskState};
+use crate::task::{ExitInfo, Task};
 use crate::wire::{FrameReader, WriteBuf};
 
 /// How to start a worker.
@@ -38,13 +37,6 @@ pub enum Proc {
     Forked { status: UnixStream },
 }
 
-/// A task a worker holds: sent to it, no result back yet.
-#[derive(Debug)]
-pub struct InFlight {
-    pub id: u64,
-    pub state: Arc<TaskState>,
-}
-
 /// The parent's side of one worker process.
 pub struct Worker {
     pub proc: Proc,
@@ -53,8 +45,12 @@ pub struct Worker {
     pub link: UnixStream,
     pub reader: FrameReader,
     pub out: WriteBuf,
-    /// Tasks sent and not yet answered, oldest first (a worker runs them in order).
-    pub inflight: VecDeque<InFlight>,
+    /// Tasks sent and not yet answered, oldest first. A worker runs them in order, so the
+    /// first is the one running and the others have not started.
+    pub inflight: VecDeque<Task>,
+    /// When the first task in `inflight` started (as far as the parent can tell: when the
+    /// previous result arrived, or when it was sent to an idle, started worker).
+    pub head_started: Option<Instant>,
     /// Calls it may still be sent before it is recycled (`max_tasks_per_child`).
     pub quota: Option<u64>,
     /// It sent `READY`: started, initializer done.
@@ -118,6 +114,7 @@ impl Worker {
             reader: FrameReader::default(),
             out: WriteBuf::default(),
             inflight: VecDeque::new(),
+            head_started: None,
             quota,
             ready: false,
             stopping: false,

@@ -37,6 +37,12 @@ impl TaskState {
         }
     }
 
+    /// Claims the task for a worker: a pending task, or one that a worker held but never started
+    /// (sent back after that worker died). `false` means it was cancelled.
+    pub fn start_or_resume(&self) -> bool {
+        self.start() || self.is_running()
+    }
+
     /// Whether a worker has claimed the task.
     pub fn is_running(&self) -> bool {
         self.0.load(Ordering::Acquire) == RUNNING
@@ -52,9 +58,12 @@ pub struct Task {
     pub flags: u8,
     /// Length of the pickled function at the front of `body`.
     pub fn_len: u32,
-    /// Pickled function followed by pickled arguments.
+    /// Pickled function followed by pickled arguments. Kept until the result arrives, so a
+    /// task that never started on a worker that died can be sent to another.
     pub body: Vec<u8>,
     pub state: Arc<TaskState>,
+    /// Longest it may run once a worker starts it; past that, its worker is killed.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// How a worker process ended, as far as the parent could see.
@@ -78,6 +87,10 @@ pub enum Outcome {
     Died(ExitInfo),
     /// It was cancelled before a worker took it.
     Cancelled,
+    /// It ran past its time limit: its worker was killed.
+    TimedOut { limit: std::time::Duration, pid: u32 },
+    /// It was stopped on request while it ran: its worker was killed.
+    Killed,
     /// The pool broke before it could run: why, and the pickled cause if a worker sent one.
     Broken(String, Option<Vec<u8>>),
 }
@@ -89,10 +102,22 @@ pub struct Completion {
     pub outcome: Outcome,
 }
 
+/// Something that can stop a task that is already running (a process pool's engine).
+pub trait Stopper: Send + Sync {
+    /// Stops task `id` wherever it is; `false` if it is no longer in the pool.
+    fn stop(&self, id: u64) -> bool;
+}
+
 /// The Python-side handle on a task's state, kept by its `Future`.
 #[pyclass(name = "TaskHandle", module = "ferropool._core", frozen)]
 pub struct PyTaskHandle {
     pub state: Arc<TaskState>,
+    pub id: u64,
+    /// The pool's engine, weakly: a handle never keeps a pool alive. `None` for thread pools,
+    /// whose threads cannot be stopped.
+    pub stopper: Option<std::sync::Weak<dyn Stopper>>,
+    /// The pool was made with `cancel_running=True`: `Future.cancel()` stops running tasks too.
+    pub cancel_stops: bool,
 }
 
 #[pymethods]
@@ -106,18 +131,27 @@ impl PyTaskHandle {
     fn running(&self) -> bool {
         self.state.is_running()
     }
+
+    /// Stops the task even if it is running, by killing its worker. `False` if it finished, or
+    /// if its pool cannot stop running tasks (threads).
+    fn stop(&self) -> bool {
+        self.stopper
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade)
+            .is_some_and(|s| s.stop(self.id))
+    }
+
+    /// Whether `Future.cancel()` should stop the task when it is already running.
+    #[getter]
+    fn cancel_stops(&self) -> bool {
+        self.cancel_stops
+    }
 }
 
-/// Gives a Python future its handle on the task's state (`future._ferro_task`), which its
-/// `cancel()` and `running()` consult.
-pub fn attach_handle(py: Python<'_>, future: &Bound<'_, PyAny>, state: &Arc<TaskState>) -> PyResult<()> {
-    let handle = Bound::new(
-        py,
-        PyTaskHandle {
-            state: Arc::clone(state),
-        },
-    )?;
-    future.setattr(pyo3::intern!(py, "_ferro_task"), handle)
+/// Gives a Python future its handle on the task (`future._ferro_task`), which its `cancel()`,
+/// `running()` and `kill()` consult.
+pub fn attach_handle(py: Python<'_>, future: &Bound<'_, PyAny>, handle: PyTaskHandle) -> PyResult<()> {
+    future.setattr(pyo3::intern!(py, "_ferro_task"), Bound::new(py, handle)?)
 }
 
 #[cfg(test)]

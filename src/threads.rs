@@ -21,7 +21,7 @@ use pyo3::types::{PyDict, PyTuple};
 use crate::errors::{BrokenThreadPool, Error};
 use crate::registry;
 use crate::signals::{timeout_from_secs, wait_interruptible, CountLatch};
-use crate::task::{attach_handle, TaskState};
+use crate::task::{attach_handle, PyTaskHandle, TaskState};
 
 /// One call and the future it completes.
 struct Job {
@@ -132,7 +132,13 @@ impl PyThreadEngine {
                 return Err(Error::ShutDown.into());
             };
             let state = Arc::new(TaskState::default());
-            attach_handle(py, &future, &state)?;
+            let handle = PyTaskHandle {
+                state: Arc::clone(&state),
+                id: 0,
+                stopper: None,
+                cancel_stops: false,
+            };
+            attach_handle(py, &future, handle)?;
             tx.send(Job {
                 state,
                 future: future.unbind(),

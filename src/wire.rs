@@ -13,7 +13,8 @@ use std::io::{self, Read, Write};
 pub mod kind {
     /// Run a call: body = pickled function (aux bytes) + pickled `(args, kwargs)`.
     pub const CALL: u8 = 1;
-    /// Run the initializer once before any call: same body layout as `CALL`.
+    /// Run the initializer once before any call: same body layout as `CALL`; `id` carries the
+    /// worker's memory limit in bytes (0: none).
     pub const INIT: u8 = 2;
     /// Finish: flush what is pending and exit.
     pub const STOP: u8 = 3;
@@ -25,6 +26,8 @@ pub mod kind {
     pub const ERR: u8 = 12;
     /// The initializer raised: body as for `ERR`; the worker exits after sending it.
     pub const INIT_FAILED: u8 = 13;
+    /// The worker's memory passed its limit: send it no more work, and stop it once idle.
+    pub const RETIRE: u8 = 14;
 }
 
 /// Size of the fixed frame header in bytes.

@@ -37,6 +37,7 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
     let init = handler.getattr("init")?;
     let mut reader = FrameReader::default();
     let mut out: Vec<u8> = Vec::new();
+    let mut memory = MemoryWatch::default();
     loop {
         let Some(frame) = reader.next_frame() else {
             if !out.is_empty() {
@@ -49,6 +50,7 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
         };
         match frame.kind {
             kind::INIT => {
+                memory.limit = frame.id;
                 if !frame.body.is_empty() {
                     let (ok, payload) = run_handler(py, &init, &frame)?;
                     if !ok {
@@ -68,6 +70,9 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
                 let us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
                 let k = if ok { kind::OK } else { kind::ERR };
                 wire::encode(&mut out, k, 0, frame.id, us, &[payload.as_bytes()]);
+                if memory.over_limit() {
+                    wire::encode(&mut out, kind::RETIRE, 0, 0, 0, &[]);
+                }
                 flush(py, &mut link, &mut out)?;
             }
             kind::STOP => {
@@ -77,6 +82,39 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
             _ => {}
         }
     }
+}
+
+/// Checks the worker's resident memory against `max_memory_per_child`, at most every
+/// [`MemoryWatch::EVERY`] so a stream of tiny tasks does not pay a file read each.
+#[derive(Default)]
+struct MemoryWatch {
+    /// Bytes; 0: no limit.
+    limit: u64,
+    last: Option<Instant>,
+    /// Already reported: the parent stops sending work, once is enough.
+    reported: bool,
+}
+
+impl MemoryWatch {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+    fn over_limit(&mut self) -> bool {
+        if self.limit == 0 || self.reported || self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return false;
+        }
+        self.last = Some(Instant::now());
+        self.reported = resident_bytes().is_some_and(|rss| rss > self.limit);
+        self.reported
+    }
+}
+
+/// This process's resident set size, from `/proc/self/statm` (pages × page size).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 fn run_handler<'py>(

@@ -129,8 +129,8 @@ def test_map_default_chunksize():
         sizes: list[int] = []
         real = p._backend.chunk_submitter
 
-        def spy(fn, star):
-            submit = real(fn, star)
+        def spy(fn, star, **options):
+            submit = real(fn, star, **options)
 
             def record(chunk):
                 sizes.append(len(chunk))

@@ -23,14 +23,16 @@ from ._serialize import (
     OUT_CANCELLED,
     OUT_DIED,
     OUT_ERR,
+    OUT_KILLED,
     OUT_OK,
+    OUT_TIMED_OUT,
     dump_function,
     dumps,
     load_exception,
     loads,
 )
 from ._spawn import worker_argv
-from .errors import BrokenProcessPool, InvalidStateError, WorkerDiedError
+from .errors import BrokenProcessPool, InvalidStateError, TimeoutError, WorkerDiedError
 
 
 class ResultSink:
@@ -62,6 +64,10 @@ class ResultSink:
                     fut.cancel()
                 elif kind == OUT_DIED:
                     fut.set_exception(WorkerDiedError.from_exit(*payload))
+                elif kind == OUT_TIMED_OUT:
+                    fut.set_exception(timed_out_error(*payload))
+                elif kind == OUT_KILLED:
+                    fut._stopped()
                 else:
                     fut.set_exception(broken_error(*payload))
             except InvalidStateError:
@@ -82,6 +88,25 @@ def broken_error(why: str, cause: bytes | None) -> BrokenProcessPool:
         except Exception:
             pass
     return err
+
+
+def timed_out_error(limit: float, pid: int) -> TimeoutError:
+    """The error of a task stopped for running past its time limit."""
+    return TimeoutError(
+        f"the task ran longer than its {limit:g} s limit; its worker (pid {pid}) was killed with its "
+        "process group, and a fresh worker took its place"
+    )
+
+
+def check_timeout(value: Any, what: str) -> float | None:
+    """A task time limit in seconds: ``None``, or a positive number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds or None, not {type(value).__name__!r}")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
+    return float(value)
 
 
 def check_callable(fn: Any, what: str = "fn") -> None:
@@ -144,6 +169,8 @@ class ProcessBackend:
         initializer: Callable[..., object] | None,
         initargs: tuple[Any, ...],
         max_tasks_per_child: int | None,
+        max_memory_per_child: int | None = None,
+        cancel_running: bool = False,
     ) -> None:
         init = None
         if initializer is not None:
@@ -154,7 +181,16 @@ class ProcessBackend:
         self._ids = itertools.count(1)
         self.closed = False
         server = _forkserver.connect() if method == "forkserver" else None
-        self.engine = _core.ProcessEngine(worker_argv(), workers, self.sink.deliver, init, max_tasks_per_child, server)
+        self.engine = _core.ProcessEngine(
+            worker_argv(),
+            workers,
+            self.sink.deliver,
+            init,
+            max_tasks_per_child,
+            server,
+            max_memory_per_child,
+            cancel_running,
+        )
 
     def check_open(self) -> None:
         """Raises what a submit to this pool would raise now, if anything."""
@@ -166,19 +202,21 @@ class ProcessBackend:
         if _exit.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def submit_call(self, fn_bytes: bytes, flags: int, payload: bytes) -> Future[Any]:
+    def submit_call(self, fn_bytes: bytes, flags: int, payload: bytes, timeout: float | None = None) -> Future[Any]:
         """Queues an already pickled call."""
         fut: Future[Any] = Future()
         tid = next(self._ids)
         self.sink.pending[tid] = fut
         try:
-            self.engine.submit(tid, fn_bytes, payload, flags, fut)
+            self.engine.submit(tid, fn_bytes, payload, flags, fut, timeout)
         except BaseException:
             del self.sink.pending[tid]
             raise
         return fut
 
-    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None = None
+    ) -> Future[Any]:
         """Queues ``fn(*args, **kwargs)``; a pickling error fails only the returned future."""
         if _exit.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
@@ -188,10 +226,10 @@ class ProcessBackend:
         except Exception as exc:
             self.check_open()
             return failed(exc)
-        return self.submit_call(fn_bytes, flags, payload)
+        return self.submit_call(fn_bytes, flags, payload, timeout)
 
     def chunk_submitter(
-        self, fn: Callable[..., Any], star: bool, outcomes: bool = False
+        self, fn: Callable[..., Any], star: bool, outcomes: bool = False, timeout: float | None = None
     ) -> Callable[[Sequence[Any]], Future[Any]]:
         """A function that queues one chunk, whose future holds the list of results.
 
@@ -218,23 +256,27 @@ class ProcessBackend:
             except Exception as exc:
                 self.check_open()
                 return failed(exc)
-            return self.submit_call(fn_bytes, flags, payload)
+            return self.submit_call(fn_bytes, flags, payload, timeout)
 
         return submit_chunk
 
-    def outcome_submitter(self, fn: Callable[..., Any]) -> Callable[[Sequence[Any]], Future[Any]]:
+    def outcome_submitter(
+        self, fn: Callable[..., Any], timeout: float | None = None
+    ) -> Callable[[Sequence[Any]], Future[Any]]:
         """Like ``chunk_submitter``, but each item keeps its own outcome.
 
         The future holds ``(seconds, [(True, value) | (False, (exception, traceback text))])``.
         """
-        return self.chunk_submitter(fn, star=False, outcomes=True)
+        return self.chunk_submitter(fn, star=False, outcomes=True, timeout=timeout)
 
-    def one_submitter(self, fn: Callable[..., Any]) -> Callable[[tuple[Any, ...]], Future[Any]]:
+    def one_submitter(
+        self, fn: Callable[..., Any], timeout: float | None = None
+    ) -> Callable[[tuple[Any, ...]], Future[Any]]:
         """A function that queues ``fn(*args)`` for each args tuple, ``fn`` pickled once."""
         try:
             fn_bytes, flags = dump_function(fn)
         except Exception:
-            return lambda args: self.submit(fn, args, {})
+            return lambda args: self.submit(fn, args, {}, timeout)
 
         def submit_one(args: tuple[Any, ...]) -> Future[Any]:
             try:
@@ -242,7 +284,7 @@ class ProcessBackend:
             except Exception as exc:
                 self.check_open()
                 return failed(exc)
-            return self.submit_call(fn_bytes, flags, payload)
+            return self.submit_call(fn_bytes, flags, payload, timeout)
 
         return submit_one
 
@@ -297,23 +339,36 @@ class ThreadBackend:
         self._lock = threading.Lock()
         self.engine = _core.ThreadEngine(max_workers, name_prefix, _threads, initializer, tuple(initargs))
 
-    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
-        """Queues ``fn(*args, **kwargs)`` on the pool's threads."""
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None = None
+    ) -> Future[Any]:
+        """Queues ``fn(*args, **kwargs)`` on the pool's threads.
+
+        ``timeout`` is not supported (a thread cannot be stopped); the front ends refuse it.
+        """
         if _exit.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         fut: Future[Any] = Future()
         self.engine.submit(fut, fn, args, kwargs or None)
         return fut
 
-    def chunk_submitter(self, fn: Callable[..., Any], star: bool) -> Callable[[Sequence[Any]], Future[Any]]:
+    def chunk_submitter(
+        self, fn: Callable[..., Any], star: bool, outcomes: bool = False, timeout: float | None = None
+    ) -> Callable[[Sequence[Any]], Future[Any]]:
         """A function that queues one chunk, whose future holds the list of results."""
+        if outcomes:
+            return lambda chunk: self.submit(_run_outcomes, (fn, chunk), {})
         return lambda chunk: self.submit(_run_chunk, (fn, chunk, star), {})
 
-    def outcome_submitter(self, fn: Callable[..., Any]) -> Callable[[Sequence[Any]], Future[Any]]:
+    def outcome_submitter(
+        self, fn: Callable[..., Any], timeout: float | None = None
+    ) -> Callable[[Sequence[Any]], Future[Any]]:
         """Like ``chunk_submitter``, but each item keeps its own outcome (see ProcessBackend)."""
-        return lambda chunk: self.submit(_run_outcomes, (fn, chunk), {})
+        return self.chunk_submitter(fn, star=False, outcomes=True)
 
-    def one_submitter(self, fn: Callable[..., Any]) -> Callable[[tuple[Any, ...]], Future[Any]]:
+    def one_submitter(
+        self, fn: Callable[..., Any], timeout: float | None = None
+    ) -> Callable[[tuple[Any, ...]], Future[Any]]:
         """A function that queues ``fn(*args)`` for each args tuple."""
         return lambda args: self.submit(fn, args, {})
 

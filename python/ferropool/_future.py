@@ -109,7 +109,11 @@ class Future(_base.Future[T]):
         if task is None:
             return super().cancel()
         if not task.cancel():
-            # a worker already has it: too late, as with the stdlib's running futures
+            # a worker already has it: too late, as with the stdlib's running futures, unless
+            # the pool was made with cancel_running=True
+            if task.cancel_stops and not self.done() and task.stop():
+                self._stopped()
+                return True
             return self.cancelled()
         if not super().cancel():
             return False
@@ -122,6 +126,38 @@ class Future(_base.Future[T]):
     def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
         """Calls ``fn(future)`` when the future finishes or is cancelled (at once if it has)."""
         super().add_done_callback(fn)  # type: ignore[arg-type]
+
+    def kill(self) -> bool:
+        """Stops the call even if it is already running (process pools).
+
+        A queued call is cancelled as by ``cancel()``. A running call is stopped by killing the
+        worker process running it (with its process group, so processes it started go too); a
+        fresh worker takes its place, and calls that were waiting behind it run elsewhere. The
+        future ends cancelled.
+
+        Returns:
+            ``True`` if the future is now cancelled; ``False`` if the call had already finished,
+            or runs on a thread, which cannot be stopped.
+        """
+        if self.cancel():
+            return True
+        task = self._ferro_task
+        if task is None or self.done() or not task.stop():
+            return self.cancelled()
+        self._stopped()
+        return True
+
+    def _stopped(self) -> None:
+        """The core stopped this call while it ran: the future ends cancelled."""
+        with self._condition:
+            if self._state in _DONE:
+                return
+            self._state = CANCELLED
+            self._condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        with self._condition:
+            if self._state == CANCELLED:
+                self.set_running_or_notify_cancel()
 
     def done(self) -> bool:
         """``True`` if the call finished or was cancelled."""

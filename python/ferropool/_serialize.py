@@ -34,7 +34,7 @@ FLAG_ITEM_CHUNK = 4  # the arguments are a list of items: return [fn(x) for x in
 FLAG_OUTCOMES = 8  # with FLAG_ITEM_CHUNK: return (seconds, [(True, value) | (False, (exc, tb))])
 
 # Outcome kinds delivered by the core. Must match src/process_pool.rs.
-OUT_OK, OUT_ERR, OUT_DIED, OUT_CANCELLED, OUT_BROKEN = range(5)
+OUT_OK, OUT_ERR, OUT_DIED, OUT_CANCELLED, OUT_BROKEN, OUT_TIMED_OUT, OUT_KILLED = range(7)
 
 loads = pickle.loads
 _plain_dumps = pickle.dumps

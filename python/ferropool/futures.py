@@ -19,6 +19,7 @@ A ``ThreadPoolExecutor`` hands ``(future, fn, args, kwargs)`` to Rust-owned thre
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,7 +32,15 @@ from concurrent.futures._base import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEP
 from typing import Any, TypeVar
 
 from . import _core
-from ._backend import ProcessBackend, ThreadBackend, check_callable, check_positive_int, chunks, start_method
+from ._backend import (
+    ProcessBackend,
+    ThreadBackend,
+    check_callable,
+    check_positive_int,
+    check_timeout,
+    chunks,
+    start_method,
+)
 from ._future import Future
 from .errors import TimeoutError
 
@@ -76,6 +85,8 @@ class _Executor(_base.Executor):
     """What both executors share: ``submit``, ``map`` and the context-manager protocol."""
 
     _backend: ProcessBackend | ThreadBackend
+    #: the time limit of each call submitted through this object (process pools only)
+    _task_timeout: float | None = None
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedules ``fn(*args, **kwargs)`` and returns a ``Future`` for it.
@@ -90,7 +101,7 @@ class _Executor(_base.Executor):
         """
         if not callable(fn):
             check_callable(fn)
-        return self._backend.submit(fn, args, kwargs)
+        return self._backend.submit(fn, args, kwargs, self._task_timeout)
 
     def map(
         self,
@@ -127,10 +138,10 @@ class _Executor(_base.Executor):
         if chunked:
             # one iterable: chunks of the items themselves, called as fn(x), less to pickle
             items = chunks(iter(iterables[0]) if single else zip(*iterables, strict=False), chunksize)
-            submit = self._backend.chunk_submitter(fn, star=not single)
+            submit = self._backend.chunk_submitter(fn, star=not single, timeout=self._task_timeout)
         else:
             items = zip(*iterables, strict=False)
-            submit = self._backend.one_submitter(fn)
+            submit = self._backend.one_submitter(fn, self._task_timeout)
         first: Iterable[Any] = items if buffersize is None else itertools.islice(items, buffersize)
         fs = [submit(x) for x in first]
         return _map_results(fs, items if buffersize is not None else None, submit, end_time, chunked)
@@ -186,10 +197,21 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
             ``BrokenProcessPool``.
         initargs: the arguments for ``initializer``.
         max_tasks_per_child: the tasks a worker runs before it is replaced by a fresh one.
+        task_timeout: seconds each call may run once a worker starts it (each chunk, for
+            ``map``). A call that runs longer fails with ``ferropool.TimeoutError``; its worker
+            is killed with its process group and replaced. ``options(timeout=...)`` sets it
+            for some calls only.
+        max_memory_per_child: bytes of resident memory past which a worker is replaced, after
+            the call it is running.
+        cancel_running: if true, ``Future.cancel()`` also stops calls that are already running
+            (as ``Future.kill()`` does), so cancelling the asyncio side of
+            ``loop.run_in_executor`` stops the call in its worker. The stdlib's ``cancel()``
+            leaves running calls alone, which is the default.
 
     Raises:
-        ValueError: ``max_workers`` or ``max_tasks_per_child`` is not positive, or
-            ``mp_context`` is not one of the accepted values.
+        ValueError: ``max_workers``, ``max_tasks_per_child``, ``task_timeout`` or
+            ``max_memory_per_child`` is not positive, or ``mp_context`` is not one of the
+            accepted values.
         TypeError: ``initializer`` is not callable.
     """
 
@@ -203,6 +225,9 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
         initargs: tuple[Any, ...] = (),
         *,
         max_tasks_per_child: int | None = None,
+        task_timeout: float | None = None,
+        max_memory_per_child: int | None = None,
+        cancel_running: bool = False,
     ) -> None:
         if max_workers is None:
             max_workers = _core.cpu_count()
@@ -212,8 +237,38 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
             check_callable(initializer, "initializer")
         if max_tasks_per_child is not None:
             check_positive_int(max_tasks_per_child, "max_tasks_per_child", "max_tasks_per_child must be >= 1")
+        if max_memory_per_child is not None:
+            check_positive_int(max_memory_per_child, "max_memory_per_child", "max_memory_per_child must be >= 1 byte")
+        self._task_timeout = check_timeout(task_timeout, "task_timeout")
         self._max_workers = max_workers
-        self._backend = ProcessBackend(max_workers, method, initializer, tuple(initargs), max_tasks_per_child)
+        self._backend = ProcessBackend(
+            max_workers,
+            method,
+            initializer,
+            tuple(initargs),
+            max_tasks_per_child,
+            max_memory_per_child,
+            bool(cancel_running),
+        )
+
+    def options(self, *, timeout: float | None = None) -> ProcessPoolExecutor:
+        """This executor, with options for the calls submitted through the returned object.
+
+        ``pool.options(timeout=5).submit(fn, x)`` limits that call to 5 s without touching
+        ``fn``'s own arguments (so ``loop.run_in_executor(pool.options(timeout=5), fn, x)``
+        works too). The returned object shares this executor's workers; shutting it down shuts
+        them down.
+
+        Args:
+            timeout: seconds each call may run once started (``None``: no limit), overriding
+                ``task_timeout``.
+
+        Raises:
+            ValueError: ``timeout`` is not positive.
+        """
+        view = copy.copy(self)
+        view._task_timeout = check_timeout(timeout, "timeout")
+        return view
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stops accepting work and frees the workers once queued work is done.

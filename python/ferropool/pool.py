@@ -17,6 +17,7 @@ Differences from the stdlib, all on purpose:
 from __future__ import annotations
 
 import collections
+import copy
 import functools
 import itertools
 import logging
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from . import _core
-from ._backend import ProcessBackend, ThreadBackend, check_callable, start_method
+from ._backend import ProcessBackend, ThreadBackend, check_callable, check_positive_int, check_timeout, start_method
 from ._future import Future
 from ._serialize import attach_traceback
 from .errors import CancelledError, TimeoutError
@@ -199,8 +200,10 @@ class IMapIterator(Generic[T]):
         buffersize: int,
         workers: int,
         ordered: bool,
+        batch: bool = True,
     ) -> None:
         self._submit = submit
+        self._batch = batch
         self._items = items
         self._ordered = ordered
         self._chunksize = chunksize
@@ -277,13 +280,18 @@ class IMapIterator(Generic[T]):
             seconds, outcomes = fut.result()
         except BaseException as exc:  # the whole task failed: a dead worker, say
             return [(False, exc)] * n
-        item_seconds = seconds / max(len(outcomes), 1)
+        if self._batch:
+            self._learn(seconds, len(outcomes))
+        return [(True, v) if ok else (False, v[0] if v[1] is None else attach_traceback(*v)) for ok, v in outcomes]
+
+    def _learn(self, seconds: float, items: int) -> None:
+        """Sizes later tasks from how long these items took."""
+        item_seconds = seconds / max(items, 1)
         self._item_seconds = (
             item_seconds if self._item_seconds is None else 0.7 * self._item_seconds + 0.3 * item_seconds
         )
         wanted = int(self.BATCH_TARGET_S / max(self._item_seconds, 1e-7))
         self._per_task = max(self._chunksize, min(wanted, self._max_per_task))
-        return [(True, v) if ok else (False, v[0] if v[1] is None else attach_traceback(*v)) for ok, v in outcomes]
 
 
 def _chunked(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -340,13 +348,20 @@ class Pool:
         maxtasksperchild: tasks (calls or chunks) a worker runs before a fresh one replaces it.
         context: ``None``, a start-method name or a multiprocessing context; ``"spawn"`` starts
             every worker as a fresh interpreter (see ``ProcessPoolExecutor``).
+        task_timeout: seconds each call (or chunk, for the map methods) may run once a worker
+            starts it; past that it fails with ``ferropool.TimeoutError`` and its worker is
+            killed and replaced. ``options(timeout=...)`` sets it for some calls only.
+        max_memory_per_child: bytes of resident memory past which a worker is replaced.
 
     Raises:
-        ValueError: ``processes`` or ``maxtasksperchild`` is below 1, or ``context`` is unknown.
+        ValueError: ``processes``, ``maxtasksperchild``, ``task_timeout`` or
+            ``max_memory_per_child`` is not positive, or ``context`` is unknown.
         TypeError: ``initializer`` is not callable.
     """
 
     _backend: ProcessBackend | ThreadBackend
+    #: the time limit of each call or chunk submitted through this object (process pools only)
+    _task_timeout: float | None = None
     _runner: _CallbackRunner | None = None
     _runner_lock = threading.Lock()
 
@@ -366,6 +381,9 @@ class Pool:
         initargs: Iterable[Any] = (),
         maxtasksperchild: int | None = None,
         context: Any = None,
+        *,
+        task_timeout: float | None = None,
+        max_memory_per_child: int | None = None,
     ) -> None:
         self._state = RUN
         processes = _check_pool_size(processes)
@@ -376,8 +394,30 @@ class Pool:
         ):
             raise ValueError("maxtasksperchild must be a positive int or None")
         method = start_method(context, "context")
+        if max_memory_per_child is not None:
+            check_positive_int(max_memory_per_child, "max_memory_per_child", "max_memory_per_child must be >= 1 byte")
+        self._task_timeout = check_timeout(task_timeout, "task_timeout")
         self._processes = processes
-        self._backend = ProcessBackend(processes, method, initializer, tuple(initargs), maxtasksperchild)
+        self._backend = ProcessBackend(
+            processes, method, initializer, tuple(initargs), maxtasksperchild, max_memory_per_child
+        )
+
+    def options(self, *, timeout: float | None = None) -> Pool:
+        """This pool, with options for the calls made through the returned object.
+
+        ``pool.options(timeout=5).apply_async(fn, (x,))`` limits that call to 5 s (each chunk,
+        for the map methods). The returned object shares this pool's workers; closing or
+        terminating it closes or terminates them.
+
+        Raises:
+            ValueError: ``timeout`` is not positive.
+            TypeError: the pool runs threads, which cannot be stopped.
+        """
+        if isinstance(self._backend, ThreadBackend):
+            raise TypeError("a ThreadPool cannot limit a call's time: a running thread cannot be stopped")
+        view = copy.copy(self)
+        view._task_timeout = check_timeout(timeout, "timeout")
+        return view
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -407,7 +447,9 @@ class Pool:
             raise ValueError("Pool not running")
         if not callable(func):
             check_callable(func, "func")
-        fut = self._backend.submit(func, args if type(args) is tuple else tuple(args), dict(kwds) if kwds else _NO_KWDS)
+        fut = self._backend.submit(
+            func, args if type(args) is tuple else tuple(args), dict(kwds) if kwds else _NO_KWDS, self._task_timeout
+        )
         if callback is None and error_callback is None:
             return AsyncResult(fut)
         return AsyncResult(fut, callback, error_callback, self._callbacks)
@@ -467,7 +509,7 @@ class Pool:
             chunksize = _default_chunksize(len(items), self._processes)
         else:
             _check_chunksize(chunksize)
-        submit = self._backend.chunk_submitter(func, star)
+        submit = self._backend.chunk_submitter(func, star, timeout=self._task_timeout)
         step = max(chunksize, 1)
         chunks = [submit(items[i : i + step]) for i in range(0, len(items), step)]
         runner = self._callbacks if callback is not None or error_callback is not None else None
@@ -501,8 +543,10 @@ class Pool:
         elif not isinstance(buffersize, int) or isinstance(buffersize, bool) or buffersize < 1:
             raise ValueError("buffersize must be a positive int or None")
         items = iter(iterable)
-        submit = self._backend.outcome_submitter(func)
-        return IMapIterator(submit, items, chunksize, buffersize, self._processes, ordered)
+        submit = self._backend.outcome_submitter(func, self._task_timeout)
+        # a time limit applies per task: batching items would stretch it over several calls
+        batch = self._task_timeout is None
+        return IMapIterator(submit, items, chunksize, buffersize, self._processes, ordered, batch)
 
     # -- ending -----------------------------------------------------------------------------
 
