@@ -64,6 +64,7 @@ FULL_SIZES = {
     "fib_n": 27,
     "threads": 100_000,
     "imap": 20_000,
+    "respawn": 20,
 }
 QUICK_SIZES = {
     "submit": 2_000,
@@ -75,6 +76,7 @@ QUICK_SIZES = {
     "fib_n": 25,
     "threads": 10_000,
     "imap": 2_000,
+    "respawn": 5,
 }
 
 
@@ -448,6 +450,36 @@ def bench_imap(impl: Impl, spec: dict[str, Any]) -> dict[str, float]:
     return {"items_per_s": n / elapsed}
 
 
+def bench_respawn(impl: Impl, spec: dict[str, Any]) -> dict[str, float]:
+    """How long a crash costs: from a worker's death to its replacement finishing a task.
+
+    A 1-worker pool runs a task that ends its worker (``os._exit``) with a no-op queued behind
+    it; the clock runs from the moment the crashed task's future fails to the moment the no-op's
+    result is back, which a fresh worker had to start for. Only pools that survive a dead worker
+    can be measured: the stdlib's break for good.
+    """
+    if not isinstance(impl, ExecutorImpl) or impl.module_name != "ferropool":
+        raise NotAvailable("the pool does not survive a dead worker")
+    context = None if spec["variant"] == "default" else spec["variant"]
+    tasks = _tasks()
+    impl.load()
+    pool = impl.open(1, context)
+    samples: list[float] = []
+    try:
+        impl.wait(impl.submit(pool, tasks.noop, 0))
+        for i in range(spec["sizes"]["respawn"]):
+            dying = pool.submit(tasks.exit_now)
+            after = pool.submit(tasks.noop, i)
+            _check(dying.exception(timeout=30) is not None, "respawn: the crash was not reported")
+            start = time.perf_counter()
+            _check(after.result(timeout=30) == i, "respawn")
+            samples.append(time.perf_counter() - start)
+    finally:
+        impl.close(pool)
+    samples.sort()
+    return {"ms": samples[len(samples) // 2] * 1000}
+
+
 BENCH_FUNCS: dict[str, Callable[[Impl, dict[str, Any]], dict[str, float]]] = {
     "submit": bench_submit,
     "latency": bench_latency,
@@ -456,6 +488,7 @@ BENCH_FUNCS: dict[str, Callable[[Impl, dict[str, Any]], dict[str, float]]] = {
     "startup": bench_startup,
     "threads": bench_threads,
     "imap": bench_imap,
+    "respawn": bench_respawn,
 }
 
 
@@ -639,6 +672,19 @@ WORKLOADS: dict[str, Workload] = {
                 Case("stdlib.Pool", "multiprocessing `Pool.imap`"),
                 Case("ferropool.Pool", "ferropool `Pool.imap`", baseline="stdlib.Pool"),
                 Case("mpire.WorkerPool", "mpire `WorkerPool.imap`", baseline="stdlib.Pool", anchor="mpire"),
+            ),
+        ),
+        Workload(
+            "respawn",
+            "respawn: the cost of a crashed worker",
+            "A 1-worker pool whose task ends its worker (`os._exit`), a no-op queued behind it: time "
+            "from the crashed task's failure to the no-op's result, which a replacement worker "
+            "served; median of {respawn} crashes per run. The stdlib's pools cannot be measured: a "
+            "dead worker breaks them for good.",
+            (Metric("ms", "ms", False, 2),),
+            (
+                Case("ferropool.PPE", "ferropool `ProcessPoolExecutor`, default (fork server)", "default"),
+                Case("ferropool.PPE", 'ferropool `ProcessPoolExecutor`, `mp_context="spawn"`', "spawn"),
             ),
         ),
     )
