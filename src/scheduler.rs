@@ -449,6 +449,11 @@ impl Sched {
             let Some(i) = target else { break };
             let Some(task) = self.pending.pop_front() else { break };
             let id = task.id;
+            if self.kill_requested.remove(&id) {
+                // stopped while it waited in a worker that then died: it never runs
+                self.out.push(Completion { id, outcome: Outcome::Killed });
+                continue;
+            }
             if !send_call(&mut self.workers[i], task) {
                 // cancelled while queued: its future is already cancelled; free its entry
                 self.out.push(Completion {
