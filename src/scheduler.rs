@@ -177,10 +177,11 @@ impl Engine {
         // the submitter no system call per task.
         if s.pending.is_empty() && s.workers.iter().all(|w| w.inflight.is_empty()) {
             if let Some(w) = s.workers.iter_mut().find(|w| w.can_take()) {
+                let timed = task.timeout.is_some();
                 send_call(w, task);
                 // a failed write shows up as the worker's death; a partial one is the engine's
-                // to finish
-                if matches!(w.out.flush_to(&mut w.link), Ok(false)) {
+                // to finish; a time limit is the engine's to watch
+                if matches!(w.out.flush_to(&mut w.link), Ok(false)) || timed {
                     s.wake();
                 }
                 return Ok(());

@@ -84,34 +84,37 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
     }
 }
 
-/// Checks the worker's resident memory against `max_memory_per_child`, at most every
-/// [`MemoryWatch::EVERY`] so a stream of tiny tasks does not pay a file read each.
+/// Checks the worker's resident memory against `max_memory_per_child` after every call, so a
+/// call that leaked is caught even in a burst of quick calls. `/proc/self/statm` stays open and
+/// is read with one `pread` per check.
 #[derive(Default)]
 struct MemoryWatch {
     /// Bytes; 0: no limit.
     limit: u64,
-    last: Option<Instant>,
+    statm: Option<File>,
     /// Already reported: the parent stops sending work, once is enough.
     reported: bool,
 }
 
 impl MemoryWatch {
-    const EVERY: std::time::Duration = std::time::Duration::from_millis(20);
-
     fn over_limit(&mut self) -> bool {
-        if self.limit == 0 || self.reported || self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+        if self.limit == 0 || self.reported {
             return false;
         }
-        self.last = Some(Instant::now());
-        self.reported = resident_bytes().is_some_and(|rss| rss > self.limit);
+        if self.statm.is_none() {
+            self.statm = File::open("/proc/self/statm").ok();
+        }
+        self.reported = self.statm.as_ref().and_then(resident_bytes).is_some_and(|rss| rss > self.limit);
         self.reported
     }
 }
 
-/// This process's resident set size, from `/proc/self/statm` (pages × page size).
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+/// The process's current resident set size: pages (second field of statm) × page size.
+fn resident_bytes(statm: &File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 128];
+    let n = statm.read_at(&mut buf, 0).ok()?;
+    let pages: u64 = std::str::from_utf8(&buf[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf only reads a system constant.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)

@@ -584,6 +584,12 @@ class Pool:
     def __reduce__(self) -> Any:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
+    def __copy__(self) -> Any:
+        # a view for options(): the same pool, not a new one (pickling a pool is refused)
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        return view
+
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
 
