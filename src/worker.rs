@@ -159,15 +159,42 @@ fn take_link() -> io::Result<UnixStream> {
     Ok(link)
 }
 
-/// Asks the kernel to kill this process when the thread that started it ends, and checks that
+/// Asks the kernel to signal this process when the thread that started it ends, and checks that
 /// the parent did not already go before that took effect. `false`: the parent is gone.
+///
+/// The signal is a real-time one whose handler kills this process's whole group: the process
+/// leads its own group, so programs its tasks started (`subprocess`) die with it instead of
+/// outliving a killed parent. Without the handler the signal's default action still ends it.
 #[pyfunction]
 #[cfg(target_os = "linux")]
 pub fn die_with_parent(parent_pid: u32) -> bool {
-    // SAFETY: PR_SET_PDEATHSIG only records a signal number for this process; getppid reads an id.
+    let signal = parent_death_signal();
+    // SAFETY: sigaction installs `kill_own_group`, which only calls killpg, an async-signal-safe
+    // function; the zeroed sigaction is valid (empty mask, no flags) once the handler is set.
+    // PR_SET_PDEATHSIG only records a signal number; getppid reads an id.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = kill_own_group as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigaction(signal, &raw const action, std::ptr::null_mut());
+        libc::prctl(libc::PR_SET_PDEATHSIG, signal);
         u32::try_from(libc::getppid()).ok() == Some(parent_pid)
+    }
+}
+
+/// The parent-death signal: a real-time signal nothing else in a worker uses.
+#[cfg(target_os = "linux")]
+fn parent_death_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 4
+}
+
+/// Runs in a signal handler when the parent dies: SIGKILL to this process's group (itself
+/// included).
+#[cfg(target_os = "linux")]
+extern "C" fn kill_own_group(_signal: libc::c_int) {
+    // SAFETY: killpg is async-signal-safe; group 0 is the caller's own process group, which a
+    // worker (and the fork server) leads.
+    unsafe {
+        libc::killpg(0, libc::SIGKILL);
     }
 }
 

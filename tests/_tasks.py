@@ -226,3 +226,138 @@ def unpicklable_if(x, bad):
 def modules_loaded(names):
     """Which of ``names`` this process has imported."""
     return {name: name in sys.modules for name in names}
+
+
+# --------------------------------------------------------------------------------------------
+# fault injection: time limits, kill, recycling, the crash matrix
+
+
+def start_sleeper_then_wait(beacon, seconds=60, gate=None, timeout=GATE_TIMEOUT):
+    """Starts ``sleep <seconds>`` (a child of this worker, in its process group), announces
+    ``"<worker pid> <sleep pid>"`` on ``beacon``, then works until ``gate`` exists (or for
+    ``timeout`` seconds without a gate)."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", str(seconds)])
+    signal_beacon(beacon, f"{os.getpid()} {child.pid}")
+    deadline = time.monotonic() + timeout
+    while gate is None or not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            child.kill()
+            child.wait()
+            raise TimeoutError(f"gate {gate} was never opened")
+        time.sleep(0.005)
+    child.kill()
+    child.wait()
+    return "finished"
+
+
+def beacon_then_sleep(beacon, seconds, value=None):
+    """Announces this worker's pid on ``beacon``, then sleeps ``seconds``."""
+    signal_beacon(beacon, os.getpid())
+    time.sleep(seconds)
+    return value
+
+
+def sleep_if(x, bad, seconds):
+    """Returns ``x``, after sleeping ``seconds`` when ``x == bad``."""
+    if x == bad:
+        time.sleep(seconds)
+    return x
+
+
+_RETAINED: list[bytearray] = []
+
+
+def rss_bytes():
+    """This process's resident set size, in bytes."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def retain_memory(nbytes):
+    """Allocates ``nbytes`` (touched, so resident) and keeps them alive in this worker for good:
+    the list is a global of this importable module. Returns ``(pid, rss after)``."""
+    block = bytearray(nbytes)
+    block[::4096] = b"\x01" * len(range(0, nbytes, 4096))
+    _RETAINED.append(block)
+    return os.getpid(), rss_bytes()
+
+
+def pid_and_rss(_=None):
+    return os.getpid(), rss_bytes()
+
+
+class InjectedError(Exception):
+    """Raised on purpose while pickling or unpickling (the crash matrix)."""
+
+
+def _crash():
+    import faulthandler
+
+    faulthandler._sigsegv()
+
+
+def _raise_injected(message):
+    raise InjectedError(message)
+
+
+def _exit_one():
+    os._exit(1)
+
+
+class ErrorAtPickle:
+    """Raises ``InjectedError`` when pickled."""
+
+    def __reduce__(self):
+        raise InjectedError("error at pickle")
+
+
+class ExitAtPickle:
+    """Exits the process (code 1) when pickled."""
+
+    def __reduce__(self):
+        os._exit(1)
+
+
+class CrashAtPickle:
+    """Segfaults the process when pickled."""
+
+    def __reduce__(self):
+        _crash()
+
+
+class ErrorAtUnpickle:
+    """Pickles fine; raises ``InjectedError`` when unpickled."""
+
+    def __reduce__(self):
+        return _raise_injected, ("error at unpickle",)
+
+
+class ExitAtUnpickle:
+    """Pickles fine; exits the process (code 1) when unpickled."""
+
+    def __reduce__(self):
+        return _exit_one, ()
+
+
+class CrashAtUnpickle:
+    """Pickles fine; segfaults the process when unpickled."""
+
+    def __reduce__(self):
+        return _crash, ()
+
+
+def return_instance(cls):
+    """Returns ``cls()``: a result that misbehaves when the worker pickles it or the parent
+    unpickles it."""
+    return cls()
+
+
+def return_instance_item(x):
+    """For map: ``x`` is a class; returns an instance."""
+    return x()
+
+
+def square_and_pid(x):
+    return x * x, os.getpid()
