@@ -452,7 +452,10 @@ impl Sched {
             let id = task.id;
             if self.kill_requested.remove(&id) {
                 // stopped while it waited in a worker that then died: it never runs
-                self.out.push(Completion { id, outcome: Outcome::Killed });
+                self.out.push(Completion {
+                    id,
+                    outcome: Outcome::Killed,
+                });
                 continue;
             }
             if !send_call(&mut self.workers[i], task) {

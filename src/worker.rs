@@ -104,7 +104,11 @@ impl MemoryWatch {
         if self.statm.is_none() {
             self.statm = File::open("/proc/self/statm").ok();
         }
-        self.reported = self.statm.as_ref().and_then(resident_bytes).is_some_and(|rss| rss > self.limit);
+        self.reported = self
+            .statm
+            .as_ref()
+            .and_then(resident_bytes)
+            .is_some_and(|rss| rss > self.limit);
         self.reported
     }
 }
@@ -114,7 +118,12 @@ fn resident_bytes(statm: &File) -> Option<u64> {
     use std::os::unix::fs::FileExt;
     let mut buf = [0u8; 128];
     let n = statm.read_at(&mut buf, 0).ok()?;
-    let pages: u64 = std::str::from_utf8(&buf[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()?;
+    let pages: u64 = std::str::from_utf8(&buf[..n])
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     // SAFETY: sysconf only reads a system constant.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
