@@ -170,6 +170,18 @@ class Future(_base.Future[T]):
         task = self._ferro_task
         return task is not None and self._state == PENDING and task.running()
 
+    def _wait_finished(self, timeout: float | None) -> None:
+        """Waits (with the GIL released) until the call finished; raises if it cannot."""
+        with self._condition:
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                raise CancelledError()
+            if self._state != FINISHED:
+                self._condition.wait(timeout)
+                if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                    raise CancelledError()
+                if self._state != FINISHED:
+                    raise TimeoutError()
+
     def result(self, timeout: float | None = None) -> Any:
         """Returns the call's value, waiting up to ``timeout`` seconds for it.
 
@@ -179,15 +191,7 @@ class Future(_base.Future[T]):
             Exception: whatever the call raised, with the worker's traceback as ``__cause__``.
         """
         if self._state != FINISHED:
-            with self._condition:
-                if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                    raise CancelledError()
-                if self._state != FINISHED:
-                    self._condition.wait(timeout)
-                    if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                        raise CancelledError()
-                    if self._state != FINISHED:
-                        raise TimeoutError()
+            self._wait_finished(timeout)
         if self._exception is not None:
             try:
                 raise self._exception
@@ -206,15 +210,7 @@ class Future(_base.Future[T]):
             TimeoutError: the call did not finish in time.
         """
         if self._state != FINISHED:
-            with self._condition:
-                if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                    raise CancelledError()
-                if self._state != FINISHED:
-                    self._condition.wait(timeout)
-                    if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-                        raise CancelledError()
-                    if self._state != FINISHED:
-                        raise TimeoutError()
+            self._wait_finished(timeout)
         return self._exception
 
     def __await__(self) -> Any:
