@@ -59,7 +59,6 @@ pub struct Worker {
     pub stopping: bool,
     /// The link reached end-of-file; only the exit status is still to come.
     pub link_closed: bool,
-    pub started: Instant,
 }
 
 impl Worker {
@@ -119,7 +118,6 @@ impl Worker {
             ready: false,
             stopping: false,
             link_closed: false,
-            started: Instant::now(),
         })
     }
 
