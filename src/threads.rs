@@ -117,13 +117,7 @@ impl PyThreadEngine {
             return Err(registry::inherited_pool_error());
         }
         let sh = &self.shared;
-        if sh.is_broken.load(Ordering::Acquire) {
-            let why = sh
-                .broken
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
-                .unwrap_or_default();
+        if let Some(why) = sh.broken_reason() {
             return Err(Error::BrokenThreads(why).into());
         }
         {
@@ -197,6 +191,16 @@ impl PyThreadEngine {
     #[getter]
     fn threads(&self) -> usize {
         self.shared.started.load(Ordering::Acquire)
+    }
+}
+
+impl Shared {
+    /// Why the pool is broken, if it is; the flag keeps the per-job check free of the mutex.
+    fn broken_reason(&self) -> Option<String> {
+        if !self.is_broken.load(Ordering::Acquire) {
+            return None;
+        }
+        self.broken.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -287,16 +291,9 @@ fn serve(py: Python<'_>, sh: &Arc<Shared>, name: &str) {
                 }
             }
         };
-        if sh.is_broken.load(Ordering::Acquire) {
-            let why = sh
-                .broken
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
-                .unwrap_or_default();
-            fail_job(py, job, &why);
-        } else {
-            run_job(py, job);
+        match sh.broken_reason() {
+            Some(why) => fail_job(py, job, &why),
+            None => run_job(py, job),
         }
     }
     sh.started.fetch_sub(1, Ordering::AcqRel);

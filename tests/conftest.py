@@ -113,6 +113,17 @@ def no_leaks(request):
         pytest.fail("resource leak after the test:\n" + "\n".join(problems), pytrace=False)
 
 
+def live_processes(pids):
+    """``psutil.Process`` objects for those of ``pids`` that still exist."""
+    out = []
+    for pid in pids:
+        try:
+            out.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
     """Waits, on pidfds and without reaping anything, until the processes have exited; returns
     those still running (not zombies) at the deadline."""

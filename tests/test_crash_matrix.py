@@ -20,11 +20,10 @@ import sys
 import textwrap
 
 import ferropool
-import psutil
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT, wait_gone
+from tests.conftest import WAIT, live_processes, wait_gone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRONTS = ["submit", "apply_async", "map"]
@@ -136,16 +135,6 @@ print("SURVIVED", flush=True)
 """
 
 
-def _processes(pids):
-    out = []
-    for pid in pids:
-        try:
-            out.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
 @pytest.mark.parametrize("front", FRONTS)
 @pytest.mark.parametrize(("where", "cls", "returncode"), IN_PARENT, ids=[f"{w}-{c}" for w, c, _ in IN_PARENT])
 def test_exit_or_crash_in_the_parent(tmp_path, front, where, cls, returncode):
@@ -164,6 +153,6 @@ def test_exit_or_crash_in_the_parent(tmp_path, front, where, cls, returncode):
     assert proc.returncode == returncode, detail
     assert "SURVIVED" not in proc.stdout and "outcome" not in proc.stdout, detail
     assert pids["server"] is not None, "the script's pool should have forked its workers from a fork server"
-    watched = _processes([*pids["workers"], pids["server"]])
+    watched = live_processes([*pids["workers"], pids["server"]])
     alive = wait_gone(watched, 2)
     assert not alive, f"outlived their parent: {alive}\n{detail}"

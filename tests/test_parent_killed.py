@@ -21,7 +21,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import wait_gone
+from tests.conftest import live_processes, wait_gone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["forkserver", "spawn"]
@@ -149,16 +149,6 @@ class Script:
             stream.close()
 
 
-def _processes(pids):
-    out = []
-    for pid in pids:
-        try:
-            out.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
 def _start_blocked(tmp_path, beacon, method, front, task, n_lines=2):
     text = HEADER.format(root=ROOT, method=method, front=front, beacon=beacon.path) + BLOCKED.format(task=task)
     script = Script(tmp_path, text)
@@ -187,7 +177,7 @@ def test_sigkill_of_the_parent_ends_workers_and_fork_server(tmp_path, beacon, me
         else:
             assert info["server"] is None
             assert all(psutil.Process(pid).ppid() == script.proc.pid for pid in busy)
-        watched = _processes(busy + ([info["server"]] if info["server"] else []))
+        watched = live_processes(busy + ([info["server"]] if info["server"] else []))
         assert len(watched) == len(busy) + (1 if info["server"] else 0), "a worker ended before the kill"
         killed_at = time.monotonic()
         script.proc.send_signal(signal.SIGKILL)
@@ -210,8 +200,8 @@ def test_processes_started_by_tasks_die_with_a_killed_parent(tmp_path, beacon, m
     sleepers = []
     try:
         pairs = [tuple(map(int, line.split())) for line in lines]
-        workers = _processes([w for w, _ in pairs])
-        sleepers = _processes([s for _, s in pairs])
+        workers = live_processes([w for w, _ in pairs])
+        sleepers = live_processes([s for _, s in pairs])
         assert len(sleepers) == 2, script.report()
         script.proc.send_signal(signal.SIGKILL)
         script.proc.wait(timeout=10)

@@ -14,26 +14,15 @@ import math
 import multiprocessing
 
 import ferropool
-import psutil
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT, wait_gone
+from tests.conftest import WAIT, live_processes, wait_gone
 
 LIMIT = 0.5  # seconds: far above what a quick call takes, far below a slow call
 # A slow call lasts SLOW seconds: long past LIMIT, yet short enough that a limit the pool fails
 # to enforce shows up as a failed assertion (the call returned) rather than a hung test.
 SLOW = 3.0
-
-
-def _procs(pids):
-    out = []
-    for pid in pids:
-        try:
-            out.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 def _assert_timeout_error(err, limit=LIMIT, pid=None):
@@ -132,7 +121,7 @@ def test_timed_out_call_kills_worker_and_its_process_group(front, beacon, gate):
         slow = f.call(_tasks.start_sleeper_then_wait, beacon.path, 60, gate.path, SLOW)
         queued = [f.call(_tasks.get_pid) for _ in range(3)]
         worker_pid, sleep_pid = map(int, beacon.wait().split())
-        watched = _procs([worker_pid, sleep_pid])
+        watched = live_processes([worker_pid, sleep_pid])
         _assert_timeout_error(slow(), pid=worker_pid)
         alive = wait_gone(watched, 5)
         assert not alive, f"still running after the time limit: {alive}"
