@@ -15,11 +15,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import _core, _exit, _forkserver, _threads
+from ._batching import flush_all
 from ._future import Future
 from ._serialize import (
     FLAG_ITEM_CHUNK,
     FLAG_OUTCOMES,
     FLAG_STAR_CHUNK,
+    FLAG_TIMED,
     OUT_CANCELLED,
     OUT_DIED,
     OUT_ERR,
@@ -229,12 +231,17 @@ class ProcessBackend:
         return self.submit_call(fn_bytes, flags, payload, timeout)
 
     def chunk_submitter(
-        self, fn: Callable[..., Any], star: bool, outcomes: bool = False, timeout: float | None = None
+        self,
+        fn: Callable[..., Any],
+        star: bool,
+        outcomes: bool = False,
+        timeout: float | None = None,
+        timed: bool = False,
     ) -> Callable[[Sequence[Any]], Future[Any]]:
         """A function that queues one chunk, whose future holds the list of results.
 
         ``fn`` is pickled once here, not once per chunk; ``star`` calls ``fn(*item)``;
-        ``outcomes`` see ``outcome_submitter``.
+        ``outcomes`` see ``outcome_submitter``; ``timed`` makes it ``(seconds, results)``.
         """
         try:
             fn_bytes, flags = dump_function(fn)
@@ -249,6 +256,8 @@ class ProcessBackend:
         flags |= FLAG_STAR_CHUNK if star else FLAG_ITEM_CHUNK
         if outcomes:
             flags |= FLAG_OUTCOMES
+        elif timed:
+            flags |= FLAG_TIMED
 
         def submit_chunk(chunk: Sequence[Any]) -> Future[Any]:
             try:
@@ -261,13 +270,13 @@ class ProcessBackend:
         return submit_chunk
 
     def outcome_submitter(
-        self, fn: Callable[..., Any], timeout: float | None = None
+        self, fn: Callable[..., Any], timeout: float | None = None, star: bool = False
     ) -> Callable[[Sequence[Any]], Future[Any]]:
         """Like ``chunk_submitter``, but each item keeps its own outcome.
 
         The future holds ``(seconds, [(True, value) | (False, (exception, traceback text))])``.
         """
-        return self.chunk_submitter(fn, star=False, outcomes=True, timeout=timeout)
+        return self.chunk_submitter(fn, star, outcomes=True, timeout=timeout)
 
     def one_submitter(
         self, fn: Callable[..., Any], timeout: float | None = None
@@ -293,6 +302,7 @@ class ProcessBackend:
 
         Cancelled futures are cancelled before this returns, as the stdlib's are.
         """
+        flush_all(self)
         self.closed = True
         if cancel_pending:
             for fut in list(self.sink.pending.values()):
@@ -313,12 +323,20 @@ def _run_chunk(fn: Callable[..., Any], chunk: Sequence[Any], star: bool) -> list
     return [fn(*item) for item in chunk] if star else list(map(fn, chunk))
 
 
-def _run_outcomes(fn: Callable[..., Any], chunk: Sequence[Any]) -> tuple[float, list[tuple[bool, Any]]]:
+def _run_timed(fn: Callable[..., Any], chunk: Sequence[Any], star: bool) -> tuple[float, list[Any]]:
+    started = time.perf_counter()
+    values = _run_chunk(fn, chunk, star)
+    return time.perf_counter() - started, values
+
+
+def _run_outcomes(
+    fn: Callable[..., Any], chunk: Sequence[Any], star: bool = False
+) -> tuple[float, list[tuple[bool, Any]]]:
     started = time.perf_counter()
     outcomes: list[tuple[bool, Any]] = []
     for item in chunk:
         try:
-            outcomes.append((True, fn(item)))
+            outcomes.append((True, fn(*item) if star else fn(item)))
         except BaseException as exc:
             outcomes.append((False, (exc, None)))
     return time.perf_counter() - started, outcomes
@@ -353,18 +371,22 @@ class ThreadBackend:
         return fut
 
     def chunk_submitter(
-        self, fn: Callable[..., Any], star: bool, outcomes: bool = False, timeout: float | None = None
+        self,
+        fn: Callable[..., Any],
+        star: bool,
+        outcomes: bool = False,
+        timeout: float | None = None,
+        timed: bool = False,
     ) -> Callable[[Sequence[Any]], Future[Any]]:
         """A function that queues one chunk, whose future holds the list of results."""
-        if outcomes:
-            return lambda chunk: self.submit(_run_outcomes, (fn, chunk), {})
-        return lambda chunk: self.submit(_run_chunk, (fn, chunk, star), {})
+        run = _run_outcomes if outcomes else _run_timed if timed else _run_chunk
+        return lambda chunk: self.submit(run, (fn, chunk, star), {})
 
     def outcome_submitter(
-        self, fn: Callable[..., Any], timeout: float | None = None
+        self, fn: Callable[..., Any], timeout: float | None = None, star: bool = False
     ) -> Callable[[Sequence[Any]], Future[Any]]:
         """Like ``chunk_submitter``, but each item keeps its own outcome (see ProcessBackend)."""
-        return self.chunk_submitter(fn, star=False, outcomes=True)
+        return self.chunk_submitter(fn, star, outcomes=True)
 
     def one_submitter(
         self, fn: Callable[..., Any], timeout: float | None = None
@@ -374,6 +396,7 @@ class ThreadBackend:
 
     def shutdown(self, cancel_pending: bool, wait: bool = False) -> None:
         """Stops accepting work; queued work runs (or is cancelled); ``wait`` joins the threads."""
+        flush_all(self)
         self.closed = True
         self.engine.shutdown(wait, cancel_pending)
 

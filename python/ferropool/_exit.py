@@ -29,6 +29,10 @@ def _python_exit() -> None:
     Ctrl-C during the wait terminates them too. Either way no pool thread outlives this call.
     """
     global shutting_down
+    if not _dying_of_interrupt():
+        from ._batching import flush_all
+
+        flush_all()  # a map nobody read still runs every item, as the stdlib's does
     shutting_down = True
     if _dying_of_interrupt():
         _core.shutdown_all(terminate=True)

@@ -31,7 +31,8 @@ PROTOCOL = 5
 FLAG_CACHEABLE = 1  # the function bytes name an importable function: a worker may keep it
 FLAG_STAR_CHUNK = 2  # the arguments are a list of tuples: return [fn(*a) for a in them]
 FLAG_ITEM_CHUNK = 4  # the arguments are a list of items: return [fn(x) for x in them]
-FLAG_OUTCOMES = 8  # with FLAG_ITEM_CHUNK: return (seconds, [(True, value) | (False, (exc, tb))])
+FLAG_OUTCOMES = 8  # with a chunk flag: return (seconds, [(True, value) | (False, (exc, tb))])
+FLAG_TIMED = 16  # with a chunk flag: return (seconds, [values]), for adaptive chunking
 
 # Outcome kinds delivered by the core. Must match src/process_pool.rs.
 OUT_OK, OUT_ERR, OUT_DIED, OUT_CANCELLED, OUT_BROKEN, OUT_TIMED_OUT, OUT_KILLED = range(7)

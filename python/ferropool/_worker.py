@@ -19,6 +19,7 @@ from ._serialize import (
     FLAG_ITEM_CHUNK,
     FLAG_OUTCOMES,
     FLAG_STAR_CHUNK,
+    FLAG_TIMED,
     dump_exception,
     dump_outcomes,
     dumps,
@@ -69,13 +70,16 @@ class Handler:
             fn = self._function(body, fn_len, flags)
             args = _loads(memoryview(body)[fn_len:])
             if flags & FLAG_OUTCOMES:
-                return True, _outcomes(fn, args)
+                return True, _outcomes(fn, args, bool(flags & FLAG_STAR_CHUNK))
+            started = time.perf_counter()
             if flags & FLAG_ITEM_CHUNK:
                 result: Any = list(map(fn, args))
             elif flags & FLAG_STAR_CHUNK:
                 result = [fn(*a) for a in args]
             else:
                 result = fn(*args[0], **args[1])
+            if flags & FLAG_TIMED:
+                result = (time.perf_counter() - started, result)
         except BaseException as exc:
             return False, dump_exception(exc)
         try:
@@ -86,13 +90,16 @@ class Handler:
     init = call
 
 
-def _outcomes(fn: Any, items: Any) -> bytes:
-    """Calls ``fn`` on each item, keeping each item's value or exception apart."""
+def _outcomes(fn: Any, items: Any, star: bool) -> bytes:
+    """Calls ``fn`` on each item, keeping each item's value or exception apart.
+
+    ``star`` calls ``fn(*item)``.
+    """
     started = time.perf_counter()
     outcomes: list[tuple[bool, Any]] = []
     for item in items:
         try:
-            outcomes.append((True, fn(item)))
+            outcomes.append((True, fn(*item) if star else fn(item)))
         except BaseException as exc:
             outcomes.append((False, exception_with_traceback(exc)))
     return dump_outcomes(time.perf_counter() - started, outcomes)

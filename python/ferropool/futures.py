@@ -41,6 +41,7 @@ from ._backend import (
     chunks,
     start_method,
 )
+from ._batching import EagerMap
 from ._future import Future
 from .errors import TimeoutError
 
@@ -108,7 +109,7 @@ class _Executor(_base.Executor):
         fn: Callable[..., T],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | None = None,
         buffersize: int | None = None,
     ) -> Iterator[T]:
         """Returns an iterator equivalent to ``map(fn, *iterables)``, run in the pool.
@@ -118,12 +119,20 @@ class _Executor(_base.Executor):
         how many tasks are submitted ahead of the results consumed (Python 3.14's parameter),
         so an endless input works.
 
+        Without ``chunksize`` or ``buffersize``, a process pool sizes its tasks itself: each
+        carries about a millisecond of work, measured as results come back, and each item still
+        raises its own exception at its place. Every item runs even if the results are never
+        read, as with the stdlib.
+
         Raises:
             TimeoutError: a result is not ready ``timeout`` seconds after the call.
             Exception: whatever ``fn`` raised for an item, when that item's result is reached.
         """
         check_callable(fn)
-        if not isinstance(chunksize, int) or chunksize < 1:
+        adaptive = chunksize is None
+        if chunksize is None:
+            chunksize = 1
+        elif not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if buffersize is not None:
             if not isinstance(buffersize, int) or isinstance(buffersize, bool):
@@ -131,8 +140,14 @@ class _Executor(_base.Executor):
             if buffersize < 1:
                 raise ValueError("buffersize must be None or > 0")
         end_time = None if timeout is None else timeout + time.monotonic()
-        chunked = chunksize > 1 and isinstance(self._backend, ProcessBackend)
+        process = isinstance(self._backend, ProcessBackend)
         single = len(iterables) == 1
+        if adaptive and buffersize is None and process and self._task_timeout is None:
+            items_list = list(iterables[0]) if single else list(zip(*iterables, strict=False))
+            submit_batch = self._backend.outcome_submitter(fn, star=not single)
+            eager = EagerMap(submit_batch, items_list, self._backend.workers, True, self._backend)
+            return eager.results(end_time)
+        chunked = chunksize > 1 and process
         items: Iterator[Any]
         submit: Callable[[Any], Future[Any]]
         if chunked:

@@ -28,8 +28,8 @@ from typing import Any, Generic, TypeVar
 
 from . import _core
 from ._backend import ProcessBackend, ThreadBackend, check_callable, check_positive_int, check_timeout, start_method
+from ._batching import BatchSizer, EagerMap, unpack_outcomes
 from ._future import Future
-from ._serialize import attach_traceback
 from .errors import CancelledError, TimeoutError
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool", "ThreadPool"]
@@ -144,16 +144,20 @@ class MapResult(AsyncResult[list[T]]):
 
     def __init__(
         self,
-        chunks: list[Future[Any]],
+        chunks: list[Future[Any]] | EagerMap,
         callback: Callable[[list[T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
         callbacks: _CallbackRunner | None = None,
     ) -> None:
+        # the whole result first: a chunk that already failed completes it during the loop below
+        super().__init__(Future(), callback, error_callback, callbacks)
+        if isinstance(chunks, EagerMap):  # adaptively sized chunks, fed as earlier ones finish
+            self._chunks = []
+            chunks.deliver_to(self._future)
+            return
         self._chunks = chunks
         self._remaining = len(chunks)
         self._lock = threading.Lock()
-        # the whole result first: a chunk that already failed completes it during the loop below
-        super().__init__(Future(), callback, error_callback, callbacks)
         if not chunks:
             self._future.set_result([])
         for chunk in chunks:
@@ -184,13 +188,11 @@ class IMapIterator(Generic[T]):
     together, so a reader that is the bottleneck costs the pool one wake-up per batch.
 
     Short calls travel several to a task: the worker reports how long the items took, and each
-    task is made to carry about ``BATCH_TARGET_S`` of work (never fewer items than ``chunksize``,
-    and few enough to keep every worker busy). Every item keeps its own outcome, so an exception
-    is raised at that item's place and iteration can go on after it, as with ``chunksize=1``.
+    task is made to carry about ``_batching.TARGET_S`` of work (never fewer items than
+    ``chunksize``, and few enough to keep every worker busy). Every item keeps its own outcome, so
+    an exception is raised at that item's place and iteration can go on after it, as with
+    ``chunksize=1``.
     """
-
-    #: Work one task should carry once item times are known.
-    BATCH_TARGET_S = 0.001
 
     def __init__(
         self,
@@ -206,11 +208,8 @@ class IMapIterator(Generic[T]):
         self._batch = batch
         self._items = items
         self._ordered = ordered
-        self._chunksize = chunksize
-        self._per_task = chunksize
         self._limit = buffersize * chunksize  # items submitted or unread, at most
-        self._max_per_task = max(chunksize, self._limit // (2 * workers))
-        self._item_seconds: float | None = None
+        self._sizer = BatchSizer(chunksize, self._limit // (2 * workers))
         self._buffer: collections.deque[tuple[bool, Any]] = collections.deque()  # read, not returned
         self._tasks: collections.deque[tuple[Future[Any], int]] = collections.deque()  # ordered mode
         self._done: queue.SimpleQueue[tuple[Future[Any], int]] = queue.SimpleQueue()  # unordered mode
@@ -222,7 +221,7 @@ class IMapIterator(Generic[T]):
 
     def _top_up(self) -> None:
         while not self._exhausted and self._outstanding < self._limit:
-            batch = list(itertools.islice(self._items, min(self._per_task, self._limit - self._outstanding)))
+            batch = list(itertools.islice(self._items, min(self._sizer.per_task, self._limit - self._outstanding)))
             if not batch:
                 self._exhausted = True
                 return
@@ -281,17 +280,8 @@ class IMapIterator(Generic[T]):
         except BaseException as exc:  # the whole task failed: a dead worker, say
             return [(False, exc)] * n
         if self._batch:
-            self._learn(seconds, len(outcomes))
-        return [(True, v) if ok else (False, v[0] if v[1] is None else attach_traceback(*v)) for ok, v in outcomes]
-
-    def _learn(self, seconds: float, items: int) -> None:
-        """Sizes later tasks from how long these items took."""
-        item_seconds = seconds / max(items, 1)
-        self._item_seconds = (
-            item_seconds if self._item_seconds is None else 0.7 * self._item_seconds + 0.3 * item_seconds
-        )
-        wanted = int(self.BATCH_TARGET_S / max(self._item_seconds, 1e-7))
-        self._per_task = max(self._chunksize, min(wanted, self._max_per_task))
+            self._sizer.learn(seconds, len(outcomes))
+        return unpack_outcomes(outcomes)
 
 
 def _chunked(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -505,6 +495,11 @@ class Pool:
         # sequences are sliced as they are (a slice of a range pickles as three numbers); any
         # other iterable is consumed into a list first, as the stdlib does
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
+        runner = self._callbacks if callback is not None or error_callback is not None else None
+        if chunksize is None and self._task_timeout is None and isinstance(self._backend, ProcessBackend):
+            submit_timed = self._backend.chunk_submitter(func, star, timed=True)
+            eager = EagerMap(submit_timed, items, self._processes, False, self._backend)
+            return MapResult(eager, callback, error_callback, runner)
         if chunksize is None:
             chunksize = _default_chunksize(len(items), self._processes)
         else:
@@ -512,7 +507,6 @@ class Pool:
         submit = self._backend.chunk_submitter(func, star, timeout=self._task_timeout)
         step = max(chunksize, 1)
         chunks = [submit(items[i : i + step]) for i in range(0, len(items), step)]
-        runner = self._callbacks if callback is not None or error_callback is not None else None
         return MapResult(chunks, callback, error_callback, runner)
 
     def imap(
