@@ -122,7 +122,7 @@ def test_pool_map_starmap_results_in_order(n):
         assert p.map(_tasks.square, range(n)) == [i * i for i in range(n)]
         assert p.starmap(_tasks.add, [(i, 1) for i in range(n)]) == [i + 1 for i in range(n)]
         assert p.map_async(_tasks.square, list(range(n))).get(WAIT) == [i * i for i in range(n)]
-        assert p.starmap_async(_tasks.add, zip(range(n), range(n))).get(WAIT) == [2 * i for i in range(n)]
+        assert p.starmap_async(_tasks.add, zip(range(n), range(n), strict=True)).get(WAIT) == [2 * i for i in range(n)]
 
 
 def test_pool_map_first_failure_fails_the_whole_map():
