@@ -3,6 +3,7 @@
 //! This file only registers; each concept lives in its own module (see `docs/ARCHITECTURE.md`).
 
 pub mod errors;
+pub mod fdpass;
 pub mod forkserver;
 pub mod process_pool;
 pub mod registry;

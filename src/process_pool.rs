@@ -6,7 +6,7 @@
 //! front end's `on_results` callable (`_ResultSink.deliver` in `python/ferropool/futures.py`).
 //! Done-callbacks therefore run on that one thread, in completion order, as `Pool` promises.
 
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, ThreadId};
@@ -23,6 +23,7 @@ use crate::scheduler::{Engine, EngineConfig, InitCall};
 use crate::signals::{timeout_from_secs, wait_interruptible, CountLatch};
 use crate::supervisor::WorkerSpec;
 use crate::task::{attach_handle, Completion, Outcome, PyTaskHandle, Task, TaskState};
+use crate::wire;
 
 /// Outcome kinds as the Python side sees them. Must match `python/ferropool/_serialize.py`.
 const OUT_OK: u8 = 0;
@@ -32,6 +33,7 @@ const OUT_CANCELLED: u8 = 3;
 const OUT_BROKEN: u8 = 4;
 const OUT_TIMED_OUT: u8 = 5;
 const OUT_KILLED: u8 = 6;
+const OUT_OK_BUFFERS: u8 = 7;
 
 /// A process pool's engine as Python sees it.
 #[pyclass(name = "ProcessEngine", module = "ferropool._core", frozen)]
@@ -116,8 +118,10 @@ impl PyProcessEngine {
 
     /// Queues one call; `fn_bytes` and `args` are concatenated into the frame body. The task's
     /// handle is stored on `future` (`_ferro_task`) before the task can run. `timeout`: seconds
-    /// it may run once started, after which its worker is killed.
-    #[pyo3(signature = (id, fn_bytes, args, flags, future, timeout=None))]
+    /// it may run once started, after which its worker is killed. `fds`: memfd segments of
+    /// the arguments' large buffers; they belong to the engine from this call on, whatever
+    /// happens (the caller must not close them).
+    #[pyo3(signature = (id, fn_bytes, args, flags, future, timeout=None, fds=None))]
     #[allow(clippy::too_many_arguments)] // one call per task: positional on purpose
     fn submit(
         &self,
@@ -128,7 +132,9 @@ impl PyProcessEngine {
         flags: u8,
         future: &Bound<'_, PyAny>,
         timeout: Option<f64>,
+        fds: Option<Vec<i32>>,
     ) -> PyResult<()> {
+        let fds = take_fds(fds.unwrap_or_default())?;
         if !registry::is_ours(self.epoch) {
             return Err(registry::inherited_pool_error());
         }
@@ -160,6 +166,7 @@ impl PyProcessEngine {
             body,
             state,
             timeout,
+            fds,
         })?;
         Ok(())
     }
@@ -263,7 +270,12 @@ fn to_python(py: Python<'_>, batch: Vec<Completion>) -> PyResult<Bound<'_, PyLis
     let items = batch.into_iter().map(|c| -> PyResult<Bound<'_, PyTuple>> {
         let id = c.id;
         match c.outcome {
-            Outcome::Ok(b) => (id, OUT_OK, PyBytes::new(py, &b)).into_pyobject(py),
+            Outcome::Ok(b, fds) if fds.is_empty() => (id, OUT_OK, PyBytes::new(py, &b)).into_pyobject(py),
+            Outcome::Ok(b, fds) => {
+                // Python owns the descriptors from here: it maps and closes them
+                let fds: Vec<i32> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
+                (id, OUT_OK_BUFFERS, (PyBytes::new(py, &b), fds)).into_pyobject(py)
+            }
             Outcome::Err(b) => (id, OUT_ERR, PyBytes::new(py, &b)).into_pyobject(py),
             Outcome::Died(info) => (id, OUT_DIED, (info.pid, info.code, info.signal)).into_pyobject(py),
             Outcome::Cancelled => (id, OUT_CANCELLED, py.None()).into_pyobject(py),
@@ -277,4 +289,17 @@ fn to_python(py: Python<'_>, batch: Vec<Completion>) -> PyResult<Bound<'_, PyLis
     });
     let items: PyResult<Vec<_>> = items.collect();
     PyList::new(py, items?)
+}
+
+/// Takes ownership of descriptors handed over by Python.
+fn take_fds(fds: Vec<i32>) -> PyResult<Vec<OwnedFd>> {
+    if fds.len() > wire::MAX_FRAME_FDS {
+        return Err(PyValueError::new_err("too many shared-memory buffers in one call"));
+    }
+    if fds.iter().any(|&fd| fd < 0) {
+        return Err(PyValueError::new_err("invalid file descriptor"));
+    }
+    // SAFETY: the caller (ProcessBackend, via _buffers.py) created each descriptor for this call
+    // and gives up ownership here; nothing else closes them.
+    Ok(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect())
 }

@@ -181,7 +181,7 @@ impl Engine {
                 send_call(w, task);
                 // a failed write shows up as the worker's death; a partial one is the engine's
                 // to finish; a time limit is the engine's to watch
-                if matches!(w.out.flush_to(&mut w.link), Ok(false)) || timed {
+                if matches!(w.out.flush_to_link(&mut w.link), Ok(false)) || timed {
                     s.wake();
                 }
                 return Ok(());
@@ -311,14 +311,28 @@ fn send_call(w: &mut Worker, task: Task) -> bool {
     if !task.state.start_or_resume() {
         return false;
     }
-    wire::encode(
-        &mut w.out.buf,
-        kind::CALL,
-        task.flags,
-        task.id,
-        task.fn_len,
-        &[&task.body],
-    );
+    if task.fds.is_empty() {
+        wire::encode(
+            &mut w.out.buf,
+            kind::CALL,
+            task.flags,
+            task.id,
+            task.fn_len,
+            &[&task.body],
+        );
+    } else {
+        // copies: the task keeps its segments in case this worker dies before running it
+        let fds = task.fds.iter().filter_map(|fd| fd.try_clone().ok()).collect();
+        wire::encode_fds(
+            &mut w.out,
+            kind::CALL,
+            task.flags,
+            task.id,
+            task.fn_len,
+            &[&task.body],
+            fds,
+        );
+    }
     if w.inflight.is_empty() && w.ready {
         w.head_started = Some(Instant::now());
     }
@@ -410,7 +424,7 @@ impl Sched {
         }
         for w in &mut self.workers {
             if !w.out.is_empty() && !w.link_closed {
-                let _ = w.out.flush_to(&mut w.link);
+                let _ = w.out.flush_to_link(&mut w.link);
             }
         }
         self.send_out();
@@ -536,7 +550,7 @@ impl Sched {
         loop {
             // a frame can break the pool, which removes every worker
             let Some(w) = self.workers.get_mut(idx) else { return };
-            match w.reader.read_from(&mut w.link) {
+            match w.reader.read_from_link(&w.link) {
                 Ok(ReadOutcome::Data(_)) => {}
                 Ok(ReadOutcome::WouldBlock) => break,
                 Ok(ReadOutcome::Eof) | Err(_) => {
@@ -574,7 +588,7 @@ impl Sched {
                     Some(Instant::now())
                 };
                 let outcome = if frame.kind == kind::OK {
-                    Outcome::Ok(frame.body)
+                    Outcome::Ok(frame.body, frame.fds)
                 } else {
                     Outcome::Err(frame.body)
                 };
@@ -810,7 +824,7 @@ fn run(shared: &Shared) {
                 Watch::Link(i) if i < s.workers.len() => {
                     if fd.revents & libc::POLLOUT != 0 {
                         let w = &mut s.workers[i];
-                        if w.out.flush_to(&mut w.link).is_err() {
+                        if w.out.flush_to_link(&mut w.link).is_err() {
                             w.link_closed = true;
                         }
                     }

@@ -64,6 +64,8 @@ pub struct Task {
     pub state: Arc<TaskState>,
     /// Longest it may run once a worker starts it; past that, its worker is killed.
     pub timeout: Option<std::time::Duration>,
+    /// memfd segments holding the body's large buffers; a copy of each goes with every send.
+    pub fds: Vec<std::os::fd::OwnedFd>,
 }
 
 /// How a worker process ended, as far as the parent could see.
@@ -79,8 +81,8 @@ pub struct ExitInfo {
 /// What happened to a task, sent from the engine to the thread that completes futures.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The call returned; the pickled value.
-    Ok(Vec<u8>),
+    /// The call returned; the pickled value, and the segments of its large buffers.
+    Ok(Vec<u8>, Vec<std::os::fd::OwnedFd>),
     /// The call raised; the pickled `(exception, traceback text)`.
     Err(Vec<u8>),
     /// The worker running it died.

@@ -1,13 +1,20 @@
 //! Frames on a worker link: the only byte format that crosses between the parent and a worker.
 //!
 //! ```text
-//! [len: u64][kind: u8][flags: u8][id: u64][aux: u32][body: len bytes]     little-endian, 22-byte header
+//! [len: u64][kind: u8][flags: u8][nfds: u8][id: u64][aux: u32][body: len bytes]   little-endian, 23-byte header
 //! ```
 //! The core never looks inside `body`: it is a pickled call or result, produced and consumed by
 //! `python/ferropool/_serialize.py`. `aux` carries the function's length inside a call body and
-//! the task's run time (µs) in a result, so neither needs a second frame.
+//! the task's run time (µs) in a result, so neither needs a second frame. `nfds` descriptors
+//! (memfd segments holding the large buffers of the body, see `fdpass.rs`) travel with the
+//! frame's first bytes.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+
+use crate::fdpass;
 
 /// Frame kinds. Parent → worker kinds are below 10, worker → parent kinds 10 and above.
 pub mod kind {
@@ -31,25 +38,45 @@ pub mod kind {
 }
 
 /// Size of the fixed frame header in bytes.
-pub const HEADER_LEN: usize = 22;
+pub const HEADER_LEN: usize = 23;
+
+/// Most descriptors one frame may carry.
+pub const MAX_FRAME_FDS: usize = u8::MAX as usize;
 
 /// One decoded frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Frame {
     pub kind: u8,
     pub flags: u8,
     pub id: u64,
     pub aux: u32,
     pub body: Vec<u8>,
+    /// The descriptors that came with it (usually none).
+    pub fds: Vec<OwnedFd>,
 }
 
 /// Appends one frame whose body is the concatenation of `parts` to `out`.
 pub fn encode(out: &mut Vec<u8>, kind: u8, flags: u8, id: u64, aux: u32, parts: &[&[u8]]) {
+    encode_header(out, kind, flags, 0, id, aux, parts);
+}
+
+/// Queues one frame on `out` with `fds` attached (at most `MAX_FRAME_FDS`).
+pub fn encode_fds(out: &mut WriteBuf, kind: u8, flags: u8, id: u64, aux: u32, parts: &[&[u8]], fds: Vec<OwnedFd>) {
+    debug_assert!(fds.len() <= MAX_FRAME_FDS);
+    let start = out.buf.len();
+    encode_header(&mut out.buf, kind, flags, fds.len() as u8, id, aux, parts);
+    if !fds.is_empty() {
+        out.attach.push_back((start, fds));
+    }
+}
+
+fn encode_header(out: &mut Vec<u8>, kind: u8, flags: u8, nfds: u8, id: u64, aux: u32, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     out.reserve(HEADER_LEN + len);
     out.extend_from_slice(&(len as u64).to_le_bytes());
     out.push(kind);
     out.push(flags);
+    out.push(nfds);
     out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(&aux.to_le_bytes());
     for part in parts {
@@ -63,6 +90,8 @@ pub struct FrameReader {
     buf: Vec<u8>,
     /// Start of the first unconsumed byte in `buf`.
     start: usize,
+    /// Descriptors received and not yet handed out with their frame, in arrival order.
+    fds: VecDeque<OwnedFd>,
 }
 
 /// What one read from the stream gave.
@@ -82,6 +111,18 @@ impl FrameReader {
     /// When a frame's header says how long it is, room for the whole frame is reserved so a large
     /// body is read straight into place instead of growing the buffer piece by piece.
     pub fn read_from<R: Read>(&mut self, src: &mut R) -> io::Result<ReadOutcome> {
+        self.read_with(|buf, _| src.read(buf))
+    }
+
+    /// Reads once from a worker link, keeping the descriptors that arrive with the bytes.
+    pub fn read_from_link(&mut self, link: &UnixStream) -> io::Result<ReadOutcome> {
+        self.read_with(|buf, fds| fdpass::recv_with_fds(link, buf, fds))
+    }
+
+    fn read_with(
+        &mut self,
+        mut read: impl FnMut(&mut [u8], &mut VecDeque<OwnedFd>) -> io::Result<usize>,
+    ) -> io::Result<ReadOutcome> {
         if self.start > 0 && (self.start == self.buf.len() || self.start > self.buf.len() / 2) {
             self.buf.drain(..self.start);
             self.start = 0;
@@ -95,7 +136,7 @@ impl FrameReader {
         let old_len = self.buf.len();
         self.buf.resize(old_len + want, 0);
         let res = loop {
-            match src.read(&mut self.buf[old_len..]) {
+            match read(&mut self.buf[old_len..], &mut self.fds) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 other => break other,
             }
@@ -137,12 +178,15 @@ impl FrameReader {
         if avail.len() < total {
             return None;
         }
+        // a frame's descriptors arrive with its first byte, so they are all here by now
+        let nfds = usize::from(avail[10]).min(self.fds.len());
         let frame = Frame {
             kind: avail[8],
             flags: avail[9],
-            id: u64::from_le_bytes(avail[10..18].try_into().ok()?),
-            aux: u32::from_le_bytes(avail[18..22].try_into().ok()?),
+            id: u64::from_le_bytes(avail[11..19].try_into().ok()?),
+            aux: u32::from_le_bytes(avail[19..23].try_into().ok()?),
             body: avail[HEADER_LEN..total].to_vec(),
+            fds: self.fds.drain(..nfds).collect(),
         };
         self.start += total;
         Some(frame)
@@ -160,6 +204,8 @@ impl FrameReader {
 pub struct WriteBuf {
     pub buf: Vec<u8>,
     pos: usize,
+    /// Descriptors to send with the byte at each offset of `buf` (see `encode_fds`).
+    attach: VecDeque<(usize, Vec<OwnedFd>)>,
 }
 
 impl WriteBuf {
@@ -168,8 +214,46 @@ impl WriteBuf {
         self.pos == self.buf.len()
     }
 
+    /// Writes as much as `link` accepts (without blocking, if it does not block), descriptors
+    /// included. Returns `true` when nothing is left.
+    pub fn flush_to_link(&mut self, link: &mut UnixStream) -> io::Result<bool> {
+        while let Some(&(at, _)) = self.attach.front() {
+            if self.pos < at {
+                // write up to the attachment only: its descriptors must go with its first byte
+                let n = write_some(link, &self.buf[self.pos..at])?;
+                self.pos += n;
+                if self.pos < at {
+                    return Ok(false);
+                }
+                continue;
+            }
+            let next = self.attach.get(1).map_or(self.buf.len(), |(next, _)| *next);
+            let fds = &mut self.attach[0].1;
+            let take = fds.len().min(fdpass::MAX_FDS);
+            let rest_fds = fds.len() - take;
+            // more descriptors than one message carries: send them a byte at a time
+            let end = if rest_fds > 0 { self.pos + 1 } else { next };
+            match fdpass::send_with_fds(link, &self.buf[self.pos..end], &fds[..take]) {
+                Ok(n) => {
+                    self.pos += n;
+                    if rest_fds > 0 {
+                        fds.drain(..take);
+                        self.attach[0].0 = self.pos;
+                    } else {
+                        self.attach.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        self.flush_to(link)
+    }
+
     /// Writes as much as `dst` accepts without blocking. Returns `true` when nothing is left.
     pub fn flush_to<W: Write>(&mut self, dst: &mut W) -> io::Result<bool> {
+        debug_assert!(self.attach.is_empty(), "descriptors need flush_to_link");
         while self.pos < self.buf.len() {
             match dst.write(&self.buf[self.pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -182,6 +266,19 @@ impl WriteBuf {
         self.buf.clear();
         self.pos = 0;
         Ok(true)
+    }
+}
+
+/// One write of `data`; 0 when the stream would block.
+fn write_some<W: Write>(dst: &mut W, data: &[u8]) -> io::Result<usize> {
+    loop {
+        match dst.write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -214,7 +311,7 @@ mod tests {
         encode(&mut bytes, kind::CALL, 1, 7, 3, &[b"abc", b"defg"]);
         encode(&mut bytes, kind::OK, 0, 8, 99, &[]);
         encode(&mut bytes, kind::ERR, 2, u64::MAX, u32::MAX, &[&vec![0u8; 100_000]]);
-        for step in [1, 5, 21, 22, 23, 4096] {
+        for step in [1, 5, 22, 23, 24, 4096] {
             let mut src = Trickle {
                 data: bytes.clone(),
                 pos: 0,
@@ -231,15 +328,10 @@ mod tests {
                 }
             }
             assert_eq!(frames.len(), 3, "step {step}");
+            let f = &frames[0];
             assert_eq!(
-                frames[0],
-                Frame {
-                    kind: kind::CALL,
-                    flags: 1,
-                    id: 7,
-                    aux: 3,
-                    body: b"abcdefg".to_vec()
-                }
+                (f.kind, f.flags, f.id, f.aux, &f.body[..], f.fds.len()),
+                (kind::CALL, 1, 7, 3, &b"abcdefg"[..], 0)
             );
             assert_eq!(frames[1].body, b"");
             assert_eq!(
@@ -248,6 +340,33 @@ mod tests {
             );
             assert!(!reader.has_frame());
         }
+    }
+
+    #[test]
+    fn descriptors_travel_with_their_frames() {
+        use std::fs::File;
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let files = |n: usize| -> Vec<OwnedFd> { (0..n).map(|_| File::open("/dev/null").unwrap().into()).collect() };
+        let mut out = WriteBuf::default();
+        encode(&mut out.buf, kind::READY, 0, 1, 0, &[b"plain"]);
+        encode_fds(&mut out, kind::OK, 0, 2, 0, &[b"two"], files(2));
+        encode_fds(&mut out, kind::OK, 0, 3, 0, &[b"many"], files(fdpass::MAX_FDS + 5));
+        encode(&mut out.buf, kind::READY, 0, 4, 0, &[]);
+        while !out.flush_to_link(&mut a).unwrap() {}
+        drop(a);
+        let mut reader = FrameReader::default();
+        let mut got = Vec::new();
+        loop {
+            while let Some(f) = reader.next_frame() {
+                got.push((f.id, f.fds.len(), f.body));
+            }
+            if reader.read_from_link(&b).unwrap() == ReadOutcome::Eof {
+                break;
+            }
+        }
+        let ids: Vec<_> = got.iter().map(|(id, n, _)| (*id, *n)).collect();
+        assert_eq!(ids, [(1, 0), (2, 2), (3, fdpass::MAX_FDS + 5), (4, 0)]);
+        assert_eq!(got[2].2, b"many");
     }
 
     #[test]

@@ -8,15 +8,15 @@
 //! results.
 
 use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::wire::{self, kind, FrameReader, ReadOutcome};
+use crate::wire::{self, kind, FrameReader, ReadOutcome, WriteBuf};
 
 /// Exit codes `worker_main` returns (the Python side passes them to `os._exit`).
 const EXIT_OK: i32 = 0;
@@ -26,7 +26,9 @@ const EXIT_ORPHANED: i32 = 4;
 /// Runs the worker until told to stop or until the parent goes away; returns the exit code.
 ///
 /// `handler.init(body, fn_len, flags)` and `handler.call(body, fn_len, flags)` each return
-/// `(ok, payload)`.
+/// `(ok, payload, fds)`; a frame that brought descriptors (memfd segments of large buffers) adds
+/// them as a fourth argument, and `fds` (or `None`) are the segments of the payload's buffers.
+/// Either way the descriptors change owner: Python closes what it is given, Rust what it sends.
 #[pyfunction]
 pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -> PyResult<i32> {
     let mut link = take_link()?;
@@ -36,14 +38,14 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
     let call = handler.getattr("call")?;
     let init = handler.getattr("init")?;
     let mut reader = FrameReader::default();
-    let mut out: Vec<u8> = Vec::new();
+    let mut out = WriteBuf::default();
     let mut memory = MemoryWatch::default();
     loop {
         let Some(frame) = reader.next_frame() else {
             if !out.is_empty() {
                 flush(py, &mut link, &mut out)?;
             }
-            match py.detach(|| reader.read_from(&mut link)) {
+            match py.detach(|| reader.read_from_link(&link)) {
                 Ok(ReadOutcome::Data(_) | ReadOutcome::WouldBlock) => continue,
                 Ok(ReadOutcome::Eof) | Err(_) => return Ok(EXIT_OK), // the parent is gone
             }
@@ -52,26 +54,27 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
             kind::INIT => {
                 memory.limit = frame.id;
                 if !frame.body.is_empty() {
-                    let (ok, payload) = run_handler(py, &init, &frame)?;
+                    let (ok, payload, _) = run_handler(py, &init, frame)?;
                     if !ok {
-                        wire::encode(&mut out, kind::INIT_FAILED, 0, 0, 0, &[payload.as_bytes()]);
+                        wire::encode(&mut out.buf, kind::INIT_FAILED, 0, 0, 0, &[payload.as_bytes()]);
                         flush(py, &mut link, &mut out)?;
                         return Ok(EXIT_INIT_FAILED);
                     }
                 }
                 // on its own: if the first call crashes the worker, the parent must still know
                 // that start-up succeeded (a crash loop at start-up breaks the pool)
-                wire::encode(&mut out, kind::READY, 0, 0, 0, &[]);
+                wire::encode(&mut out.buf, kind::READY, 0, 0, 0, &[]);
                 flush(py, &mut link, &mut out)?;
             }
             kind::CALL => {
                 let started = Instant::now();
-                let (ok, payload) = run_handler(py, &call, &frame)?;
+                let id = frame.id;
+                let (ok, payload, fds) = run_handler(py, &call, frame)?;
                 let us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
                 let k = if ok { kind::OK } else { kind::ERR };
-                wire::encode(&mut out, k, 0, frame.id, us, &[payload.as_bytes()]);
+                wire::encode_fds(&mut out, k, 0, id, us, &[payload.as_bytes()], fds);
                 if memory.over_limit() {
-                    wire::encode(&mut out, kind::RETIRE, 0, 0, 0, &[]);
+                    wire::encode(&mut out.buf, kind::RETIRE, 0, 0, 0, &[]);
                 }
                 flush(py, &mut link, &mut out)?;
             }
@@ -129,19 +132,41 @@ fn resident_bytes(statm: &File) -> Option<u64> {
     Some(pages * u64::try_from(page).ok()?)
 }
 
-fn run_handler<'py>(
-    py: Python<'py>,
-    handler: &Bound<'py, PyAny>,
-    frame: &wire::Frame,
-) -> PyResult<(bool, Bound<'py, PyBytes>)> {
+type HandlerResult<'py> = (bool, Bound<'py, PyBytes>, Vec<OwnedFd>);
+
+fn run_handler<'py>(py: Python<'py>, handler: &Bound<'py, PyAny>, frame: wire::Frame) -> PyResult<HandlerResult<'py>> {
     let body = PyBytes::new(py, &frame.body);
-    handler.call1((body, frame.aux, frame.flags))?.extract()
+    let result = if frame.fds.is_empty() {
+        handler.call1((body, frame.aux, frame.flags))?
+    } else {
+        let fds: Vec<i32> = frame.fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
+        handler.call1((body, frame.aux, frame.flags, fds))?
+    };
+    let (ok, payload, fds): (bool, Bound<'py, PyBytes>, Option<Vec<i32>>) = result.extract()?;
+    // SAFETY: the handler made these descriptors for this result and gives up ownership of them
+    // (see worker_main); nothing else closes them.
+    let fds = fds
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&fd| fd >= 0)
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    Ok((ok, payload, fds))
 }
 
-/// Writes everything in `out`, with the GIL released.
-fn flush(py: Python<'_>, link: &mut UnixStream, out: &mut Vec<u8>) -> PyResult<()> {
-    let res = py.detach(|| link.write_all(out));
-    out.clear();
+/// Writes everything in `out`, descriptors included, with the GIL released.
+fn flush(py: Python<'_>, link: &mut UnixStream, out: &mut WriteBuf) -> PyResult<()> {
+    let res = py.detach(|| loop {
+        // a blocking socket: each round writes something or fails
+        match out.flush_to_link(link) {
+            Ok(true) => break Ok(()),
+            Ok(false) => {}
+            Err(e) => break Err(e),
+        }
+    });
+    if res.is_err() {
+        *out = WriteBuf::default();
+    }
     match res {
         // the parent is gone: nobody needs the results; the read that follows sees EOF
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),

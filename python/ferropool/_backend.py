@@ -16,6 +16,7 @@ from typing import Any
 
 from . import _core, _exit, _forkserver, _threads
 from ._batching import flush_all
+from ._buffers import close_all, pack_call, pack_chunk, unpack
 from ._future import Future
 from ._serialize import (
     FLAG_ITEM_CHUNK,
@@ -27,6 +28,7 @@ from ._serialize import (
     OUT_ERR,
     OUT_KILLED,
     OUT_OK,
+    OUT_OK_BUFFERS,
     OUT_TIMED_OUT,
     dump_function,
     dumps,
@@ -56,10 +58,14 @@ class ResultSink:
         for tid, kind, payload in batch:
             fut = pop(tid, None)
             if fut is None:
+                if kind == OUT_OK_BUFFERS:
+                    close_all(payload[1])
                 continue
             try:
                 if kind == OUT_OK:
                     fut.set_result(loads(payload))
+                elif kind == OUT_OK_BUFFERS:
+                    fut.set_result(unpack(*payload))
                 elif kind == OUT_ERR:
                     fut.set_exception(load_exception(payload))
                 elif kind == OUT_CANCELLED:
@@ -204,13 +210,20 @@ class ProcessBackend:
         if _exit.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def submit_call(self, fn_bytes: bytes, flags: int, payload: bytes, timeout: float | None = None) -> Future[Any]:
-        """Queues an already pickled call."""
+    def submit_call(
+        self,
+        fn_bytes: bytes,
+        flags: int,
+        payload: bytes,
+        timeout: float | None = None,
+        fds: list[int] | None = None,
+    ) -> Future[Any]:
+        """Queues an already pickled call; the engine takes over ``fds`` (see ``_buffers.py``)."""
         fut: Future[Any] = Future()
         tid = next(self._ids)
         self.sink.pending[tid] = fut
         try:
-            self.engine.submit(tid, fn_bytes, payload, flags, fut, timeout)
+            self.engine.submit(tid, fn_bytes, payload, flags, fut, timeout, fds)
         except BaseException:
             del self.sink.pending[tid]
             raise
@@ -224,11 +237,11 @@ class ProcessBackend:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         try:
             fn_bytes, flags = dump_function(fn)
-            payload = dumps((args, kwargs))
+            payload, fds = pack_call(args, kwargs)
         except Exception as exc:
             self.check_open()
             return failed(exc)
-        return self.submit_call(fn_bytes, flags, payload, timeout)
+        return self.submit_call(fn_bytes, flags, payload, timeout, fds)
 
     def chunk_submitter(
         self,
@@ -261,11 +274,11 @@ class ProcessBackend:
 
         def submit_chunk(chunk: Sequence[Any]) -> Future[Any]:
             try:
-                payload = dumps(chunk)
+                payload, fds = pack_chunk(chunk)
             except Exception as exc:
                 self.check_open()
                 return failed(exc)
-            return self.submit_call(fn_bytes, flags, payload, timeout)
+            return self.submit_call(fn_bytes, flags, payload, timeout, fds)
 
         return submit_chunk
 
@@ -289,11 +302,11 @@ class ProcessBackend:
 
         def submit_one(args: tuple[Any, ...]) -> Future[Any]:
             try:
-                payload = dumps((args, {}))
+                payload, fds = pack_call(args, {})
             except Exception as exc:
                 self.check_open()
                 return failed(exc)
-            return self.submit_call(fn_bytes, flags, payload, timeout)
+            return self.submit_call(fn_bytes, flags, payload, timeout, fds)
 
         return submit_one
 

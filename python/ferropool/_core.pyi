@@ -58,7 +58,14 @@ class ProcessEngine:
         cancel_running: bool = False,
     ) -> ProcessEngine: ...
     def submit(
-        self, id: int, fn_bytes: bytes, args: bytes, flags: int, future: Any, timeout: float | None = None
+        self,
+        id: int,
+        fn_bytes: bytes,
+        args: bytes,
+        flags: int,
+        future: Any,
+        timeout: float | None = None,
+        fds: list[int] | None = None,
     ) -> None: ...
     def shutdown(self, cancel_pending: bool = False) -> None: ...
     def terminate(self) -> None: ...

@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - CPython always has it
     import pickle  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 PROTOCOL = 5
@@ -35,7 +36,7 @@ FLAG_OUTCOMES = 8  # with a chunk flag: return (seconds, [(True, value) | (False
 FLAG_TIMED = 16  # with a chunk flag: return (seconds, [values]), for adaptive chunking
 
 # Outcome kinds delivered by the core. Must match src/process_pool.rs.
-OUT_OK, OUT_ERR, OUT_DIED, OUT_CANCELLED, OUT_BROKEN, OUT_TIMED_OUT, OUT_KILLED = range(7)
+OUT_OK, OUT_ERR, OUT_DIED, OUT_CANCELLED, OUT_BROKEN, OUT_TIMED_OUT, OUT_KILLED, OUT_OK_BUFFERS = range(8)
 
 loads = pickle.loads
 _plain_dumps = pickle.dumps
@@ -52,22 +53,77 @@ def _cloudpickle() -> Any:
     return cloudpickle
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: Any, buffers: list[memoryview] | None = None) -> bytes:
     """Pickles ``obj`` so that a fresh worker interpreter can load it.
 
     Plain pickle first; cloudpickle when plain pickle fails or would refer to ``__main__``,
-    which a worker does not share with the parent.
+    which a worker does not share with the parent. With ``buffers``, the large buffers pickle
+    protocol 5 can move out of band (``bytearray``, numpy arrays, ``LargeBytes``) are left out
+    of the bytes and appended there instead (see ``_buffers.py``).
     """
+    callback = None if buffers is None else _out_of_band(buffers)
     try:
-        data = _plain_dumps(obj, PROTOCOL)
+        data = _plain_dumps(obj, PROTOCOL, buffer_callback=callback)
     except Exception as plain_error:
         try:
-            return _cloudpickle().dumps(obj, PROTOCOL)  # type: ignore[no-any-return]
+            return _cloud_dumps(obj, buffers)
         except Exception:
             raise plain_error from None
     if _MAIN in data:
-        data = _cloudpickle().dumps(obj, PROTOCOL)
+        data = _cloud_dumps(obj, buffers)
     return data
+
+
+def _cloud_dumps(obj: Any, buffers: list[memoryview] | None) -> bytes:
+    if buffers is not None:
+        buffers.clear()  # the failed plain attempt may have collected some
+    callback = None if buffers is None else _out_of_band(buffers)
+    return _cloudpickle().dumps(obj, PROTOCOL, buffer_callback=callback)  # type: ignore[no-any-return]
+
+
+#: Buffers at least this large travel out of band, through shared memory.
+OUT_OF_BAND_MIN = 1 << 20
+
+
+def _out_of_band(buffers: list[memoryview]) -> Callable[[Any], bool]:
+    def keep_in_band(buffer: Any) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: pickle copies it in band
+            return True
+        if raw.nbytes < OUT_OF_BAND_MIN:
+            return True
+        buffers.append(raw)
+        return False
+
+    return keep_in_band
+
+
+class LargeBytes:
+    """A ``bytes`` argument or result big enough for shared memory.
+
+    Pickle always copies ``bytes`` in band; this wrapper pickles it as a protocol 5 buffer
+    instead, and unpickles to an ordinary ``bytes`` again.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return bytes, (pickle.PickleBuffer(self.data),)
+
+
+def wrap_large(value: Any) -> Any:
+    """``value``, with a large ``bytes`` (itself, or an item of a tuple or list) in ``LargeBytes``."""
+    kind = type(value)
+    if kind is bytes:
+        return LargeBytes(value) if len(value) >= OUT_OF_BAND_MIN else value
+    if kind is tuple or kind is list:
+        if any(type(v) is bytes and len(v) >= OUT_OF_BAND_MIN for v in value):
+            return kind(LargeBytes(v) if type(v) is bytes and len(v) >= OUT_OF_BAND_MIN else v for v in value)
+    return value
 
 
 def dump_function(fn: Any) -> tuple[bytes, int]:

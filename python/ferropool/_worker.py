@@ -14,6 +14,7 @@ import sys
 import time
 
 from . import _core
+from ._buffers import from_segments, pack
 from ._serialize import (
     FLAG_CACHEABLE,
     FLAG_ITEM_CHUNK,
@@ -22,7 +23,6 @@ from ._serialize import (
     FLAG_TIMED,
     dump_exception,
     dump_outcomes,
-    dumps,
     exception_with_traceback,
     loads,
 )
@@ -32,19 +32,22 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy rea
 if TYPE_CHECKING:
     from typing import Any
 
+    #: ``(ok, pickled payload, descriptors of its shared-memory buffers or None)``
+    Result = tuple[bool, bytes, list[int] | None]
+
 _FN_CACHE_MAX = 1024
 
 
-def _loads(data: Any) -> Any:
+def _loads(data: Any, buffers: list[memoryview] | None = None) -> Any:
     try:
-        return loads(data)
+        return loads(data, buffers=buffers)
     except ModuleNotFoundError:
         if "site" in sys.modules:
             raise
         import site
 
         site.main()
-        return loads(data)
+        return loads(data, buffers=buffers)
 
 
 class Handler:
@@ -65,12 +68,14 @@ class Handler:
             self._functions[fn_bytes] = fn
         return fn
 
-    def call(self, body: bytes, fn_len: int, flags: int) -> tuple[bool, bytes]:
+    def call(self, body: bytes, fn_len: int, flags: int, fds: list[int] | None = None) -> Result:
         try:
+            buffers = from_segments(fds) if fds else None  # closes the descriptors
             fn = self._function(body, fn_len, flags)
-            args = _loads(memoryview(body)[fn_len:])
+            args = _loads(memoryview(body)[fn_len:], buffers)
+            del buffers
             if flags & FLAG_OUTCOMES:
-                return True, _outcomes(fn, args, bool(flags & FLAG_STAR_CHUNK))
+                return True, _outcomes(fn, args, bool(flags & FLAG_STAR_CHUNK)), None
             started = time.perf_counter()
             if flags & FLAG_ITEM_CHUNK:
                 result: Any = list(map(fn, args))
@@ -81,11 +86,12 @@ class Handler:
             if flags & FLAG_TIMED:
                 result = (time.perf_counter() - started, result)
         except BaseException as exc:
-            return False, dump_exception(exc)
+            return False, dump_exception(exc), None
         try:
-            return True, dumps(result)
+            payload, out_fds = pack(result)
+            return True, payload, out_fds
         except BaseException as exc:
-            return False, dump_exception(exc)
+            return False, dump_exception(exc), None
 
     init = call
 

@@ -1,0 +1,102 @@
+"""Large buffers through shared memory instead of the worker socket.
+
+Pickle protocol 5 leaves big buffers (``bytearray``, numpy arrays, large ``bytes`` wrapped in
+``LargeBytes``) out of the pickled bytes; ``_serialize.dumps`` collects them. Each goes into its
+own memfd segment: written once by the sender, its descriptor sent with the frame
+(``SCM_RIGHTS``, ``src/fdpass.rs``), mapped by the receiver. Nothing has a name, so nothing can be
+left behind: a segment lives while a descriptor or a mapping of it does, and the kernel drops
+both with a process that dies, also while the descriptor is still in flight in the socket.
+
+The receiver's objects are ordinary and writable: numpy arrays are built straight on the
+mapping (no copy; writing to one changes nobody else's data, as the sender's descriptor is gone
+once the call or result is delivered), ``bytes`` and ``bytearray`` are copied out of it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+from ._serialize import dumps, loads, wrap_large
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def pack(obj: Any) -> tuple[bytes, list[int] | None]:
+    """Pickles ``obj``; large buffers go to memfd segments, whose descriptors come second.
+
+    A large ``bytes`` travels through shared memory too when it is ``obj`` itself or one of its
+    items (a result, say). The caller owns the descriptors (the core takes them over when it
+    sends them).
+    """
+    return _pack(wrap_large(obj))
+
+
+def pack_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, list[int] | None]:
+    """``pack`` for the arguments of one call: a large ``bytes`` argument is shared too."""
+    return _pack((wrap_large(args), kwargs))
+
+
+def pack_chunk(items: Any) -> tuple[bytes, list[int] | None]:
+    """``pack`` for a chunk of a map.
+
+    Only buffers that pickle out of band by themselves are shared: looking at every item for a
+    large ``bytes`` would cost every small one.
+    """
+    return _pack(items)
+
+
+#: Segments one frame can carry (its header counts them in a byte).
+MAX_SEGMENTS = 255
+
+
+def _pack(obj: Any) -> tuple[bytes, list[int] | None]:
+    buffers: list[memoryview] = []
+    data = dumps(obj, buffers)
+    if not buffers:
+        return data, None
+    if len(buffers) > MAX_SEGMENTS:  # rare enough to pay the socket for
+        return dumps(obj), None
+    return data, to_segments(buffers)
+
+
+def unpack(data: Any, fds: list[int]) -> Any:
+    """Unpickles what ``pack`` made, in the process the descriptors were sent to; closes them."""
+    return loads(data, buffers=from_segments(fds))
+
+
+def to_segments(buffers: list[memoryview]) -> list[int]:
+    """One memfd segment holding a copy of each buffer; their descriptors."""
+    fds: list[int] = []
+    try:
+        for buf in buffers:
+            fd = os.memfd_create("ferropool-buffer", os.MFD_CLOEXEC)
+            fds.append(fd)
+            size = buf.nbytes
+            os.ftruncate(fd, size)
+            done = 0
+            while done < size:
+                done += os.pwrite(fd, buf[done:], done)
+    except BaseException:
+        close_all(fds)
+        raise
+    return fds
+
+
+def from_segments(fds: list[int]) -> list[memoryview]:
+    """Maps each segment (read and write, shared); closes the descriptors."""
+    try:
+        return [memoryview(mmap.mmap(fd, os.fstat(fd).st_size)) for fd in fds]
+    finally:
+        close_all(fds)
+
+
+def close_all(fds: list[int]) -> None:
+    """Closes descriptors that nobody will map (a result whose future is gone, say)."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
