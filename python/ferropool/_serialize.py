@@ -121,8 +121,9 @@ def wrap_large(value: Any) -> Any:
     if kind is bytes:
         return LargeBytes(value) if len(value) >= OUT_OF_BAND_MIN else value
     if kind is tuple or kind is list:
-        if any(type(v) is bytes and len(v) >= OUT_OF_BAND_MIN for v in value):
-            return kind(LargeBytes(v) if type(v) is bytes and len(v) >= OUT_OF_BAND_MIN else v for v in value)
+        for v in value:  # a plain loop: this runs for every submit, mostly on one or two items
+            if type(v) is bytes and len(v) >= OUT_OF_BAND_MIN:
+                return kind(LargeBytes(v) if type(v) is bytes and len(v) >= OUT_OF_BAND_MIN else v for v in value)
     return value
 
 
