@@ -68,6 +68,11 @@ def unpack(data: Any, fds: list[int]) -> Any:
 
 
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+# the segment's name says what it holds: a ``bytes`` is read back with one ``pread`` into a new
+# ``bytes`` (which pickle then uses as it is), anything else is mapped
+_BYTES_NAME = "ferropool-bytes"
+_BUFFER_NAME = "ferropool-buffer"
+_PREAD_MAX = 0x7FFFF000  # the most one read(2) returns on Linux
 
 
 def to_segments(buffers: list[memoryview]) -> list[int]:
@@ -75,7 +80,7 @@ def to_segments(buffers: list[memoryview]) -> list[int]:
     fds: list[int] = []
     try:
         for buf in buffers:
-            fd = os.memfd_create("ferropool-buffer", os.MFD_CLOEXEC)
+            fd = os.memfd_create(_BYTES_NAME if type(buf.obj) is bytes else _BUFFER_NAME, os.MFD_CLOEXEC)
             fds.append(fd)
             size = buf.nbytes
             os.ftruncate(fd, size)
@@ -88,16 +93,27 @@ def to_segments(buffers: list[memoryview]) -> list[int]:
     return fds
 
 
-def from_segments(fds: list[int]) -> list[memoryview]:
-    """Maps each segment (read and write, shared); closes the descriptors.
+def from_segments(fds: list[int]) -> list[Any]:
+    """Each segment's contents as a buffer for ``pickle.loads``; closes the descriptors.
 
-    The pages are mapped in at once (``MAP_POPULATE``): one call instead of a fault per page,
-    which measured about 1.5x faster for a buffer that is then read whole.
+    A ``bytes`` segment is read into a new ``bytes`` object, which becomes the unpickled value
+    itself (one copy). Other segments are mapped (read and write, shared) and their pages mapped
+    in at once (``MAP_POPULATE``: one call instead of a fault per page, about 1.5x faster for a
+    buffer that is then read whole).
     """
     try:
-        return [memoryview(mmap.mmap(fd, os.fstat(fd).st_size, flags=_MAP_FLAGS)) for fd in fds]
+        return [_contents(fd) for fd in fds]
     finally:
         close_all(fds)
+
+
+def _contents(fd: int) -> Any:
+    size = os.fstat(fd).st_size
+    if size <= _PREAD_MAX and os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:" + _BYTES_NAME):
+        data = os.pread(fd, size, 0)
+        if len(data) == size:
+            return data
+    return memoryview(mmap.mmap(fd, size, flags=_MAP_FLAGS))
 
 
 def close_all(fds: list[int]) -> None:

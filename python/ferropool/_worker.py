@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 _FN_CACHE_MAX = 1024
 
 
-def _loads(data: Any, buffers: list[memoryview] | None = None) -> Any:
+def _loads(data: Any, buffers: list[Any] | None = None) -> Any:
     try:
         return loads(data, buffers=buffers)
     except ModuleNotFoundError:
