@@ -2,6 +2,7 @@
 //!
 //! This file only registers; each concept lives in its own module (see `docs/ARCHITECTURE.md`).
 
+pub mod buffers;
 pub mod errors;
 pub mod fdpass;
 pub mod forkserver;
@@ -19,6 +20,8 @@ use pyo3::prelude::*;
 
 #[pymodule(gil_used = false)]
 pub mod _core {
+    #[pymodule_export]
+    use crate::buffers::{buffer_span, detach_mapping};
     #[pymodule_export]
     use crate::process_pool::PyProcessEngine;
     #[pymodule_export]

@@ -361,3 +361,24 @@ def return_instance_item(x):
 
 def square_and_pid(x):
     return x * x, os.getpid()
+
+
+_kept = []
+
+
+def keep_and_return(obj):
+    """Returns ``obj`` and keeps a reference to it in this worker."""
+    _kept.append(obj)
+    return obj
+
+
+def kept_sum():
+    """The sum of the array ``keep_and_return`` kept last, then forgets everything kept."""
+    total = float(_kept[-1].sum())
+    _kept.clear()
+    return total
+
+
+def write_kept(value):
+    """Fills the array ``keep_and_return`` kept last with ``value``."""
+    _kept[-1][:] = value

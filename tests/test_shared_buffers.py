@@ -139,3 +139,25 @@ def test_cancelled_task_releases_its_segments(gate):
         blocker.result(WAIT)
         for f, was_cancelled in zip(queued, cancelled, strict=True):
             assert f.cancelled() if was_cancelled else f.result(WAIT) == data
+
+
+def test_argument_returned_as_it_is_goes_back_without_a_copy(ex):
+    """The worker sends the segment it received back as the result: values and types hold."""
+    a = np.arange(2 * LIMIT // 8, dtype=np.float64)
+    back = ex.submit(_tasks.identity, a).result(WAIT)
+    assert np.array_equal(back, a) and back.flags.writeable
+    b = bytes(_pattern(2 * LIMIT))
+    assert ex.submit(_tasks.identity, b).result(WAIT) == b
+
+
+def test_returned_argument_kept_by_the_worker_is_not_shared():
+    """A worker that keeps the array it returned must not see the parent's writes, nor the
+    parent the worker's."""
+    a = np.arange(2 * LIMIT // 8, dtype=np.float64)
+    with ferropool.ProcessPoolExecutor(1) as ex:
+        back = ex.submit(_tasks.keep_and_return, a).result(WAIT)
+        back[:] = 0.0  # the parent writes into its result
+        ex.submit(_tasks.write_kept, -1.0).result(WAIT)  # the worker writes into what it kept
+        assert np.count_nonzero(back) == 0
+        assert ex.submit(_tasks.kept_sum).result(WAIT) == -1.0 * a.size
+    assert np.array_equal(a, np.arange(2 * LIMIT // 8, dtype=np.float64))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import mmap
 import os
 
+from . import _core
 from ._serialize import dumps, loads, wrap_large
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
@@ -76,10 +77,19 @@ _PREAD_MAX = 0x7FFFF000  # the most one read(2) returns on Linux
 
 
 def to_segments(buffers: list[memoryview]) -> list[int]:
-    """One memfd segment holding a copy of each buffer; their descriptors."""
+    """One memfd segment holding a copy of each buffer; their descriptors.
+
+    In a worker, a buffer that is exactly a segment the running call's arguments came in (an
+    argument returned as it is) goes back as that segment, without a copy.
+    """
     fds: list[int] = []
     try:
         for buf in buffers:
+            received = _received_as(buf) if _received else None
+            if received is not None:
+                received.forwarded = True
+                fds.append(os.dup(received.fd))
+                continue
             fd = os.memfd_create(_BYTES_NAME if type(buf.obj) is bytes else _BUFFER_NAME, os.MFD_CLOEXEC)
             fds.append(fd)
             size = buf.nbytes
@@ -93,18 +103,26 @@ def to_segments(buffers: list[memoryview]) -> list[int]:
     return fds
 
 
-def from_segments(fds: list[int]) -> list[Any]:
+def from_segments(fds: list[int], keep: bool = False) -> list[Any]:
     """Each segment's contents as a buffer for ``pickle.loads``; closes the descriptors.
 
     A ``bytes`` segment is read into a new ``bytes`` object, which becomes the unpickled value
     itself (one copy). Other segments are mapped (read and write, shared) and their pages mapped
     in at once (``MAP_POPULATE``: one call instead of a fault per page, about 1.5x faster for a
-    buffer that is then read whole).
+    buffer that is then read whole). With ``keep`` (a worker's arguments), the descriptors stay
+    open until ``release_received()``, so that a result can send a segment back as it is.
     """
     try:
-        return [_contents(fd) for fd in fds]
-    finally:
+        contents = [_contents(fd) for fd in fds]
+    except BaseException:
         close_all(fds)
+        raise
+    if not keep:
+        close_all(fds)
+        return contents
+    for fd, item in zip(fds, contents, strict=True):
+        _received.append(_Received(item, fd))
+    return [memoryview(item) if type(item) is mmap.mmap else item for item in contents]
 
 
 def _contents(fd: int) -> Any:
@@ -113,7 +131,60 @@ def _contents(fd: int) -> Any:
         data = os.pread(fd, size, 0)
         if len(data) == size:
             return data
-    return memoryview(mmap.mmap(fd, size, flags=_MAP_FLAGS))
+    return mmap.mmap(fd, size, flags=_MAP_FLAGS)
+
+
+class _Received:
+    """A segment the running call's arguments came in (worker side)."""
+
+    __slots__ = ("contents", "fd", "forwarded", "span")
+
+    def __init__(self, contents: Any, fd: int) -> None:
+        self.contents = contents  # the bytes read from it, or its mmap
+        self.fd = fd
+        self.forwarded = False
+        self.span = None if type(contents) is bytes else _core.buffer_span(contents)
+
+
+#: The segments of the call a worker is running; emptied by ``release_received``.
+_received: list[_Received] = []
+
+
+def _received_as(buf: memoryview) -> _Received | None:
+    """The received segment that ``buf`` is exactly, if any.
+
+    That is the same ``bytes`` object, or a view of a whole mapped segment.
+    """
+    span = None
+    for received in _received:
+        if received.span is None:
+            if buf.obj is received.contents:
+                return received
+            continue
+        if span is None:
+            span = _core.buffer_span(buf)
+        if span == received.span:
+            return received
+    return None
+
+
+def release_received() -> None:
+    """Forgets the segments of the call that just finished, and closes their descriptors.
+
+    A mapped segment that went back as a result is unmapped here if nothing refers to it any
+    more; if the call's code kept an object on it, that mapping becomes a private copy in place,
+    so the worker and the parent never share memory after the call.
+    """
+    while _received:
+        received = _received.pop()
+        contents, received.contents = received.contents, None
+        if received.forwarded and received.span is not None:
+            try:
+                contents.close()
+            except BufferError:  # still exported: kept by the task's code
+                _core.detach_mapping(*received.span)
+        del contents
+        os.close(received.fd)
 
 
 def close_all(fds: list[int]) -> None:

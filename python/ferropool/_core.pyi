@@ -11,7 +11,9 @@ __all__ = [
     "ThreadEngine",
     "__version__",
     "after_fork_in_child",
+    "buffer_span",
     "cpu_count",
+    "detach_mapping",
     "die_with_parent",
     "shutdown_all",
     "worker_main",
@@ -31,6 +33,12 @@ def worker_main(handler: Any, parent_pid: int) -> int:
 
 def die_with_parent(parent_pid: int) -> bool:
     """Sets the parent-death signal; ``False`` if the parent is already gone."""
+
+def buffer_span(obj: Any) -> tuple[int, int]:
+    """``(address, length)`` of a contiguous buffer."""
+
+def detach_mapping(address: int, length: int) -> None:
+    """Replaces the mapping at ``address`` with a private copy of its contents, in place."""
 
 @final
 class TaskHandle:

@@ -14,7 +14,7 @@ import sys
 import time
 
 from . import _core
-from ._buffers import from_segments, pack
+from ._buffers import from_segments, pack, release_received
 from ._serialize import (
     FLAG_CACHEABLE,
     FLAG_ITEM_CHUNK,
@@ -69,8 +69,16 @@ class Handler:
         return fn
 
     def call(self, body: bytes, fn_len: int, flags: int, fds: list[int] | None = None) -> Result:
+        if not fds:
+            return self._call(body, fn_len, flags, None)
         try:
-            buffers = from_segments(fds) if fds else None  # closes the descriptors
+            return self._call(body, fn_len, flags, fds)
+        finally:  # the call's objects are gone with _call's frame: its segments can go too
+            release_received()
+
+    def _call(self, body: bytes, fn_len: int, flags: int, fds: list[int] | None) -> Result:
+        try:
+            buffers = from_segments(fds, keep=True) if fds else None
             fn = self._function(body, fn_len, flags)
             args = _loads(memoryview(body)[fn_len:], buffers)
             del buffers

@@ -1,0 +1,58 @@
+//! Two memory operations the shared-memory buffer path needs and Python cannot do
+//! (`python/ferropool/_buffers.py`): where a buffer lives, and un-sharing a mapping in place.
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+
+/// `(address, length)` of a contiguous buffer (a `memoryview`, an `mmap`, a numpy array).
+#[pyfunction]
+pub fn buffer_span(obj: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
+    let buf = PyBuffer::<u8>::get(obj)?;
+    Ok((buf.buf_ptr() as usize, buf.len_bytes()))
+}
+
+/// Gives the `length` bytes mapped at `address` a private copy of their current contents, at
+/// the same address.
+///
+/// A worker that sent a received segment back as a result (no copy) but still holds objects on
+/// it calls this, so that neither side ever sees the other's later writes.
+#[pyfunction]
+pub fn detach_mapping(address: usize, length: usize) -> PyResult<()> {
+    if address == 0 || length == 0 {
+        return Ok(());
+    }
+    // SAFETY: `address..address + length` is a live mapping owned by a Python `mmap` object
+    // (the caller checked that it is one of the segments it mapped, whole, and still exported,
+    // so it cannot be unmapped during this call, which holds the GIL). We map fresh private
+    // memory, copy the contents into it, and move it over the old range with one mremap, which
+    // replaces the old mapping atomically: every reader sees the same bytes before and after,
+    // and the `mmap` object later unmaps the private copy with the same address and length.
+    unsafe {
+        let tmp = libc::mmap(
+            std::ptr::null_mut(),
+            length,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if tmp == libc::MAP_FAILED {
+            return Err(PyOSError::new_err(std::io::Error::last_os_error().to_string()));
+        }
+        std::ptr::copy_nonoverlapping(address as *const u8, tmp.cast::<u8>(), length);
+        let moved = libc::mremap(
+            tmp,
+            length,
+            length,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            address as *mut libc::c_void,
+        );
+        if moved == libc::MAP_FAILED {
+            let err = std::io::Error::last_os_error();
+            libc::munmap(tmp, length);
+            return Err(PyOSError::new_err(err.to_string()));
+        }
+    }
+    Ok(())
+}
