@@ -2,8 +2,10 @@
 //!
 //! This file only registers; each concept lives in its own module (see `docs/ARCHITECTURE.md`).
 
+pub mod connection;
 pub mod errors;
 pub mod forkserver;
+pub mod process;
 pub mod process_pool;
 pub mod registry;
 pub mod scheduler;
@@ -18,6 +20,10 @@ use pyo3::prelude::*;
 
 #[pymodule(gil_used = false)]
 pub mod _core {
+    #[pymodule_export]
+    use crate::connection::{socket_pair, wait_readable, PyConnection};
+    #[pymodule_export]
+    use crate::process::PyChildProcess;
     #[pymodule_export]
     use crate::process_pool::PyProcessEngine;
     #[pymodule_export]
