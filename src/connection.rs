@@ -67,7 +67,11 @@ fn poll_fds(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<u
     let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     if rc < 0 {
         let err = io::Error::last_os_error();
-        return if err.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(err) };
+        return if err.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(err)
+        };
     }
     Ok(rc as usize)
 }
@@ -89,7 +93,7 @@ fn send_packet(fd: RawFd, parts: &[&[u8]]) -> io::Result<bool> {
     loop {
         // SAFETY: `msg` points at iovecs describing borrowed slices that outlive the call; the
         // kernel only reads them.
-        let rc = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        let rc = unsafe { libc::sendmsg(fd, &raw const msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
         if rc >= 0 {
             return Ok(true); // a sequenced packet is sent whole or not at all
         }
@@ -302,6 +306,7 @@ impl PyConnection {
                 if wait_ready(fd, events, Some(SLICE))? {
                     return Ok(());
                 }
+                #[allow(clippy::redundant_closure_for_method_calls)] // the method is not general over 'py
                 Python::attach(|py| py.check_signals()).map_err(|err| {
                     interrupted = Some(err);
                     io::Error::from(io::ErrorKind::Interrupted)
@@ -329,7 +334,9 @@ impl PyConnection {
         let fd = self.fd_for(true, false)?;
         let rx = &self.rx;
         let result = Self::blocking(py, fd, |wait| {
-            rx.lock().unwrap_or_else(PoisonError::into_inner).recv(fd, maxlength, wait)
+            rx.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .recv(fd, maxlength, wait)
         })?;
         result.map_err(|err| match err {
             RecvError::Eof => Error::Eof.into(),
@@ -451,7 +458,9 @@ impl PyConnection {
             .call_method1("cast", ("B",))?;
         let target = PyBuffer::<u8>::get(&view)?;
         if target.readonly() {
-            return Err(pyo3::exceptions::PyTypeError::new_err("recv_bytes_into() needs a writable buffer"));
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "recv_bytes_into() needs a writable buffer",
+            ));
         }
         let len = target.item_count() as isize;
         if offset < 0 {
@@ -568,7 +577,10 @@ mod tests {
             rx.recv(b.as_raw_fd(), Some(4), &mut never_wait),
             Err(RecvError::TooLong)
         ));
-        assert_eq!(rx.recv(b.as_raw_fd(), Some(10), &mut never_wait).unwrap(), b"0123456789");
+        assert_eq!(
+            rx.recv(b.as_raw_fd(), Some(10), &mut never_wait).unwrap(),
+            b"0123456789"
+        );
     }
 
     #[test]

@@ -79,9 +79,9 @@ impl From<Error> for PyErr {
             Error::ConnectionClosed => PyOSError::new_err("handle is closed"),
             Error::WrongDirection(why) => PyOSError::new_err(why),
             Error::Eof => PyEOFError::new_err(()),
-            Error::MessageTooLong => PyOSError::new_err(
-                "bad message length: the message is longer than maxlength; it is still unread",
-            ),
+            Error::MessageTooLong => {
+                PyOSError::new_err("bad message length: the message is longer than maxlength; it is still unread")
+            }
             Error::BufferTooShort(message) => BufferTooShort::new_err((message,)),
             Error::Connection(e) => e.into(),
         }

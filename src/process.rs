@@ -113,13 +113,13 @@ impl PyChildProcess {
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .map(AsRawFd::as_raw_fd);
-        let ended = wait_interruptible(py, timeout, |slice| match pidfd {
-            Some(fd) => wait_ready(fd, libc::POLLIN, Some(slice)).unwrap_or(true),
-            None => {
-                // no pidfd (an old kernel): look again after a short pause
-                std::thread::sleep(slice.min(Duration::from_millis(5)));
-                self.try_reap().ok().flatten().is_some()
+        let ended = wait_interruptible(py, timeout, |slice| {
+            if let Some(fd) = pidfd {
+                return wait_ready(fd, libc::POLLIN, Some(slice)).unwrap_or(true);
             }
+            // no pidfd (an old kernel): look again after a short pause
+            std::thread::sleep(slice.min(Duration::from_millis(5)));
+            self.try_reap().ok().flatten().is_some()
         })?;
         if !ended {
             return Ok(None);

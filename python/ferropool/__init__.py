@@ -14,6 +14,8 @@ from ._core import __version__, cpu_count
 # this package, and its start-up time is the pool's start-up time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
+    from .connection import AuthenticationError, BufferTooShort, Pipe
+    from .context import freeze_support, get_all_start_methods, get_context, get_start_method, set_start_method
     from .errors import (
         BrokenExecutor,
         BrokenProcessPool,
@@ -33,8 +35,6 @@ if TYPE_CHECKING:
         as_completed,
         wait,
     )
-    from .connection import AuthenticationError, BufferTooShort, Pipe
-    from .context import freeze_support, get_all_start_methods, get_context, get_start_method, set_start_method
     from .pool import AsyncResult, Pool, ThreadPool
     from .process import Process, ProcessError, active_children, current_process, parent_process
 

@@ -4,7 +4,7 @@ Python facade (``futures.py``); these are the native building blocks it uses."""
 from collections.abc import Callable, Sequence
 from typing import Any, final
 
-from typing_extensions import Buffer, Self
+from typing_extensions import Buffer, Self, disjoint_base
 
 __version__: str
 __all__ = [
@@ -100,6 +100,7 @@ def socket_pair() -> tuple[int, int]:
 def wait_readable(fds: Sequence[int], timeout: float | None = None) -> list[int]:
     """Those of ``fds`` ready to read within ``timeout`` seconds; GIL released, Ctrl-C honoured."""
 
+@disjoint_base
 class Connection:
     """One end of a pipe: whole messages over a socket it owns."""
 

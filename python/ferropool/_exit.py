@@ -23,8 +23,10 @@ def _dying_of_interrupt() -> bool:
 
 
 def _python_exit() -> None:
-    """Finishes every ``Process`` child (``process._finish_children``) and every pool: queued work
-    runs, as the stdlib does at exit.
+    """Finishes every child process and every pool, as the stdlib does at exit.
+
+    Daemonic ``Process`` children are terminated and the others joined
+    (``process._finish_children``); queued pool work runs.
 
     A program ending with Ctrl-C does not wait for its work: its pools are terminated. A second
     Ctrl-C during the wait terminates them too. Either way no pool thread outlives this call.
@@ -35,7 +37,7 @@ def _python_exit() -> None:
     processes = sys.modules.get("ferropool.process")
     if processes is not None:
         try:
-            processes._finish_children()
+            processes._finish_children(_dying_of_interrupt())
         except KeyboardInterrupt:
             _core.shutdown_all(terminate=True)
             raise

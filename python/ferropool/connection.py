@@ -87,7 +87,7 @@ def _rebuild_connection(fd: int, readable: bool, writable: bool) -> Connection:
     return Connection(fd, readable, writable)
 
 
-def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:  # noqa: N802 - the stdlib's name
+def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
     """Returns a pair ``(conn1, conn2)`` of connected ``Connection`` objects.
 
     Args:
@@ -125,7 +125,7 @@ def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:
         if timeout is None:
             raise ValueError("wait() on an empty list with no timeout would never return")
     ready = set(_core.wait_readable(sorted(set(fds)), timeout))
-    return [obj for obj, fd in zip(objects, fds) if fd in ready]
+    return [obj for obj, fd in zip(objects, fds, strict=True) if fd in ready]
 
 
 def __getattr__(name: str) -> Any:

@@ -41,7 +41,7 @@ class Context:
         """Same as ``ferropool.get_context()``."""
         return get_context(method)
 
-    def Pool(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 - the stdlib's name
+    def Pool(self, *args: Any, **kwargs: Any) -> Any:
         """``ferropool.Pool`` whose workers start by this context's method."""
         from .pool import Pool
 
@@ -72,15 +72,20 @@ def get_context(method: str | None = None) -> Context:
     Raises:
         ValueError: ``method`` is not a start method.
     """
-    return Context(get_start_method() if method is None else _check(method))
+    return Context(_current() if method is None else _check(method))
+
+
+def _current() -> str:
+    """The start method in use, fixing the default if none was chosen (as the stdlib does)."""
+    global _chosen
+    if _chosen is None:
+        _chosen = _DEFAULT
+    return _chosen
 
 
 def get_start_method(allow_none: bool = False) -> str | None:
     """The start method in use; fixes the default (``"forkserver"``) unless ``allow_none``."""
-    global _chosen
-    if _chosen is None and not allow_none:
-        _chosen = _DEFAULT
-    return _chosen
+    return _chosen if allow_none else _current()
 
 
 def set_start_method(method: str | None, force: bool = False) -> None:

@@ -26,8 +26,11 @@ import os
 import signal
 import sys
 
-from . import _core, connection
-from . import _exit  # noqa: F401 - imported for its exit hook, which calls _finish_children
+from . import (
+    _core,
+    _exit,  # noqa: F401 - imported for its exit hook, which calls _finish_children
+    connection,
+)
 from ._serialize import dumps
 from ._spawn import process_argv
 
@@ -397,14 +400,15 @@ def active_children() -> list[Process]:
     return list(_children)
 
 
-def _finish_children() -> None:
+def _finish_children(interrupted: bool = False) -> None:
     """At interpreter exit (``_exit.py``): terminates daemonic children and joins the others.
 
-    A Ctrl-C during the join terminates the children still running (the stdlib would leave them
-    behind) and propagates.
+    A program ending with Ctrl-C (``interrupted``) terminates every child, so an interrupted
+    program never waits for its children; so does a second Ctrl-C during the join (the stdlib
+    would leave those children running).
     """
     for p in active_children():
-        if p.daemon:
+        if p.daemon or interrupted:
             p.terminate()
     try:
         for p in active_children():
