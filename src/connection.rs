@@ -8,8 +8,12 @@
 //! every unread message with it), and `recv_bytes(maxlength)` can read the length with
 //! `MSG_PEEK` and refuse the message while leaving it whole in the socket.
 //!
-//! Every blocking step waits in `poll` slices with the GIL released and checks signals between
-//! slices (as `signals::wait_interruptible` does), so Ctrl-C interrupts a blocked `recv`/`send`.
+//! Sends and receives block in the socket call itself, with the GIL released, one system call
+//! per packet: each connection's socket has 50 ms send and receive timeouts (`SO_SNDTIMEO`,
+//! `SO_RCVTIMEO`), and between two timed-out (or signal-interrupted) attempts the caller checks
+//! for signals, as `signals::wait_interruptible` does, so Ctrl-C interrupts a blocked
+//! `recv`/`send` within one slice. Blocking in `poll` first would cost two more system calls
+//! per message.
 
 use std::io;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -52,6 +56,30 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Gives `fd` the send and receive timeouts that bound one blocking attempt (see the header).
+pub fn set_slice_timeouts(fd: RawFd) -> io::Result<()> {
+    let slice = libc::timeval {
+        tv_sec: 0,
+        tv_usec: SLICE.as_micros() as libc::suseconds_t,
+    };
+    for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: setsockopt reads `size_of::<timeval>()` bytes from a timeval we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&raw const slice).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Waits up to `timeout` (`None`: forever) for `fd` to report one of `events`; a hang-up or error
 /// counts as ready, since the next call on it will not block. An interrupted wait reports
 /// not ready, so the caller can look at signals.
@@ -76,7 +104,8 @@ fn poll_fds(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<u
     Ok(rc as usize)
 }
 
-/// Sends one packet made of `parts`, without blocking: `Ok(false)` when the socket is full.
+/// Sends one packet made of `parts`: `Ok(false)` when the socket stayed full for its send timeout
+/// or a signal arrived (nothing was sent; try again after checking signals).
 fn send_packet(fd: RawFd, parts: &[&[u8]]) -> io::Result<bool> {
     let mut iov: [libc::iovec; 2] = [libc::iovec {
         iov_base: std::ptr::null_mut(),
@@ -90,43 +119,37 @@ fn send_packet(fd: RawFd, parts: &[&[u8]]) -> io::Result<bool> {
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
     msg.msg_iovlen = parts.len().min(2) as _;
-    loop {
-        // SAFETY: `msg` points at iovecs describing borrowed slices that outlive the call; the
-        // kernel only reads them.
-        let rc = unsafe { libc::sendmsg(fd, &raw const msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-        if rc >= 0 {
-            return Ok(true); // a sequenced packet is sent whole or not at all
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock => return Ok(false),
-            _ => return Err(err),
-        }
+    // SAFETY: `msg` points at iovecs describing borrowed slices that outlive the call; the
+    // kernel only reads them.
+    let rc = unsafe { libc::sendmsg(fd, &raw const msg, libc::MSG_NOSIGNAL) };
+    if rc >= 0 {
+        return Ok(true); // a sequenced packet is sent whole or not at all
+    }
+    let err = io::Error::last_os_error();
+    match err.kind() {
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => Ok(false),
+        _ => Err(err),
     }
 }
 
-/// Receives one packet into `buf` without blocking: `Ok(None)` when none is waiting,
-/// `Ok(Some(0))` at end-of-file.
+/// Receives one packet into `buf`: `Ok(None)` when none arrived within the receive timeout or a
+/// signal came first, `Ok(Some(0))` at end-of-file.
 fn recv_packet(fd: RawFd, buf: &mut [u8], peek: bool) -> io::Result<Option<usize>> {
-    let flags = libc::MSG_DONTWAIT | if peek { libc::MSG_PEEK } else { 0 };
-    loop {
-        // SAFETY: `buf` is an exclusively borrowed, writable slice of `buf.len()` bytes.
-        let rc = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
-        if rc >= 0 {
-            return Ok(Some(rc as usize));
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(err),
-        }
+    let flags = if peek { libc::MSG_PEEK } else { 0 };
+    // SAFETY: `buf` is an exclusively borrowed, writable slice of `buf.len()` bytes.
+    let rc = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if rc >= 0 {
+        return Ok(Some(rc as usize));
+    }
+    let err = io::Error::last_os_error();
+    match err.kind() {
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => Ok(None),
+        _ => Err(err),
     }
 }
 
-/// Sends `body` as one message. `wait` is called whenever the socket is full; it returns
-/// when it is worth trying again, or an error to give up with.
+/// Sends `body` as one message. `wait` is called after each attempt that sent nothing (the
+/// socket stayed full); it returns when it is worth trying again, or an error to give up with.
 pub fn send_message(fd: RawFd, body: &[u8], wait: &mut dyn FnMut(libc::c_short) -> io::Result<()>) -> io::Result<()> {
     let header = (body.len() as u64).to_le_bytes();
     let first = body.len().min(PACKET - HEADER);
@@ -297,15 +320,12 @@ impl PyConnection {
     /// signals between them; a signal handler's exception comes back as the error.
     fn blocking<T: Send, E: Send + From<io::Error>>(
         py: Python<'_>,
-        fd: RawFd,
         io: impl FnOnce(&mut dyn FnMut(libc::c_short) -> io::Result<()>) -> Result<T, E> + Send,
     ) -> Result<Result<T, E>, PyErr> {
         let mut interrupted: Option<PyErr> = None;
         let result = py.detach(|| {
-            let mut wait = |events| {
-                if wait_ready(fd, events, Some(SLICE))? {
-                    return Ok(());
-                }
+            // the socket call already waited one slice; all that is left is to look at signals
+            let mut wait = |_events| {
                 #[allow(clippy::redundant_closure_for_method_calls)] // the method is not general over 'py
                 Python::attach(|py| py.check_signals()).map_err(|err| {
                     interrupted = Some(err);
@@ -323,7 +343,7 @@ impl PyConnection {
     fn send_slice(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         let fd = self.fd_for(false, true)?;
         let tx = &self.tx;
-        Self::blocking(py, fd, |wait| {
+        Self::blocking(py, |wait| {
             let _one_at_a_time = tx.lock().unwrap_or_else(PoisonError::into_inner);
             send_message(fd, data, wait)
         })?
@@ -333,7 +353,7 @@ impl PyConnection {
     fn recv_vec(&self, py: Python<'_>, maxlength: Option<usize>) -> PyResult<Vec<u8>> {
         let fd = self.fd_for(true, false)?;
         let rx = &self.rx;
-        let result = Self::blocking(py, fd, |wait| {
+        let result = Self::blocking(py, |wait| {
             rx.lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .recv(fd, maxlength, wait)
@@ -370,6 +390,7 @@ impl PyConnection {
         if !readable && !writable {
             return Err(Error::InvalidArgument("at least one of `readable` and `writable` must be True".into()).into());
         }
+        set_slice_timeouts(fd).map_err(Error::Connection)?;
         Ok(PyConnection {
             fd: AtomicI32::new(fd),
             readable,
@@ -538,39 +559,49 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
+    /// A pair as `PyConnection::new` prepares it: blocking, with slice timeouts.
+    fn pair() -> (OwnedFd, OwnedFd) {
+        let (a, b) = seqpacket_pair().unwrap();
+        set_slice_timeouts(a.as_raw_fd()).unwrap();
+        set_slice_timeouts(b.as_raw_fd()).unwrap();
+        (a, b)
+    }
+
     fn never_wait(_: libc::c_short) -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::WouldBlock))
     }
 
-    fn block(fd: RawFd) -> impl FnMut(libc::c_short) -> io::Result<()> {
-        move |events| wait_ready(fd, events, None).map(|_| ())
+    /// Keeps trying: each attempt already waited one slice.
+    #[allow(clippy::unnecessary_wraps)] // the shape `send_message` and `recv` expect
+    fn block(_events: libc::c_short) -> io::Result<()> {
+        Ok(())
     }
 
     #[test]
     fn short_and_long_messages_arrive_whole_and_in_order() {
-        let (a, b) = seqpacket_pair().unwrap();
+        let (a, b) = pair();
         let big: Vec<u8> = (0..3 * PACKET + 17).map(|i| (i % 251) as u8).collect();
         let (afd, bfd) = (a.as_raw_fd(), b.as_raw_fd());
         let sender = {
             let big = big.clone();
             std::thread::spawn(move || {
-                send_message(afd, b"hello", &mut block(afd)).unwrap();
-                send_message(afd, &big, &mut block(afd)).unwrap();
-                send_message(afd, b"", &mut block(afd)).unwrap();
+                send_message(afd, b"hello", &mut block).unwrap();
+                send_message(afd, &big, &mut block).unwrap();
+                send_message(afd, b"", &mut block).unwrap();
             })
         };
         let mut rx = Receiver::default();
-        assert_eq!(rx.recv(bfd, None, &mut block(bfd)).unwrap(), b"hello");
-        assert_eq!(rx.recv(bfd, None, &mut block(bfd)).unwrap(), big);
-        assert_eq!(rx.recv(bfd, None, &mut block(bfd)).unwrap(), b"");
+        assert_eq!(rx.recv(bfd, None, &mut block).unwrap(), b"hello");
+        assert_eq!(rx.recv(bfd, None, &mut block).unwrap(), big);
+        assert_eq!(rx.recv(bfd, None, &mut block).unwrap(), b"");
         sender.join().unwrap();
         drop(a);
-        assert!(matches!(rx.recv(bfd, None, &mut block(bfd)), Err(RecvError::Eof)));
+        assert!(matches!(rx.recv(bfd, None, &mut block), Err(RecvError::Eof)));
     }
 
     #[test]
     fn too_long_leaves_the_message_readable() {
-        let (a, b) = seqpacket_pair().unwrap();
+        let (a, b) = pair();
         send_message(a.as_raw_fd(), b"0123456789", &mut never_wait).unwrap();
         let mut rx = Receiver::default();
         assert!(matches!(
@@ -585,7 +616,7 @@ mod tests {
 
     #[test]
     fn an_interrupted_long_message_resumes() {
-        let (a, b) = seqpacket_pair().unwrap();
+        let (a, b) = pair();
         let body: Vec<u8> = (0..2 * PACKET).map(|i| (i % 7) as u8).collect();
         let header = (body.len() as u64).to_le_bytes();
         let first = PACKET - HEADER;
@@ -603,8 +634,8 @@ mod tests {
 
     #[test]
     fn ready_to_read_reports_only_ready_descriptors() {
-        let (a, b) = seqpacket_pair().unwrap();
-        let (c, d) = seqpacket_pair().unwrap();
+        let (a, b) = pair();
+        let (c, d) = pair();
         send_message(a.as_raw_fd(), b"x", &mut never_wait).unwrap();
         let ready = ready_to_read(&[b.as_raw_fd(), d.as_raw_fd()], Some(Duration::ZERO)).unwrap();
         assert_eq!(ready, vec![b.as_raw_fd()]);
