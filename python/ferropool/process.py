@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import sys
 
 from . import (
@@ -32,7 +31,6 @@ from . import (
     connection,
 )
 from ._serialize import dumps
-from ._spawn import process_argv
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -44,8 +42,10 @@ __all__ = ["Process", "ProcessError", "active_children", "current_process", "par
 
 _children: set[Process] = set()
 _counter = itertools.count(1)
-# exit codes of processes killed by a signal, shown by name in repr() as the stdlib does
-_EXITCODE_NAMES = {-s.value: f"-{s.name}" for s in signal.Signals}
+# Linux's numbers; the `signal` module (and `enum` behind it) is not imported here, because every
+# child imports this module on its way to run()
+_SIGKILL = 9
+_SIGTERM = 15
 
 
 def _require(condition: bool, message: str) -> None:
@@ -119,6 +119,8 @@ class Process:
         _require(self._popen is None, "cannot start a process twice")
         _require(self._parent_pid == os.getpid(), "can only start a process object created by current process")
         _require(not _current_process._config.get("daemon"), "daemonic processes are not allowed to have children")
+        from ._spawn import process_argv
+
         _cleanup()
         inherited: dict[int, None] = {}
         connection._passing.fds = inherited
@@ -146,13 +148,13 @@ class Process:
         """Terminates the process with SIGTERM (``exitcode`` becomes ``-15``)."""
         self._check_closed()
         if self._popen is not None:
-            self._popen.send_signal(signal.SIGTERM)
+            self._popen.send_signal(_SIGTERM)
 
     def kill(self) -> None:
         """Kills the process with SIGKILL (``exitcode`` becomes ``-9``)."""
         self._check_closed()
         if self._popen is not None:
-            self._popen.send_signal(signal.SIGKILL)
+            self._popen.send_signal(_SIGKILL)
 
     def join(self, timeout: float | None = None) -> None:
         """Waits until the process ends, or ``timeout`` seconds pass.
@@ -286,7 +288,7 @@ class Process:
         info.append(f"parent={self._parent_pid}")
         info.append(status)
         if exitcode is not None:
-            info.append(f"exitcode={_EXITCODE_NAMES.get(exitcode, exitcode)}")
+            info.append(f"exitcode={_exitcode_name(exitcode)}")
         if self.daemon:
             info.append("daemon")
         return f"<{' '.join(info)}>"
@@ -323,6 +325,16 @@ class Process:
                 except Exception:
                     pass
         return exitcode
+
+
+def _exitcode_name(exitcode: int) -> str:
+    """``-SIGTERM`` for ``-15``, as the stdlib's repr() shows a process killed by a signal."""
+    import signal
+
+    try:
+        return f"-{signal.Signals(-exitcode).name}" if exitcode < 0 else str(exitcode)
+    except ValueError:
+        return str(exitcode)
 
 
 class _MainProcess(Process):
