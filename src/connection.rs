@@ -319,13 +319,19 @@ impl PyConnection {
     /// Runs `io` (a send or receive) with the GIL released, waiting in slices and checking
     /// signals between them; a signal handler's exception comes back as the error.
     fn blocking<T: Send, E: Send + From<io::Error>>(
+        &self,
         py: Python<'_>,
+        fd: RawFd,
         io: impl FnOnce(&mut dyn FnMut(libc::c_short) -> io::Result<()>) -> Result<T, E> + Send,
     ) -> Result<Result<T, E>, PyErr> {
         let mut interrupted: Option<PyErr> = None;
         let result = py.detach(|| {
             // the socket call already waited one slice; all that is left is to look at signals
             let mut wait = |_events| {
+                // closed by another thread meanwhile: stop before the number can name another file
+                if self.fd.load(Ordering::Acquire) != fd {
+                    return Err(io::Error::from_raw_os_error(libc::EBADF));
+                }
                 #[allow(clippy::redundant_closure_for_method_calls)] // the method is not general over 'py
                 Python::attach(|py| py.check_signals()).map_err(|err| {
                     interrupted = Some(err);
@@ -343,7 +349,7 @@ impl PyConnection {
     fn send_slice(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         let fd = self.fd_for(false, true)?;
         let tx = &self.tx;
-        Self::blocking(py, |wait| {
+        self.blocking(py, fd, |wait| {
             let _one_at_a_time = tx.lock().unwrap_or_else(PoisonError::into_inner);
             send_message(fd, data, wait)
         })?
@@ -353,7 +359,7 @@ impl PyConnection {
     fn recv_vec(&self, py: Python<'_>, maxlength: Option<usize>) -> PyResult<Vec<u8>> {
         let fd = self.fd_for(true, false)?;
         let rx = &self.rx;
-        let result = Self::blocking(py, |wait| {
+        let result = self.blocking(py, fd, |wait| {
             rx.lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .recv(fd, maxlength, wait)
