@@ -344,3 +344,14 @@ def test_wait_blocks_until_a_child_sends(duplex):
     assert wait([a], timeout=None) == [a]
     assert a.recv() == (("from child",), {})
     p.join(WAIT)
+
+
+def test_close_from_another_thread_ends_a_blocked_recv(duplex):
+    a, _ = duplex
+    outcome = []
+    receiver = threading.Thread(target=lambda: outcome.append(pytest.raises(OSError, a.recv)))
+    receiver.start()
+    a.close()
+    receiver.join(WAIT)
+    assert not receiver.is_alive(), "recv() stayed blocked after its connection was closed"
+    assert outcome

@@ -14,7 +14,7 @@ connection, say).
 
 from __future__ import annotations
 
-import threading
+import _thread
 
 from . import _core
 from ._serialize import dumps, loads
@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AuthenticationError", "BufferTooShort", "Connection", "Pipe", "wait"]
 
-_passing = threading.local()  # .fds: the descriptors a Process being started will inherit
+# .fds: the descriptors a Process being started will inherit (a thread-local from _thread, as
+# `threading` is not otherwise needed on a child's way to run())
+_passing = _thread._local()
 
 
 class Connection(_core.Connection):

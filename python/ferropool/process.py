@@ -25,11 +25,7 @@ import itertools
 import os
 import sys
 
-from . import (
-    _core,
-    _exit,  # noqa: F401 - imported for its exit hook, which calls _finish_children
-    connection,
-)
+from . import _core, connection
 from ._serialize import dumps
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
@@ -119,6 +115,7 @@ class Process:
         _require(self._popen is None, "cannot start a process twice")
         _require(self._parent_pid == os.getpid(), "can only start a process object created by current process")
         _require(not _current_process._config.get("daemon"), "daemonic processes are not allowed to have children")
+        from . import _exit  # noqa: F401 - its exit hook finishes the children (_finish_children)
         from ._spawn import process_argv
 
         _cleanup()
