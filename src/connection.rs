@@ -150,18 +150,28 @@ fn recv_packet(fd: RawFd, buf: &mut [u8], peek: bool) -> io::Result<Option<usize
 
 /// Sends `body` as one message. `wait` is called after each attempt that sent nothing (the
 /// socket stayed full); it returns when it is worth trying again, or an error to give up with.
-pub fn send_message(fd: RawFd, body: &[u8], wait: &mut dyn FnMut(libc::c_short) -> io::Result<()>) -> io::Result<()> {
+/// `cut_short` is set when it fails after the first packet went out (the peer then holds part of
+/// a message).
+pub fn send_message(
+    fd: RawFd,
+    body: &[u8],
+    wait: &mut dyn FnMut() -> io::Result<()>,
+    cut_short: &mut bool,
+) -> io::Result<()> {
     let header = (body.len() as u64).to_le_bytes();
     let first = body.len().min(PACKET - HEADER);
     while !send_packet(fd, &[&header, &body[..first]])? {
-        wait(libc::POLLOUT)?;
+        wait()?;
     }
-    for chunk in body[first..].chunks(PACKET) {
-        while !send_packet(fd, &[chunk])? {
-            wait(libc::POLLOUT)?;
+    let mut rest = || {
+        for chunk in body[first..].chunks(PACKET) {
+            while !send_packet(fd, &[chunk])? {
+                wait()?;
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    };
+    rest().inspect_err(|_| *cut_short = true)
 }
 
 /// Why no message came back.
@@ -195,7 +205,7 @@ impl Receiver {
         &mut self,
         fd: RawFd,
         maxlength: Option<usize>,
-        wait: &mut dyn FnMut(libc::c_short) -> io::Result<()>,
+        wait: &mut dyn FnMut() -> io::Result<()>,
     ) -> Result<Vec<u8>, RecvError> {
         let (mut body, total) = match self.partial.take() {
             Some(partial) => partial,
@@ -212,7 +222,7 @@ impl Receiver {
                         break;
                     }
                     Ok(None) => {
-                        if let Err(err) = wait(libc::POLLIN) {
+                        if let Err(err) = wait() {
                             body.truncate(start);
                             self.partial = Some((body, total));
                             return Err(err.into());
@@ -229,14 +239,14 @@ impl Receiver {
         &mut self,
         fd: RawFd,
         maxlength: Option<usize>,
-        wait: &mut dyn FnMut(libc::c_short) -> io::Result<()>,
+        wait: &mut dyn FnMut() -> io::Result<()>,
     ) -> Result<(Vec<u8>, usize), RecvError> {
         if let Some(max) = maxlength {
             let mut header = [0u8; HEADER];
             let n = loop {
                 match recv_packet(fd, &mut header, true)? {
                     Some(n) => break n,
-                    None => wait(libc::POLLIN)?,
+                    None => wait()?,
                 }
             };
             if n == 0 {
@@ -250,7 +260,7 @@ impl Receiver {
         let n = loop {
             match recv_packet(fd, &mut self.packet, false)? {
                 Some(n) => break n,
-                None => wait(libc::POLLIN)?,
+                None => wait()?,
             }
         };
         if n == 0 {
@@ -266,7 +276,10 @@ impl Receiver {
         header.copy_from_slice(&self.packet[..HEADER]);
         let total = usize::try_from(u64::from_le_bytes(header))
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad message length"))?;
-        let mut body = Vec::with_capacity(total);
+        let mut body = Vec::new();
+        // a length no ferropool peer sends must not abort the process on allocation
+        body.try_reserve_exact(total)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad message length"))?;
         body.extend_from_slice(&self.packet[HEADER..n]);
         Ok((body, total))
     }
@@ -297,8 +310,10 @@ pub struct PyConnection {
     writable: bool,
     /// One message is received at a time, whole, whichever thread receives.
     rx: Mutex<Receiver>,
-    /// One message is sent at a time, so concurrent senders never interleave packets.
-    tx: Mutex<()>,
+    /// One message is sent at a time, so concurrent senders never interleave packets. `true`
+    /// once a send stopped in the middle of a message (Ctrl-C): the receiver would read the
+    /// next message as the rest of that one, so the connection sends no more.
+    tx: Mutex<bool>,
 }
 
 impl PyConnection {
@@ -322,12 +337,12 @@ impl PyConnection {
         &self,
         py: Python<'_>,
         fd: RawFd,
-        io: impl FnOnce(&mut dyn FnMut(libc::c_short) -> io::Result<()>) -> Result<T, E> + Send,
+        io: impl FnOnce(&mut dyn FnMut() -> io::Result<()>) -> Result<T, E> + Send,
     ) -> Result<Result<T, E>, PyErr> {
         let mut interrupted: Option<PyErr> = None;
         let result = py.detach(|| {
             // the socket call already waited one slice; all that is left is to look at signals
-            let mut wait = |_events| {
+            let mut wait = || {
                 // closed by another thread meanwhile: stop before the number can name another file
                 if self.fd.load(Ordering::Acquire) != fd {
                     return Err(io::Error::from_raw_os_error(libc::EBADF));
@@ -349,11 +364,19 @@ impl PyConnection {
     fn send_slice(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         let fd = self.fd_for(false, true)?;
         let tx = &self.tx;
-        self.blocking(py, fd, |wait| {
-            let _one_at_a_time = tx.lock().unwrap_or_else(PoisonError::into_inner);
-            send_message(fd, data, wait)
-        })?
-        .map_err(|e| Error::Connection(e).into())
+        let mut cut_short = false;
+        let sent = self.blocking(py, fd, |wait| {
+            let mut broken = tx.lock().unwrap_or_else(PoisonError::into_inner);
+            if *broken {
+                return Err(io::Error::other(
+                    "a send was interrupted in the middle of a message; this connection can no longer send",
+                ));
+            }
+            let result = send_message(fd, data, wait, &mut cut_short);
+            *broken = cut_short;
+            result
+        });
+        sent?.map_err(|e| Error::Connection(e).into())
     }
 
     fn recv_vec(&self, py: Python<'_>, maxlength: Option<usize>) -> PyResult<Vec<u8>> {
@@ -402,7 +425,7 @@ impl PyConnection {
             readable,
             writable,
             rx: Mutex::new(Receiver::default()),
-            tx: Mutex::new(()),
+            tx: Mutex::new(false),
         })
     }
 
@@ -573,13 +596,13 @@ mod tests {
         (a, b)
     }
 
-    fn never_wait(_: libc::c_short) -> io::Result<()> {
+    fn never_wait() -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::WouldBlock))
     }
 
     /// Keeps trying: each attempt already waited one slice.
     #[allow(clippy::unnecessary_wraps)] // the shape `send_message` and `recv` expect
-    fn block(_events: libc::c_short) -> io::Result<()> {
+    fn block() -> io::Result<()> {
         Ok(())
     }
 
@@ -591,9 +614,9 @@ mod tests {
         let sender = {
             let big = big.clone();
             std::thread::spawn(move || {
-                send_message(afd, b"hello", &mut block).unwrap();
-                send_message(afd, &big, &mut block).unwrap();
-                send_message(afd, b"", &mut block).unwrap();
+                send_message(afd, b"hello", &mut block, &mut false).unwrap();
+                send_message(afd, &big, &mut block, &mut false).unwrap();
+                send_message(afd, b"", &mut block, &mut false).unwrap();
             })
         };
         let mut rx = Receiver::default();
@@ -608,7 +631,7 @@ mod tests {
     #[test]
     fn too_long_leaves_the_message_readable() {
         let (a, b) = pair();
-        send_message(a.as_raw_fd(), b"0123456789", &mut never_wait).unwrap();
+        send_message(a.as_raw_fd(), b"0123456789", &mut never_wait, &mut false).unwrap();
         let mut rx = Receiver::default();
         assert!(matches!(
             rx.recv(b.as_raw_fd(), Some(4), &mut never_wait),
@@ -639,10 +662,19 @@ mod tests {
     }
 
     #[test]
+    fn a_send_stopped_mid_message_says_so() {
+        let (a, _b) = pair();
+        let mut cut_short = false;
+        let big = vec![0u8; 4 * 1024 * 1024]; // more than the socket holds: nobody reads
+        assert!(send_message(a.as_raw_fd(), &big, &mut never_wait, &mut cut_short).is_err());
+        assert!(cut_short);
+    }
+
+    #[test]
     fn ready_to_read_reports_only_ready_descriptors() {
         let (a, b) = pair();
         let (c, d) = pair();
-        send_message(a.as_raw_fd(), b"x", &mut never_wait).unwrap();
+        send_message(a.as_raw_fd(), b"x", &mut never_wait, &mut false).unwrap();
         let ready = ready_to_read(&[b.as_raw_fd(), d.as_raw_fd()], Some(Duration::ZERO)).unwrap();
         assert_eq!(ready, vec![b.as_raw_fd()]);
         drop(c);

@@ -355,3 +355,33 @@ def test_close_from_another_thread_ends_a_blocked_recv(duplex):
     receiver.join(WAIT)
     assert not receiver.is_alive(), "recv() stayed blocked after its connection was closed"
     assert outcome
+
+
+def test_a_send_interrupted_mid_message_leaves_the_connection_unable_to_send(duplex):
+    """The peer holds part of a message, so sending more would corrupt the stream: further sends
+    raise instead. The message is too big for the socket, so the interrupt always finds the send
+    past its first packet, whenever it comes."""
+    import signal
+
+    a, b = duplex
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(*_):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    timer = threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1))
+    try:
+        timer.start()
+        with pytest.raises(Interrupted):
+            a.send_bytes(bytes(16 << 20))
+    finally:
+        timer.cancel()
+        timer.join(WAIT)
+        signal.signal(signal.SIGUSR1, previous)
+    with pytest.raises(OSError, match="interrupted in the middle of a message"):
+        a.send(1)
+    b.send("the other direction still works")
+    assert a.recv() == "the other direction still works"
