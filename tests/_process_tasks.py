@@ -74,6 +74,16 @@ def echo_until_eof(conn):
             return
 
 
+def ignore_sigterm(conn):
+    """Ignores SIGTERM, says so, and lingers."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    conn.send("ignoring SIGTERM")
+    time.sleep(60)
+
+
 def print_and_exit(text):
     print(text, flush=True)
 

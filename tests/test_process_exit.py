@@ -89,6 +89,21 @@ def test_daemon_child_is_terminated_at_parent_exit(tmp_path):
     assert not psutil.pid_exists(int(pid)) or not wait_gone([psutil.Process(int(pid))], 10)
 
 
+def test_daemon_child_that_ignores_sigterm_is_killed_at_parent_exit(tmp_path):
+    result = run_script(
+        tmp_path,
+        """
+        a, b = ferropool.Pipe()
+        p = ferropool.Process(target=tasks.ignore_sigterm, args=(b,), daemon=True)
+        p.start()
+        assert a.recv() == "ignoring SIGTERM"
+        atexit.register(lambda: print("daemon exitcode", p.exitcode, flush=True))
+        """,
+    )
+    assert result.returncode == 0, report(result)
+    assert lines(result) == ["daemon exitcode -9"], report(result)
+
+
 def test_non_daemon_child_is_joined_at_parent_exit(tmp_path):
     result = run_script(
         tmp_path,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import time
 
 from . import _core, connection
 from ._serialize import dumps
@@ -42,6 +43,7 @@ _counter = itertools.count(1)
 # child imports this module on its way to run()
 _SIGKILL = 9
 _SIGTERM = 15
+_STOP_GRACE = 5.0  # seconds a terminated child gets at exit before SIGKILL, as pool workers get
 
 
 def _require(condition: bool, message: str) -> None:
@@ -133,13 +135,13 @@ class Process:
             raise
         finally:
             os.close(read_end)
+        _children.add(self)  # before anything else can fail: exit must still find it
         with open(write_end, "wb") as pipe:
             try:
                 pipe.write(payload)
             except BrokenPipeError:
                 pass  # the child died before reading; its exit code says how
         del self._target, self._args, self._kwargs
-        _children.add(self)
 
     def terminate(self) -> None:
         """Terminates the process with SIGTERM (``exitcode`` becomes ``-15``)."""
@@ -410,22 +412,35 @@ def active_children() -> list[Process]:
 
 
 def _finish_children(interrupted: bool = False) -> None:
-    """At interpreter exit (``_exit.py``): terminates daemonic children and joins the others.
+    """At interpreter exit (``_exit.py``): stops daemonic children and joins the others.
 
-    A program ending with Ctrl-C (``interrupted``) terminates every child, so an interrupted
-    program never waits for its children; so does a second Ctrl-C during the join (the stdlib
-    would leave those children running).
+    A program ending with Ctrl-C (``interrupted``) stops every child, so an interrupted program
+    never waits for its children; so does a second Ctrl-C during the join (the stdlib would leave
+    those children running).
     """
-    for p in active_children():
-        if p.daemon or interrupted:
-            p.terminate()
+    _stop([p for p in active_children() if p.daemon or interrupted])
     try:
         for p in active_children():
             p.join()
     except KeyboardInterrupt:
-        for p in active_children():
-            p.terminate()
+        _stop(active_children())
         raise
+
+
+def _stop(processes: list[Process]) -> None:
+    """Terminates ``processes``, and kills those still running ``_STOP_GRACE`` seconds later.
+
+    The pools' escalation (terminate, join with a timeout, kill): a child that ignores SIGTERM
+    cannot hang the parent's exit, as it can with the stdlib.
+    """
+    for p in processes:
+        p.terminate()
+    deadline = time.monotonic() + _STOP_GRACE
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.exitcode is None:
+            p.kill()
+            p.join()
 
 
 def __getattr__(name: str) -> Any:
