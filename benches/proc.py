@@ -165,6 +165,8 @@ def main() -> None:
         "- small round trip: `send(('key', 12345, 6.5))` + `recv()` with an echoing child; "
         "1 MiB: `send_bytes` + `recv_bytes`; start: `Process(target=...).start(); join()`, median of the "
         "rounds in each fresh interpreter",
+        f"- load average at the start: {os.getloadavg()[0]:.1f}; on a small or shared machine the "
+        "figures are a rough guide: compare rows of one run, not runs",
         "",
         "| workload | implementation | metric | median [min–max] | vs multiprocessing |",
         "|---|---|---|---|---|",

@@ -366,3 +366,36 @@ def test_stdlib_exception_classes_are_reexported():
     assert ferropool.ProcessError is multiprocessing.ProcessError
     assert ferropool.BufferTooShort is multiprocessing.BufferTooShort
     assert ferropool.AuthenticationError is multiprocessing.AuthenticationError
+
+
+# ----------------------------------------------------------------------------------------------
+# inheritance
+
+
+def test_authkey_set_before_start_reaches_the_child(pipe):
+    a, b = pipe
+    p = ferropool.Process(target=tasks.identity, args=(b,))
+    p.authkey = b"shared secret"
+    p.start()
+    assert a.recv()["authkey"] == b"shared secret"
+    joined(p)
+
+
+def test_child_writes_to_the_inherited_stdout(capfd):
+    joined(started(tasks.print_and_exit, "hello from the child"))
+    assert "hello from the child" in capfd.readouterr().out
+
+
+def test_child_started_from_a_thread_outlives_that_thread(pipe):
+    """Nothing ties the child to the thread that started it (a parent-death signal would)."""
+    import threading
+
+    a, b = pipe
+    box = []
+    starter = threading.Thread(target=lambda: box.append(started(tasks.wait_for, b)))
+    starter.start()
+    starter.join(WAIT)
+    (p,) = box
+    assert p.is_alive()
+    a.send("go")
+    assert joined(p).exitcode == 0
