@@ -149,6 +149,7 @@ def main() -> None:
         child(*args.child, args.quick)
         return
     repeat = 1 if args.quick else args.repeat
+    load = os.getloadavg()[0]
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     for r in range(repeat):
         for workload, (_, impls) in WORKLOADS.items():
@@ -165,7 +166,7 @@ def main() -> None:
         "- small round trip: `send(('key', 12345, 6.5))` + `recv()` with an echoing child; "
         "1 MiB: `send_bytes` + `recv_bytes`; start: `Process(target=...).start(); join()`, median of the "
         "rounds in each fresh interpreter",
-        f"- load average at the start: {os.getloadavg()[0]:.1f}; on a small or shared machine the "
+        f"- load average at the start: {load:.1f}; on a small or shared machine the "
         "figures are a rough guide: compare rows of one run, not runs",
         "",
         "| workload | implementation | metric | median [min–max] | vs multiprocessing |",
