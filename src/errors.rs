@@ -6,11 +6,13 @@
 
 use std::io;
 
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTimeoutError, PyValueError};
-use pyo3::PyErr;
+use pyo3::exceptions::{PyEOFError, PyOSError, PyRuntimeError, PyTimeoutError, PyValueError};
+use pyo3::types::PyBytes;
+use pyo3::{Py, PyErr};
 
 pyo3::import_exception!(concurrent.futures.process, BrokenProcessPool);
 pyo3::import_exception!(concurrent.futures.thread, BrokenThreadPool);
+pyo3::import_exception!(multiprocessing, BufferTooShort);
 
 /// What can go wrong in the core, named for the cause.
 #[derive(Debug)]
@@ -31,6 +33,18 @@ pub enum Error {
     Io(io::Error),
     /// A Python exception raised inside the core (user code, pickling).
     Python(PyErr),
+    /// A pipe connection was used after `close()`.
+    ConnectionClosed,
+    /// A pipe connection was used in the direction it does not go (the stdlib's words).
+    WrongDirection(&'static str),
+    /// The other end of a pipe is closed and no message is left.
+    Eof,
+    /// The waiting message is longer than `recv_bytes(maxlength)` allows.
+    MessageTooLong,
+    /// The message did not fit `recv_bytes_into`'s buffer; it travels in the exception.
+    BufferTooShort(Py<PyBytes>),
+    /// An OS error on a pipe connection, raised as its `OSError` subclass (`BrokenPipeError`...).
+    Connection(io::Error),
 }
 
 /// The core's result type.
@@ -62,6 +76,14 @@ impl From<Error> for PyErr {
             Error::InvalidArgument(why) => PyValueError::new_err(why),
             Error::Io(e) => PyOSError::new_err(e.to_string()),
             Error::Python(e) => e,
+            Error::ConnectionClosed => PyOSError::new_err("handle is closed"),
+            Error::WrongDirection(why) => PyOSError::new_err(why),
+            Error::Eof => PyEOFError::new_err(()),
+            Error::MessageTooLong => {
+                PyOSError::new_err("bad message length: the message is longer than maxlength; it is still unread")
+            }
+            Error::BufferTooShort(message) => BufferTooShort::new_err((message,)),
+            Error::Connection(e) => e.into(),
         }
     }
 }

@@ -3,9 +3,11 @@
 //! This file only registers; each concept lives in its own module (see `docs/ARCHITECTURE.md`).
 
 pub mod buffers;
+pub mod connection;
 pub mod errors;
 pub mod fdpass;
 pub mod forkserver;
+pub mod process;
 pub mod process_pool;
 pub mod registry;
 pub mod scheduler;
@@ -22,6 +24,10 @@ use pyo3::prelude::*;
 pub mod _core {
     #[pymodule_export]
     use crate::buffers::{buffer_span, detach_mapping};
+    #[pymodule_export]
+    use crate::connection::{socket_pair, wait_readable, PyConnection};
+    #[pymodule_export]
+    use crate::process::PyChildProcess;
     #[pymodule_export]
     use crate::process_pool::PyProcessEngine;
     #[pymodule_export]

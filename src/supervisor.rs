@@ -218,7 +218,7 @@ fn exit_info(pid: u32, status: ExitStatus) -> ExitInfo {
 /// Opens a descriptor that becomes readable when `pid` exits, so the engine can wait on worker
 /// death in the same `poll` as worker results.
 #[cfg(target_os = "linux")]
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory is
     // shared. The pid is our unreaped child, so it cannot have been recycled.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::pid_t::try_from(pid).ok()?, 0) };
@@ -231,7 +231,7 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn pidfd_open(_pid: u32) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(_pid: u32) -> Option<OwnedFd> {
     None
 }
 

@@ -14,6 +14,8 @@ from ._core import __version__, cpu_count
 # this package, and its start-up time is the pool's start-up time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
+    from .connection import AuthenticationError, BufferTooShort, Pipe
+    from .context import freeze_support, get_all_start_methods, get_context, get_start_method, set_start_method
     from .errors import (
         BrokenExecutor,
         BrokenProcessPool,
@@ -34,10 +36,13 @@ if TYPE_CHECKING:
         wait,
     )
     from .pool import AsyncResult, Pool, ThreadPool
+    from .process import Process, ProcessError, active_children, current_process, parent_process
 
 __all__ = [
     "ALL_COMPLETED",
     "AsyncResult",
+    "AuthenticationError",
+    "BufferTooShort",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
     "BrokenExecutor",
@@ -46,15 +51,26 @@ __all__ = [
     "CancelledError",
     "Future",
     "InvalidStateError",
+    "Pipe",
     "Pool",
+    "Process",
+    "ProcessError",
     "ProcessPoolExecutor",
     "ThreadPool",
     "ThreadPoolExecutor",
     "TimeoutError",
     "WorkerDiedError",
     "__version__",
+    "active_children",
     "as_completed",
     "cpu_count",
+    "current_process",
+    "freeze_support",
+    "get_all_start_methods",
+    "get_context",
+    "get_start_method",
+    "parent_process",
+    "set_start_method",
     "wait",
 ]
 
@@ -77,6 +93,19 @@ _LAZY = {
     "InvalidStateError": "errors",
     "TimeoutError": "errors",
     "WorkerDiedError": "errors",
+    "Process": "process",
+    "ProcessError": "process",
+    "active_children": "process",
+    "current_process": "process",
+    "parent_process": "process",
+    "Pipe": "connection",
+    "AuthenticationError": "connection",
+    "BufferTooShort": "connection",
+    "freeze_support": "context",
+    "get_all_start_methods": "context",
+    "get_context": "context",
+    "get_start_method": "context",
+    "set_start_method": "context",
 }
 
 

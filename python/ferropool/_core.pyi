@@ -4,8 +4,12 @@ Python facade (``futures.py``); these are the native building blocks it uses."""
 from collections.abc import Callable, Sequence
 from typing import Any, final
 
+from typing_extensions import Buffer, Self, disjoint_base
+
 __version__: str
 __all__ = [
+    "ChildProcess",
+    "Connection",
     "ProcessEngine",
     "TaskHandle",
     "ThreadEngine",
@@ -16,6 +20,8 @@ __all__ = [
     "detach_mapping",
     "die_with_parent",
     "shutdown_all",
+    "socket_pair",
+    "wait_readable",
     "worker_main",
 ]
 
@@ -102,3 +108,41 @@ class ThreadEngine:
     def join(self, timeout: float | None = None) -> bool: ...
     @property
     def threads(self) -> int: ...
+
+def socket_pair() -> tuple[int, int]:
+    """A connected pair of close-on-exec ``SOCK_SEQPACKET`` sockets, for ``Pipe()``."""
+
+def wait_readable(fds: Sequence[int], timeout: float | None = None) -> list[int]:
+    """Those of ``fds`` ready to read within ``timeout`` seconds; GIL released, Ctrl-C honoured."""
+
+@disjoint_base
+class Connection:
+    """One end of a pipe: whole messages over a socket it owns."""
+
+    def __new__(cls, fd: int, readable: bool = True, writable: bool = True) -> Self: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def readable(self) -> bool: ...
+    @property
+    def writable(self) -> bool: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+    def send_bytes(self, buf: Buffer, offset: int = 0, size: int | None = None) -> None: ...
+    def recv_bytes(self, maxlength: int | None = None) -> bytes: ...
+    def recv_bytes_into(self, buf: Buffer, offset: int = 0) -> int: ...
+    def poll(self, timeout: float | None = 0.0) -> bool: ...
+
+@final
+class ChildProcess:
+    """A child process started from ``argv`` with ``pass_fds`` inherited, watched by a pidfd."""
+
+    def __new__(cls, argv: Sequence[str], pass_fds: Sequence[int]) -> ChildProcess: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def sentinel(self) -> int: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int | None: ...
+    def send_signal(self, signal: int) -> None: ...
+    def close(self) -> None: ...

@@ -1,4 +1,4 @@
-"""Interpreter exit and fork: finish every pool before the interpreter finalizes.
+"""Interpreter exit and fork: finish every child process and pool before the interpreter finalizes.
 
 Registered with ``threading._register_atexit``, the hook ``concurrent.futures`` uses, which runs
 before ``atexit`` callbacks and before finalization: the pools' threads must be gone before the
@@ -23,17 +23,27 @@ def _dying_of_interrupt() -> bool:
 
 
 def _python_exit() -> None:
-    """Finishes every pool: queued work runs, as the stdlib does at exit.
+    """Finishes every child process and every pool, as the stdlib does at exit.
+
+    Daemonic ``Process`` children are terminated and the others joined
+    (``process._finish_children``); queued pool work runs.
 
     A program ending with Ctrl-C does not wait for its work: its pools are terminated. A second
     Ctrl-C during the wait terminates them too. Either way no pool thread outlives this call.
     """
     global shutting_down
-    if not _dying_of_interrupt():
-        from ._batching import flush_all
-
-        flush_all()  # a map nobody read still runs every item, as the stdlib's does
+    batching = sys.modules.get("ferropool._batching")  # importing anything now is too late
+    if batching is not None and not _dying_of_interrupt():
+        batching.flush_all()  # a map nobody read still runs every item, as the stdlib's does
     shutting_down = True
+    # processes first, as multiprocessing does at exit: daemonic ones terminated, others joined
+    processes = sys.modules.get("ferropool.process")
+    if processes is not None:
+        try:
+            processes._finish_children(_dying_of_interrupt())
+        except KeyboardInterrupt:
+            _core.shutdown_all(terminate=True)
+            raise
     if _dying_of_interrupt():
         _core.shutdown_all(terminate=True)
         return

@@ -1,4 +1,4 @@
-"""The command line that starts a worker process."""
+"""The command lines that start a fresh interpreter: a pool worker, or a ``Process``'s child."""
 
 from __future__ import annotations
 
@@ -7,14 +7,23 @@ import subprocess
 import sys
 
 
-def worker_argv() -> list[str]:
-    """``python [flags] -S -c <bootstrap>`` with the parent's ``sys.path``.
+def interpreter_argv(code: str) -> list[str]:
+    """``python [flags] -S -c <code>``, where ``code`` runs with the parent's ``sys.path``.
 
     Interpreter flags (``-X dev``, ``-W``, ``-O``...) are passed on as multiprocessing's spawn does.
     ``-S`` skips ``site``, whose work the copied ``sys.path`` already holds.
     """
     if not sys.executable:
-        raise RuntimeError("sys.executable is not set; ferropool needs a Python executable to start workers")
+        raise RuntimeError("sys.executable is not set; ferropool needs a Python executable to start processes")
     flags = [f for f in subprocess._args_from_interpreter_flags() if f != "-S"]  # type: ignore[attr-defined]
-    code = f"import sys; sys.path[:] = {sys.path!r}; from ferropool._worker import main; main({os.getpid()})"
-    return [sys.executable, *flags, "-S", "-c", code]
+    return [sys.executable, *flags, "-S", "-c", f"import sys; sys.path[:] = {sys.path!r}; {code}"]
+
+
+def worker_argv() -> list[str]:
+    """The command line of a pool worker."""
+    return interpreter_argv(f"from ferropool._worker import main; main({os.getpid()})")
+
+
+def process_argv(payload_fd: int) -> list[str]:
+    """The command line of a ``Process``'s child, which reads its process object from ``payload_fd``."""
+    return interpreter_argv(f"from ferropool.process import _child_main; _child_main({payload_fd})")

@@ -1,0 +1,110 @@
+"""Start methods and contexts: ``get_context()``, ``set_start_method()`` and friends.
+
+ferropool never forks a threaded parent, so the start methods name ferropool's safe starts:
+
+* ``"forkserver"`` (the default) and ``"fork"``: pool workers are forked from ferropool's fork
+  server (a copy of the parent made while it had one thread), or spawned when there is none.
+* ``"spawn"``: pool workers are fresh interpreters.
+
+A ``Process`` is a fresh interpreter whatever the method: it receives its target by pickle
+(cloudpickle for ``__main__`` code and lambdas), as with the stdlib's ``"spawn"``.
+
+A context is ferropool itself seen through one start method: ``ctx.Process``, ``ctx.Pipe``,
+``ctx.Pool`` (which starts its workers by the context's method) and every other ferropool name.
+"""
+
+from __future__ import annotations
+
+from ._backend import START_METHODS
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["freeze_support", "get_all_start_methods", "get_context", "get_start_method", "set_start_method"]
+
+_DEFAULT = "forkserver"
+_chosen: str | None = None  # the method fixed by set_start_method() or a first get_start_method()
+
+
+class Context:
+    """ferropool under one start method; the object ``get_context()`` returns."""
+
+    def __init__(self, method: str) -> None:
+        self._method = method
+
+    def get_start_method(self, allow_none: bool = False) -> str:
+        """The context's start method."""
+        return self._method
+
+    def get_context(self, method: str | None = None) -> Context:
+        """Same as ``ferropool.get_context()``."""
+        return get_context(method)
+
+    def Pool(self, *args: Any, **kwargs: Any) -> Any:
+        """``ferropool.Pool`` whose workers start by this context's method."""
+        from .pool import Pool
+
+        kwargs.setdefault("context", self)
+        return Pool(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        import ferropool
+
+        try:
+            return getattr(ferropool, name)
+        except AttributeError:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}") from None
+
+    def __repr__(self) -> str:
+        return f"<ferropool.context.Context {self._method!r}>"
+
+
+def _check(method: str) -> str:
+    if method not in START_METHODS:
+        raise ValueError(f"cannot find context for {method!r}")
+    return method
+
+
+def get_context(method: str | None = None) -> Context:
+    """The context for ``method`` (``"forkserver"``, ``"spawn"`` or ``"fork"``), or the current one.
+
+    Raises:
+        ValueError: ``method`` is not a start method.
+    """
+    return Context(_current() if method is None else _check(method))
+
+
+def _current() -> str:
+    """The start method in use, fixing the default if none was chosen (as the stdlib does)."""
+    global _chosen
+    if _chosen is None:
+        _chosen = _DEFAULT
+    return _chosen
+
+
+def get_start_method(allow_none: bool = False) -> str | None:
+    """The start method in use; fixes the default (``"forkserver"``) unless ``allow_none``."""
+    return _chosen if allow_none else _current()
+
+
+def set_start_method(method: str | None, force: bool = False) -> None:
+    """Sets the default start method; only once unless ``force`` (``None`` with ``force`` resets).
+
+    Raises:
+        RuntimeError: A method was already set (or used) and ``force`` is false.
+        ValueError: ``method`` is not a start method.
+    """
+    global _chosen
+    if _chosen is not None and not force:
+        raise RuntimeError("context has already been set")
+    _chosen = None if method is None else _check(method)
+
+
+def get_all_start_methods() -> list[str]:
+    """The start methods ferropool accepts, the default first."""
+    return [_DEFAULT, *(m for m in START_METHODS if m != _DEFAULT)]
+
+
+def freeze_support() -> None:
+    """Does nothing: ferropool's children never re-run the main module, frozen or not."""

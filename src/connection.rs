@@ -1,0 +1,684 @@
+//! Pipe connections (`ferropool.Pipe`): whole messages over a `SOCK_SEQPACKET` socket pair.
+//!
+//! Wire format (ferropool to ferropool only): a message is one packet holding an 8-byte
+//! little-endian body length followed by the first bytes of the body; a body longer than one
+//! packet allows continues in packets of raw body bytes. A sequenced-packet socket keeps packet
+//! boundaries, so a receive never reads past the message it wants: header and short body arrive
+//! in one system call, nothing is buffered in user space (a descriptor handed to a child carries
+//! every unread message with it), and `recv_bytes(maxlength)` can read the length with
+//! `MSG_PEEK` and refuse the message while leaving it whole in the socket.
+//!
+//! Sends and receives block in the socket call itself, with the GIL released, one system call
+//! per packet: each connection's socket has 50 ms send and receive timeouts (`SO_SNDTIMEO`,
+//! `SO_RCVTIMEO`), and between two timed-out (or signal-interrupted) attempts the caller checks
+//! for signals, as `signals::wait_interruptible` does, so Ctrl-C interrupts a blocked
+//! `recv`/`send` within one slice. Blocking in `poll` first would cost two more system calls
+//! per message.
+
+use std::io;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use pyo3::buffer::PyBuffer;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PySlice};
+
+use crate::errors::Error;
+use crate::signals::{timeout_from_secs, wait_interruptible};
+
+/// The largest packet sent; a message's first packet holds the header and up to
+/// `PACKET - HEADER` body bytes. Well under the default socket send buffer (about 208 KiB), which
+/// bounds a packet's size on a sequenced-packet socket.
+pub const PACKET: usize = 64 * 1024;
+/// The body length that opens every message.
+pub const HEADER: usize = 8;
+/// How long a blocked call waits before it looks for a signal (Ctrl-C) again.
+const SLICE: Duration = Duration::from_millis(50);
+
+/// A connected pair of close-on-exec sequenced-packet sockets.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: socketpair writes two new descriptors into the two-element array we own, or -1.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created by the kernel and nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Gives `fd` the send and receive timeouts that bound one blocking attempt (see the header).
+pub fn set_slice_timeouts(fd: RawFd) -> io::Result<()> {
+    let slice = libc::timeval {
+        tv_sec: 0,
+        tv_usec: SLICE.as_micros() as libc::suseconds_t,
+    };
+    for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: setsockopt reads `size_of::<timeval>()` bytes from a timeval we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&raw const slice).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Waits up to `timeout` (`None`: forever) for `fd` to report one of `events`; a hang-up or error
+/// counts as ready, since the next call on it will not block. An interrupted wait reports
+/// not ready, so the caller can look at signals.
+pub fn wait_ready(fd: RawFd, events: libc::c_short, timeout: Option<Duration>) -> io::Result<bool> {
+    let mut pfd = libc::pollfd { fd, events, revents: 0 };
+    Ok(poll_fds(std::slice::from_mut(&mut pfd), timeout)? > 0)
+}
+
+/// `poll(2)` on `fds`, rounding the timeout up to whole milliseconds (never a busy loop).
+fn poll_fds(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+    let ms = timeout.map_or(-1, |t| i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX));
+    // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(err)
+        };
+    }
+    Ok(rc as usize)
+}
+
+/// Sends one packet made of `parts`: `Ok(false)` when the socket stayed full for its send timeout
+/// or a signal arrived (nothing was sent; try again after checking signals).
+fn send_packet(fd: RawFd, parts: &[&[u8]]) -> io::Result<bool> {
+    let mut iov: [libc::iovec; 2] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; 2];
+    for (slot, part) in iov.iter_mut().zip(parts) {
+        slot.iov_base = part.as_ptr().cast_mut().cast();
+        slot.iov_len = part.len();
+    }
+    // SAFETY: a zeroed msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = parts.len().min(2) as _;
+    // SAFETY: `msg` points at iovecs describing borrowed slices that outlive the call; the
+    // kernel only reads them.
+    let rc = unsafe { libc::sendmsg(fd, &raw const msg, libc::MSG_NOSIGNAL) };
+    if rc >= 0 {
+        return Ok(true); // a sequenced packet is sent whole or not at all
+    }
+    let err = io::Error::last_os_error();
+    match err.kind() {
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => Ok(false),
+        _ => Err(err),
+    }
+}
+
+/// Receives one packet into `buf`: `Ok(None)` when none arrived within the receive timeout or a
+/// signal came first, `Ok(Some(0))` at end-of-file.
+fn recv_packet(fd: RawFd, buf: &mut [u8], peek: bool) -> io::Result<Option<usize>> {
+    let flags = if peek { libc::MSG_PEEK } else { 0 };
+    // SAFETY: `buf` is an exclusively borrowed, writable slice of `buf.len()` bytes.
+    let rc = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if rc >= 0 {
+        return Ok(Some(rc as usize));
+    }
+    let err = io::Error::last_os_error();
+    match err.kind() {
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => Ok(None),
+        _ => Err(err),
+    }
+}
+
+/// Sends `body` as one message. `wait` is called after each attempt that sent nothing (the
+/// socket stayed full); it returns when it is worth trying again, or an error to give up with.
+/// `cut_short` is set when it fails after the first packet went out (the peer then holds part of
+/// a message).
+pub fn send_message(
+    fd: RawFd,
+    body: &[u8],
+    wait: &mut dyn FnMut() -> io::Result<()>,
+    cut_short: &mut bool,
+) -> io::Result<()> {
+    let header = (body.len() as u64).to_le_bytes();
+    let first = body.len().min(PACKET - HEADER);
+    while !send_packet(fd, &[&header, &body[..first]])? {
+        wait()?;
+    }
+    let mut rest = || {
+        for chunk in body[first..].chunks(PACKET) {
+            while !send_packet(fd, &[chunk])? {
+                wait()?;
+            }
+        }
+        Ok(())
+    };
+    rest().inspect_err(|_| *cut_short = true)
+}
+
+/// Why no message came back.
+#[derive(Debug)]
+pub enum RecvError {
+    /// The other end is closed and nothing is left to read.
+    Eof,
+    /// The waiting message is longer than the caller allows; it is still unread.
+    TooLong,
+    Io(io::Error),
+}
+
+impl From<io::Error> for RecvError {
+    fn from(err: io::Error) -> Self {
+        RecvError::Io(err)
+    }
+}
+
+/// The receiving half's state: a scratch packet, and a message whose continuation packets have
+/// not all arrived when a wait was interrupted (the next receive finishes it, so an interrupt
+/// never leaves the connection in the middle of a message).
+#[derive(Default)]
+pub struct Receiver {
+    packet: Vec<u8>,
+    partial: Option<(Vec<u8>, usize)>,
+}
+
+impl Receiver {
+    /// Receives one message. `wait` as for [`send_message`].
+    pub fn recv(
+        &mut self,
+        fd: RawFd,
+        maxlength: Option<usize>,
+        wait: &mut dyn FnMut() -> io::Result<()>,
+    ) -> Result<Vec<u8>, RecvError> {
+        let (mut body, total) = match self.partial.take() {
+            Some(partial) => partial,
+            None => self.first_packet(fd, maxlength, wait)?,
+        };
+        while body.len() < total {
+            let start = body.len();
+            body.resize(total.min(start + PACKET), 0);
+            loop {
+                match recv_packet(fd, &mut body[start..], false) {
+                    Ok(Some(0)) => return Err(RecvError::Eof), // the sender died mid-message
+                    Ok(Some(n)) => {
+                        body.truncate(start + n);
+                        break;
+                    }
+                    Ok(None) => {
+                        if let Err(err) = wait() {
+                            body.truncate(start);
+                            self.partial = Some((body, total));
+                            return Err(err.into());
+                        }
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+        Ok(body)
+    }
+
+    fn first_packet(
+        &mut self,
+        fd: RawFd,
+        maxlength: Option<usize>,
+        wait: &mut dyn FnMut() -> io::Result<()>,
+    ) -> Result<(Vec<u8>, usize), RecvError> {
+        if let Some(max) = maxlength {
+            let mut header = [0u8; HEADER];
+            let n = loop {
+                match recv_packet(fd, &mut header, true)? {
+                    Some(n) => break n,
+                    None => wait()?,
+                }
+            };
+            if n == 0 {
+                return Err(RecvError::Eof);
+            }
+            if n >= HEADER && u64::from_le_bytes(header) > max as u64 {
+                return Err(RecvError::TooLong);
+            }
+        }
+        self.packet.resize(PACKET, 0);
+        let n = loop {
+            match recv_packet(fd, &mut self.packet, false)? {
+                Some(n) => break n,
+                None => wait()?,
+            }
+        };
+        if n == 0 {
+            return Err(RecvError::Eof);
+        }
+        if n < HEADER {
+            return Err(RecvError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad message: a packet without a header (was the descriptor shared with another program?)",
+            )));
+        }
+        let mut header = [0u8; HEADER];
+        header.copy_from_slice(&self.packet[..HEADER]);
+        let total = usize::try_from(u64::from_le_bytes(header))
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad message length"))?;
+        let mut body = Vec::new();
+        // a length no ferropool peer sends must not abort the process on allocation
+        body.try_reserve_exact(total)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad message length"))?;
+        body.extend_from_slice(&self.packet[HEADER..n]);
+        Ok((body, total))
+    }
+}
+
+/// Descriptors of `fds` ready to read (or hung up) within `timeout`; empty on timeout.
+pub fn ready_to_read(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<RawFd>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    if poll_fds(&mut pfds, timeout)? == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(pfds.iter().filter(|p| p.revents != 0).map(|p| p.fd).collect())
+}
+
+/// One end of a pipe: the native half of `ferropool.connection.Connection`.
+#[pyclass(name = "Connection", module = "ferropool._core", subclass, frozen)]
+pub struct PyConnection {
+    /// The socket, or -1 once closed.
+    fd: AtomicI32,
+    readable: bool,
+    writable: bool,
+    /// One message is received at a time, whole, whichever thread receives.
+    rx: Mutex<Receiver>,
+    /// One message is sent at a time, so concurrent senders never interleave packets. `true`
+    /// once a send stopped in the middle of a message (Ctrl-C): the receiver would read the
+    /// next message as the rest of that one, so the connection sends no more.
+    tx: Mutex<bool>,
+}
+
+impl PyConnection {
+    fn fd_for(&self, readable: bool, writable: bool) -> Result<RawFd, Error> {
+        let fd = self.fd.load(Ordering::Acquire);
+        if fd < 0 {
+            return Err(Error::ConnectionClosed);
+        }
+        if readable && !self.readable {
+            return Err(Error::WrongDirection("connection is write-only"));
+        }
+        if writable && !self.writable {
+            return Err(Error::WrongDirection("connection is read-only"));
+        }
+        Ok(fd)
+    }
+
+    /// Runs `io` (a send or receive) with the GIL released, waiting in slices and checking
+    /// signals between them; a signal handler's exception comes back as the error.
+    fn blocking<T: Send, E: Send + From<io::Error>>(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        io: impl FnOnce(&mut dyn FnMut() -> io::Result<()>) -> Result<T, E> + Send,
+    ) -> Result<Result<T, E>, PyErr> {
+        let mut interrupted: Option<PyErr> = None;
+        let result = py.detach(|| {
+            // the socket call already waited one slice; all that is left is to look at signals
+            let mut wait = || {
+                // closed by another thread meanwhile: stop before the number can name another file
+                if self.fd.load(Ordering::Acquire) != fd {
+                    return Err(io::Error::from_raw_os_error(libc::EBADF));
+                }
+                #[allow(clippy::redundant_closure_for_method_calls)] // the method is not general over 'py
+                Python::attach(|py| py.check_signals()).map_err(|err| {
+                    interrupted = Some(err);
+                    io::Error::from(io::ErrorKind::Interrupted)
+                })
+            };
+            io(&mut wait)
+        });
+        match interrupted {
+            Some(err) => Err(err),
+            None => Ok(result),
+        }
+    }
+
+    fn send_slice(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        let fd = self.fd_for(false, true)?;
+        let tx = &self.tx;
+        let mut cut_short = false;
+        let sent = self.blocking(py, fd, |wait| {
+            let mut broken = tx.lock().unwrap_or_else(PoisonError::into_inner);
+            if *broken {
+                return Err(io::Error::other(
+                    "a send was interrupted in the middle of a message; this connection can no longer send",
+                ));
+            }
+            let result = send_message(fd, data, wait, &mut cut_short);
+            *broken = cut_short;
+            result
+        });
+        sent?.map_err(|e| Error::Connection(e).into())
+    }
+
+    fn recv_vec(&self, py: Python<'_>, maxlength: Option<usize>) -> PyResult<Vec<u8>> {
+        let fd = self.fd_for(true, false)?;
+        let rx = &self.rx;
+        let result = self.blocking(py, fd, |wait| {
+            rx.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .recv(fd, maxlength, wait)
+        })?;
+        result.map_err(|err| match err {
+            RecvError::Eof => Error::Eof.into(),
+            RecvError::TooLong => Error::MessageTooLong.into(),
+            RecvError::Io(e) => Error::Connection(e).into(),
+        })
+    }
+}
+
+/// The bytes of a bytes-like object (any buffer, read as unsigned bytes).
+fn buffer_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    let py = obj.py();
+    let view = py
+        .import("builtins")?
+        .getattr("memoryview")?
+        .call1((obj,))?
+        .call_method1("cast", ("B",))?;
+    let buf = PyBuffer::<u8>::get(&view)?;
+    buf.to_vec(py)
+}
+
+#[pymethods]
+impl PyConnection {
+    /// Takes ownership of `fd`, a socket made by `seqpacket_pair`.
+    #[new]
+    #[pyo3(signature = (fd, readable = true, writable = true))]
+    fn new(fd: RawFd, readable: bool, writable: bool) -> PyResult<Self> {
+        if fd < 0 {
+            return Err(Error::InvalidArgument(format!("invalid file descriptor: {fd}")).into());
+        }
+        if !readable && !writable {
+            return Err(Error::InvalidArgument("at least one of `readable` and `writable` must be True".into()).into());
+        }
+        set_slice_timeouts(fd).map_err(Error::Connection)?;
+        Ok(PyConnection {
+            fd: AtomicI32::new(fd),
+            readable,
+            writable,
+            rx: Mutex::new(Receiver::default()),
+            tx: Mutex::new(false),
+        })
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.fd.load(Ordering::Acquire) < 0
+    }
+
+    #[getter]
+    fn readable(&self) -> bool {
+        self.readable
+    }
+
+    #[getter]
+    fn writable(&self) -> bool {
+        self.writable
+    }
+
+    fn fileno(&self) -> PyResult<RawFd> {
+        Ok(self.fd_for(false, false)?)
+    }
+
+    fn close(&self) {
+        let fd = self.fd.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: the swap made this call the descriptor's only owner.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+
+    /// Sends `buf[offset:offset + size]` (bytes-like) as one message.
+    #[pyo3(signature = (buf, offset = 0, size = None))]
+    fn send_bytes(&self, py: Python<'_>, buf: &Bound<'_, PyAny>, offset: isize, size: Option<isize>) -> PyResult<()> {
+        self.fd_for(false, true)?;
+        if offset == 0 && size.is_none() {
+            if let Ok(bytes) = buf.cast::<PyBytes>() {
+                return self.send_slice(py, bytes.as_bytes());
+            }
+        }
+        let data = buffer_bytes(buf)?;
+        let n = data.len() as isize;
+        // the stdlib's checks and words
+        if offset < 0 {
+            return Err(Error::InvalidArgument("offset is negative".into()).into());
+        }
+        if n < offset {
+            return Err(Error::InvalidArgument("buffer length < offset".into()).into());
+        }
+        let size = match size {
+            None => n - offset,
+            Some(s) if s < 0 => return Err(Error::InvalidArgument("size is negative".into()).into()),
+            Some(s) if offset + s > n => {
+                return Err(Error::InvalidArgument("buffer length < offset + size".into()).into())
+            }
+            Some(s) => s,
+        };
+        self.send_slice(py, &data[offset as usize..(offset + size) as usize])
+    }
+
+    /// Receives one message as bytes; a message longer than `maxlength` stays unread.
+    #[pyo3(signature = (maxlength = None))]
+    fn recv_bytes<'py>(&self, py: Python<'py>, maxlength: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
+        if let Some(max) = maxlength {
+            if max < 0 {
+                return Err(Error::InvalidArgument("negative maxlength".into()).into());
+            }
+        }
+        let body = self.recv_vec(py, maxlength.map(|m| m as usize))?;
+        Ok(PyBytes::new(py, &body))
+    }
+
+    /// Receives one message into the writable buffer `buf` at byte `offset`; returns its length.
+    #[pyo3(signature = (buf, offset = 0))]
+    fn recv_bytes_into(&self, py: Python<'_>, buf: &Bound<'_, PyAny>, offset: isize) -> PyResult<usize> {
+        self.fd_for(true, false)?;
+        let view = py
+            .import("builtins")?
+            .getattr("memoryview")?
+            .call1((buf,))?
+            .call_method1("cast", ("B",))?;
+        let target = PyBuffer::<u8>::get(&view)?;
+        if target.readonly() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "recv_bytes_into() needs a writable buffer",
+            ));
+        }
+        let len = target.item_count() as isize;
+        if offset < 0 {
+            return Err(Error::InvalidArgument("negative offset".into()).into());
+        }
+        if offset > len {
+            return Err(Error::InvalidArgument("offset too large".into()).into());
+        }
+        let body = self.recv_vec(py, None)?;
+        let start = offset as usize;
+        if body.len() > target.item_count() - start {
+            return Err(Error::BufferTooShort(PyBytes::new(py, &body).unbind()).into());
+        }
+        let end = start + body.len();
+        let window = view.get_item(PySlice::new(py, start as isize, end as isize, 1))?;
+        PyBuffer::<u8>::get(&window)?.copy_from_slice(py, &body)?;
+        Ok(body.len())
+    }
+
+    /// Whether a message (or end-of-file) is waiting; waits up to `timeout` seconds, forever
+    /// for `None`.
+    #[pyo3(signature = (timeout = 0.0))]
+    fn poll(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let fd = self.fd_for(true, false)?;
+        let timeout = timeout_from_secs(timeout)?;
+        if timeout == Some(Duration::ZERO) {
+            return Ok(wait_ready(fd, libc::POLLIN, timeout)?);
+        }
+        wait_interruptible(py, timeout, |slice| {
+            wait_ready(fd, libc::POLLIN, Some(slice)).unwrap_or(true)
+        })
+    }
+}
+
+impl Drop for PyConnection {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A connected pair of sockets for `Pipe()`, as descriptors the two Connections will own.
+#[pyfunction]
+pub fn socket_pair() -> PyResult<(RawFd, RawFd)> {
+    let (a, b) = seqpacket_pair().map_err(Error::Io)?;
+    Ok((a.into_raw_fd(), b.into_raw_fd()))
+}
+
+/// The descriptors of `fds` ready to read within `timeout` seconds (`None`: wait until one is);
+/// the GIL is released and Ctrl-C honoured while waiting.
+#[pyfunction]
+#[pyo3(signature = (fds, timeout = None))]
+pub fn wait_readable(py: Python<'_>, fds: Vec<RawFd>, timeout: Option<f64>) -> PyResult<Vec<RawFd>> {
+    let timeout = timeout_from_secs(timeout)?;
+    let mut ready = Vec::new();
+    let mut failure: Option<io::Error> = None;
+    wait_interruptible(py, timeout, |slice| match ready_to_read(&fds, Some(slice)) {
+        Ok(r) if r.is_empty() => false,
+        Ok(r) => {
+            ready = r;
+            true
+        }
+        Err(e) => {
+            failure = Some(e);
+            true
+        }
+    })?;
+    match failure {
+        Some(e) => Err(Error::Io(e).into()),
+        None => Ok(ready),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// A pair as `PyConnection::new` prepares it: blocking, with slice timeouts.
+    fn pair() -> (OwnedFd, OwnedFd) {
+        let (a, b) = seqpacket_pair().unwrap();
+        set_slice_timeouts(a.as_raw_fd()).unwrap();
+        set_slice_timeouts(b.as_raw_fd()).unwrap();
+        (a, b)
+    }
+
+    fn never_wait() -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::WouldBlock))
+    }
+
+    /// Keeps trying: each attempt already waited one slice.
+    #[allow(clippy::unnecessary_wraps)] // the shape `send_message` and `recv` expect
+    fn block() -> io::Result<()> {
+        Ok(())
+    }
+
+    #[test]
+    fn short_and_long_messages_arrive_whole_and_in_order() {
+        let (a, b) = pair();
+        let big: Vec<u8> = (0..3 * PACKET + 17).map(|i| (i % 251) as u8).collect();
+        let (afd, bfd) = (a.as_raw_fd(), b.as_raw_fd());
+        let sender = {
+            let big = big.clone();
+            std::thread::spawn(move || {
+                send_message(afd, b"hello", &mut block, &mut false).unwrap();
+                send_message(afd, &big, &mut block, &mut false).unwrap();
+                send_message(afd, b"", &mut block, &mut false).unwrap();
+            })
+        };
+        let mut rx = Receiver::default();
+        assert_eq!(rx.recv(bfd, None, &mut block).unwrap(), b"hello");
+        assert_eq!(rx.recv(bfd, None, &mut block).unwrap(), big);
+        assert_eq!(rx.recv(bfd, None, &mut block).unwrap(), b"");
+        sender.join().unwrap();
+        drop(a);
+        assert!(matches!(rx.recv(bfd, None, &mut block), Err(RecvError::Eof)));
+    }
+
+    #[test]
+    fn too_long_leaves_the_message_readable() {
+        let (a, b) = pair();
+        send_message(a.as_raw_fd(), b"0123456789", &mut never_wait, &mut false).unwrap();
+        let mut rx = Receiver::default();
+        assert!(matches!(
+            rx.recv(b.as_raw_fd(), Some(4), &mut never_wait),
+            Err(RecvError::TooLong)
+        ));
+        assert_eq!(
+            rx.recv(b.as_raw_fd(), Some(10), &mut never_wait).unwrap(),
+            b"0123456789"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_long_message_resumes() {
+        let (a, b) = pair();
+        let body: Vec<u8> = (0..2 * PACKET).map(|i| (i % 7) as u8).collect();
+        let header = (body.len() as u64).to_le_bytes();
+        let first = PACKET - HEADER;
+        assert!(send_packet(a.as_raw_fd(), &[&header, &body[..first]]).unwrap());
+        let mut rx = Receiver::default();
+        assert!(matches!(
+            rx.recv(b.as_raw_fd(), None, &mut never_wait),
+            Err(RecvError::Io(_))
+        ));
+        for chunk in body[first..].chunks(PACKET) {
+            assert!(send_packet(a.as_raw_fd(), &[chunk]).unwrap());
+        }
+        assert_eq!(rx.recv(b.as_raw_fd(), None, &mut never_wait).unwrap(), body);
+    }
+
+    #[test]
+    fn a_send_stopped_mid_message_says_so() {
+        let (a, _b) = pair();
+        let mut cut_short = false;
+        let big = vec![0u8; 4 * 1024 * 1024]; // more than the socket holds: nobody reads
+        assert!(send_message(a.as_raw_fd(), &big, &mut never_wait, &mut cut_short).is_err());
+        assert!(cut_short);
+    }
+
+    #[test]
+    fn ready_to_read_reports_only_ready_descriptors() {
+        let (a, b) = pair();
+        let (c, d) = pair();
+        send_message(a.as_raw_fd(), b"x", &mut never_wait, &mut false).unwrap();
+        let ready = ready_to_read(&[b.as_raw_fd(), d.as_raw_fd()], Some(Duration::ZERO)).unwrap();
+        assert_eq!(ready, vec![b.as_raw_fd()]);
+        drop(c);
+        let ready = ready_to_read(&[d.as_raw_fd()], Some(Duration::ZERO)).unwrap();
+        assert_eq!(ready, vec![d.as_raw_fd()]);
+    }
+}

@@ -1,0 +1,153 @@
+//! One child process for `ferropool.Process`: spawned, watched through a pidfd, signalled, reaped.
+//!
+//! The child is a fresh interpreter (the command line comes from `python/ferropool/_spawn.py`),
+//! started by `fork` + `exec` in one step of the standard library's `Command`, which runs nothing
+//! but async-signal-safe calls between them: safe from a threaded parent (DESIGN.md, principle 4).
+//! Unlike a pool worker it stays in the parent's process group and has no parent-death signal,
+//! as `multiprocessing`'s children: a terminal's Ctrl-C reaches it, and interpreter exit, not the
+//! kernel, decides its end (`_exit.py`).
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+
+use crate::connection::wait_ready;
+use crate::errors::Error;
+use crate::signals::{timeout_from_secs, wait_interruptible};
+
+/// `multiprocessing`'s exit code: the exit status, or minus the signal that killed the process.
+fn exitcode(status: ExitStatus) -> i32 {
+    status.code().or(status.signal().map(|s| -s)).unwrap_or(-1)
+}
+
+/// A started child process.
+#[pyclass(name = "ChildProcess", module = "ferropool._core", frozen)]
+pub struct PyChildProcess {
+    pid: u32,
+    /// Readable once the process has ended; the Process's `sentinel`. `None` after `close()`.
+    pidfd: Mutex<Option<OwnedFd>>,
+    /// The child, and its exit code once reaped. One lock, so a signal is never sent to a pid
+    /// that a concurrent reap has already released.
+    child: Mutex<(Child, Option<i32>)>,
+}
+
+impl PyChildProcess {
+    fn try_reap(&self) -> PyResult<Option<i32>> {
+        let mut guard = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        let (child, code) = &mut *guard;
+        if code.is_none() {
+            *code = child.try_wait().map_err(Error::Io)?.map(exitcode);
+        }
+        Ok(*code)
+    }
+}
+
+#[pymethods]
+impl PyChildProcess {
+    /// Starts `argv` with `/dev/null` as stdin, inherited stdout and stderr, and the descriptors
+    /// `pass_fds` (kept at their numbers) as the only ones inherited besides those three.
+    #[new]
+    fn new(argv: Vec<String>, pass_fds: Vec<RawFd>) -> PyResult<Self> {
+        let (program, rest) = argv
+            .split_first()
+            .ok_or_else(|| Error::InvalidArgument("empty command line".into()))?;
+        let mut command = Command::new(program);
+        command.args(rest).stdin(Stdio::null());
+        // SAFETY: the hook runs in the forked child before exec; it only calls fcntl, which is
+        // async-signal-safe, on a vector moved in before the fork, and allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                for &fd in &pass_fds {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(Error::Io)?;
+        let pid = child.id();
+        Ok(PyChildProcess {
+            pid,
+            pidfd: Mutex::new(crate::supervisor::pidfd_open(pid)),
+            child: Mutex::new((child, None)),
+        })
+    }
+
+    #[getter]
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// A descriptor that becomes readable when the process ends (a pidfd).
+    #[getter]
+    fn sentinel(&self) -> PyResult<RawFd> {
+        let pidfd = self.pidfd.lock().unwrap_or_else(PoisonError::into_inner);
+        match pidfd.as_ref() {
+            Some(fd) => Ok(fd.as_raw_fd()),
+            None => Err(Error::InvalidArgument("the process handle is closed".into()).into()),
+        }
+    }
+
+    /// The exit code if the process has ended (reaping it), else `None`.
+    fn poll(&self) -> PyResult<Option<i32>> {
+        self.try_reap()
+    }
+
+    /// Waits up to `timeout` seconds (`None`: until it ends) for the process to end; returns the
+    /// exit code, or `None` on timeout. The GIL is released and Ctrl-C honoured while waiting.
+    #[pyo3(signature = (timeout = None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<i32>> {
+        if let Some(code) = self.try_reap()? {
+            return Ok(Some(code));
+        }
+        let timeout = timeout_from_secs(timeout)?;
+        let pidfd = self
+            .pidfd
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(AsRawFd::as_raw_fd);
+        let ended = wait_interruptible(py, timeout, |slice| {
+            if let Some(fd) = pidfd {
+                return wait_ready(fd, libc::POLLIN, Some(slice)).unwrap_or(true);
+            }
+            // no pidfd (an old kernel): look again after a short pause
+            std::thread::sleep(slice.min(Duration::from_millis(5)));
+            self.try_reap().ok().flatten().is_some()
+        })?;
+        if !ended {
+            return Ok(None);
+        }
+        self.try_reap()
+    }
+
+    /// Sends `signal` unless the process has already been reaped (then there is nothing to stop).
+    fn send_signal(&self, signal: i32) -> PyResult<()> {
+        let guard = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.1.is_some() {
+            return Ok(());
+        }
+        let pid = libc::pid_t::try_from(self.pid).map_err(|_| Error::InvalidArgument("pid out of range".into()))?;
+        // SAFETY: kill only sends a signal. The child is unreaped (checked under the lock that
+        // reaping takes), so the pid still names it and no other process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ESRCH) {
+                return Err(Error::Io(err).into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the sentinel.
+    fn close(&self) {
+        self.pidfd.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}

@@ -1,0 +1,401 @@
+"""ferropool.Process across real child processes: lifecycle, exit codes, identity, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import ferropool
+import pytest
+from ferropool.connection import wait
+
+from tests import _process_tasks as tasks
+from tests.conftest import WAIT
+
+
+def started(target=None, *args, **kwargs):
+    p = ferropool.Process(target=target, args=args, **kwargs)
+    p.start()
+    return p
+
+
+def joined(p):
+    p.join(WAIT)
+    assert not p.is_alive(), f"{p} did not end within {WAIT} s"
+    return p
+
+
+@pytest.fixture
+def pipe():
+    a, b = ferropool.Pipe()
+    yield a, b
+    a.close()
+    b.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# running and exit codes
+
+
+def test_target_gets_args_and_kwargs(pipe):
+    a, b = pipe
+    p = ferropool.Process(target=tasks.send, args=(b, 1, "two"), kwargs={"three": [3]})
+    p.start()
+    assert a.recv() == ((1, "two"), {"three": [3]})
+    assert joined(p).exitcode == 0
+
+
+def test_exitcode_is_none_before_start_and_while_running(pipe):
+    a, b = pipe
+    p = ferropool.Process(target=tasks.wait_for, args=(b,))
+    assert p.exitcode is None
+    p.start()
+    assert p.exitcode is None
+    a.send("go")
+    assert joined(p).exitcode == 0
+
+
+def test_exception_in_run_gives_exitcode_1_and_traceback_on_stderr(capfd):
+    p = joined(started(tasks.fail))
+    assert p.exitcode == 1
+    err = capfd.readouterr().err
+    assert f"Process {p.name}:" in err
+    assert "Traceback (most recent call last)" in err
+    assert "ValueError: raised in the child" in err
+
+
+@pytest.mark.parametrize(("code", "expected"), [(0, 0), (7, 7), (None, 0), ("a message", 1)])
+def test_sys_exit_sets_exitcode(capfd, code, expected):
+    p = joined(started(tasks.exit_with, code))
+    assert p.exitcode == expected
+    if isinstance(code, str):
+        assert "a message" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(("method", "signum"), [("terminate", signal.SIGTERM), ("kill", signal.SIGKILL)])
+def test_killed_process_has_negative_signal_exitcode(pipe, method, signum):
+    a, b = pipe
+    p = started(tasks.wait_for, b)
+    getattr(p, method)()
+    assert joined(p).exitcode == -signum
+    assert f"exitcode=-{signum.name}" in repr(p)
+
+
+def test_terminate_after_exit_is_harmless():
+    p = joined(started(tasks.exit_with, 0))
+    p.terminate()
+    p.kill()
+    assert p.exitcode == 0
+
+
+def test_subclass_run_is_used(pipe):
+    a, b = pipe
+    p = tasks.Reporter(b, 21)
+    p.start()
+    what, value, pid = a.recv()
+    assert (what, value, pid) == ("run", 42, p.pid)
+    assert joined(p).exitcode == 0
+
+
+def test_lambda_and_closure_targets(pipe):
+    a, b = pipe
+    offset = 10
+    joined(started(lambda conn: conn.send(offset + 1), b))
+    joined(started(lambda: b.send(offset + 2)))
+    assert [a.recv(), a.recv()] == [11, 12]
+
+
+def test_target_none_runs_nothing():
+    assert joined(started(None)).exitcode == 0
+
+
+def test_unpicklable_process_fails_at_start_and_starts_nothing():
+    import threading
+
+    p = ferropool.Process(target=tasks.send, args=(threading.Lock(),))
+    with pytest.raises(TypeError):
+        p.start()
+    assert p.pid is None
+    assert ferropool.active_children() == []
+
+
+# ----------------------------------------------------------------------------------------------
+# join, is_alive, sentinel, active_children
+
+
+def test_join_timeout_returns_while_running(pipe):
+    a, b = pipe
+    p = started(tasks.wait_for, b)
+    p.join(0.05)
+    assert p.is_alive()
+    assert p.exitcode is None
+    a.send("go")
+    assert joined(p).exitcode == 0
+
+
+def test_sentinel_becomes_ready_when_the_process_ends(pipe):
+    a, b = pipe
+    p = started(tasks.wait_for, b)
+    assert wait([p.sentinel], timeout=0.05) == []
+    a.send("go")
+    assert wait([p.sentinel], timeout=WAIT) == [p.sentinel]
+    assert joined(p).exitcode == 0
+
+
+def test_wait_mixes_sentinels_and_connections(pipe):
+    a, b = pipe
+    p = started(tasks.send, b, "hello")
+    ready = wait([a, p.sentinel], timeout=WAIT)
+    assert a in ready
+    assert a.recv() == (("hello",), {})
+    assert wait([p.sentinel], timeout=WAIT) == [p.sentinel]
+    joined(p)
+
+
+def test_active_children_lists_running_and_reaps_finished(pipe):
+    a, b = pipe
+    running = started(tasks.wait_for, b)
+    done = started(tasks.exit_with, 0)
+    assert wait([done.sentinel], timeout=WAIT)
+    children = ferropool.active_children()
+    assert running in children
+    assert done not in children
+    assert done.exitcode == 0
+    a.send("go")
+    joined(running)
+    assert ferropool.active_children() == []
+
+
+def test_is_alive_before_start_and_after_join():
+    p = ferropool.Process(target=tasks.exit_with, args=(0,))
+    assert not p.is_alive()
+    p.start()
+    joined(p)
+    assert not p.is_alive()
+
+
+# ----------------------------------------------------------------------------------------------
+# identity
+
+
+def test_identity_in_the_child(pipe):
+    a, b = pipe
+    p = ferropool.Process(target=tasks.identity, args=(b,), name="worker-x", daemon=True)
+    p.start()
+    info = a.recv()
+    joined(p)
+    assert info["name"] == "worker-x"
+    assert info["pid"] == info["ident"] == p.pid == p.ident
+    assert info["daemon"] is True
+    assert info["alive"] is True
+    assert info["authkey"] == ferropool.current_process().authkey
+    assert info["parent_pid"] == os.getpid()
+    assert info["parent_name"] == "MainProcess"
+    assert info["parent_alive"] is True
+    assert info["argv"] == __import__("sys").argv
+
+
+def test_main_process_identity():
+    me = ferropool.current_process()
+    assert me.name == "MainProcess"
+    assert me.pid == me.ident == os.getpid()
+    assert me.is_alive()
+    assert me.daemon is False
+    assert isinstance(me.authkey, bytes) and len(me.authkey) == 32
+    assert ferropool.parent_process() is None
+
+
+def test_default_names_count_up_and_name_is_settable():
+    p, q = ferropool.Process(), ferropool.Process()
+    n = int(p.name.split("-")[1])
+    assert p.name == f"Process-{n}"
+    assert q.name == f"Process-{n + 1}"
+    p.name = "renamed"
+    assert p.name == "renamed"
+    with pytest.raises(TypeError):
+        p.name = 3
+
+
+def test_repr_shows_the_state():
+    p = ferropool.Process(name="r")
+    assert repr(p).startswith("<Process name='r'") and "initial" in repr(p)
+    p.start()
+    joined(p)
+    assert "stopped exitcode=0" in repr(p)
+    p.close()
+    assert "closed" in repr(p)
+
+
+def test_daemon_defaults_to_false_and_is_settable_before_start():
+    p = ferropool.Process(target=tasks.exit_with, args=(0,))
+    assert p.daemon is False
+    p.daemon = True
+    assert p.daemon is True
+    p.start()
+    joined(p)
+
+
+# ----------------------------------------------------------------------------------------------
+# close and bad input
+
+
+def test_close_of_running_process_raises_valueerror(pipe):
+    a, b = pipe
+    p = started(tasks.wait_for, b)
+    with pytest.raises(ValueError, match="Cannot close a process while it is still running"):
+        p.close()
+    a.send("go")
+    joined(p)
+    p.close()
+    p.close()  # twice is fine
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda p: p.start(),
+        lambda p: p.join(),
+        lambda p: p.is_alive(),
+        lambda p: p.terminate(),
+        lambda p: p.kill(),
+        lambda p: p.exitcode,
+        lambda p: p.pid,
+        lambda p: p.sentinel,
+    ],
+)
+def test_methods_after_close_raise_valueerror(use):
+    p = joined(started(tasks.exit_with, 0))
+    p.close()
+    with pytest.raises(ValueError, match="process object is closed"):
+        use(p)
+
+
+def test_start_twice_raises():
+    p = started(tasks.exit_with, 0)
+    with pytest.raises(AssertionError, match="cannot start a process twice"):
+        p.start()
+    joined(p)
+
+
+def test_join_before_start_raises():
+    with pytest.raises(AssertionError, match="can only join a started process"):
+        ferropool.Process().join()
+
+
+def test_sentinel_before_start_raises():
+    with pytest.raises(ValueError, match="process not started"):
+        ferropool.Process().sentinel  # noqa: B018
+
+
+def test_daemon_set_after_start_raises():
+    p = started(tasks.exit_with, 0)
+    with pytest.raises(AssertionError, match="process has already started"):
+        p.daemon = True
+    joined(p)
+
+
+def test_group_must_be_none():
+    with pytest.raises(AssertionError, match="group argument must be None"):
+        ferropool.Process(group="g")
+
+
+def test_daemon_cannot_start_children(pipe):
+    a, b = pipe
+    joined(started(tasks.start_grandchild, b, daemon=True))
+    assert a.recv() == ("refused", "daemonic processes are not allowed to have children")
+
+
+def test_non_daemon_child_starts_and_joins_a_grandchild(pipe):
+    a, b = pipe
+    joined(started(tasks.start_grandchild, b))
+    assert a.recv() == ("started", 5)
+
+
+# ----------------------------------------------------------------------------------------------
+# context API
+
+
+def test_get_context_exposes_process_and_pipe():
+    for method in ferropool.get_all_start_methods():
+        ctx = ferropool.get_context(method)
+        assert ctx.get_start_method() == method
+        assert ctx.Process is ferropool.Process
+        assert ctx.Pipe is ferropool.Pipe
+        assert ctx.cpu_count() >= 1
+
+
+def test_get_context_rejects_unknown_methods():
+    with pytest.raises(ValueError, match="cannot find context for 'threads'"):
+        ferropool.get_context("threads")
+
+
+def test_set_start_method_once_unless_forced():
+    from ferropool import context
+
+    saved = context._chosen
+    try:
+        ferropool.set_start_method(None, force=True)
+        assert ferropool.get_start_method(allow_none=True) is None
+        ferropool.set_start_method("spawn")
+        assert ferropool.get_start_method() == "spawn"
+        assert ferropool.get_context().get_start_method() == "spawn"
+        with pytest.raises(RuntimeError, match="context has already been set"):
+            ferropool.set_start_method("fork")
+        ferropool.set_start_method("fork", force=True)
+        assert ferropool.get_start_method() == "fork"
+        with pytest.raises(ValueError):
+            ferropool.set_start_method("nope", force=True)
+    finally:
+        context._chosen = saved
+
+
+def test_all_start_methods_default_first_and_freeze_support_is_a_no_op():
+    assert ferropool.get_all_start_methods()[0] == "forkserver"
+    assert set(ferropool.get_all_start_methods()) == {"fork", "spawn", "forkserver"}
+    assert ferropool.freeze_support() is None
+
+
+def test_context_pool_uses_the_context(pipe):
+    with ferropool.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(abs, (-3,)) == 3
+
+
+def test_stdlib_exception_classes_are_reexported():
+    import multiprocessing
+
+    assert ferropool.ProcessError is multiprocessing.ProcessError
+    assert ferropool.BufferTooShort is multiprocessing.BufferTooShort
+    assert ferropool.AuthenticationError is multiprocessing.AuthenticationError
+
+
+# ----------------------------------------------------------------------------------------------
+# inheritance
+
+
+def test_authkey_set_before_start_reaches_the_child(pipe):
+    a, b = pipe
+    p = ferropool.Process(target=tasks.identity, args=(b,))
+    p.authkey = b"shared secret"
+    p.start()
+    assert a.recv()["authkey"] == b"shared secret"
+    joined(p)
+
+
+def test_child_writes_to_the_inherited_stdout(capfd):
+    joined(started(tasks.print_and_exit, "hello from the child"))
+    assert "hello from the child" in capfd.readouterr().out
+
+
+def test_child_started_from_a_thread_outlives_that_thread(pipe):
+    """Nothing ties the child to the thread that started it (a parent-death signal would)."""
+    import threading
+
+    a, b = pipe
+    box = []
+    starter = threading.Thread(target=lambda: box.append(started(tasks.wait_for, b)))
+    starter.start()
+    starter.join(WAIT)
+    (p,) = box
+    assert p.is_alive()
+    a.send("go")
+    assert joined(p).exitcode == 0
