@@ -68,6 +68,7 @@ FULL_SIZES = {
     "sweep_work_ms": 400,
     "sweep_max_tasks": 20_000,
     "imap_stream": 10_000_000,
+    "imap_slow": 200_000,
     "idle_s": 2,
     "settle_ms": 1_000,
 }
@@ -85,6 +86,7 @@ QUICK_SIZES = {
     "sweep_work_ms": 100,
     "sweep_max_tasks": 2_000,
     "imap_stream": 1_000_000,
+    "imap_slow": 20_000,
     "idle_s": 2,
     "settle_ms": 300,
 }
@@ -583,24 +585,37 @@ def bench_footprint_imap(impl: Impl, spec: dict[str, Any]) -> dict[str, float]:
     """The parent's memory while ``imap`` streams a long range through a warm pool.
 
     RSS is sampled before the first item and after every tenth of the items; reported is the
-    largest sample minus the first. A pool that reads its input lazily stays flat; one that
-    reads ahead of its workers holds the pending tasks (and results) in the parent.
+    largest sample minus the first, and the most input items drawn but not yet read back as
+    results (read-ahead) at those samples. A pool that reads its input lazily stays flat; one
+    that reads ahead holds the pending tasks and results in the parent, which shows once the
+    reader is slower than the workers (the ``slow`` variant: 1 ms pause every 10 items).
     """
     process = _psutil().Process()
-    n = spec["sizes"]["imap_stream"]
+    slow = spec["variant"] == "slow"
+    n = spec["sizes"]["imap_slow" if slow else "imap_stream"]
     step = max(1, n // 10)
     noop = _tasks().noop
-    count = wrong = 0
+    drawn = count = wrong = ahead = 0
+
+    def source() -> Iterator[int]:
+        nonlocal drawn
+        for i in range(n):
+            drawn = i + 1
+            yield i
+
     with warm_pool(impl, spec["workers"]) as pool:
         start_rss = peak_rss = process.memory_info().rss
         start = time.perf_counter()
-        for count, result in enumerate(impl.imap(pool, noop, range(n), 1), 1):
+        for count, result in enumerate(impl.imap(pool, noop, source(), 1), 1):
             wrong += result != count - 1
+            if slow and count % 10 == 0:
+                time.sleep(0.001)
             if count % step == 0:
                 peak_rss = max(peak_rss, process.memory_info().rss)
+                ahead = max(ahead, drawn - count)
         elapsed = time.perf_counter() - start
     _check(count == n and wrong == 0, "imap stream")
-    return {"peak_growth_mib": (peak_rss - start_rss) / MIB, "items_per_s": n / elapsed}
+    return {"peak_growth_mib": (peak_rss - start_rss) / MIB, "read_ahead": ahead, "items_per_s": n / elapsed}
 
 
 def _cpu_seconds(psutil: Any, pid: int) -> float:
@@ -929,16 +944,26 @@ WORKLOADS: dict[str, Workload] = {
         Workload(
             "footprint_imap",
             "footprint: the parent's memory while imap streams",
-            "`Pool.imap(noop, range({imap_stream:,}))` (chunksize 1) on a warm {workers}-worker "
-            "pool, consumed as results arrive: the parent's RSS, sampled before the first item and "
-            "after every {imap_step:,}, minus the first sample (peak growth, lower is better). "
-            "The stdlib's task-handler thread reads the input ahead of the workers and its "
-            "result thread queues results ahead of the reader; ferropool reads the input only as "
-            "results are taken. At most 3 repeats: the stdlib's run is long.",
-            (Metric("peak_growth_mib", "peak RSS growth MiB", False, 1), ITEMS_PER_S),
+            "`Pool.imap(noop, items)` (chunksize 1) on a warm {workers}-worker pool, results read "
+            "as they arrive; `items` yields `range(n)` and counts what the pool has drawn. "
+            "*Stream*: n = {imap_stream:,}. *Slow reader*: n = {imap_slow:,}, the reader pauses "
+            "1 ms every 10 results (under 10,000 items/s, slower than the workers). Sampled before "
+            "the first result and after every tenth of them: the parent's peak RSS growth over the "
+            "first sample, and the most items drawn from the input but not yet read back "
+            "(read-ahead); lower is better. The stdlib's task-handler thread draws the input as "
+            "fast as its workers take tasks, whatever the reader does, and keeps the results "
+            "until they are read; ferropool draws only a bounded buffer ahead of the reader. At "
+            "most 3 repeats: the stdlib's stream is long.",
             (
-                Case("stdlib.Pool", "multiprocessing `Pool.imap`"),
-                Case("ferropool.Pool", "ferropool `Pool.imap`", baseline="stdlib.Pool"),
+                Metric("peak_growth_mib", "peak RSS growth MiB", False, 1),
+                Metric("read_ahead", "max read-ahead items", False, 0),
+                ITEMS_PER_S,
+            ),
+            (
+                Case("stdlib.Pool", "multiprocessing `Pool.imap`, stream"),
+                Case("ferropool.Pool", "ferropool `Pool.imap`, stream", baseline="stdlib.Pool"),
+                Case("stdlib.Pool", "multiprocessing `Pool.imap`, slow reader", "slow"),
+                Case("ferropool.Pool", "ferropool `Pool.imap`, slow reader", "slow", "stdlib.Pool/slow"),
             ),
             max_repeat=3,
         ),
@@ -1185,7 +1210,8 @@ def render_header(meta: dict[str, Any]) -> list[str]:
             f"map {sizes['map']:,} and {sizes['map_chunked']:,}; cpu {sizes['cpu_tasks']} × fib({sizes['fib_n']}); "
             f"threads {sizes['threads']:,}; imap {sizes['imap']:,}; sweep {sizes['sweep_work_ms']:,} ms of "
             f"busy waiting per point (at most {sizes['sweep_max_tasks']:,} tasks); imap stream "
-            f"{sizes['imap_stream']:,}; idle {sizes['idle_s']} s" + (" (`--quick`)" if meta["quick"] else ""),
+            f"{sizes['imap_stream']:,} (slow reader {sizes['imap_slow']:,}); idle {sizes['idle_s']} s"
+            + (" (`--quick`)" if meta["quick"] else ""),
         ),
     ]
     lines = ["# ferropool benchmarks", "", "Generated by `benches/run.py`; see `benches/README.md`.", ""]
@@ -1291,6 +1317,11 @@ def _pays_off_from(medians: dict[str, float]) -> str:
     return found or "never"
 
 
+def _share(fraction: float) -> str:
+    """A share of the ideal as a percentage, with a decimal below 10 % so small ones are not 0 %."""
+    return f"{fraction:.0%}" if fraction >= 0.1 else f"{fraction:.1%}"
+
+
 def render_sweep(workload: Workload, results: dict[str, CaseResult], template: dict[str, Any]) -> list[str]:
     """The sweep as a row per implementation and a column per task duration.
 
@@ -1315,7 +1346,7 @@ def render_sweep(workload: Workload, results: dict[str, CaseResult], template: d
         for duration, seconds in SWEEP_DURATIONS.items():
             result = results[f"{row.impl}/{duration}"]
             if duration in medians:
-                cells.append(f"{medians[duration]:,.0f} ({medians[duration] * seconds / workers:.0%})")
+                cells.append(f"{medians[duration]:,.0f} ({_share(medians[duration] * seconds / workers)})")
             else:
                 cells.append("error" if result.error else "n/a")
         lines.append(f"| {row.label} | " + " | ".join(cells) + f" | {_pays_off_from(medians)} |")
