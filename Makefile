@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: help
 help: ## show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(PY):
 .PHONY: install
 install: $(PY) ## venv + editable install with test and lint extras
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -E test
+
+.PHONY: install-bench
+install-bench: $(PY) ## install + the bench extra (loky, mpire, pebble, psutil, matplotlib)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -E test,bench
 
 .PHONY: build-dev
 build-dev: $(PY) ## debug build of the native module into the venv
@@ -49,9 +53,19 @@ test: ## the whole Python test suite, then the Rust unit tests
 	$(PY) -m pytest
 	cargo test
 
+SWEEP_PNG ?= benches/sweep.png
+
 .PHONY: bench
-bench: ## ferropool against the stdlib (and loky/mpire/pebble if installed): writes BENCHMARKS.md
-	$(PY) benches/run.py --repeat 5 --anchors --out BENCHMARKS.md
+bench: ## ferropool against the stdlib (and loky/mpire/pebble if installed): BENCHMARKS.md + sweep chart
+	$(PY) benches/run.py --repeat 5 --anchors --plot $(SWEEP_PNG) --out BENCHMARKS.md
+
+.PHONY: bench-plot
+bench-plot: ## only the task-duration sweep: its table to stdout, its chart to benches/sweep.png (SWEEP_PNG=...)
+	$(PY) benches/run.py --workload sweep --repeat 5 --anchors --plot $(SWEEP_PNG)
+
+.PHONY: bench-footprint
+bench-footprint: ## only the footprint workloads (memory, imap stream, idle CPU): tables to stdout
+	$(PY) benches/run.py --workload footprint --repeat 5
 
 .PHONY: all
 all: format lint test ## format, lint, test

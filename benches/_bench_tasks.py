@@ -2,12 +2,13 @@
 
 They live in their own small module (not in ``run.py``) so that every pool can pickle them by
 reference and every worker, forked or spawned, can import them by name: ``run.py`` puts this
-directory on ``PYTHONPATH`` for the child processes it starts. The module imports only ``time``
-so that importing it in a freshly spawned worker costs next to nothing.
+directory on ``PYTHONPATH`` for the child processes it starts. The module imports only ``os``
+and ``time`` so that importing it in a freshly spawned worker costs next to nothing.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 
@@ -31,6 +32,29 @@ def sleep_task(seconds: float) -> float:
     return seconds
 
 
+def sleep_pid(seconds: float) -> int:
+    """Sleep, then say which process ran the task: how the footprint workloads find the workers.
+
+    Sleeping holds the worker, as in ``sleep_task``, so a round of ``2 * workers`` of them
+    reaches every worker of the pool.
+    """
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def spin(seconds: float, tag: object = None) -> object:
+    """Keep the CPU busy for ``seconds`` (a busy wait, not a sleep), then hand ``tag`` back.
+
+    The ``sweep`` workload's task: unlike ``time.sleep`` it really uses the core, so a pool
+    cannot overlap more of these tasks than it has workers (and free cores). ``perf_counter``
+    costs well under a microsecond, so even a 1 µs task is mostly busy waiting, not clock reads.
+    """
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return tag
+
+
 def fib(n: int) -> int:
     """Naive recursive Fibonacci: pure-Python CPU work that holds the GIL throughout.
 
@@ -42,6 +66,4 @@ def fib(n: int) -> int:
 
 def exit_now() -> None:
     """End the worker process at once, as a crash would: the ``respawn`` workload's victim."""
-    import os
-
     os._exit(1)

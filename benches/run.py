@@ -45,7 +45,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -65,6 +65,12 @@ FULL_SIZES = {
     "threads": 100_000,
     "imap": 20_000,
     "respawn": 20,
+    "sweep_work_ms": 400,
+    "sweep_max_tasks": 20_000,
+    "imap_stream": 10_000_000,
+    "imap_slow": 200_000,
+    "idle_s": 2,
+    "settle_ms": 1_000,
 }
 QUICK_SIZES = {
     "submit": 2_000,
@@ -77,7 +83,17 @@ QUICK_SIZES = {
     "threads": 10_000,
     "imap": 2_000,
     "respawn": 5,
+    "sweep_work_ms": 100,
+    "sweep_max_tasks": 2_000,
+    "imap_stream": 1_000_000,
+    "imap_slow": 20_000,
+    "idle_s": 2,
+    "settle_ms": 300,
 }
+# The sweep's task durations: the variant names of its cases, and the seconds each one spins.
+SWEEP_DURATIONS = {"1us": 1e-6, "10us": 1e-5, "100us": 1e-4, "1ms": 1e-3, "10ms": 1e-2}
+SWEEP_LABELS = {"1us": "1 µs", "10us": "10 µs", "100us": "100 µs", "1ms": "1 ms", "10ms": "10 ms"}
+MIB = 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,7 +217,10 @@ class MpPoolImpl(Impl):
     def open(self, workers: int, context: str | None = None) -> Any:
         if context is None:
             return self.pool_cls(processes=workers)
-        return self.pool_cls(processes=workers, context=multiprocessing.get_context(context))
+        if self.module_name == "multiprocessing":
+            # ``multiprocessing.Pool`` is the default context's method: it takes no context
+            return multiprocessing.get_context(context).Pool(processes=workers)
+        return self.pool_cls(processes=workers, context=context)
 
     def submit(self, pool: Any, fn: Callable[..., Any], *args: Any) -> Any:
         return pool.apply_async(fn, args)
@@ -309,14 +328,14 @@ def _tasks() -> Any:
 
 
 @contextlib.contextmanager
-def warm_pool(impl: Impl, workers: int) -> Iterator[Any]:
+def warm_pool(impl: Impl, workers: int, context: str | None = None) -> Iterator[Any]:
     """Open a pool, make sure every worker is up, yield it, and shut it down afterwards.
 
     Sleeping tasks hold their worker, so ``2 * workers`` of them force the pool to start all
     of its workers before the timed part begins, whether it starts them eagerly or on demand.
     """
     impl.load()
-    pool = impl.open(workers)
+    pool = impl.open(workers, context)
     try:
         if impl.warm_up:
             sleep_task = _tasks().sleep_task
@@ -341,20 +360,44 @@ def _percentile(samples: list[int], pct: float) -> float:
     return float(ordered[rank - 1])
 
 
+def _submit_all(impl: Impl, workers: int, n: int, fn: Callable[..., Any], *args: Any) -> float:
+    """Tasks/s of ``n`` single-task submissions of ``fn(*args, i)`` to a warm pool, all awaited.
+
+    Every task is submitted before the first result is awaited, so the pool can keep its
+    workers busy; the results must come back as ``0 .. n-1``.
+    """
+    with warm_pool(impl, workers) as pool:
+        start = time.perf_counter()
+        handles = [impl.submit(pool, fn, *args, i) for i in range(n)]
+        results = [impl.wait(handle) for handle in handles]
+        elapsed = time.perf_counter() - start
+    _check(results == list(range(n)), "submit")
+    return n / elapsed
+
+
 def bench_submit(
     impl: Impl, spec: dict[str, Any], n: int | None = None, workers: int | None = None
 ) -> dict[str, float]:
     """Throughput of many independent single-task submissions, all awaited at the end."""
     n = spec["sizes"]["submit"] if n is None else n
     workers = spec["workers"] if workers is None else workers
-    noop = _tasks().noop
-    with warm_pool(impl, workers) as pool:
-        start = time.perf_counter()
-        handles = [impl.submit(pool, noop, i) for i in range(n)]
-        results = [impl.wait(handle) for handle in handles]
-        elapsed = time.perf_counter() - start
-    _check(results == list(range(n)), "submit")
-    return {"tasks_per_s": n / elapsed}
+    return {"tasks_per_s": _submit_all(impl, workers, n, _tasks().noop)}
+
+
+def sweep_tasks(seconds: float, sizes: dict[str, int]) -> int:
+    """How many tasks one sweep point runs: ``sweep_work_ms`` of busy waiting in all.
+
+    Capped at ``sweep_max_tasks`` (the short tasks, where dispatch and not the work sets the
+    pace, would otherwise take minutes on the slower pools) and at least 8.
+    """
+    return max(8, min(sizes["sweep_max_tasks"], round(sizes["sweep_work_ms"] / 1000 / seconds)))
+
+
+def bench_sweep(impl: Impl, spec: dict[str, Any]) -> dict[str, float]:
+    """The submit workload with busy-waiting tasks of one duration: where does a pool pay off."""
+    seconds = SWEEP_DURATIONS[spec["variant"]]
+    n = sweep_tasks(seconds, spec["sizes"])
+    return {"tasks_per_s": _submit_all(impl, spec["workers"], n, _tasks().spin, seconds)}
 
 
 def bench_latency(impl: Impl, spec: dict[str, Any]) -> dict[str, float]:
@@ -480,6 +523,155 @@ def bench_respawn(impl: Impl, spec: dict[str, Any]) -> dict[str, float]:
     return {"ms": samples[len(samples) // 2] * 1000}
 
 
+def _psutil() -> Any:
+    """psutil (a ``bench`` extra), or ``NotAvailable`` so the row reads "n/a" without it."""
+    return _import("psutil")
+
+
+def _require_psutil() -> None:
+    """``NotAvailable`` now, before any pool starts, when psutil is missing; without importing it."""
+    if importlib.util.find_spec("psutil") is None:
+        raise NotAvailable("psutil is not installed (pip install psutil, or the bench extra)")
+
+
+def _worker_pids(impl: Impl, pool: Any, workers: int) -> list[int]:
+    """The pids of a warm pool's workers, learned from tasks that report where they ran.
+
+    Each round is ``2 * workers`` tasks that sleep 50 ms and return their pid: a sleeping task
+    holds its worker, so a round reaches every worker; more rounds cover a pool that hands
+    several tasks to one worker at once.
+    """
+    sleep_pid = _tasks().sleep_pid
+    pids: set[int] = set()
+    for _ in range(10):
+        handles = [impl.submit(pool, sleep_pid, 0.05) for _ in range(2 * workers)]
+        pids.update(impl.wait(handle) for handle in handles)
+        if len(pids) >= workers:
+            break
+    _check(len(pids) == workers, f"found {len(pids)} worker processes, expected {workers}")
+    return sorted(pids)
+
+
+def _helper_processes(psutil: Any, workers: list[int]) -> list[Any]:
+    """This process's other live descendants: fork servers, resource trackers, managers."""
+    return [p for p in psutil.Process().children(recursive=True) if p.pid not in workers and p.is_running()]
+
+
+def _helpers_memory(psutil: Any, workers: list[int]) -> list[Any]:
+    """``memory_full_info`` of each helper process, leaving out one that ends meanwhile."""
+    infos = []
+    for helper in _helper_processes(psutil, workers):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            infos.append(helper.memory_full_info())
+    return infos
+
+
+def bench_footprint_worker(impl: Impl, spec: dict[str, Any]) -> dict[str, float]:
+    """Memory of one idle worker of a warm pool, and of the helper processes the pool needs.
+
+    USS (memory unique to the process, what ending it would give back) is the fair number for
+    workers that share copy-on-write pages with a parent or fork server; RSS counts those
+    shared pages in every process. psutil is imported only after the workers exist, so forked
+    workers do not inherit it.
+    """
+    context = None if spec["variant"] == "default" else spec["variant"]
+    workers = spec["workers"]
+    _require_psutil()
+    with warm_pool(impl, workers, context) as pool:
+        pids = _worker_pids(impl, pool, workers)
+        time.sleep(spec["sizes"]["settle_ms"] / 1000)
+        psutil = _psutil()
+        infos = [psutil.Process(pid).memory_full_info() for pid in pids]
+        helpers = _helpers_memory(psutil, pids)
+    out = {"rss_mib": statistics.mean(i.rss for i in infos) / MIB}
+    if all(hasattr(i, "uss") for i in infos + helpers):
+        out["uss_mib"] = statistics.mean(i.uss for i in infos) / MIB
+        out["helpers_uss_mib"] = sum(i.uss for i in helpers) / MIB
+    return out
+
+
+def bench_footprint_imap(impl: Impl, spec: dict[str, Any]) -> dict[str, float]:
+    """The parent's memory while ``imap`` streams a long range through a warm pool.
+
+    RSS is sampled before the first item and after every tenth of the items; reported is the
+    largest sample minus the first, and the most input items drawn but not yet read back as
+    results (read-ahead) at those samples. A pool that reads its input lazily stays flat; one
+    that reads ahead holds the pending tasks and results in the parent, which shows once the
+    reader is slower than the workers (the ``slow`` variant: 1 ms pause every 10 items).
+    """
+    process = _psutil().Process()
+    slow = spec["variant"] == "slow"
+    n = spec["sizes"]["imap_slow" if slow else "imap_stream"]
+    step = max(1, n // 10)
+    noop = _tasks().noop
+    drawn = count = wrong = ahead = 0
+
+    def source() -> Iterator[int]:
+        nonlocal drawn
+        for i in range(n):
+            drawn = i + 1
+            yield i
+
+    with warm_pool(impl, spec["workers"]) as pool:
+        start_rss = peak_rss = process.memory_info().rss
+        start = time.perf_counter()
+        for count, result in enumerate(impl.imap(pool, noop, source(), 1), 1):
+            wrong += result != count - 1
+            if slow and count % 10 == 0:
+                time.sleep(0.001)
+            if count % step == 0:
+                peak_rss = max(peak_rss, process.memory_info().rss)
+                ahead = max(ahead, drawn - count)
+        elapsed = time.perf_counter() - start
+    _check(count == n and wrong == 0, "imap stream")
+    return {"peak_growth_mib": (peak_rss - start_rss) / MIB, "read_ahead": ahead, "items_per_s": n / elapsed}
+
+
+def _cpu_seconds(psutil: Any, pid: int) -> float:
+    """CPU time a process has used so far, all its threads.
+
+    The sum of its threads' run time in ``/proc/PID/task/*/schedstat`` (nanoseconds) where
+    Linux has it; otherwise psutil's ``cpu_times`` (user + system, in 10 ms clock ticks).
+    """
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        times = psutil.Process(pid).cpu_times()
+        return float(times.user + times.system)
+
+
+def bench_footprint_cpu(impl: Impl, spec: dict[str, Any]) -> dict[str, float]:
+    """CPU used by a warm pool left idle: its parent (all threads), its workers, its helpers.
+
+    An idle pool should use next to nothing; polling loops and timers show up here. The
+    parent's time is ``time.process_time()`` (every thread, nanosecond clock).
+    """
+    workers = spec["workers"]
+    _require_psutil()
+    with warm_pool(impl, workers) as pool:
+        pids = _worker_pids(impl, pool, workers)
+        time.sleep(spec["sizes"]["settle_ms"] / 1000)
+        psutil = _psutil()
+        children = pids + [p.pid for p in _helper_processes(psutil, pids)]
+        # the parent's clock is read right around the idle window, so that reading the
+        # children's times (files in /proc) is not counted as the pool's own use
+        before = [_cpu_seconds(psutil, pid) for pid in children]
+        parent_before = time.process_time()
+        time.sleep(spec["sizes"]["idle_s"])
+        parent_used = time.process_time() - parent_before
+        after = [_cpu_seconds(psutil, pid) for pid in children]
+    used = [(b - a) * 1000 for a, b in zip(before, after, strict=True)]
+    return {
+        "parent_cpu_ms": parent_used * 1000,
+        "workers_cpu_ms": sum(used[: len(pids)]),
+        "helpers_cpu_ms": sum(used[len(pids) :]),
+    }
+
+
 BENCH_FUNCS: dict[str, Callable[[Impl, dict[str, Any]], dict[str, float]]] = {
     "submit": bench_submit,
     "latency": bench_latency,
@@ -489,6 +681,10 @@ BENCH_FUNCS: dict[str, Callable[[Impl, dict[str, Any]], dict[str, float]]] = {
     "threads": bench_threads,
     "imap": bench_imap,
     "respawn": bench_respawn,
+    "sweep": bench_sweep,
+    "footprint_worker": bench_footprint_worker,
+    "footprint_imap": bench_footprint_imap,
+    "footprint_cpu": bench_footprint_cpu,
 }
 
 
@@ -550,6 +746,11 @@ class Workload:
     what: str
     metrics: tuple[Metric, ...]
     cases: tuple[Case, ...]
+    #: "table" (a row per case and metric) or "sweep" (a row per implementation, a column per
+    #: task duration, then the "table" layout folded away)
+    layout: str = "table"
+    #: fewer repeats than ``--repeat`` asks for, for a workload whose runs are long
+    max_repeat: int | None = None
 
 
 TASKS_PER_S = Metric("tasks_per_s", "tasks/s", True, 0)
@@ -567,6 +768,42 @@ def _submit_like_cases(executor_api: str, pool_api: str, pebble_api: str, mpire_
         Case("pebble.ProcessPool", f"pebble `ProcessPool.{pebble_api}`", baseline="stdlib.PPE", anchor="pebble"),
         Case("mpire.WorkerPool", f"mpire `WorkerPool.{mpire_api}`", baseline="stdlib.Pool", anchor="mpire"),
     )
+
+
+def _sweep_rows() -> tuple[Case, ...]:
+    """The sweep's implementations (the ``submit`` rows), before they are split by duration."""
+    return _submit_like_cases("submit", "apply_async", "schedule", "apply_async")
+
+
+def _sweep_cases() -> tuple[Case, ...]:
+    """One case per implementation and task duration, each compared with the stdlib's same point."""
+    return tuple(
+        replace(
+            row,
+            label=f"{row.label}, {SWEEP_LABELS[duration]}",
+            variant=duration,
+            baseline=None if row.baseline is None else f"{row.baseline}/{duration}",
+        )
+        for duration in SWEEP_DURATIONS
+        for row in _sweep_rows()
+    )
+
+
+def _footprint_worker_cases() -> tuple[Case, ...]:
+    """Each pool API under each start method; ferropool's default against the stdlib's fork."""
+    cases: list[Case] = []
+    for api, stdlib, ferropool, context_arg in (
+        ("Pool", "multiprocessing `Pool`", "ferropool `Pool`", "context"),
+        ("PPE", "concurrent.futures `ProcessPoolExecutor`", "ferropool `ProcessPoolExecutor`", "mp_context"),
+    ):
+        cases += [
+            Case(f"stdlib.{api}", f"{stdlib}, fork", "fork"),
+            Case(f"ferropool.{api}", f"{ferropool}, default (fork server)", "default", f"stdlib.{api}/fork"),
+            Case(f"stdlib.{api}", f"{stdlib}, forkserver", "forkserver"),
+            Case(f"stdlib.{api}", f"{stdlib}, spawn", "spawn"),
+            Case(f"ferropool.{api}", f'{ferropool}, `{context_arg}="spawn"`', "spawn", f"stdlib.{api}/spawn"),
+        ]
+    return tuple(cases)
 
 
 def _map_cases(variant: str, note: str) -> tuple[Case, ...]:
@@ -687,8 +924,87 @@ WORKLOADS: dict[str, Workload] = {
                 Case("ferropool.PPE", 'ferropool `ProcessPoolExecutor`, `mp_context="spawn"`', "spawn"),
             ),
         ),
+        Workload(
+            "sweep",
+            "sweep: throughput against task duration",
+            "Tasks that busy-wait (`spin`: they use the CPU, unlike a sleep) for 1 µs to 10 ms, "
+            "submitted one by one to a warm {workers}-worker process pool, then all awaited; one "
+            "fresh process per implementation and duration. Each point runs about "
+            "{sweep_work_ms:,} ms of busy waiting in all ({sweep_max_tasks:,} tasks at most, so "
+            "the short durations measure dispatch). *Ideal* is {workers} workers kept busy "
+            "({workers} / duration); *serial* is one core doing the work with no pool "
+            "(1 / duration): a pool pays off where its line rises above serial.",
+            (TASKS_PER_S,),
+            _sweep_cases(),
+            layout="sweep",
+        ),
+        Workload(
+            "footprint_worker",
+            "footprint: memory of an idle worker",
+            "A warm {workers}-worker pool, idle for {settle_ms:,} ms, in a fresh process: per "
+            "worker (mean of the {workers}), its resident set (RSS, which counts pages shared "
+            "copy-on-write with a parent or fork server in every process) and its unique set "
+            "(USS, what ending the worker gives back); and the USS of the pool's helper "
+            "processes (fork server, resource tracker), summed. Lower is better. psutil's "
+            "`memory_full_info`; USS needs Linux, macOS or Windows.",
+            (
+                Metric("rss_mib", "worker RSS MiB", False, 1),
+                Metric("uss_mib", "worker USS MiB", False, 1),
+                Metric("helpers_uss_mib", "helpers USS MiB", False, 1),
+            ),
+            _footprint_worker_cases(),
+        ),
+        Workload(
+            "footprint_imap",
+            "footprint: the parent's memory while imap streams",
+            "`Pool.imap(noop, items)` (chunksize 1) on a warm {workers}-worker pool, results read "
+            "as they arrive; `items` yields `range(n)` and counts what the pool has drawn. "
+            "*Stream*: n = {imap_stream:,}. *Slow reader*: n = {imap_slow:,}, the reader pauses "
+            "1 ms every 10 results (under 10,000 items/s, slower than the workers). Sampled before "
+            "the first result and after every tenth of them: the parent's peak RSS growth over the "
+            "first sample, and the most items drawn from the input but not yet read back "
+            "(read-ahead); lower is better. The stdlib's task-handler thread draws the input as "
+            "fast as its workers take tasks, whatever the reader does, and keeps the results "
+            "until they are read; ferropool draws only a bounded buffer ahead of the reader. At "
+            "most 3 repeats: the stdlib's stream is long.",
+            (
+                Metric("peak_growth_mib", "peak RSS growth MiB", False, 1),
+                Metric("read_ahead", "max read-ahead items", False, 0),
+                ITEMS_PER_S,
+            ),
+            (
+                Case("stdlib.Pool", "multiprocessing `Pool.imap`, stream"),
+                Case("ferropool.Pool", "ferropool `Pool.imap`, stream", baseline="stdlib.Pool"),
+                Case("stdlib.Pool", "multiprocessing `Pool.imap`, slow reader", "slow"),
+                Case("ferropool.Pool", "ferropool `Pool.imap`, slow reader", "slow", "stdlib.Pool/slow"),
+            ),
+            max_repeat=3,
+        ),
+        Workload(
+            "footprint_cpu",
+            "footprint: CPU used by an idle pool",
+            "A warm {workers}-worker pool left idle for {idle_s} s (after {settle_ms:,} ms to "
+            "settle): CPU milliseconds used in that window by the parent process (all threads, "
+            "`time.process_time`), by the workers (summed) and by helper processes (fork "
+            "server, resource tracker; summed). Children's CPU time is the sum of their threads' "
+            "`/proc/PID/task/*/schedstat` run time (ns), else psutil `cpu_times` (10 ms ticks). "
+            "Lower is better; an idle pool should use next to none.",
+            (
+                Metric("parent_cpu_ms", "parent CPU ms", False, 2),
+                Metric("workers_cpu_ms", "workers CPU ms", False, 2),
+                Metric("helpers_cpu_ms", "helpers CPU ms", False, 2),
+            ),
+            (
+                Case("stdlib.PPE", "concurrent.futures `ProcessPoolExecutor`"),
+                Case("ferropool.PPE", "ferropool `ProcessPoolExecutor`", baseline="stdlib.PPE"),
+                Case("stdlib.Pool", "multiprocessing `Pool`"),
+                Case("ferropool.Pool", "ferropool `Pool`", baseline="stdlib.Pool"),
+            ),
+        ),
     )
 }
+# Names that stand for several workloads on the command line.
+WORKLOAD_GROUPS = {"footprint": ("footprint_worker", "footprint_imap", "footprint_cpu")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -755,7 +1071,8 @@ def run_workload(workload: Workload, opts: argparse.Namespace, sizes: dict[str, 
     for case in cases:
         if case.anchor is not None and not anchor_installed(case.anchor):
             results[case.key].na = f"{case.anchor} is not installed"
-    for repeat in range(opts.repeat):
+    repeats = min(opts.repeat, workload.max_repeat or opts.repeat)
+    for repeat in range(repeats):
         for case in rotated(cases, repeat):
             result = results[case.key]
             if result.na or result.error:
@@ -769,7 +1086,7 @@ def run_workload(workload: Workload, opts: argparse.Namespace, sizes: dict[str, 
             }
             out = run_child(spec, opts.timeout)
             _record(result, out)
-            _progress(workload, case, repeat, opts.repeat, result, out)
+            _progress(workload, case, repeat, repeats, result, out)
     return results
 
 
@@ -879,6 +1196,7 @@ def _template_values(sizes: dict[str, int], workers: int) -> dict[str, Any]:
         "workers": workers,
         "thread_workers": THREAD_WORKERS,
         "map_chunk": map_chunksize(sizes["map_chunked"], workers),
+        "imap_step": max(1, sizes["imap_stream"] // 10),
     }
 
 
@@ -903,7 +1221,10 @@ def render_header(meta: dict[str, Any]) -> list[str]:
             "Sizes",
             f"submit {sizes['submit']:,}; latency {sizes['latency']:,} (+{sizes['latency_warmup']} warm-up); "
             f"map {sizes['map']:,} and {sizes['map_chunked']:,}; cpu {sizes['cpu_tasks']} × fib({sizes['fib_n']}); "
-            f"threads {sizes['threads']:,}; imap {sizes['imap']:,}" + (" (`--quick`)" if meta["quick"] else ""),
+            f"threads {sizes['threads']:,}; imap {sizes['imap']:,}; sweep {sizes['sweep_work_ms']:,} ms of "
+            f"busy waiting per point (at most {sizes['sweep_max_tasks']:,} tasks); imap stream "
+            f"{sizes['imap_stream']:,} (slow reader {sizes['imap_slow']:,}); idle {sizes['idle_s']} s"
+            + (" (`--quick`)" if meta["quick"] else ""),
         ),
     ]
     lines = ["# ferropool benchmarks", "", "Generated by `benches/run.py`; see `benches/README.md`.", ""]
@@ -942,19 +1263,28 @@ def _ratio_cell(result: CaseResult, metric: Metric, results: dict[str, CaseResul
     base = results.get(case.baseline)
     if base is None or not base.values[metric.key] or not result.values[metric.key]:
         return "n/a"
-    ratio = statistics.median(result.values[metric.key]) / statistics.median(base.values[metric.key])
+    base_median = statistics.median(base.values[metric.key])
+    if base_median == 0:
+        return "n/a"
+    ratio = statistics.median(result.values[metric.key]) / base_median
     return f"{ratio:.2f}×" + (f" vs ({tags[case.baseline]})" if case.baseline in tags else "")
 
 
 def render_workload(workload: Workload, results: dict[str, CaseResult], template: dict[str, Any]) -> list[str]:
     """One workload's section: what it measures and a table with a row per case and metric."""
+    lines = [f"## {workload.title}", "", workload.what.format(**template), ""]
+    return lines + render_table(workload, results) + [""]
+
+
+def render_table(workload: Workload, results: dict[str, CaseResult]) -> list[str]:
+    """A row per case and metric: median, min, max, ratio to the stdlib; then what is missing."""
     serial = results.get("serial")
     tags = _baseline_tags(results)
     with_speedup = serial is not None
     header = "| Implementation | Metric | Median | Min | Max | vs stdlib |" + (
         " Speedup vs serial |" if with_speedup else ""
     )
-    lines = [f"## {workload.title}", "", workload.what.format(**template), "", header]
+    lines = [header]
     lines.append("|---|---|---:|---:|---:|---:|" + ("---:|" if with_speedup else ""))
     for result in results.values():
         for metric in workload.metrics:
@@ -975,7 +1305,122 @@ def render_workload(workload: Workload, results: dict[str, CaseResult], template
     notes = [f"{r.case.label}: {r.na or r.error}" for r in results.values() if r.na or r.error]
     if notes:
         lines += ["", "Not measured or incomplete: " + "; ".join(notes) + "."]
-    return lines + [""]
+    return lines
+
+
+def _sweep_medians(results: dict[str, CaseResult], impl: str) -> dict[str, float]:
+    """One implementation's median tasks/s per duration (variant name), where it was measured."""
+    medians = {}
+    for duration in SWEEP_DURATIONS:
+        result = results.get(f"{impl}/{duration}")
+        if result is not None and result.values["tasks_per_s"]:
+            medians[duration] = statistics.median(result.values["tasks_per_s"])
+    return medians
+
+
+def _pays_off_from(medians: dict[str, float]) -> str:
+    """The shortest duration from which the pool beats serial execution at every longer one."""
+    if len(medians) < len(SWEEP_DURATIONS):
+        return ""
+    found = ""
+    for duration in reversed(SWEEP_DURATIONS):
+        if medians[duration] <= 1 / SWEEP_DURATIONS[duration]:
+            break
+        found = SWEEP_LABELS[duration]
+    return found or "never"
+
+
+def _share(fraction: float) -> str:
+    """A share of the ideal as a percentage, with a decimal below 10 % so small ones are not 0 %."""
+    return f"{fraction:.0%}" if fraction >= 0.1 else f"{fraction:.1%}"
+
+
+def render_sweep(workload: Workload, results: dict[str, CaseResult], template: dict[str, Any]) -> list[str]:
+    """The sweep as a row per implementation and a column per task duration.
+
+    Each cell is the median tasks/s and, in parentheses, its share of the ideal; the full
+    per-case table (min, max, ratio to the stdlib) follows, folded away.
+    """
+    workers = template["workers"]
+    lines = [f"## {workload.title}", "", workload.what.format(**template), ""]
+    if template.get("sweep_plot"):
+        lines += [template["sweep_plot"], ""]
+    lines.append("| Implementation | " + " | ".join(SWEEP_LABELS.values()) + " | Pays off from |")
+    lines.append("|---|" + "---:|" * len(SWEEP_DURATIONS) + "---:|")
+    ideal = [f"{workers / seconds:,.0f}" for seconds in SWEEP_DURATIONS.values()]
+    serial = [f"{1 / seconds:,.0f}" for seconds in SWEEP_DURATIONS.values()]
+    lines.append(f"| *ideal: {workers} / duration* | " + " | ".join(ideal) + " | |")
+    lines.append("| *serial: 1 / duration* | " + " | ".join(serial) + " | |")
+    for row in _sweep_rows():
+        if not any(key.startswith(f"{row.impl}/") for key in results):
+            continue  # an anchor that was not requested
+        medians = _sweep_medians(results, row.impl)
+        cells = []
+        for duration, seconds in SWEEP_DURATIONS.items():
+            result = results[f"{row.impl}/{duration}"]
+            if duration in medians:
+                cells.append(f"{medians[duration]:,.0f} ({_share(medians[duration] * seconds / workers)})")
+            else:
+                cells.append("error" if result.error else "n/a")
+        lines.append(f"| {row.label} | " + " | ".join(cells) + f" | {_pays_off_from(medians)} |")
+    lines += [
+        "",
+        "Cells: median tasks/s (share of the ideal). *Pays off from*: the shortest duration from "
+        "which the pool beats serial execution at every longer one.",
+        "",
+        "<details><summary>Every point: min, max, ratio to the stdlib</summary>",
+        "",
+        *render_table(workload, results),
+        "",
+        "</details>",
+        "",
+    ]
+    return lines
+
+
+def plot_sweep(results: dict[str, CaseResult], meta: dict[str, Any], path: str) -> str | None:
+    """Draw the sweep as a log-log chart in ``path``; the reason when it cannot, else ``None``.
+
+    One line per implementation (median tasks/s), the ideal dashed, serial dotted.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed"
+    workers = meta["workers"]
+    xs = list(SWEEP_DURATIONS.values())
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.plot(xs, [workers / x for x in xs], "k--", linewidth=1.2, label=f"ideal ({workers} / duration)")
+    ax.plot(xs, [1 / x for x in xs], color="grey", linestyle=":", linewidth=1.5, label="serial (1 / duration)")
+    for row in _sweep_rows():
+        medians = _sweep_medians(results, row.impl)
+        if medians:
+            points = [(SWEEP_DURATIONS[d], v) for d, v in medians.items()]
+            ferropool = row.impl.startswith("ferropool.")
+            ax.plot(
+                [x for x, _ in points],
+                [y for _, y in points],
+                marker="o",
+                markersize=4,
+                linewidth=2.2 if ferropool else 1.2,
+                label=row.label.replace("`", ""),
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(xs, list(SWEEP_LABELS.values()))
+    ax.minorticks_off()
+    ax.set_xlabel("task duration (busy wait)")
+    ax.set_ylabel("tasks/s (median)")
+    ax.set_title(f"Throughput against task duration, {workers} workers ({meta['cpu_usable']} usable cores)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
 
 
 def _speedup_cell(values: list[float], serial: list[float]) -> str:
@@ -985,11 +1430,16 @@ def _speedup_cell(values: list[float], serial: list[float]) -> str:
     return f"{statistics.median(serial) / statistics.median(values):.2f}×"
 
 
-def render_markdown(meta: dict[str, Any], all_results: dict[str, dict[str, CaseResult]]) -> str:
-    template = _template_values(meta["sizes"], meta["workers"])
+def render_markdown(
+    meta: dict[str, Any], all_results: dict[str, dict[str, CaseResult]], sweep_plot: str | None = None
+) -> str:
+    """The whole report; ``sweep_plot`` is the markdown line the sweep section shows its chart with."""
+    template = {**_template_values(meta["sizes"], meta["workers"]), "sweep_plot": sweep_plot}
     lines = render_header(meta)
     for name, results in all_results.items():
-        lines += render_workload(WORKLOADS[name], results, template)
+        workload = WORKLOADS[name]
+        render = render_sweep if workload.layout == "sweep" else render_workload
+        lines += render(workload, results, template)
     return "\n".join(lines)
 
 
@@ -1027,15 +1477,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes and one repeat: a smoke run")
     parser.add_argument(
-        "--workload", default=",".join(WORKLOADS), help=f"comma-separated subset of: {', '.join(WORKLOADS)}"
+        "--workload",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated subset of: {', '.join(WORKLOADS)}; "
+        + "; ".join(f"{name} = {','.join(members)}" for name, members in WORKLOAD_GROUPS.items()),
     )
     parser.add_argument("--workers", type=int, default=2, help="workers per process pool (default 2)")
     parser.add_argument("--anchors", action="store_true", help="also measure loky, mpire and pebble where installed")
     parser.add_argument("--out", help="write the markdown report to this file (e.g. BENCHMARKS.md)")
     parser.add_argument("--json", help="write the raw values to this file")
+    parser.add_argument(
+        "--plot", metavar="FILE.png", help="draw the sweep workload as a log-log chart (needs matplotlib)"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per measurement (default 600)")
     opts = parser.parse_args(argv)
-    opts.workloads = [w.strip() for w in opts.workload.split(",") if w.strip()]
+    names = [w.strip() for w in opts.workload.split(",") if w.strip()]
+    expanded = [member for w in names for member in WORKLOAD_GROUPS.get(w, (w,))]
+    opts.workloads = list(dict.fromkeys(expanded))
     unknown = [w for w in opts.workloads if w not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
@@ -1046,6 +1504,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return opts
 
 
+def sweep_plot(opts: argparse.Namespace, meta: dict[str, Any], all_results: dict[str, Any]) -> str | None:
+    """Draw ``--plot`` if asked; the markdown the sweep section shows instead of or with it.
+
+    The image link is relative to the ``--out`` file, so the report embeds it wherever both go.
+    """
+    if not opts.plot:
+        return None
+    if "sweep" not in all_results:
+        print("no plot: --plot draws the sweep workload, which did not run", file=sys.stderr)
+        return None
+    why_not = plot_sweep(all_results["sweep"], meta, opts.plot)
+    if why_not is not None:
+        print(f"no plot: {why_not}", file=sys.stderr)
+        return f"(no plot: {why_not})"
+    print(f"plot written to {opts.plot}", file=sys.stderr)
+    base = os.path.dirname(os.path.abspath(opts.out)) if opts.out else os.getcwd()
+    link = os.path.relpath(os.path.abspath(opts.plot), base).replace(os.sep, "/")
+    return f"![Throughput against task duration, log-log]({link})"
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--child"]:
         return child_main(argv[1])
@@ -1053,7 +1531,7 @@ def main(argv: list[str]) -> int:
     sizes = QUICK_SIZES if opts.quick else FULL_SIZES
     meta = collect_meta(opts, sizes)
     all_results = {name: run_workload(WORKLOADS[name], opts, sizes) for name in opts.workloads}
-    markdown = render_markdown(meta, all_results)
+    markdown = render_markdown(meta, all_results, sweep_plot(opts, meta, all_results))
     if opts.out:
         with open(opts.out, "w", encoding="utf-8") as f:
             f.write(markdown + "\n")
