@@ -349,6 +349,21 @@ def test_set_start_method_once_unless_forced():
         context._chosen = saved
 
 
+def test_set_start_method_spawn_reaches_pools_made_without_a_context():
+    from ferropool import _backend, context
+
+    saved = context._chosen
+    try:
+        ferropool.set_start_method("spawn", force=True)
+        assert _backend.start_method(None) == "spawn"
+        with ferropool.ProcessPoolExecutor(1) as ex:
+            assert ex.submit(abs, -2).result() == 2
+        ferropool.set_start_method("fork", force=True)
+        assert _backend.start_method(None) == "forkserver"
+    finally:
+        context._chosen = saved
+
+
 def test_all_start_methods_default_first_and_freeze_support_is_a_no_op():
     assert ferropool.get_all_start_methods()[0] == "forkserver"
     assert set(ferropool.get_all_start_methods()) == {"fork", "spawn", "forkserver"}

@@ -9,6 +9,7 @@ return types (one task model, DESIGN.md principle 1).
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -141,7 +142,8 @@ def start_method(context: Any, what: str = "mp_context") -> str:
     "fork from ferropool's fork server when this process allows one, else spawn".
     """
     if context is None:
-        return "forkserver"
+        chosen = getattr(sys.modules.get("ferropool.context"), "_chosen", None)  # set_start_method()
+        return "spawn" if chosen == "spawn" else "forkserver"
     method = context if isinstance(context, str) else None
     get = getattr(context, "get_start_method", None)
     if method is None and callable(get):
