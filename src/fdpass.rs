@@ -21,7 +21,8 @@ fn cmsg_space() -> usize {
 }
 
 /// Sends `data` (at least its first byte) with `fds` attached. Returns the bytes written.
-pub fn send_with_fds(link: &UnixStream, data: &[u8], fds: &[OwnedFd]) -> io::Result<usize> {
+/// The descriptors stay ours: the receiver gets copies.
+pub fn send_with_fds(link: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
     debug_assert!(!data.is_empty() && !fds.is_empty() && fds.len() <= MAX_FDS);
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
@@ -45,8 +46,8 @@ pub fn send_with_fds(link: &UnixStream, data: &[u8], fds: &[OwnedFd]) -> io::Res
         // unaligned on purpose: written with write_unaligned
         #[allow(clippy::cast_ptr_alignment)]
         let dst = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-        for (i, fd) in fds.iter().enumerate() {
-            ptr::write_unaligned(dst.add(i), fd.as_raw_fd());
+        for (i, &fd) in fds.iter().enumerate() {
+            ptr::write_unaligned(dst.add(i), fd);
         }
         let n = libc::sendmsg(link.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL);
         if n < 0 {

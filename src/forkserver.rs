@@ -13,10 +13,10 @@
 //! socket as two i32 (exit code or -1, signal or 0) before closing it.
 
 use std::io::{self, Read};
-use std::mem;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::ptr;
+
+use crate::fdpass;
 
 /// Has the fork server start a worker whose link is `link` and whose exit status goes to
 /// `status`; returns the worker's pid.
@@ -36,42 +36,11 @@ pub fn decode_status(bytes: [u8; 8]) -> (Option<i32>, Option<i32>) {
 
 /// Sends one byte with `fds` attached.
 fn send_fds(conn: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
-    let payload = [1u8];
-    let fds_len = mem::size_of_val(fds);
-    // SAFETY: CMSG_SPACE only computes a size from its argument.
-    let space = unsafe { libc::CMSG_SPACE(fds_len as u32) } as usize;
-    let mut control = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: payload.as_ptr() as *mut libc::c_void,
-        iov_len: payload.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid empty header; every pointer set below outlives the
-    // sendmsg call (`iov`, `payload`, `control` are locals), and the control buffer is exactly
-    // CMSG_SPACE bytes, enough for one cmsghdr carrying `fds.len()` descriptors, which
-    // CMSG_FIRSTHDR/CMSG_DATA address inside that buffer.
-    unsafe {
-        let mut msg: libc::msghdr = mem::zeroed();
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
-        if cmsg.is_null() {
-            return Err(io::Error::other("no room for the descriptors"));
-        }
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(fds_len as u32) as _;
-        ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), fds_len);
-        loop {
-            let sent = libc::sendmsg(conn.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL);
-            if sent >= 0 {
-                return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
+    loop {
+        match fdpass::send_with_fds(conn, &[1u8], fds) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }

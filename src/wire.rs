@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use crate::fdpass;
@@ -233,7 +233,8 @@ impl WriteBuf {
             let rest_fds = fds.len() - take;
             // more descriptors than one message carries: send them a byte at a time
             let end = if rest_fds > 0 { self.pos + 1 } else { next };
-            match fdpass::send_with_fds(link, &self.buf[self.pos..end], &fds[..take]) {
+            let raw: Vec<RawFd> = fds[..take].iter().map(AsRawFd::as_raw_fd).collect();
+            match fdpass::send_with_fds(link, &self.buf[self.pos..end], &raw) {
                 Ok(n) => {
                     self.pos += n;
                     if rest_fds > 0 {
