@@ -18,10 +18,11 @@ import mmap
 import os
 
 from . import _core
-from ._serialize import dumps, loads, wrap_large
+from ._serialize import dump_outcomes, dumps, loads, wrap_large
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 
@@ -53,13 +54,22 @@ def pack_chunk(items: Any) -> tuple[bytes, list[int] | None]:
 MAX_SEGMENTS = 255
 
 
+def pack_outcomes(seconds: float, outcomes: list[tuple[bool, Any]]) -> tuple[bytes, list[int] | None]:
+    """``pack`` for the per-item outcomes of an ``imap`` task."""
+    return _packed(lambda buffers: dump_outcomes(seconds, outcomes, buffers))
+
+
 def _pack(obj: Any) -> tuple[bytes, list[int] | None]:
+    return _packed(lambda buffers: dumps(obj, buffers))
+
+
+def _packed(dump: Callable[[list[memoryview] | None], bytes]) -> tuple[bytes, list[int] | None]:
     buffers: list[memoryview] = []
-    data = dumps(obj, buffers)
+    data = dump(buffers)
     if not buffers:
         return data, None
     if len(buffers) > MAX_SEGMENTS:  # rare enough to pay the socket for
-        return dumps(obj), None
+        return dump(None), None
     return data, to_segments(buffers)
 
 

@@ -188,16 +188,17 @@ def _unpicklable(exc: BaseException, pickling_error: Exception) -> RuntimeError:
     )
 
 
-def dump_outcomes(seconds: float, outcomes: list[tuple[bool, Any]]) -> bytes:
-    """Pickles per-item outcomes.
+def dump_outcomes(seconds: float, outcomes: list[tuple[bool, Any]], buffers: list[memoryview] | None = None) -> bytes:
+    """Pickles per-item outcomes (``buffers``: as for ``dumps``).
 
     An item whose value or exception cannot be pickled becomes a failed item carrying the
     pickling error; the others travel intact.
     """
     try:
-        return dumps((seconds, outcomes))
+        return dumps((seconds, outcomes), buffers)
     except Exception:
-        pass
+        if buffers is not None:
+            buffers.clear()
     safe: list[tuple[bool, Any]] = []
     for ok, value in outcomes:
         try:
@@ -207,7 +208,7 @@ def dump_outcomes(seconds: float, outcomes: list[tuple[bool, Any]]) -> bytes:
             exc = value[0] if not ok else pickling_error
             tb = value[1] if not ok else exception_with_traceback(pickling_error)[1]
             safe.append((False, (_unpicklable(exc, pickling_error) if not ok else pickling_error, tb)))
-    return dumps((seconds, safe))
+    return dumps((seconds, safe), buffers)
 
 
 def exception_with_traceback(exc: BaseException) -> tuple[BaseException, str]:

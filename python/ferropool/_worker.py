@@ -14,7 +14,7 @@ import sys
 import time
 
 from . import _core
-from ._buffers import from_segments, pack, release_received
+from ._buffers import from_segments, pack, pack_outcomes, release_received
 from ._serialize import (
     FLAG_CACHEABLE,
     FLAG_ITEM_CHUNK,
@@ -22,7 +22,6 @@ from ._serialize import (
     FLAG_STAR_CHUNK,
     FLAG_TIMED,
     dump_exception,
-    dump_outcomes,
     exception_with_traceback,
     loads,
 )
@@ -83,7 +82,7 @@ class Handler:
             args = _loads(memoryview(body)[fn_len:], buffers)
             del buffers
             if flags & FLAG_OUTCOMES:
-                return True, _outcomes(fn, args, bool(flags & FLAG_STAR_CHUNK)), None
+                return (True, *_outcomes(fn, args, bool(flags & FLAG_STAR_CHUNK)))
             started = time.perf_counter()
             if flags & FLAG_ITEM_CHUNK:
                 result: Any = list(map(fn, args))
@@ -104,7 +103,7 @@ class Handler:
     init = call
 
 
-def _outcomes(fn: Any, items: Any, star: bool) -> bytes:
+def _outcomes(fn: Any, items: Any, star: bool) -> tuple[bytes, list[int] | None]:
     """Calls ``fn`` on each item, keeping each item's value or exception apart.
 
     ``star`` calls ``fn(*item)``.
@@ -116,7 +115,7 @@ def _outcomes(fn: Any, items: Any, star: bool) -> bytes:
             outcomes.append((True, fn(*item) if star else fn(item)))
         except BaseException as exc:
             outcomes.append((False, exception_with_traceback(exc)))
-    return dump_outcomes(time.perf_counter() - started, outcomes)
+    return pack_outcomes(time.perf_counter() - started, outcomes)
 
 
 def main(parent_pid: int) -> None:
