@@ -3,11 +3,16 @@
 //! The child is a fresh interpreter (the command line comes from `python/ferropool/_spawn.py`),
 //! started by `fork` + `exec` in one step of the standard library's `Command`, which runs nothing
 //! but async-signal-safe calls between them: safe from a threaded parent (DESIGN.md, principle 4).
+//! Or the child is forked by the fork server (`python/ferropool/_forkserver.py`): then it is the
+//! server's child, watched through a pidfd and told of by the server, which reaps it and writes
+//! its exit status to a socket, as for pool workers.
 //! Unlike a pool worker it stays in the parent's process group and has no parent-death signal,
 //! as `multiprocessing`'s children: a terminal's Ctrl-C reaches it, and interpreter exit, not the
 //! kernel, decides its end (`_exit.py`).
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, PoisonError};
@@ -17,6 +22,7 @@ use pyo3::prelude::*;
 
 use crate::connection::wait_ready;
 use crate::errors::Error;
+use crate::forkserver::decode_status;
 use crate::signals::{timeout_from_secs, wait_interruptible};
 
 /// `multiprocessing`'s exit code: the exit status, or minus the signal that killed the process.
@@ -32,17 +38,56 @@ pub struct PyChildProcess {
     pidfd: Mutex<Option<OwnedFd>>,
     /// The child, and its exit code once reaped. One lock, so a signal is never sent to a pid
     /// that a concurrent reap has already released.
-    child: Mutex<(Child, Option<i32>)>,
+    child: Mutex<(Kind, Option<i32>)>,
+}
+
+/// Who reaps the process.
+enum Kind {
+    /// Our child: we do.
+    Spawned(Child),
+    /// The fork server's child: the server does, and writes `(code, signal)` to this socket.
+    Forked(UnixStream),
 }
 
 impl PyChildProcess {
     fn try_reap(&self) -> PyResult<Option<i32>> {
         let mut guard = self.child.lock().unwrap_or_else(PoisonError::into_inner);
-        let (child, code) = &mut *guard;
+        let (kind, code) = &mut *guard;
         if code.is_none() {
-            *code = child.try_wait().map_err(Error::Io)?.map(exitcode);
+            *code = match kind {
+                Kind::Spawned(child) => child.try_wait().map_err(Error::Io)?.map(exitcode),
+                Kind::Forked(status) => read_status(status),
+            };
         }
         Ok(*code)
+    }
+
+    /// The descriptor that becomes readable when the exit code can be had without blocking.
+    fn ended_fd(&self) -> Option<RawFd> {
+        let guard = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        match &guard.0 {
+            Kind::Forked(status) => Some(status.as_raw_fd()),
+            Kind::Spawned(_) => self
+                .pidfd
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map(AsRawFd::as_raw_fd),
+        }
+    }
+}
+
+/// The exit code the fork server wrote, if it has (the socket is non-blocking). A server that
+/// went away without writing one (it dies only with the parent) leaves the code unknown: -1.
+fn read_status(status: &mut UnixStream) -> Option<i32> {
+    let mut bytes = [0u8; 8];
+    match status.read(&mut bytes) {
+        Ok(8) => {
+            let (code, signal) = decode_status(bytes);
+            Some(code.or(signal.map(|s| -s)).unwrap_or(-1))
+        }
+        Ok(_) => Some(-1),
+        Err(_) => None,
     }
 }
 
@@ -75,7 +120,26 @@ impl PyChildProcess {
         Ok(PyChildProcess {
             pid,
             pidfd: Mutex::new(crate::supervisor::pidfd_open(pid)),
-            child: Mutex::new((child, None)),
+            child: Mutex::new((Kind::Spawned(child), None)),
+        })
+    }
+
+    /// Takes charge of `pid`, a child the fork server forked and has not let run yet (it waits
+    /// for its payload), whose exit status the server will write to `status` (taken over).
+    #[staticmethod]
+    fn adopt(pid: u32, status: RawFd) -> PyResult<Self> {
+        if status < 0 {
+            return Err(Error::InvalidArgument("invalid status descriptor".into()).into());
+        }
+        // SAFETY: the caller hands over `status`, a socket it created for this child and no
+        // longer uses; from here this object owns and closes it.
+        let status = unsafe { UnixStream::from_raw_fd(status) };
+        status.set_nonblocking(true).map_err(Error::Io)?;
+        Ok(PyChildProcess {
+            pid,
+            // the child cannot have ended yet (it blocks reading its payload), so the pid is its
+            pidfd: Mutex::new(crate::supervisor::pidfd_open(pid)),
+            child: Mutex::new((Kind::Forked(status), None)),
         })
     }
 
@@ -107,14 +171,9 @@ impl PyChildProcess {
             return Ok(Some(code));
         }
         let timeout = timeout_from_secs(timeout)?;
-        let pidfd = self
-            .pidfd
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(AsRawFd::as_raw_fd);
+        let ended_fd = self.ended_fd();
         let ended = wait_interruptible(py, timeout, |slice| {
-            if let Some(fd) = pidfd {
+            if let Some(fd) = ended_fd {
                 return wait_ready(fd, libc::POLLIN, Some(slice)).unwrap_or(true);
             }
             // no pidfd (an old kernel): look again after a short pause
@@ -131,6 +190,31 @@ impl PyChildProcess {
     fn send_signal(&self, signal: i32) -> PyResult<()> {
         let guard = self.child.lock().unwrap_or_else(PoisonError::into_inner);
         if guard.1.is_some() {
+            return Ok(());
+        }
+        if let Kind::Forked(_) = guard.0 {
+            // not our child: its pid may be reaped (by the server) and reused at any time, but
+            // its pidfd names this process and no other
+            let pidfd = self.pidfd.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(fd) = pidfd.as_ref() {
+                // SAFETY: pidfd_send_signal takes a pidfd we own, a signal number, no siginfo
+                // (null) and no flags; it shares no memory with us.
+                let rc = unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd.as_raw_fd(),
+                        signal,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+                if rc != 0 {
+                    let err = std::io::Error::last_os_error();
+                    if err.raw_os_error() != Some(libc::ESRCH) {
+                        return Err(Error::Io(err).into());
+                    }
+                }
+            }
             return Ok(());
         }
         let pid = libc::pid_t::try_from(self.pid).map_err(|_| Error::InvalidArgument("pid out of range".into()))?;

@@ -99,3 +99,16 @@ class Reporter(ferropool.Process):
     def run(self):
         self.conn.send(("run", self.value * 2, os.getpid()))
         self.conn.close()
+
+
+def report_surroundings(conn):
+    """Sends the child's cwd, one environment variable, a module found on a late sys.path
+    entry, its process group and its parent's pid."""
+    import late_module
+
+    conn.send((os.getcwd(), os.environ.get("FERRO_LATE"), late_module.VALUE, os.getpgrp(), os.getppid()))
+
+
+def send_parent_pid(conn):
+    """Sends this process's parent's pid."""
+    conn.send(os.getppid())

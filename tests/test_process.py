@@ -319,7 +319,8 @@ def test_get_context_exposes_process_and_pipe():
     for method in ferropool.get_all_start_methods():
         ctx = ferropool.get_context(method)
         assert ctx.get_start_method() == method
-        assert ctx.Process is ferropool.Process
+        assert issubclass(ctx.Process, ferropool.Process)
+        assert (ctx.Process is ferropool.process.SpawnProcess) == (method == "spawn")
         assert ctx.Pipe is ferropool.Pipe
         assert ctx.cpu_count() >= 1
 

@@ -194,3 +194,44 @@ def test_ctrl_c_interrupts_a_blocked_call_and_ends_the_children(tmp_path, blocke
         child.assert_descendants_gone()
     finally:
         child.close()
+
+
+def test_children_forked_by_the_fork_server_see_the_parent_as_it_is_at_start(tmp_path):
+    """In a single-threaded program a Process is a fork of ferropool's fork server; it must run
+    in the parent's current directory, environment and sys.path, get inherited connections at
+    their numbers, join the parent's process group, and report exit codes and signals."""
+    (tmp_path / "later").mkdir()
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "late_module.py").write_text("VALUE = 42\n")
+    result = run_script(
+        tmp_path,
+        f"""
+        from ferropool import _forkserver
+        first = ferropool.Process(target=time.sleep, args=(0,))
+        first.start()  # makes the fork server: this program has one thread
+        first.join(30)
+        assert _forkserver.server_pid() is not None
+        os.chdir({str(tmp_path / "later")!r})
+        os.environ["FERRO_LATE"] = "set after the server"
+        sys.path.append({str(tmp_path / "extra")!r})
+        a, b = ferropool.Pipe()
+        p = ferropool.Process(target=tasks.report_surroundings, args=(b,))
+        p.start()
+        print(a.recv() == (os.getcwd(), "set after the server", 42, os.getpgrp(), _forkserver.server_pid()))
+        p.join(30)
+        killed = ferropool.Process(target=time.sleep, args=(60,))
+        killed.start()
+        killed.terminate()
+        killed.join(30)
+        exits = ferropool.Process(target=sys.exit, args=(5,))
+        exits.start()
+        exits.join(30)
+        spawned = ferropool.get_context("spawn").Process(target=tasks.send_parent_pid, args=(b,))
+        spawned.start()
+        print(a.recv() == os.getpid())
+        spawned.join(30)
+        print(first.exitcode, p.exitcode, killed.exitcode, exits.exitcode, spawned.exitcode)
+        """,
+    )
+    assert result.returncode == 0, report(result)
+    assert lines(result) == ["True", "True", "0 0 -15 5 0"], report(result)

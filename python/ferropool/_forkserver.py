@@ -19,6 +19,7 @@ Protocol: see ``src/forkserver.rs``.
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import signal
@@ -72,6 +73,34 @@ def connect() -> int | None:
         finally:
             theirs.close()
         return ours.detach()
+
+
+def start_process(conn_fd: int, payload_fd: int, inherit: list[int]) -> tuple[int, int] | None:
+    """Has the fork server fork a ``Process`` child; ``(pid, status descriptor)``.
+
+    ``conn_fd`` is a connection from ``connect()`` (taken over and closed), made before the
+    payload pipe so that the server, if it was made just then, holds no end of it. The child
+    reads its process object from ``payload_fd`` and gets the descriptors ``inherit`` at the
+    same numbers. The server writes its exit status to the returned descriptor, which the caller
+    owns. ``None`` if the server went away.
+    """
+    ours, theirs = socket.socketpair()
+    with socket.socket(fileno=conn_fd) as conn:
+        try:
+            header = struct.pack(f"<ci{len(inherit)}i", b"p", os.getpgrp(), *inherit)
+            socket.send_fds(conn, [header], [payload_fd, theirs.fileno(), *inherit])
+            answer = b""
+            while len(answer) < 4:
+                more = conn.recv(4 - len(answer))
+                if not more:
+                    raise OSError("the fork server went away")
+                answer += more
+        except OSError:
+            ours.close()
+            return None
+        finally:
+            theirs.close()
+    return struct.unpack("<I", answer)[0], ours.detach()
 
 
 def _start() -> tuple[int, socket.socket]:
@@ -160,9 +189,11 @@ def _serve(master: socket.socket, parent: int) -> None:
 def _fork_worker(conn: socket.socket, statuses: dict[int, int], server_fds: list[int], server: int) -> bool:
     """Answers one request on an engine's connection; ``False`` when the engine has gone."""
     try:
-        msg, fds, _, _ = socket.recv_fds(conn, 1, 2)
+        msg, fds, _, _ = socket.recv_fds(conn, 4096, 2 + _MAX_INHERITED)
     except OSError:
         msg, fds = b"", []
+    if msg[:1] == b"p" and len(fds) >= 2:
+        return _fork_process(conn, msg, fds, statuses, server_fds)
     if not msg or len(fds) != 2:
         for fd in fds:
             os.close(fd)
@@ -179,6 +210,70 @@ def _fork_worker(conn: socket.socket, statuses: dict[int, int], server_fds: list
     statuses[pid] = status
     conn.sendall(struct.pack("<I", pid))
     return True
+
+
+_MAX_INHERITED = 60  # descriptors a Process child may inherit through the server
+
+
+def _fork_process(
+    conn: socket.socket, msg: bytes, fds: list[int], statuses: dict[int, int], server_fds: list[int]
+) -> bool:
+    """Forks a ``Process`` child (see ``start_process``)."""
+    payload, status, *inherited = fds
+    pgid, *numbers = struct.unpack_from(f"<i{(len(msg) - 5) // 4}i", msg, 1)
+    pid = os.fork()
+    if pid == 0:
+        _become_process(payload, status, list(zip(inherited, numbers, strict=False)), pgid, server_fds)
+    for fd in (payload, *inherited):
+        os.close(fd)
+    statuses[pid] = status
+    conn.sendall(struct.pack("<I", pid))
+    return True
+
+
+def _become_process(
+    payload: int, status: int, inherit: list[tuple[int, int]], pgid: int, server_fds: list[int]
+) -> None:
+    """In a freshly forked ``Process`` child: look like a child of the parent, then run."""
+    code = 1
+    try:
+        try:
+            os.setpgid(0, pgid)  # the parent's group, as multiprocessing's children: Ctrl-C reaches it
+        except OSError:
+            pass
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.close(status)
+        for fd in server_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        # the inherited descriptors go to the numbers they had in the parent; moving every one
+        # out of the way first means no source is overwritten before it is copied
+        keep = {number for _, number in inherit}
+        payload = _moved_above(payload, keep)
+        moved = [(_moved_above(fd, keep), number) for fd, number in inherit]
+        for fd, number in moved:
+            os.dup2(fd, number)
+            os.close(fd)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        gc.unfreeze()
+        from .process import _forked_child_main
+
+        code = _forked_child_main(payload)
+    finally:
+        os._exit(code)
+
+
+def _moved_above(fd: int, taken: set[int]) -> int:
+    """A copy of ``fd`` at a number above every number in ``taken``; ``fd`` is closed."""
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(taken, default=2) + 1)
+    os.close(fd)
+    return new
 
 
 def _reap(statuses: dict[int, int]) -> None:

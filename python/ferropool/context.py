@@ -48,6 +48,13 @@ class Context:
         kwargs.setdefault("context", self)
         return Pool(*args, **kwargs)
 
+    @property
+    def Process(self) -> type:
+        """``ferropool.Process``, started by this context's method."""
+        from .process import Process, SpawnProcess
+
+        return SpawnProcess if self._method == "spawn" else Process
+
     def __getattr__(self, name: str) -> Any:
         import ferropool
 

@@ -1,7 +1,9 @@
 """Processes: ``Process``, ``current_process()``, ``parent_process()``, ``active_children()``.
 
-The names and semantics of ``multiprocessing``'s, on ferropool's safe start: every child is a
-fresh interpreter, never a ``fork()`` of the (threaded) parent. The life of one ``Process``::
+The names and semantics of ``multiprocessing``'s, on ferropool's safe start: never a ``fork()``
+of the (threaded) parent. A child is forked by ferropool's fork server when there is one (see
+``_forkserver.start_process``; the payload then starts with the parent's working directory,
+``sys.path`` and environment), else it is a fresh interpreter. The life of a spawned one::
 
  parent                                          child: python -S -c ... (parent's sys.path)
  ──────                                          ─────
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from multiprocessing import ProcessError
     from typing import Any
 
-__all__ = ["Process", "ProcessError", "active_children", "current_process", "parent_process"]
+__all__ = ["Process", "ProcessError", "SpawnProcess", "active_children", "current_process", "parent_process"]
 
 _children: set[Process] = set()
 _counter = itertools.count(1)
@@ -55,8 +57,10 @@ def _require(condition: bool, message: str) -> None:
 class Process:
     """A process that runs ``target(*args, **kwargs)``, or its own ``run()`` method.
 
-    The same interface as ``multiprocessing.Process``. The child is a fresh interpreter started
-    with the parent's ``sys.path`` (never a fork of the parent); the process object, with its
+    The same interface as ``multiprocessing.Process``. The child is forked from ferropool's fork
+    server (a copy of the program made while it had one thread) when there is one, else it is a
+    fresh interpreter started with the parent's ``sys.path``; never a fork of the parent itself.
+    Either way it runs in the parent's current directory and environment. The process object, with its
     target and arguments, is pickled to it. Lambdas, closures and functions defined in
     ``__main__`` travel by value (cloudpickle), so no ``if __name__ == "__main__":`` guard is
     needed. ``Connection`` objects among the arguments or attributes are inherited by the child.
@@ -127,9 +131,22 @@ class Process:
             payload = dumps((self, sys.argv))
         finally:
             del connection._passing.fds
+        server = None
+        if self._start_method() != "spawn":
+            from . import _forkserver
+
+            server = _forkserver.connect()  # before the pipe: a server made now must not hold it
         read_end, write_end = os.pipe()
         try:
-            self._popen = _core.ChildProcess(process_argv(read_end), [read_end, *inherited])
+            forked = None
+            if server is not None:
+                forked = _forkserver.start_process(server, read_end, list(inherited))
+            if forked is not None:
+                self._popen = _core.ChildProcess.adopt(*forked)
+                # a fork of the server: it has the server's cwd, path and environment, not ours
+                payload = dumps((os.getcwd(), sys.path, dict(os.environ))) + payload
+            else:
+                self._popen = _core.ChildProcess(process_argv(read_end), [read_end, *inherited])
         except BaseException:
             os.close(write_end)
             raise
@@ -142,6 +159,16 @@ class Process:
             except BrokenPipeError:
                 pass  # the child died before reading; its exit code says how
         del self._target, self._args, self._kwargs
+
+    #: ``"spawn"`` for a fresh interpreter; ``None`` follows ``set_start_method()``: a fork of
+    #: ferropool's fork server when there is one or one can be made, else a fresh interpreter
+    _start_method_name: str | None = None
+
+    def _start_method(self) -> str:
+        if self._start_method_name is not None:
+            return self._start_method_name
+        chosen = getattr(sys.modules.get("ferropool.context"), "_chosen", None)
+        return "spawn" if chosen == "spawn" else "forkserver"
 
     def terminate(self) -> None:
         """Terminates the process with SIGTERM (``exitcode`` becomes ``-15``)."""
@@ -326,6 +353,12 @@ class Process:
         return exitcode
 
 
+class SpawnProcess(Process):
+    """A ``Process`` always started as a fresh interpreter (``get_context("spawn").Process``)."""
+
+    _start_method_name = "spawn"
+
+
 def _exitcode_name(exitcode: int) -> str:
     """``-SIGTERM`` for ``-15``, as the stdlib's repr() shows a process killed by a signal."""
     import signal
@@ -460,6 +493,40 @@ def _child_main(fd: int) -> None:
         payload = pipe.read()
     process, argv = _loads(payload)
     sys.exit(process._bootstrap(argv))
+
+
+def _forked_child_main(fd: int) -> int:
+    """Entry point of a child forked by the fork server; returns its exit code.
+
+    Reads the parent's working directory, ``sys.path`` and environment, then the process object,
+    from ``fd``. At the end it does what interpreter exit does in a spawned child (joins its
+    threads, finishes its own children and pools), but not the parent's ``atexit`` handlers the
+    fork copied, as ``multiprocessing``'s fork start method does.
+    """
+    import _pickle
+    import io
+    import threading
+
+    from ._worker import _loads
+
+    with open(fd, "rb") as pipe:
+        payload = pipe.read()
+    stream = io.BytesIO(payload)
+    cwd, path, environ = _pickle.Unpickler(stream).load()
+    try:
+        os.chdir(cwd)
+    except OSError:
+        pass
+    sys.path[:] = path
+    os.environ.clear()
+    os.environ.update(environ)
+    process, argv = _loads(memoryview(payload)[stream.tell() :])
+    code = process._bootstrap(argv)
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]
+    except BaseException:
+        pass
+    return int(code)
 
 
 # a child of os.fork() has no children yet; the parent's are not its to join at exit
