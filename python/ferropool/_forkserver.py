@@ -241,15 +241,7 @@ def _become_process(
             os.setpgid(0, pgid)  # the parent's group, as multiprocessing's children: Ctrl-C reaches it
         except OSError:
             pass
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        os.close(status)
-        for fd in server_fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        _leave_server(status, server_fds)
         # the inherited descriptors go to the numbers they had in the parent; moving every one
         # out of the way first means no source is overwritten before it is copied
         keep = {number for _, number in inherit}
@@ -267,6 +259,19 @@ def _become_process(
         code = _forked_child_main(payload)
     finally:
         os._exit(code)
+
+
+def _leave_server(status: int, server_fds: list[int]) -> None:
+    """In a fresh fork of the server: the server's signal handling and descriptors go."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.close(status)
+    for fd in server_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _moved_above(fd: int, taken: set[int]) -> int:
@@ -301,15 +306,7 @@ def _become_worker(link: int, status: int, server_fds: list[int], server: int) -
     """In a freshly forked worker: drop the server's descriptors and run the worker loop."""
     try:
         os.setpgid(0, 0)
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        os.close(status)
-        for fd in server_fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        _leave_server(status, server_fds)
         os.dup2(link, 0)  # the worker loop takes its link from stdin, as a spawned worker does
         os.close(link)
         # inherited objects stay frozen: a collection in the worker never walks the parent's heap
