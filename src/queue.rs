@@ -23,7 +23,10 @@
 //! `tail` and `head` pack the byte position with the count of whole messages, so `qsize()` stays
 //! exact whatever dies.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 use std::time::Instant;
 
 use pyo3::exceptions::PyValueError;
@@ -48,6 +51,7 @@ pub const DEFAULT_CAPACITY: usize = 4 << 20;
 const HOT_SPINS: u32 = 2_000;
 /// Spins (GIL released) before parking.
 const COLD_SPINS: u32 = 200;
+const FEEDER_SLICE: Duration = Duration::from_millis(50);
 
 /// One cache line, so the producer's and the consumer's words do not share one.
 #[repr(C, align(64))]
@@ -100,21 +104,62 @@ fn padded(len: usize) -> usize {
     (len + 7) & !7
 }
 
-/// The native queue shared by the three Python classes.
-#[pyclass(name = "Queue", module = "ferropool._core", frozen, subclass)]
-pub struct PyQueue {
+/// This process's view of a queue's shared record and ring.
+struct Ring {
     rec: Shared<QueueRecord>,
-    ring: *mut u8,
+    /// The first byte after the record.
+    bytes: *mut u8,
     cap: u32,
+}
+
+// SAFETY: `bytes` points into `rec`'s mapping, which lives as long as `self`; all shared access
+// to the ring is ordered by the atomics in the record.
+unsafe impl Send for Ring {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Ring {}
+
+/// Messages this process put that did not fit into the ring yet, in order, and whether a
+/// feeder thread is moving them (the stdlib's feeder-thread buffer: `put` on an unbounded queue
+/// never waits for a reader).
+#[derive(Default)]
+struct Backlog {
+    items: Mutex<VecDeque<Arc<[u8]>>>,
+    /// Signalled when the backlog empties.
+    drained: Condvar,
+}
+
+/// The native queue shared by the three Python classes.
+#[pyclass(name = "Queue", module = "ferropool._core", frozen, subclass, weakref)]
+pub struct PyQueue {
+    ring: Arc<Ring>,
+    backlog: Arc<Backlog>,
     /// `close()` was called in this process (the stdlib's `close` is per process).
     closed: AtomicBool,
 }
 
-// SAFETY: `ring` points into `rec`'s mapping, which lives as long as `self`; all shared access
-// to the ring is ordered by the atomics in the record.
-unsafe impl Send for PyQueue {}
-// SAFETY: see `Send`.
-unsafe impl Sync for PyQueue {}
+/// Waits in slices: interruptibly with the GIL released when called from Python (`py`), plainly
+/// on the feeder thread.
+fn wait_slices(
+    py: Option<Python<'_>>,
+    timeout: Option<Duration>,
+    mut f: impl FnMut(Duration) -> bool + Send,
+) -> PyResult<bool> {
+    if let Some(py) = py {
+        return wait_interruptible(py, timeout, f);
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let slice = deadline.map_or(FEEDER_SLICE, |d| {
+            d.saturating_duration_since(Instant::now()).min(FEEDER_SLICE)
+        });
+        if f(slice) {
+            return Ok(true);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(false);
+        }
+    }
+}
 
 static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -139,28 +184,7 @@ fn dumps<'py>(py: Python<'py>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, P
     Ok(slow.bind(py).call1((obj,))?.cast_into::<PyBytes>()?)
 }
 
-impl PyQueue {
-    fn build(rec: Shared<QueueRecord>) -> PyResult<Self> {
-        let (ring, len) = rec.extra();
-        let cap = rec.capacity.load(Ordering::Acquire);
-        if cap as usize > len || !cap.is_power_of_two() || cap < 64 {
-            return Err(PyValueError::new_err("not a ferropool queue segment"));
-        }
-        Ok(PyQueue {
-            rec,
-            ring,
-            cap,
-            closed: AtomicBool::new(false),
-        })
-    }
-
-    fn check_open(&self) -> PyResult<()> {
-        if self.closed.load(Ordering::Relaxed) {
-            return Err(PyValueError::new_err("Queue is closed"));
-        }
-        Ok(())
-    }
-
+impl Ring {
     /// Copies `src` into the ring at position `at` (wrapping).
     fn copy_in(&self, at: u32, src: &[u8]) {
         let cap = self.cap as usize;
@@ -170,8 +194,8 @@ impl PyQueue {
         // < cap because frames are at most cap / 4); the producer lock makes this process the
         // only writer of the unpublished bytes past `tail`.
         unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ring.add(start), first);
-            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), self.ring, src.len() - first);
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.bytes.add(start), first);
+            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), self.bytes, src.len() - first);
         }
     }
 
@@ -183,8 +207,8 @@ impl PyQueue {
         // SAFETY: as in `copy_in`; the bytes lie between `head` and the published `tail`, which
         // no producer writes until `head` moves past them.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ring.add(start), dst.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(self.ring, dst.as_mut_ptr().add(first), dst.len() - first);
+            std::ptr::copy_nonoverlapping(self.bytes.add(start), dst.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(self.bytes, dst.as_mut_ptr().add(first), dst.len() - first);
         }
     }
 
@@ -201,19 +225,10 @@ impl PyQueue {
         self.cap as usize / 4 - HEADER
     }
 
-    /// Takes one side's lock, taking it over (with a warning) from a dead process.
-    fn lock_end(py: Python<'_>, end: &End, deadline: Option<Instant>, what: &str) -> PyResult<bool> {
-        if end.lock.try_lock() {
-            return Ok(true);
-        }
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        end.lock.acquire(py, true, timeout, what)
-    }
-
     /// Waits until `ready()`, parking on `wake.seq`; `false` at the deadline. `check` runs
     /// between slices (`Some(err)` ends the wait).
     fn wait_until(
-        py: Python<'_>,
+        py: Option<Python<'_>>,
         wake: &End,
         deadline: Option<Instant>,
         ready: impl Fn() -> bool + Sync,
@@ -228,7 +243,7 @@ impl PyQueue {
             return Ok(ready());
         }
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        wait_interruptible(py, timeout, |slice| {
+        wait_slices(py, timeout, |slice| {
             if crate::sync::spin_until(&ready, COLD_SPINS) {
                 return true;
             }
@@ -257,18 +272,17 @@ impl PyQueue {
         }
     }
 
-    /// Writes `data` as one message (the producer lock is held).
-    fn write_message(&self, py: Python<'_>, data: &[u8], deadline: Option<Instant>) -> PyResult<()> {
+    /// Whether a message of `len` bytes fits into the ring as one frame right now.
+    fn fits_now(&self, len: usize) -> bool {
+        let (tail, head) = (&self.rec.tail.0, &self.rec.head.0);
+        let used = pos(tail.pos.load(Ordering::Relaxed)).wrapping_sub(pos(head.pos.load(Ordering::SeqCst))) as usize;
+        len <= self.chunk_max() && self.cap as usize - used >= HEADER + padded(len)
+    }
+
+    /// Writes `data` as one message (the producer lock is held), waiting for room as needed.
+    fn write_message(&self, py: Option<Python<'_>>, data: &[u8], deadline: Option<Instant>) -> PyResult<()> {
         let rec = &*self.rec;
         let (tail, head) = (&rec.tail.0, &rec.head.0);
-        let maxsize = rec.maxsize.load(Ordering::Relaxed);
-        if maxsize > 0 {
-            let t = msgs(tail.pos.load(Ordering::Relaxed));
-            let room = || t.wrapping_sub(msgs(head.pos.load(Ordering::SeqCst))) < maxsize;
-            if !room() && !Self::wait_until(py, head, deadline, room)? {
-                return Err(Error::QueueFull.into());
-            }
-        }
         let pid = current_pid();
         let chunk_max = self.chunk_max();
         let n_chunks = data.len().div_ceil(chunk_max).max(1);
@@ -318,13 +332,13 @@ impl PyQueue {
             let has_frame = || pos(tail.pos.load(Ordering::SeqCst)) != pos(h);
             if !has_frame() {
                 let got = match &partial {
-                    None => Self::wait_until(py, tail, deadline, has_frame)?,
+                    None => Self::wait_until(Some(py), tail, deadline, has_frame)?,
                     Some((_, writer)) => {
                         // the rest of a message: wait while its writer still holds the producer
                         // lock, whatever the deadline
                         let writer = *writer;
                         let abandoned = || tail.lock.owner_pid() != writer || !process_alive(writer);
-                        let _ = Self::wait_until(py, tail, None, || has_frame() || abandoned())?;
+                        let _ = Self::wait_until(Some(py), tail, None, || has_frame() || abandoned())?;
                         if !has_frame() {
                             partial = None;
                         }
@@ -382,12 +396,79 @@ impl PyQueue {
             }
         }
     }
+}
 
-    fn deadline(block: bool, timeout: Option<f64>) -> PyResult<Option<Instant>> {
-        if !block {
-            return Ok(Some(Instant::now()));
+fn deadline(block: bool, timeout: Option<f64>) -> PyResult<Option<Instant>> {
+    if !block {
+        return Ok(Some(Instant::now()));
+    }
+    Ok(timeout_from_secs(timeout)?.map(|t| Instant::now() + t))
+}
+
+/// Takes one side's lock, taking it over (with a warning) from a dead process.
+fn lock_end(py: Python<'_>, end: &End, deadline: Option<Instant>, what: &str) -> PyResult<bool> {
+    if end.lock.try_lock() {
+        return Ok(true);
+    }
+    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    end.lock.acquire(py, true, timeout, what)
+}
+
+/// The feeder thread: moves this process's backlog into the ring, in order, as readers make
+/// room; ends when the backlog is empty.
+fn feed(ring: &Ring, backlog: &Backlog) {
+    let tail = &ring.rec.tail.0;
+    loop {
+        let next = backlog
+            .items
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .front()
+            .cloned();
+        let Some(data) = next else { break };
+        while !tail.lock.lock_within(FEEDER_SLICE).0 {}
+        // no Python here: the wait cannot be interrupted, and cannot fail
+        let _ = ring.write_message(None, &data, None);
+        tail.lock.unlock();
+        let mut items = backlog.items.lock().unwrap_or_else(PoisonError::into_inner);
+        items.pop_front();
+        if items.is_empty() {
+            backlog.drained.notify_all();
+            break;
         }
-        Ok(timeout_from_secs(timeout)?.map(|t| Instant::now() + t))
+    }
+}
+
+impl PyQueue {
+    fn build(rec: Shared<QueueRecord>) -> PyResult<Self> {
+        let (ring, len) = rec.extra();
+        let cap = rec.capacity.load(Ordering::Acquire);
+        if cap as usize > len || !cap.is_power_of_two() || cap < 64 {
+            return Err(PyValueError::new_err("not a ferropool queue segment"));
+        }
+        Ok(PyQueue {
+            ring: Arc::new(Ring { rec, bytes: ring, cap }),
+            backlog: Arc::default(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn check_open(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PyValueError::new_err("Queue is closed"));
+        }
+        Ok(())
+    }
+
+    fn backlog_len(&self) -> u32 {
+        self.backlog.items.lock().unwrap_or_else(PoisonError::into_inner).len() as u32
+    }
+
+    /// Messages in the ring.
+    fn in_ring(&self) -> u32 {
+        let t = msgs(self.ring.rec.tail.0.pos.load(Ordering::SeqCst));
+        let h = msgs(self.ring.rec.head.0.pos.load(Ordering::SeqCst));
+        t.wrapping_sub(h).min(u32::MAX >> 1)
     }
 }
 
@@ -420,26 +501,59 @@ impl PyQueue {
     fn put(&self, py: Python<'_>, obj: &Bound<'_, PyAny>, block: bool, timeout: Option<f64>) -> PyResult<()> {
         self.check_open()?;
         let data = dumps(py, obj)?;
-        let deadline = Self::deadline(block, timeout)?;
-        let tail = &self.rec.tail.0;
-        if !Self::lock_end(py, tail, deadline, "Queue's producer lock")? {
-            return Err(Error::QueueFull.into());
+        let deadline = deadline(block, timeout)?;
+        let ring = &*self.ring;
+        let (tail, head) = (&ring.rec.tail.0, &ring.rec.head.0);
+        let maxsize = ring.rec.maxsize.load(Ordering::Relaxed);
+        if maxsize > 0 {
+            let room = || self.in_ring() + self.backlog_len() < maxsize;
+            if !room() && !Ring::wait_until(Some(py), head, deadline, room)? {
+                return Err(Error::QueueFull.into());
+            }
         }
-        let result = self.write_message(py, data.as_bytes(), deadline);
-        tail.lock.unlock();
-        result
+        let data = data.as_bytes();
+        let mut items = self.backlog.items.lock().unwrap_or_else(PoisonError::into_inner);
+        if items.is_empty() && ring.fits_now(data.len()) {
+            // the common case: straight into the ring, no thread involved
+            if lock_end(
+                py,
+                tail,
+                Some(Instant::now() + Duration::from_millis(2)),
+                "Queue's producer lock",
+            )? {
+                let result = if ring.fits_now(data.len()) {
+                    ring.write_message(Some(py), data, None).map(|()| true)
+                } else {
+                    Ok(false)
+                };
+                tail.lock.unlock();
+                if result? {
+                    return Ok(());
+                }
+            }
+        }
+        // no room now: the feeder thread writes it when readers make room, as the stdlib's does
+        items.push_back(Arc::from(data));
+        if items.len() == 1 {
+            let (ring, backlog) = (Arc::clone(&self.ring), Arc::clone(&self.backlog));
+            std::thread::Builder::new()
+                .name("ferropool-queue-feeder".into())
+                .spawn(move || feed(&ring, &backlog))
+                .map_err(Error::Io)?;
+        }
+        Ok(())
     }
 
     /// Removes and returns an item; `queue.Empty` when none comes in time.
     #[pyo3(signature = (block=true, timeout=None))]
     fn get<'py>(&self, py: Python<'py>, block: bool, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
         self.check_open()?;
-        let deadline = Self::deadline(block, timeout)?;
-        let head = &self.rec.head.0;
-        if !Self::lock_end(py, head, deadline, "Queue's consumer lock")? {
+        let deadline = deadline(block, timeout)?;
+        let head = &self.ring.rec.head.0;
+        if !lock_end(py, head, deadline, "Queue's consumer lock")? {
             return Err(Error::QueueEmpty.into());
         }
-        let result = self.read_message(py, deadline);
+        let result = self.ring.read_message(py, deadline);
         head.lock.unlock();
         let loads = import_attr(py, &LOADS, "_pickle", "loads")?;
         match result? {
@@ -448,11 +562,23 @@ impl PyQueue {
         }
     }
 
+    /// Waits until this process's backlog is in the ring (the stdlib's `join_thread`).
+    #[pyo3(signature = (timeout=None))]
+    fn _flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let backlog = &*self.backlog;
+        wait_interruptible(py, timeout_from_secs(timeout)?, |slice| {
+            let items = backlog.items.lock().unwrap_or_else(PoisonError::into_inner);
+            let (items, _) = backlog
+                .drained
+                .wait_timeout_while(items, slice, |i| !i.is_empty())
+                .unwrap_or_else(PoisonError::into_inner);
+            items.is_empty()
+        })
+    }
+
     /// Items in the queue now (exact, but stale as soon as it returns).
     fn qsize(&self) -> u32 {
-        let t = msgs(self.rec.tail.0.pos.load(Ordering::SeqCst));
-        let h = msgs(self.rec.head.0.pos.load(Ordering::SeqCst));
-        t.wrapping_sub(h).min(u32::MAX >> 1)
+        self.in_ring() + self.backlog_len()
     }
 
     fn empty(&self) -> bool {
@@ -460,18 +586,18 @@ impl PyQueue {
     }
 
     fn full(&self) -> bool {
-        let maxsize = self.rec.maxsize.load(Ordering::Relaxed);
+        let maxsize = self.ring.rec.maxsize.load(Ordering::Relaxed);
         maxsize > 0 && self.qsize() >= maxsize
     }
 
     #[getter]
     fn _maxsize(&self) -> u32 {
-        self.rec.maxsize.load(Ordering::Relaxed)
+        self.ring.rec.maxsize.load(Ordering::Relaxed)
     }
 
     #[getter]
     fn _capacity(&self) -> u32 {
-        self.cap
+        self.ring.cap
     }
 
     /// Refuses further `put` and `get` calls from this process.
@@ -486,7 +612,7 @@ impl PyQueue {
 
     /// `JoinableQueue`: one item taken with `get()` is fully processed.
     fn task_done(&self) -> PyResult<()> {
-        let rec = &*self.rec;
+        let rec = &*self.ring.rec;
         let left = rec
             .unfinished
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| u.checked_sub(1))
@@ -500,7 +626,7 @@ impl PyQueue {
     /// `JoinableQueue`: blocks until every item put has been marked done.
     #[pyo3(signature = (timeout=None))]
     fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
-        let rec = &*self.rec;
+        let rec = &*self.ring.rec;
         rec.joiners.fetch_add(1, Ordering::SeqCst);
         let done = wait_interruptible(py, timeout_from_secs(timeout)?, |slice| {
             let end = slice_end(slice);
@@ -521,11 +647,11 @@ impl PyQueue {
 
     /// `JoinableQueue`: items put and not yet marked done.
     fn _unfinished(&self) -> u32 {
-        self.rec.unfinished.load(Ordering::SeqCst)
+        self.ring.rec.unfinished.load(Ordering::SeqCst)
     }
 
     #[getter]
     fn _handle(&self) -> Handle {
-        self.rec.segment().handle()
+        self.ring.rec.segment().handle()
     }
 }

@@ -34,10 +34,27 @@ if TYPE_CHECKING:
         wait,
     )
     from .pool import AsyncResult, Pool, ThreadPool
+    from .queues import JoinableQueue, Queue, SimpleQueue
+    from .sharedctypes import Array, RawArray, RawValue, Value
+    from .synchronize import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore
 
 __all__ = [
     "ALL_COMPLETED",
+    "Array",
     "AsyncResult",
+    "Barrier",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "JoinableQueue",
+    "Lock",
+    "Queue",
+    "RLock",
+    "RawArray",
+    "RawValue",
+    "Semaphore",
+    "SimpleQueue",
+    "Value",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
     "BrokenExecutor",
@@ -77,6 +94,20 @@ _LAZY = {
     "InvalidStateError": "errors",
     "TimeoutError": "errors",
     "WorkerDiedError": "errors",
+    "Lock": "synchronize",
+    "RLock": "synchronize",
+    "Semaphore": "synchronize",
+    "BoundedSemaphore": "synchronize",
+    "Condition": "synchronize",
+    "Event": "synchronize",
+    "Barrier": "synchronize",
+    "Value": "sharedctypes",
+    "Array": "sharedctypes",
+    "RawValue": "sharedctypes",
+    "RawArray": "sharedctypes",
+    "Queue": "queues",
+    "SimpleQueue": "queues",
+    "JoinableQueue": "queues",
 }
 
 

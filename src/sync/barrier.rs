@@ -113,8 +113,8 @@ impl PyBarrier {
 
     /// Waits for the others; the last to arrive runs `action` first. Returns this arrival's
     /// index (0 to parties - 1).
-    #[pyo3(signature = (timeout=None, action=None))]
-    fn wait(&self, py: Python<'_>, timeout: Option<f64>, action: Option<Bound<'_, PyAny>>) -> PyResult<u32> {
+    #[pyo3(name = "_wait", signature = (timeout=None, action=None))]
+    fn wait_round(&self, py: Python<'_>, timeout: Option<f64>, action: Option<Bound<'_, PyAny>>) -> PyResult<u32> {
         let deadline = timeout_from_secs(timeout)?.map(|t| Instant::now() + t);
         let parties = self.rec.parties.load(Ordering::SeqCst);
         self.lock(py)?;
