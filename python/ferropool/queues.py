@@ -7,12 +7,16 @@ cannot be pickled raises at the ``put`` call. Queues pickle, so they can be pass
 ``Process`` or to pool tasks; the sending process must still hold its queue when the receiver
 unpickles it.
 
-A queue holds up to 4 MiB of pickled data (``capacity`` changes that) besides its ``maxsize``
-limit: a ``put`` that finds the ring full waits for a reader, as one on a full ``maxsize`` queue
-does. A message larger than a quarter of the ring travels in parts.
+The shared ring holds 4 MiB of pickled data (``capacity`` changes that); what does not fit
+waits in the putting process, and a feeder thread writes it as readers make room, so ``put``
+never waits for a reader unless ``maxsize`` says so (as with the stdlib). A message larger than
+a quarter of the ring travels in parts.
 """
 
 from __future__ import annotations
+
+import atexit
+import weakref
 
 from . import _core
 
@@ -25,6 +29,24 @@ __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 
 def _rebuild(cls: Any, handle: tuple[int, int, int, int]) -> Any:
     return cls(handle=handle)
+
+
+# Every queue handle in this process: at exit, items still in a handle's backlog are written to
+# the shared ring first (the stdlib joins its feeder thread the same way), unless
+# cancel_join_thread() was called on it.
+_live: weakref.WeakSet[_core.Queue] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    for q in list(_live):
+        if not getattr(q, "_cancelled", False):
+            q._flush()
+
+
+def _track(q: Any) -> Any:
+    _live.add(q)
+    return q
 
 
 class Queue(_core.Queue):
@@ -47,7 +69,7 @@ class Queue(_core.Queue):
         capacity: int | None = None,
         handle: tuple[int, int, int, int] | None = None,
     ) -> Queue:
-        return super().__new__(cls, maxsize, False, capacity, handle)
+        return _track(super().__new__(cls, maxsize, False, capacity, handle))  # type: ignore[no-any-return]
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild, (type(self), self._handle)
@@ -64,13 +86,20 @@ class Queue(_core.Queue):
         return self.get(False)
 
     def join_thread(self) -> None:
-        """Waits for the feeder thread; ferropool has none (``put`` writes to shared memory
-        itself), so this only checks, as the stdlib does, that ``close()`` was called."""
+        """Waits until every item this process put is in shared memory; only after ``close()``.
+
+        Items go straight to shared memory while it has room; the rest wait in this process
+        and a feeder thread writes them as readers make room, as the stdlib's does. Interpreter
+        exit also waits for them, unless ``cancel_join_thread()`` was called.
+        """
         if not self._closed:
             raise AssertionError(f"Queue {self!r} not closed")
+        self._flush()
 
     def cancel_join_thread(self) -> None:
-        """Kept for the stdlib's API: with no feeder thread there is nothing to cancel."""
+        """Lets this process exit without waiting for items it put that are not yet in shared
+        memory (they are lost, as with the stdlib)."""
+        self._cancelled = True
 
 
 class JoinableQueue(Queue):
@@ -84,7 +113,7 @@ class JoinableQueue(Queue):
         capacity: int | None = None,
         handle: tuple[int, int, int, int] | None = None,
     ) -> JoinableQueue:
-        return _core.Queue.__new__(cls, maxsize, True, capacity, handle)  # type: ignore[return-value]
+        return _track(_core.Queue.__new__(cls, maxsize, True, capacity, handle))  # type: ignore[no-any-return]
 
     def join(self, timeout: float | None = None) -> bool:  # type: ignore[override]
         """Blocks until every item put has been marked done with ``task_done()``.
@@ -99,8 +128,10 @@ class SimpleQueue(_core.Queue):
     """An unbounded queue with only ``put``, ``get``, ``empty`` and ``close``, as
     ``multiprocessing.SimpleQueue``."""
 
+    _cancelled = False
+
     def __new__(cls, *, handle: tuple[int, int, int, int] | None = None) -> SimpleQueue:
-        return super().__new__(cls, 0, False, None, handle)
+        return _track(super().__new__(cls, 0, False, None, handle))  # type: ignore[no-any-return]
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild, (type(self), self._handle)
