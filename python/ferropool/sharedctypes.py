@@ -55,8 +55,22 @@ def _ctype(typecode_or_type: Any) -> Any:
     return typecode_or_type
 
 
+def _spec(ctype: Any) -> Any:
+    """A picklable description of ``ctype``: array types are made on the fly, so they travel as
+    their element type and length."""
+    if issubclass(ctype, ctypes.Array):
+        return ("array", _spec(ctype._type_), ctype._length_)
+    return ctype
+
+
+def _unspec(spec: Any) -> Any:
+    if isinstance(spec, tuple):
+        return _unspec(spec[1]) * spec[2]
+    return spec
+
+
 def _reduce_shared(obj: Any) -> tuple[Any, ...]:
-    return _rebuild_ctype, (type(obj).__mro__[1], obj._ferro_segment.handle)
+    return _rebuild_ctype, (_spec(type(obj).__mro__[1]), obj._ferro_segment.handle)
 
 
 def _shared_type(base: Any) -> Any:
@@ -79,8 +93,8 @@ def _new(base: Any, handle: tuple[int, int, int, int] | None = None) -> Any:
     return obj
 
 
-def _rebuild_ctype(base: Any, handle: tuple[int, int, int, int]) -> Any:
-    return _new(base, handle)
+def _rebuild_ctype(spec: Any, handle: tuple[int, int, int, int]) -> Any:
+    return _new(_unspec(spec), handle)
 
 
 def RawValue(typecode_or_type: Any, *args: Any) -> Any:
