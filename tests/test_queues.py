@@ -239,9 +239,7 @@ obj.{call}
 )
 def test_ctrl_c_interrupts_a_blocked_call(make, call):
     script = textwrap.dedent(BLOCKED.format(root=ROOT, make=make, call=call))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "blocking"
         proc.send_signal(signal.SIGINT)

@@ -22,7 +22,9 @@ from . import _core
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, TypeVar
+
+    _Q = TypeVar("_Q", bound=_core.Queue)
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -44,7 +46,7 @@ def _flush_all() -> None:
             q._flush()
 
 
-def _track(q: Any) -> Any:
+def _track(q: _Q) -> _Q:
     _live.add(q)
     return q
 
@@ -69,7 +71,8 @@ class Queue(_core.Queue):
         capacity: int | None = None,
         handle: tuple[int, int, int, int] | None = None,
     ) -> Queue:
-        return _track(super().__new__(cls, maxsize, False, capacity, handle))  # type: ignore[no-any-return]
+        """Creates the object, or attaches to an existing one by its ``handle`` (pickling)."""
+        return _track(super().__new__(cls, maxsize, False, capacity, handle))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild, (type(self), self._handle)
@@ -97,14 +100,19 @@ class Queue(_core.Queue):
         self._flush()
 
     def cancel_join_thread(self) -> None:
-        """Lets this process exit without waiting for items it put that are not yet in shared
-        memory (they are lost, as with the stdlib)."""
+        """Lets this process exit without waiting for its items not yet in shared memory.
+
+        Those items are lost, as with the stdlib.
+        """
         self._cancelled = True
 
 
 class JoinableQueue(Queue):
-    """A ``Queue`` whose consumers confirm each item with ``task_done()``, so that ``join()``
-    can wait until all of them are processed, as ``multiprocessing.JoinableQueue``."""
+    """A ``Queue`` with ``task_done()`` and ``join()``, as ``multiprocessing.JoinableQueue``.
+
+    Consumers confirm each item with ``task_done()``, so that ``join()`` can wait until all of
+    them are processed.
+    """
 
     def __new__(
         cls,
@@ -113,9 +121,10 @@ class JoinableQueue(Queue):
         capacity: int | None = None,
         handle: tuple[int, int, int, int] | None = None,
     ) -> JoinableQueue:
-        return _track(_core.Queue.__new__(cls, maxsize, True, capacity, handle))  # type: ignore[no-any-return]
+        """Creates the object, or attaches to an existing one by its ``handle`` (pickling)."""
+        return _track(_core.Queue.__new__(cls, maxsize, True, capacity, handle))
 
-    def join(self, timeout: float | None = None) -> bool:  # type: ignore[override]
+    def join(self, timeout: float | None = None) -> bool:
         """Blocks until every item put has been marked done with ``task_done()``.
 
         Returns:
@@ -125,13 +134,16 @@ class JoinableQueue(Queue):
 
 
 class SimpleQueue(_core.Queue):
-    """An unbounded queue with only ``put``, ``get``, ``empty`` and ``close``, as
-    ``multiprocessing.SimpleQueue``."""
+    """An unbounded queue with only ``put``, ``get``, ``empty`` and ``close``.
+
+    As ``multiprocessing.SimpleQueue``.
+    """
 
     _cancelled = False
 
     def __new__(cls, *, handle: tuple[int, int, int, int] | None = None) -> SimpleQueue:
-        return _track(super().__new__(cls, 0, False, None, handle))  # type: ignore[no-any-return]
+        """Creates the object, or attaches to an existing one by its ``handle`` (pickling)."""
+        return _track(super().__new__(cls, 0, False, None, handle))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild, (type(self), self._handle)

@@ -67,8 +67,11 @@ for t in threads:
 
 
 class _Watchdog:
-    """This process's watchdog: started with the first block this process creates, told about
-    each, and let go (its pipe closed) when this process holds none of them any more."""
+    """This process's watchdog, which unlinks its blocks once nobody holds them.
+
+    Started with the first block this process creates, told about each, and let go (its pipe
+    closed) when this process holds none of them any more.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -149,7 +152,7 @@ class SharedMemory:
         self._created = create
         if create:
             _watchdog.created(block_name, os.stat(f"/dev/shm/{block_name}").st_ino)
-        self._buf: memoryview | None = memoryview(self._seg)
+        self._buf: memoryview | None = memoryview(self._seg)  # type: ignore[arg-type, unused-ignore]  # a Buffer from 3.12 on
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.name, False, self.size)
@@ -196,8 +199,10 @@ class SharedMemory:
                 _watchdog.closed(self.name, self._unlinked)
 
     def unlink(self) -> None:
-        """Removes the block's name now (processes that hold it keep their mapping). A no-op if
-        this process already removed it by closing last."""
+        """Removes the block's name now; processes that hold it keep their mapping.
+
+        A no-op if this process already removed it by closing last.
+        """
         if self._unlinked:
             return
         self._seg.unlink()
@@ -246,8 +251,9 @@ def _slot_size(encoded: bytes) -> int:
 
 
 class ShareableList:
-    """A fixed-length list of ``int``, ``float``, ``bool``, ``str``, ``bytes`` and ``None``
-    stored in a ``SharedMemory`` block, as ``multiprocessing.shared_memory.ShareableList``.
+    """A fixed-length list stored in a ``SharedMemory`` block, as the stdlib's ``ShareableList``.
+
+    Items are ``int``, ``float``, ``bool``, ``str``, ``bytes`` or ``None``.
 
     Args:
         sequence: the initial items (creates a new block).

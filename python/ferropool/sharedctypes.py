@@ -56,8 +56,10 @@ def _ctype(typecode_or_type: Any) -> Any:
 
 
 def _spec(ctype: Any) -> Any:
-    """A picklable description of ``ctype``: array types are made on the fly, so they travel as
-    their element type and length."""
+    """A picklable description of ``ctype``.
+
+    Array types are made on the fly, so they travel as their element type and length.
+    """
     if issubclass(ctype, ctypes.Array):
         return ("array", _spec(ctype._type_), ctype._length_)
     return ctype
@@ -148,8 +150,10 @@ def Value(typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
 
 
 def Array(typecode_or_type: Any, size_or_initializer: int | Sequence[Any], *, lock: Any = True) -> Any:
-    """A shared ctypes array guarded by a lock, as ``multiprocessing.Array``; the arguments are
-    those of ``RawArray`` and ``Value``."""
+    """A shared ctypes array guarded by a lock, as ``multiprocessing.Array``.
+
+    The arguments are those of ``RawArray`` and ``Value``.
+    """
     obj = RawArray(typecode_or_type, size_or_initializer)
     if lock is False:
         return obj
@@ -191,7 +195,7 @@ class SynchronizedBase:
         self.release = self._lock.release
 
     def __enter__(self) -> bool:
-        return self._lock.__enter__()  # type: ignore[no-any-return]
+        return self._lock.__enter__()
 
     def __exit__(self, *args: object) -> None:
         self._lock.release()

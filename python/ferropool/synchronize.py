@@ -70,6 +70,7 @@ class Semaphore(_core.Semaphore):
     """
 
     def __new__(cls, value: int = 1, *, handle: _Handle | None = None) -> Semaphore:
+        """Creates the object, or attaches to an existing one by its ``handle`` (pickling)."""
         return super().__new__(cls, value, None, handle)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -80,11 +81,14 @@ class Semaphore(_core.Semaphore):
 
 
 class BoundedSemaphore(Semaphore):
-    """A semaphore that refuses to rise above its initial value, as
-    ``multiprocessing.BoundedSemaphore``: one release too many raises ``ValueError``."""
+    """A semaphore that cannot rise above its initial value, as ``multiprocessing.BoundedSemaphore``.
+
+    One release too many raises ``ValueError``.
+    """
 
     def __new__(cls, value: int = 1, *, handle: _Handle | None = None) -> BoundedSemaphore:
-        return _core.Semaphore.__new__(cls, value, value, handle)  # type: ignore[return-value]
+        """Creates the object, or attaches to an existing one by its ``handle`` (pickling)."""
+        return _core.Semaphore.__new__(cls, value, value, handle)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}(value={self.get_value()}, maxvalue={self._maxvalue})>"
@@ -124,8 +128,9 @@ class Condition:
             raise AssertionError("must acquire() lock first")
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Releases the lock, blocks until notified or until ``timeout`` seconds pass, then
-        acquires the lock again (as many times as it was held).
+        """Releases the lock and blocks until notified or until ``timeout`` seconds pass.
+
+        The lock is then acquired again, as many times as it was held.
 
         Returns:
             ``False`` if the timeout expired, else ``True``.
@@ -185,8 +190,10 @@ def _rebuild_condition(lock: Lock | RLock, cv_handle: _Handle) -> Condition:
 
 
 class Event(_core.Event):
-    """A flag shared between processes, as ``multiprocessing.Event``: ``set()``, ``clear()``,
-    ``is_set()`` and ``wait(timeout=None)``, which returns the flag."""
+    """A flag shared between processes, as ``multiprocessing.Event``.
+
+    ``set()``, ``clear()``, ``is_set()`` and ``wait(timeout=None)``, which returns the flag.
+    """
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild, (type(self), self._handle)
@@ -220,14 +227,14 @@ class Barrier(_core.Barrier):
         *,
         handle: _Handle | None = None,
     ) -> Barrier:
+        """Creates the object, or attaches to an existing one by its ``handle`` (pickling)."""
         self = super().__new__(cls, parties, handle)
         self._action = action
         self._timeout = timeout
         return self
 
     def wait(self, timeout: float | None = None) -> int:
-        """Waits until ``parties`` processes have called it (``timeout`` defaults to the
-        barrier's).
+        """Waits until ``parties`` processes have called it; ``timeout`` defaults to the barrier's.
 
         Returns:
             This caller's index in the round, from 0 to ``parties - 1``.
