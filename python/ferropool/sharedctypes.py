@@ -221,13 +221,19 @@ class Synchronized(SynchronizedBase):
     @property
     def value(self) -> Any:
         """The value (read under the lock)."""
-        with self._lock:
+        self.acquire()
+        try:
             return self._obj.value
+        finally:
+            self.release()
 
     @value.setter
     def value(self, value: Any) -> None:
-        with self._lock:
+        self.acquire()
+        try:
             self._obj.value = value
+        finally:
+            self.release()
 
 
 class SynchronizedArray(SynchronizedBase):
@@ -237,12 +243,18 @@ class SynchronizedArray(SynchronizedBase):
         return len(self._obj)
 
     def __getitem__(self, i: Any) -> Any:
-        with self._lock:
+        self.acquire()
+        try:
             return self._obj[i]
+        finally:
+            self.release()
 
     def __setitem__(self, i: Any, value: Any) -> None:
-        with self._lock:
+        self.acquire()
+        try:
             self._obj[i] = value
+        finally:
+            self.release()
 
 
 class SynchronizedString(SynchronizedArray):
@@ -251,21 +263,33 @@ class SynchronizedString(SynchronizedArray):
     @property
     def value(self) -> bytes:
         """The bytes up to the first NUL."""
-        with self._lock:
+        self.acquire()
+        try:
             return self._obj.value  # type: ignore[no-any-return]
+        finally:
+            self.release()
 
     @value.setter
     def value(self, value: bytes) -> None:
-        with self._lock:
+        self.acquire()
+        try:
             self._obj.value = value
+        finally:
+            self.release()
 
     @property
     def raw(self) -> bytes:
         """Every byte of the array."""
-        with self._lock:
+        self.acquire()
+        try:
             return self._obj.raw  # type: ignore[no-any-return]
+        finally:
+            self.release()
 
     @raw.setter
     def raw(self, value: bytes) -> None:
-        with self._lock:
+        self.acquire()
+        try:
             self._obj.raw = value
+        finally:
+            self.release()
