@@ -52,6 +52,8 @@ const HOT_SPINS: u32 = 2_000;
 /// Spins (GIL released) before parking.
 const COLD_SPINS: u32 = 200;
 const FEEDER_SLICE: Duration = Duration::from_millis(50);
+/// How long `put` waits for another producer before leaving its item to the feeder thread.
+const PRODUCER_PATIENCE: Duration = Duration::from_millis(2);
 
 /// One cache line, so the producer's and the consumer's words do not share one.
 #[repr(C, align(64))]
@@ -286,7 +288,6 @@ impl Ring {
         let pid = current_pid();
         let chunk_max = self.chunk_max();
         let n_chunks = data.len().div_ceil(chunk_max).max(1);
-        let joinable = rec.joinable.load(Ordering::Relaxed) != 0;
         for i in 0..n_chunks {
             let chunk = &data[i * chunk_max..((i + 1) * chunk_max).min(data.len())];
             let (first, last) = (i == 0, i + 1 == n_chunks);
@@ -308,10 +309,6 @@ impl Ring {
             hdr[4..].copy_from_slice(&pid.to_le_bytes());
             self.copy_in(pos(t), &hdr);
             self.copy_in(pos(t).wrapping_add(HEADER as u32), chunk);
-            if last && joinable {
-                // counted before it is visible, so a fast consumer's task_done() cannot underflow
-                rec.unfinished.fetch_add(1, Ordering::SeqCst);
-            }
             let done = u32::from(last);
             tail.pos.store(
                 pack(pos(t).wrapping_add(frame as u32), msgs(t).wrapping_add(done)),
@@ -512,34 +509,57 @@ impl PyQueue {
             }
         }
         let data = data.as_bytes();
-        let mut items = self.backlog.items.lock().unwrap_or_else(PoisonError::into_inner);
-        if items.is_empty() && ring.fits_now(data.len()) {
-            // the common case: straight into the ring, no thread involved
-            if lock_end(
+        let joinable = ring.rec.joinable.load(Ordering::Relaxed) != 0;
+        if joinable {
+            // counted before the item can be seen, so a fast consumer's task_done() never
+            // underflows, and before it may wait in the backlog, so join() waits for it too
+            ring.rec.unfinished.fetch_add(1, Ordering::SeqCst);
+        }
+        // The backlog's mutex is never held while the GIL is released (another thread of this
+        // process may be waiting for it with the GIL held), so the producer lock comes first.
+        let undo = |e: PyErr| {
+            if joinable {
+                ring.rec.unfinished.fetch_sub(1, Ordering::SeqCst);
+            }
+            e
+        };
+        if self.backlog_len() == 0
+            && ring.fits_now(data.len())
+            && lock_end(
                 py,
                 tail,
-                Some(Instant::now() + Duration::from_millis(2)),
+                Some(Instant::now() + PRODUCER_PATIENCE),
                 "Queue's producer lock",
-            )? {
-                let result = if ring.fits_now(data.len()) {
-                    ring.write_message(Some(py), data, None).map(|()| true)
-                } else {
-                    Ok(false)
-                };
-                tail.lock.unlock();
-                if result? {
-                    return Ok(());
-                }
+            )
+            .map_err(undo)?
+        {
+            let items = self.backlog.items.lock().unwrap_or_else(PoisonError::into_inner);
+            // the common case: straight into the ring, no thread involved; with room for the
+            // whole frame, write_message does not wait
+            let direct = items.is_empty() && ring.fits_now(data.len());
+            let result = if direct {
+                ring.write_message(Some(py), data, None)
+            } else {
+                Ok(())
+            };
+            drop(items);
+            tail.lock.unlock();
+            if direct {
+                return result.map_err(undo);
             }
         }
         // no room now: the feeder thread writes it when readers make room, as the stdlib's does
+        let mut items = self.backlog.items.lock().unwrap_or_else(PoisonError::into_inner);
         items.push_back(Arc::from(data));
         if items.len() == 1 {
             let (ring, backlog) = (Arc::clone(&self.ring), Arc::clone(&self.backlog));
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("ferropool-queue-feeder".into())
-                .spawn(move || feed(&ring, &backlog))
-                .map_err(Error::Io)?;
+                .spawn(move || feed(&ring, &backlog));
+            if let Err(e) = spawned {
+                items.pop_back();
+                return Err(undo(Error::Io(e).into()));
+            }
         }
         Ok(())
     }

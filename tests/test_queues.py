@@ -250,3 +250,35 @@ def test_ctrl_c_interrupts_a_blocked_call(make, call):
             proc.communicate()
     assert "KeyboardInterrupt" in err, err
     assert proc.returncode != 0
+
+
+def test_threads_putting_at_once_while_the_ring_is_full():
+    # the backlog and the direct path race between threads of one process: nothing deadlocks,
+    # nothing is lost, and each thread's items keep their order
+    q = ferropool.Queue(capacity=4096)
+
+    def put_many(tag):
+        for i in range(2000):
+            q.put((tag, i))
+
+    threads = [threading.Thread(target=put_many, args=(tag,)) for tag in range(4)]
+    for t in threads:
+        t.start()
+    got = [q.get(timeout=WAIT) for _ in range(8000)]
+    for t in threads:
+        t.join(WAIT)
+    for tag in range(4):
+        assert [i for g, i in got if g == tag] == list(range(2000))
+    assert q.empty()
+
+
+def test_joinable_join_counts_items_still_waiting_in_the_backlog():
+    q = ferropool.JoinableQueue(capacity=4096)
+    for i in range(1000):
+        q.put(i)
+    assert q._unfinished() == 1000
+    assert q.join(timeout=0.01) is False
+    for _ in range(1000):
+        q.get(timeout=WAIT)
+        q.task_done()
+    assert q.join(timeout=WAIT) is True
