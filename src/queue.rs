@@ -235,14 +235,15 @@ impl Ring {
         deadline: Option<Instant>,
         ready: impl Fn() -> bool + Sync,
     ) -> PyResult<bool> {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            // get_nowait()/put_nowait(): one look, no spinning
+            return Ok(ready());
+        }
         for _ in 0..HOT_SPINS {
             if ready() {
                 return Ok(true);
             }
             std::hint::spin_loop();
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(ready());
         }
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         wait_slices(py, timeout, |slice| {

@@ -206,6 +206,13 @@ def test_queues_travel_to_pool_workers():
     assert sorted(q.get(timeout=WAIT) for _ in range(4)) == [0, 1, 4, 9]
 
 
+def test_queues_travel_to_pool_tasks():
+    q = ferropool.Queue()
+    with ferropool.Pool(2) as pool:
+        assert sorted(pool.starmap(pool_task_put, [(q, x) for x in range(4)])) == [0, 1, 2, 3]
+    assert sorted(q.get(timeout=WAIT) for _ in range(4)) == [0, 1, 4, 9]
+
+
 def test_a_bad_handle_is_refused():
     with pytest.raises(OSError):
         ferropool.Queue(handle=(os.getpid(), 9999, 1 << 20, 1))
@@ -235,6 +242,8 @@ obj.{call}
         ("Event()", "wait()"),
         ("Barrier(2)", "wait()"),
         ("JoinableQueue(); obj.put(1)", "join()"),
+        ("Condition(); obj.acquire()", "wait()"),
+        ("SimpleQueue()", "get()"),
     ],
 )
 def test_ctrl_c_interrupts_a_blocked_call(make, call):
