@@ -13,6 +13,9 @@ use pyo3::{Py, PyErr};
 pyo3::import_exception!(concurrent.futures.process, BrokenProcessPool);
 pyo3::import_exception!(concurrent.futures.thread, BrokenThreadPool);
 pyo3::import_exception!(multiprocessing, BufferTooShort);
+pyo3::import_exception!(threading, BrokenBarrierError);
+pyo3::import_exception!(queue, Empty);
+pyo3::import_exception!(queue, Full);
 
 /// What can go wrong in the core, named for the cause.
 #[derive(Debug)]
@@ -31,6 +34,12 @@ pub enum Error {
     InvalidArgument(String),
     /// An operating-system call failed.
     Io(io::Error),
+    /// A barrier was aborted, reset, or timed out while this process waited on it.
+    BrokenBarrier,
+    /// `get()` found nothing within its timeout (`queue.Empty`).
+    QueueEmpty,
+    /// `put()` found no room within its timeout (`queue.Full`).
+    QueueFull,
     /// A Python exception raised inside the core (user code, pickling).
     Python(PyErr),
     /// A pipe connection was used after `close()`.
@@ -75,6 +84,9 @@ impl From<Error> for PyErr {
             Error::Timeout => PyTimeoutError::new_err("the wait timed out"),
             Error::InvalidArgument(why) => PyValueError::new_err(why),
             Error::Io(e) => PyOSError::new_err(e.to_string()),
+            Error::BrokenBarrier => BrokenBarrierError::new_err(()),
+            Error::QueueEmpty => Empty::new_err(()),
+            Error::QueueFull => Full::new_err(()),
             Error::Python(e) => e,
             Error::ConnectionClosed => PyOSError::new_err("handle is closed"),
             Error::WrongDirection(why) => PyOSError::new_err(why),

@@ -9,10 +9,13 @@ pub mod fdpass;
 pub mod forkserver;
 pub mod process;
 pub mod process_pool;
+pub mod queue;
 pub mod registry;
 pub mod scheduler;
+pub mod shm;
 pub mod signals;
 pub mod supervisor;
+pub mod sync;
 pub mod task;
 pub mod threads;
 pub mod wire;
@@ -31,9 +34,23 @@ pub mod _core {
     #[pymodule_export]
     use crate::process_pool::PyProcessEngine;
     #[pymodule_export]
+    use crate::queue::PyQueue;
+    #[pymodule_export]
     use crate::registry::{after_fork_in_child, shutdown_all};
     #[pymodule_export]
+    use crate::shm::{PyNamedSegment, PySegment};
+    #[pymodule_export]
     use crate::supervisor::cpu_count;
+    #[pymodule_export]
+    use crate::sync::barrier::PyBarrier;
+    #[pymodule_export]
+    use crate::sync::condition::PyCondVar;
+    #[pymodule_export]
+    use crate::sync::event::PyEvent;
+    #[pymodule_export]
+    use crate::sync::lock::{PyLock, PyRLock};
+    #[pymodule_export]
+    use crate::sync::semaphore::PySemaphore;
     #[pymodule_export]
     use crate::task::PyTaskHandle;
     #[pymodule_export]

@@ -37,12 +37,29 @@ if TYPE_CHECKING:
     )
     from .pool import AsyncResult, Pool, ThreadPool
     from .process import Process, ProcessError, active_children, current_process, parent_process
+    from .queues import JoinableQueue, Queue, SimpleQueue
+    from .sharedctypes import Array, RawArray, RawValue, Value
+    from .synchronize import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore
 
 __all__ = [
     "ALL_COMPLETED",
+    "Array",
     "AsyncResult",
     "AuthenticationError",
     "BufferTooShort",
+    "Barrier",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "JoinableQueue",
+    "Lock",
+    "Queue",
+    "RLock",
+    "RawArray",
+    "RawValue",
+    "Semaphore",
+    "SimpleQueue",
+    "Value",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
     "BrokenExecutor",
@@ -106,6 +123,20 @@ _LAZY = {
     "get_context": "context",
     "get_start_method": "context",
     "set_start_method": "context",
+    "Lock": "synchronize",
+    "RLock": "synchronize",
+    "Semaphore": "synchronize",
+    "BoundedSemaphore": "synchronize",
+    "Condition": "synchronize",
+    "Event": "synchronize",
+    "Barrier": "synchronize",
+    "Value": "sharedctypes",
+    "Array": "sharedctypes",
+    "RawValue": "sharedctypes",
+    "RawArray": "sharedctypes",
+    "Queue": "queues",
+    "SimpleQueue": "queues",
+    "JoinableQueue": "queues",
 }
 
 

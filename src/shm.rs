@@ -1,0 +1,484 @@
+//! Shared memory: anonymous segments for the core's own objects, named segments for
+//! `SharedMemory`.
+//!
+//! Locks, queues, values and arrays live in *anonymous* segments (`memfd_create`). Nothing is
+//! named, so nothing can be left in `/dev/shm`, whatever kills the processes: the memory goes
+//! away with the last descriptor and the last mapping. Another process attaches by opening
+//! `/proc/<pid>/fd/<fd>` of a process that holds the segment (same user, Linux), and checks the
+//! inode it got against the one in the handle, so a recycled descriptor number can never hand it
+//! somebody else's file.
+//!
+//! `SharedMemory` must be reachable by name, so its segments are real POSIX shm objects. Every
+//! holder keeps a shared `flock` on the object; the holder that closes last (it alone can turn its
+//! lock exclusive) unlinks the name. The kernel drops the lock of a process that dies, and the
+//! watchdog (`shared_memory.py`) unlinks for a creator that died, so the name lives exactly as
+//! long as somebody holds it.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+use pyo3::exceptions::{PyBufferError, PyFileExistsError, PyFileNotFoundError, PyValueError};
+use pyo3::prelude::*;
+
+/// A shared mapping of a file descriptor's memory, unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; every concurrent access to it goes through atomics
+// (sync primitives, queue) or is the user's business, as with `multiprocessing.sharedctypes`.
+unsafe impl Send for Mapping {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` read-write and shared.
+    pub fn new(fd: &OwnedFd, len: usize) -> io::Result<Self> {
+        // mmap refuses a zero length; a one-byte mapping stands in for an empty array
+        let map_len = len.max(1);
+        // SAFETY: a fresh mapping at an address the kernel chooses aliases no Rust object.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Mapping { ptr, len })
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the pointer and length are exactly what mmap returned, and nothing borrows the
+        // mapping past its owner's life (buffer exports keep the owning pyclass alive).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len.max(1)) };
+    }
+}
+
+/// How another process finds an anonymous segment: the holder's pid, its descriptor, the size
+/// and the inode (which tells a recycled descriptor from the segment).
+pub type Handle = (u32, i32, usize, u64);
+
+/// An anonymous shared-memory segment (a memfd), zero-filled when created.
+#[derive(Debug)]
+pub struct Segment {
+    map: Mapping,
+    fd: OwnedFd,
+    ino: u64,
+}
+
+fn inode(fd: &OwnedFd) -> io::Result<u64> {
+    // SAFETY: fstat writes into the zeroed struct we own; the descriptor is open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &raw mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_ino)
+}
+
+impl Segment {
+    /// A new zero-filled segment of `len` bytes.
+    pub fn create(len: usize) -> io::Result<Self> {
+        let name = c"ferropool";
+        // SAFETY: a valid C string; the returned descriptor is ours alone.
+        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        File::from(fd.try_clone()?).set_len(len.max(1) as u64)?;
+        let ino = inode(&fd)?;
+        Ok(Segment {
+            map: Mapping::new(&fd, len)?,
+            fd,
+            ino,
+        })
+    }
+
+    /// Attaches to the segment another process described with [`Segment::handle`].
+    pub fn attach(handle: Handle) -> io::Result<Self> {
+        let (pid, fd_num, len, ino) = handle;
+        let own = (pid == crate::sync::current_pid()).then(|| format!("/proc/self/fd/{fd_num}"));
+        let path = own.unwrap_or_else(|| format!("/proc/{pid}/fd/{fd_num}"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot attach to the shared segment of process {pid} ({e}); the process that \
+                         sent it must still hold it when the receiver unpickles it"
+                    ),
+                )
+            })?;
+        let fd = OwnedFd::from(file);
+        if inode(&fd)? != ino {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("process {pid} no longer holds the shared segment it sent"),
+            ));
+        }
+        Ok(Segment {
+            map: Mapping::new(&fd, len)?,
+            fd,
+            ino,
+        })
+    }
+
+    /// What a process needs to attach to this segment (valid while this process holds it).
+    pub fn handle(&self) -> Handle {
+        (
+            crate::sync::current_pid(),
+            self.fd.as_raw_fd(),
+            self.map.len(),
+            self.ino,
+        )
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// A segment whose start holds a `T` made only of atomics (all-zero is its initial state).
+#[derive(Debug)]
+pub struct Shared<T> {
+    seg: Segment,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T> Shared<T> {
+    /// A new zeroed `T` with `extra` bytes after it.
+    pub fn create(extra: usize) -> io::Result<Self> {
+        Ok(Shared {
+            seg: Segment::create(std::mem::size_of::<T>() + extra)?,
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    pub fn attach(handle: Handle) -> io::Result<Self> {
+        if handle.2 < std::mem::size_of::<T>() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "shared segment too small"));
+        }
+        Ok(Shared {
+            seg: Segment::attach(handle)?,
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    pub fn segment(&self) -> &Segment {
+        &self.seg
+    }
+
+    /// The bytes after the `T`.
+    pub fn extra(&self) -> (*mut u8, usize) {
+        let head = std::mem::size_of::<T>();
+        // SAFETY: the segment is at least `size_of::<T>()` long (checked on create and attach).
+        (unsafe { self.seg.as_ptr().add(head) }, self.seg.len() - head)
+    }
+}
+
+impl<T> std::ops::Deref for Shared<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: mmap returns page-aligned memory at least `size_of::<T>()` long; `T` consists of
+        // atomics, valid for any bit pattern another process may have written, and zero is the
+        // initial state every `T` here is designed for.
+        unsafe { &*self.seg.as_ptr().cast::<T>() }
+    }
+}
+
+/// A raw anonymous segment Python sees as a writable buffer (`sharedctypes` builds its ctypes
+/// objects over it with `from_buffer`).
+#[pyclass(name = "Segment", module = "ferropool._core", frozen)]
+pub struct PySegment {
+    seg: Segment,
+}
+
+#[pymethods]
+impl PySegment {
+    #[new]
+    #[pyo3(signature = (size, handle=None))]
+    fn new(size: usize, handle: Option<Handle>) -> PyResult<Self> {
+        let seg = match handle {
+            Some(h) => Segment::attach(h)?,
+            None => Segment::create(size)?,
+        };
+        Ok(PySegment { seg })
+    }
+
+    #[getter]
+    fn handle(&self) -> Handle {
+        self.seg.handle()
+    }
+
+    #[getter]
+    fn size(&self) -> usize {
+        self.seg.len()
+    }
+
+    fn __len__(&self) -> usize {
+        self.seg.len()
+    }
+
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut pyo3::ffi::Py_buffer, flags: i32) -> PyResult<()> {
+        let (ptr, len) = (slf.get().seg.as_ptr(), slf.get().seg.len());
+        fill_buffer(&slf, view, ptr, len, flags)
+    }
+}
+
+/// Fills a buffer view over `len` writable bytes at `ptr`, owned by `owner`.
+fn fill_buffer<T: pyo3::PyClass>(
+    owner: &Bound<'_, T>,
+    view: *mut pyo3::ffi::Py_buffer,
+    ptr: *mut u8,
+    len: usize,
+    flags: i32,
+) -> PyResult<()> {
+    // SAFETY: `view` comes from the buffer protocol; PyBuffer_FillInfo takes a new reference to
+    // `owner`, which keeps the mapping alive for as long as the view exists.
+    let rc = unsafe { pyo3::ffi::PyBuffer_FillInfo(view, owner.as_ptr(), ptr.cast(), len as isize, 0, flags) };
+    if rc != 0 {
+        return Err(PyErr::fetch(owner.py()));
+    }
+    Ok(())
+}
+
+/// A named POSIX shared-memory object (`/dev/shm/<name>`) held under a shared `flock`.
+#[derive(Debug)]
+struct Named {
+    map: Mapping,
+    fd: OwnedFd,
+}
+
+/// `SharedMemory`'s native half: create or attach by name, close, unlink.
+#[pyclass(name = "NamedSegment", module = "ferropool._core", frozen)]
+pub struct PyNamedSegment {
+    name: String,
+    size: usize,
+    inner: std::sync::Mutex<Option<Named>>,
+    /// Buffer views handed out and not yet released: `close()` refuses while any exist.
+    exports: std::sync::atomic::AtomicUsize,
+}
+
+fn shm_path(name: &str) -> PyResult<CString> {
+    CString::new(format!("/{name}")).map_err(|_| PyValueError::new_err("the name must not contain NUL"))
+}
+
+fn flock(fd: &OwnedFd, op: i32) -> io::Result<()> {
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn same_file(fd: &OwnedFd, path: &CString) -> bool {
+    let Ok(ino) = inode(fd) else { return false };
+    // SAFETY: stat writes into a zeroed struct we own; `path` is a valid C string.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let dev_path = CString::new(format!("/dev/shm{}", path.to_string_lossy())).unwrap_or_default();
+    (unsafe { libc::stat(dev_path.as_ptr(), &raw mut st) } == 0) && st.st_ino == ino
+}
+
+#[pymethods]
+impl PyNamedSegment {
+    #[new]
+    fn new(name: String, create: bool, size: usize) -> PyResult<Self> {
+        let path = shm_path(&name)?;
+        let oflag = if create {
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR
+        } else {
+            libc::O_RDWR
+        };
+        // SAFETY: a valid C string; the descriptor returned is ours alone.
+        let raw = unsafe { libc::shm_open(path.as_ptr(), oflag | libc::O_CLOEXEC, 0o600) };
+        if raw < 0 {
+            let err = io::Error::last_os_error();
+            return Err(match err.kind() {
+                io::ErrorKind::AlreadyExists => PyFileExistsError::new_err(format!("File exists: '/{name}'")),
+                io::ErrorKind::NotFound => {
+                    PyFileNotFoundError::new_err(format!("No such file or directory: '/{name}'"))
+                }
+                _ => err.into(),
+            });
+        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let setup = || -> PyResult<usize> {
+            // the closer that unlinks holds the lock exclusively, so this waits for it to finish
+            flock(&fd, libc::LOCK_SH)?;
+            if create {
+                File::from(fd.try_clone()?).set_len(size as u64)?;
+                Ok(size)
+            } else if !same_file(&fd, &path) {
+                // the last holder unlinked it between our open and our lock
+                Err(PyFileNotFoundError::new_err(format!(
+                    "No such file or directory: '/{name}'"
+                )))
+            } else {
+                Ok(File::from(fd.try_clone()?).metadata()?.len() as usize)
+            }
+        };
+        let size = match setup() {
+            Ok(s) => s,
+            Err(e) => {
+                if create {
+                    // SAFETY: a valid C string naming the object we just created.
+                    unsafe { libc::shm_unlink(path.as_ptr()) };
+                }
+                return Err(e);
+            }
+        };
+        let map = Mapping::new(&fd, size)?;
+        Ok(PyNamedSegment {
+            name,
+            size,
+            inner: std::sync::Mutex::new(Some(Named { map, fd })),
+            exports: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[getter]
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none()
+    }
+
+    /// Unmaps and drops this process's hold; `True` when this was the last holder, which then
+    /// unlinked the name.
+    fn close(&self) -> PyResult<bool> {
+        if self.exports.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Err(PyBufferError::new_err(
+                "cannot close exported pointers exist: release every memoryview of buf first",
+            ));
+        }
+        let Some(named) = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        else {
+            return Ok(false);
+        };
+        drop(named.map);
+        // only a process with no other holder can turn its shared lock exclusive
+        let last = flock(&named.fd, libc::LOCK_EX | libc::LOCK_NB).is_ok();
+        let path = shm_path(&self.name)?;
+        if last && same_file(&named.fd, &path) {
+            // SAFETY: a valid C string; we hold the exclusive lock, so nobody else holds it
+            unsafe { libc::shm_unlink(path.as_ptr()) };
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Removes the name now, as the stdlib's `unlink()` does; holders keep their mappings.
+    fn unlink(&self) -> PyResult<()> {
+        let path = shm_path(&self.name)?;
+        // SAFETY: a valid C string.
+        if unsafe { libc::shm_unlink(path.as_ptr()) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::NotFound {
+                return Err(PyFileNotFoundError::new_err(format!(
+                    "No such file or directory: '/{}'",
+                    self.name
+                )));
+            }
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut pyo3::ffi::Py_buffer, flags: i32) -> PyResult<()> {
+        let guard = slf
+            .get()
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(named) = guard.as_ref() else {
+            return Err(PyValueError::new_err("the shared memory is closed"));
+        };
+        let (ptr, len) = (named.map.as_ptr(), named.map.len());
+        drop(guard);
+        fill_buffer(&slf, view, ptr, len, flags)?;
+        slf.get().exports.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {
+        self.exports.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn attach_sees_the_same_memory() {
+        let a: Shared<AtomicU32> = Shared::create(0).unwrap();
+        a.store(7, Ordering::SeqCst);
+        let b: Shared<AtomicU32> = Shared::attach(a.segment().handle()).unwrap();
+        assert_eq!(b.load(Ordering::SeqCst), 7);
+        b.store(9, Ordering::SeqCst);
+        assert_eq!(a.load(Ordering::SeqCst), 9);
+    }
+
+    #[test]
+    fn a_wrong_inode_is_refused() {
+        let a = Segment::create(64).unwrap();
+        let (pid, fd, len, ino) = a.handle();
+        assert!(Segment::attach((pid, fd, len, ino + 1)).is_err());
+    }
+}

@@ -1,0 +1,132 @@
+"""Value, Array, RawValue and RawArray across real processes."""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import pickle
+
+import ferropool
+import pytest
+from ferropool import sharedctypes
+
+from tests.conftest import WAIT
+
+CTX = multiprocessing.get_context("spawn")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _resource_tracker():
+    # started once per session by spawn-context processes: not a leak of any one test
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+
+
+def start(target, *args):
+    p = CTX.Process(target=target, args=args)
+    p.start()
+    return p
+
+
+def increment(value, n):
+    for _ in range(n):
+        with value.get_lock():
+            value.value += 1
+
+
+def fill(raw_value, raw_array, array, text):
+    raw_value.value = 2.5
+    raw_array[:] = [7] * len(raw_array)
+    array[0] = -1
+    text.value = b"from child"
+
+
+class Point(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_double)]
+
+
+def test_increments_under_the_lock_from_two_processes_add_up():
+    v = ferropool.Value("i", 0)
+    procs = [start(increment, v, 500) for _ in range(2)]
+    increment(v, 500)
+    for p in procs:
+        p.join(WAIT)
+        assert p.exitcode == 0
+    assert v.value == 1500
+
+
+def test_writes_in_a_child_are_seen_by_the_parent():
+    raw_value = ferropool.RawValue("d", 0.0)
+    raw_array = ferropool.RawArray(ctypes.c_int, 4)
+    array = ferropool.Array("q", [1, 2, 3])
+    text = ferropool.Array("c", 16)
+    p = start(fill, raw_value, raw_array, array, text)
+    p.join(WAIT)
+    assert p.exitcode == 0
+    assert raw_value.value == 2.5
+    assert list(raw_array) == [7, 7, 7, 7]
+    assert array[:] == [-1, 2, 3]
+    assert text.value == b"from child"
+    assert text.raw.startswith(b"from child\0")
+
+
+@pytest.mark.parametrize("typecode", list(sharedctypes.typecode_to_type))
+def test_every_typecode(typecode):
+    ctype = sharedctypes.typecode_to_type[typecode]
+    initial = ctype(b"a" if typecode == "c" else "a" if typecode == "u" else 3).value
+    v = ferropool.Value(typecode, initial)
+    assert v.value == initial
+    a = ferropool.Array(typecode, 3)
+    assert len(a) == 3
+    assert isinstance(a.get_obj()[0], type(initial))
+
+
+def test_ctypes_types_and_structures():
+    p = ferropool.RawValue(Point, 1, 2.0)
+    assert (p.x, p.y) == (1, 2.0)
+    q = pickle.loads(pickle.dumps(p))
+    q.x = 5
+    assert p.x == 5  # same shared memory
+    assert isinstance(ferropool.RawValue(ctypes.c_ubyte), ctypes.c_ubyte)
+
+
+def test_indexing_slicing_and_errors():
+    a = ferropool.Array("i", range(5))
+    assert a[1] == 1 and a[-1] == 4 and a[1:3] == [1, 2]
+    a[1:3] = [9, 9]
+    assert a[:] == [0, 9, 9, 3, 4]
+    with pytest.raises(IndexError):
+        a[5]
+    with pytest.raises(IndexError):
+        a[5] = 1
+    with pytest.raises(TypeError, match="typecode"):
+        ferropool.Value("z")
+    with pytest.raises(TypeError):
+        ferropool.RawArray(int, 3)
+    with pytest.raises(ValueError):
+        ferropool.RawArray("i", -1)
+
+
+def test_lock_argument():
+    raw = ferropool.Value("i", 1, lock=False)
+    assert isinstance(raw, ctypes.c_int)
+    lock = ferropool.Lock()
+    v = ferropool.Value("i", 1, lock=lock)
+    assert v.get_lock() is lock
+    with v:
+        assert lock._is_mine()
+    assert isinstance(ferropool.Value("i").get_lock(), ferropool.RLock)
+    with pytest.raises(AttributeError, match="acquire"):
+        ferropool.Value("i", lock=object())
+    assert v.acquire() and v.release() is None
+
+
+def test_copy_and_synchronized():
+    a = ferropool.RawArray("i", [1, 2])
+    b = sharedctypes.copy(a)
+    b[0] = 5
+    assert a[0] == 1 and b[:] == [5, 2]
+    s = sharedctypes.synchronized(a)
+    assert s[:] == [1, 2] and s.get_obj() is a
+    assert "wrapper" in repr(s)

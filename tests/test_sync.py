@@ -1,0 +1,377 @@
+"""Locks, semaphores, conditions, events and barriers across real processes."""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import signal
+import threading
+
+import ferropool
+import pytest
+
+from tests.conftest import WAIT
+
+CTX = multiprocessing.get_context("spawn")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _resource_tracker():
+    # a spawn-context Process starts the stdlib's resource tracker once per session: start it
+    # before the leak check takes its first snapshot, so it is not counted as a leak
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+
+
+def start(target, *args):
+    p = CTX.Process(target=target, args=args)
+    p.start()
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# child bodies (module level, so spawned children can import them)
+
+
+def hold_until(lock, held, go):
+    lock.acquire()
+    held.set()
+    go.wait(WAIT)
+    lock.release()
+
+
+def hold_and_hang(lock, held):
+    lock.acquire()
+    held.set()
+    threading.Event().wait(WAIT)  # until the test kills this process
+
+
+def release_n(sem, n):
+    for _ in range(n):
+        sem.release()
+
+
+def set_after_wait(ev_in, ev_out):
+    if ev_in.wait(WAIT):
+        ev_out.set()
+
+
+def wait_on_condition(cond, ready, result):
+    with cond:
+        ready.set()
+        if cond.wait(WAIT):
+            result.set()
+
+
+def barrier_party(barrier, out):
+    out.put(barrier.wait(WAIT))
+
+
+def set_event(ev):
+    ev.set()
+
+
+# --------------------------------------------------------------------------------------------
+# Lock
+
+
+def test_lock_excludes_another_process_until_released():
+    lock, held, go = ferropool.Lock(), ferropool.Event(), ferropool.Event()
+    p = start(hold_until, lock, held, go)
+    assert held.wait(WAIT)
+    assert lock.acquire(timeout=0.05) is False
+    assert lock.acquire(False) is False
+    go.set()
+    assert lock.acquire(timeout=WAIT) is True
+    lock.release()
+    p.join(WAIT)
+    assert p.exitcode == 0
+
+
+def test_lock_is_a_context_manager_and_any_thread_may_release_it():
+    lock = ferropool.Lock()
+    with lock:
+        assert lock._is_mine()
+    assert lock.acquire()
+    t = threading.Thread(target=lock.release)
+    t.start()
+    t.join(WAIT)
+    assert lock.acquire(False)
+    lock.release()
+
+
+def test_releasing_an_unlocked_lock_raises_value_error():
+    lock = ferropool.Lock()
+    with pytest.raises(ValueError, match="released too many times"):
+        lock.release()
+
+
+def test_a_dead_holders_lock_is_taken_over_with_a_warning():
+    lock, held = ferropool.Lock(), ferropool.Event()
+    p = start(hold_and_hang, lock, held)
+    assert held.wait(WAIT)
+    os.kill(p.pid, signal.SIGKILL)
+    # not joined yet: the holder is a zombie, which must count as dead
+    with pytest.warns(RuntimeWarning, match=f"process {p.pid} died"):
+        assert lock.acquire(timeout=WAIT)
+    lock.release()
+    p.join(WAIT)
+
+
+def test_a_non_blocking_acquire_takes_over_from_a_dead_holder():
+    lock, held = ferropool.Lock(), ferropool.Event()
+    p = start(hold_and_hang, lock, held)
+    assert held.wait(WAIT)
+    p.kill()
+    p.join(WAIT)
+    with pytest.warns(RuntimeWarning, match=str(p.pid)):
+        assert lock.acquire(False)
+    lock.release()
+
+
+# --------------------------------------------------------------------------------------------
+# RLock
+
+
+def test_rlock_is_recursive_for_its_owner():
+    lock = ferropool.RLock()
+    assert lock.acquire() and lock.acquire()
+    assert lock._count() == 2
+    lock.release()
+    assert lock._is_mine()
+    lock.release()
+    assert not lock._is_mine() and lock._count() == 0
+
+
+def test_rlock_released_by_another_thread_raises_assertion_error():
+    lock = ferropool.RLock()
+    lock.acquire()
+    errors = []
+
+    def release():
+        try:
+            lock.release()
+        except AssertionError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=release)
+    t.start()
+    t.join(WAIT)
+    assert errors and "not owned" in str(errors[0])
+    lock.release()
+    with pytest.raises(AssertionError):
+        lock.release()
+
+
+def test_rlock_excludes_another_process_and_survives_a_dead_holder():
+    lock, held = ferropool.RLock(), ferropool.Event()
+    p = start(hold_and_hang, lock, held)
+    assert held.wait(WAIT)
+    assert not lock.acquire(timeout=0.05)
+    p.kill()
+    with pytest.warns(RuntimeWarning, match="RLock"):
+        assert lock.acquire(timeout=WAIT)
+    assert lock._count() == 1
+    lock.release()
+    p.join(WAIT)
+
+
+# --------------------------------------------------------------------------------------------
+# Semaphore
+
+
+def test_semaphore_counts_units_released_by_another_process():
+    sem = ferropool.Semaphore(0)
+    assert sem.acquire(timeout=0.05) is False
+    p = start(release_n, sem, 3)
+    for _ in range(3):
+        assert sem.acquire(timeout=WAIT)
+    assert sem.acquire(False) is False
+    p.join(WAIT)
+    assert sem.get_value() == 0
+
+
+def test_semaphore_bad_values():
+    with pytest.raises(ValueError):
+        ferropool.Semaphore(-1)
+    bounded = ferropool.BoundedSemaphore(2)
+    assert bounded.acquire()
+    bounded.release()
+    with pytest.raises(ValueError, match="released too many times"):
+        bounded.release()
+    assert bounded.get_value() == 2
+    sem = ferropool.Semaphore(1)
+    sem.release()  # an unbounded semaphore may rise
+    assert sem.get_value() == 2
+
+
+def test_semaphore_units_of_a_dead_holder_come_back():
+    sem, held = ferropool.Semaphore(2), ferropool.Event()
+    p = start(hold_and_hang, sem, held)
+    assert held.wait(WAIT)
+    assert sem.acquire(False)  # the second unit
+    p.kill()
+    with pytest.warns(RuntimeWarning, match=f"process {p.pid}"):
+        assert sem.acquire(timeout=WAIT)
+    p.join(WAIT)
+    sem.release()
+    sem.release()
+    assert sem.get_value() == 2
+
+
+def test_semaphore_consumed_as_a_signal_is_not_given_back():
+    # the dead process acquired a unit that this process released: nothing to give back
+    sem, held = ferropool.Semaphore(0), ferropool.Event()
+    sem.release()
+    p = start(hold_and_hang, sem, held)
+    assert held.wait(WAIT)
+    sem.release()  # cancels the dead process's holding
+    p.kill()
+    p.join(WAIT)
+    assert sem.acquire(False)
+    assert not sem.acquire(False)
+
+
+# --------------------------------------------------------------------------------------------
+# Event and Condition
+
+
+def test_event_across_processes():
+    ping, pong = ferropool.Event(), ferropool.Event()
+    p = start(set_after_wait, ping, pong)
+    assert not pong.wait(0.05)
+    ping.set()
+    assert pong.wait(WAIT) and pong.is_set()
+    pong.clear()
+    assert not pong.is_set()
+    p.join(WAIT)
+
+
+def test_condition_notify_wakes_a_waiting_process():
+    cond, ready, result = ferropool.Condition(), ferropool.Event(), ferropool.Event()
+    p = start(wait_on_condition, cond, ready, result)
+    assert ready.wait(WAIT)
+    with cond:  # the child is asleep once it released the lock
+        cond.notify()
+    assert result.wait(WAIT)
+    p.join(WAIT)
+
+
+def test_condition_notify_n_wakes_at_most_n():
+    cond = ferropool.Condition(ferropool.Lock())
+    woken = []
+    waiting = threading.Semaphore(0)
+
+    def waiter():
+        with cond:
+            waiting.release()  # under the lock: once the test holds it, this thread is asleep
+            woken.append(cond.wait(WAIT))
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for _ in threads:
+        assert waiting.acquire(timeout=WAIT)
+    with cond:
+        assert cond._cv._sleepers() == 3
+        cond.notify(2)
+        assert cond._cv._sleepers() == 1
+    with cond:
+        cond.notify_all()
+    for t in threads:
+        t.join(WAIT)
+    assert woken == [True, True, True]
+
+
+def test_condition_wait_timeout_and_misuse():
+    cond = ferropool.Condition()
+    with pytest.raises(AssertionError, match="must acquire"):
+        cond.wait(0)
+    with pytest.raises(AssertionError):
+        cond.notify()
+    with cond:
+        assert cond.wait(0.05) is False
+        assert cond.wait_for(lambda: 42) == 42
+        assert cond.wait_for(lambda: 0, timeout=0.05) == 0
+    with pytest.raises(TypeError):
+        ferropool.Condition(threading.Lock())
+
+
+def test_condition_restores_a_recursive_lock():
+    lock = ferropool.RLock()
+    cond = ferropool.Condition(lock)
+    with cond, cond:
+        assert cond.wait(0.01) is False
+        assert lock._count() == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Barrier
+
+
+def test_barrier_releases_all_parties_with_distinct_indices():
+    done = ferropool.Event()
+    barrier = ferropool.Barrier(3, action=functools.partial(set_event, done))
+    out = ferropool.Queue()
+    procs = [start(barrier_party, barrier, out) for _ in range(2)]
+    mine = barrier.wait(WAIT)
+    others = {out.get(timeout=WAIT) for _ in procs}
+    assert {mine, *others} == {0, 1, 2}
+    assert done.is_set()
+    assert barrier.parties == 3 and barrier.n_waiting == 0 and not barrier.broken
+    for p in procs:
+        p.join(WAIT)
+
+
+def test_barrier_timeout_breaks_it_and_reset_repairs_it():
+    barrier = ferropool.Barrier(2, timeout=0.05)
+    with pytest.raises(threading.BrokenBarrierError):
+        barrier.wait()
+    assert barrier.broken
+    with pytest.raises(threading.BrokenBarrierError):
+        barrier.wait()
+    barrier.reset()
+    assert not barrier.broken
+    barrier.abort()
+    assert barrier.broken
+    with pytest.raises(ValueError):
+        ferropool.Barrier(0)
+
+
+def test_barrier_action_that_raises_breaks_it():
+    def boom():
+        raise KeyError("action")
+
+    barrier = ferropool.Barrier(1, action=boom)
+    with pytest.raises(KeyError):
+        barrier.wait()
+    assert barrier.broken
+
+
+# --------------------------------------------------------------------------------------------
+# pickling into pool tasks
+
+
+def locked_increment(value, n):
+    for _ in range(n):
+        with value.get_lock():
+            value.value += 1
+    return n
+
+
+def test_primitives_travel_to_pool_workers():
+    counter = ferropool.Value("i", 0)
+    with ferropool.ProcessPoolExecutor(max_workers=2) as ex:
+        futures = [ex.submit(locked_increment, counter, 200) for _ in range(4)]
+        assert sum(f.result(timeout=WAIT) for f in futures) == 800
+    assert counter.value == 800
+
+
+def test_reprs_name_state():
+    assert "owner=None" in repr(ferropool.Lock())
+    assert "value=3" in repr(ferropool.Semaphore(3))
+    assert "maxvalue=2" in repr(ferropool.BoundedSemaphore(2))
+    assert "unset" in repr(ferropool.Event())
+    assert "parties=2" in repr(ferropool.Barrier(2))
