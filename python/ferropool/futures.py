@@ -31,7 +31,7 @@ from concurrent.futures import wait as _stdlib_wait
 from concurrent.futures._base import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import Any, TypeVar
 
-from . import _core
+from . import _core, _progress
 from ._backend import (
     ProcessBackend,
     ThreadBackend,
@@ -67,14 +67,27 @@ def wait(fs: Iterable[Future[Any]], timeout: float | None = None, return_when: s
     return _stdlib_wait(fs, timeout, return_when)
 
 
-def as_completed(fs: Iterable[Future[T]], timeout: float | None = None) -> Iterator[Future[T]]:
+def as_completed(
+    fs: Iterable[Future[T]], timeout: float | None = None, *, progress: Any = False
+) -> Iterator[Future[T]]:
     """Yields the futures as they complete (finished or cancelled).
+
+    ``progress=True`` shows a progress bar that advances as each future is yielded (a dict:
+    tqdm options; a tqdm instance: that bar).
 
     Raises:
         TimeoutError: some futures were still running after ``timeout`` seconds.
+        TypeError: ``progress`` is not an accepted value.
     """
+    _progress.check(progress)
+    if progress is not None and progress is not False:
+        fs = set(fs)
     try:
-        yield from _stdlib_as_completed(fs, timeout)  # type: ignore[misc, arg-type]
+        yield from _progress.iterate(
+            _stdlib_as_completed(fs, timeout),  # type: ignore[arg-type]
+            progress,
+            _progress.length_hint(fs),
+        )
     except TimeoutError:
         raise
     except _base.TimeoutError as exc:
@@ -110,13 +123,15 @@ class _Executor(_base.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: Any = False,
     ) -> Iterator[T]:
         """Returns an iterator equivalent to ``map(fn, *iterables)``, run in the pool.
 
         Results come in order. ``timeout`` counts from this call; ``chunksize`` groups items into
         one task (process pools; the function is pickled once per call); ``buffersize`` bounds
         how many tasks are submitted ahead of the results consumed (Python 3.14's parameter),
-        so an endless input works.
+        so an endless input works. ``progress=True`` shows a progress bar (a dict: tqdm
+        options), counting items as their results arrive.
 
         Raises:
             TimeoutError: a result is not ready ``timeout`` seconds after the call.
@@ -130,6 +145,7 @@ class _Executor(_base.Executor):
                 raise TypeError("buffersize must be an integer or None")
             if buffersize < 1:
                 raise ValueError("buffersize must be None or > 0")
+        _progress.check(progress)
         end_time = None if timeout is None else timeout + time.monotonic()
         chunked = chunksize > 1 and isinstance(self._backend, ProcessBackend)
         single = len(iterables) == 1
@@ -142,9 +158,17 @@ class _Executor(_base.Executor):
         else:
             items = zip(*iterables, strict=False)
             submit = self._backend.one_submitter(fn, self._task_timeout)
+        track = _progress.tracker(progress, _progress.shortest(iterables))
+        if track is not None:
+            submit = track.submitter(submit, len if chunked else _one)
+            items = track.items(items)
         first: Iterable[Any] = items if buffersize is None else itertools.islice(items, buffersize)
         fs = [submit(x) for x in first]
         return _map_results(fs, items if buffersize is not None else None, submit, end_time, chunked)
+
+
+def _one(_: object) -> int:
+    return 1
 
 
 def _map_results(

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from . import _core
+from . import _core, _progress
 from ._backend import ProcessBackend, ThreadBackend, check_callable, check_positive_int, check_timeout, start_method
 from ._future import Future
 from ._serialize import attach_traceback
@@ -454,19 +454,27 @@ class Pool:
             return AsyncResult(fut)
         return AsyncResult(fut, callback, error_callback, self._callbacks)
 
-    def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None) -> list[T]:
+    def map(
+        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None, *, progress: Any = False
+    ) -> list[T]:
         """``list(map(func, iterable))`` run in the pool, in order (blocking).
 
         The input is consumed at once; without ``chunksize``, it is cut into about four chunks
-        per worker.
+        per worker. ``progress=True`` shows a progress bar (a dict: tqdm options; see
+        docs/progress-and-logging.md).
         """
-        return self._map_async(func, iterable, False, chunksize).get()
+        return self._map_async(func, iterable, False, chunksize, progress=progress).get()
 
     def starmap(
-        self, func: Callable[..., T], iterable: Iterable[Iterable[Any]], chunksize: int | None = None
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        *,
+        progress: Any = False,
     ) -> list[T]:
         """Like ``map``, but calls ``func(*item)`` for each item."""
-        return self._map_async(func, iterable, True, chunksize).get()
+        return self._map_async(func, iterable, True, chunksize, progress=progress).get()
 
     def map_async(
         self,
@@ -475,9 +483,11 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[list[T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        progress: Any = False,
     ) -> MapResult[T]:
         """Like ``map``, but returns a ``MapResult`` at once."""
-        return self._map_async(func, iterable, False, chunksize, callback, error_callback)
+        return self._map_async(func, iterable, False, chunksize, callback, error_callback, progress)
 
     def starmap_async(
         self,
@@ -486,9 +496,11 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[list[T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        progress: Any = False,
     ) -> MapResult[T]:
         """Like ``starmap``, but returns a ``MapResult`` at once."""
-        return self._map_async(func, iterable, True, chunksize, callback, error_callback)
+        return self._map_async(func, iterable, True, chunksize, callback, error_callback, progress)
 
     def _map_async(
         self,
@@ -498,10 +510,12 @@ class Pool:
         chunksize: int | None,
         callback: Callable[[list[T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        progress: Any = False,
     ) -> MapResult[T]:
         self._check_running()
         if not callable(func):
             check_callable(func, "func")
+        _progress.check(progress)
         # sequences are sliced as they are (a slice of a range pickles as three numbers); any
         # other iterable is consumed into a list first, as the stdlib does
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
@@ -512,38 +526,63 @@ class Pool:
         submit = self._backend.chunk_submitter(func, star, timeout=self._task_timeout)
         step = max(chunksize, 1)
         chunks = [submit(items[i : i + step]) for i in range(0, len(items), step)]
+        _progress.track_all(progress, chunks, len(items), step)
         runner = self._callbacks if callback is not None or error_callback is not None else None
         return MapResult(chunks, callback, error_callback, runner)
 
     def imap(
-        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *, buffersize: int | None = None
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: int = 1,
+        *,
+        buffersize: int | None = None,
+        progress: Any = False,
     ) -> IMapIterator[T]:
         """Results of ``func`` over ``iterable``, in order, as they become available.
 
         The input is read lazily: at most ``buffersize`` chunks (default
         ``IMAP_BUFFER_PER_WORKER`` per worker) are submitted or waiting to be read.
+        ``progress=True`` shows a progress bar (its total is ``len(iterable)`` when that exists).
+        The iterator also supports ``async for`` (see docs/asyncio.md).
         """
-        return self._imap(func, iterable, chunksize, buffersize, ordered=True)
+        return self._imap(func, iterable, chunksize, buffersize, ordered=True, progress=progress)
 
     def imap_unordered(
-        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *, buffersize: int | None = None
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: int = 1,
+        *,
+        buffersize: int | None = None,
+        progress: Any = False,
     ) -> IMapIterator[T]:
         """Like ``imap``, but in completion order."""
-        return self._imap(func, iterable, chunksize, buffersize, ordered=False)
+        return self._imap(func, iterable, chunksize, buffersize, ordered=False, progress=progress)
 
     def _imap(
-        self, func: Callable[..., T], iterable: Iterable[Any], chunksize: int, buffersize: int | None, ordered: bool
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Any],
+        chunksize: int,
+        buffersize: int | None,
+        ordered: bool,
+        progress: Any = False,
     ) -> IMapIterator[T]:
         self._check_running()
         if not callable(func):
             check_callable(func, "func")
         _check_chunksize(chunksize)
+        _progress.check(progress)
         if buffersize is None:
             buffersize = IMAP_BUFFER_PER_WORKER * self._processes
         elif not isinstance(buffersize, int) or isinstance(buffersize, bool) or buffersize < 1:
             raise ValueError("buffersize must be a positive int or None")
         items = iter(iterable)
         submit = self._backend.outcome_submitter(func, self._task_timeout)
+        track = _progress.tracker(progress, _progress.length_hint(iterable))
+        if track is not None:
+            submit, items = track.submitter(submit, len), track.items(items)
         # a time limit applies per task: batching items would stretch it over several calls
         batch = self._task_timeout is None
         return IMapIterator(submit, items, chunksize, buffersize, self._processes, ordered, batch)
