@@ -97,8 +97,11 @@ _TEXT_OPTIONS = ("desc", "file", "mininterval", "disable")
 
 def _new_bar(total: int | None, options: dict[str, Any]) -> tuple[Any, bool]:
     """A new bar and whether we own it (close it at the end)."""
+    import importlib
+
     try:
-        from tqdm.auto import tqdm
+        # tqdm.auto: a widget in Jupyter, a terminal bar elsewhere (and tqdm is an optional extra)
+        tqdm = importlib.import_module("tqdm.auto").tqdm
     except ImportError:
         return TextBar(total, **{k: v for k, v in options.items() if k in _TEXT_OPTIONS}), True
     return tqdm(total=total, **options), True
@@ -209,9 +212,10 @@ def tracker(progress: object, total: int | None) -> Tracker | None:
         bar, owned = _new_bar(total, options)
     else:
         bar, owned = progress, False
+        bar_any: Any = bar
         if total is not None and getattr(bar, "total", 0) is None:
             try:
-                bar.total = total
+                bar_any.total = total
             except AttributeError:
                 pass
     return Tracker(bar, owned)

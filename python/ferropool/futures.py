@@ -31,7 +31,7 @@ from concurrent.futures import wait as _stdlib_wait
 from concurrent.futures._base import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import Any, TypeVar
 
-from . import _core, _progress
+from . import _aio, _core, _progress
 from ._backend import (
     ProcessBackend,
     ThreadBackend,
@@ -83,7 +83,7 @@ def as_completed(
     if progress is not None and progress is not False:
         fs = set(fs)
     try:
-        yield from _progress.iterate(
+        yield from _progress.iterate(  # type: ignore[misc]
             _stdlib_as_completed(fs, timeout),  # type: ignore[arg-type]
             progress,
             _progress.length_hint(fs),
@@ -115,6 +115,19 @@ class _Executor(_base.Executor):
         if not callable(fn):
             check_callable(fn)
         return self._backend.submit(fn, args, kwargs, self._task_timeout)
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Calls ``fn(*args, **kwargs)`` in the pool and awaits its result (asyncio).
+
+        The event loop is never blocked. Cancelling the awaiting task cancels the call: a queued
+        call never runs, and with ``cancel_running=True`` a running one is stopped.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            RuntimeError: the executor was shut down.
+            Exception: whatever ``fn`` raised.
+        """
+        return await _aio.result(self.submit(fn, *args, **kwargs))
 
     def map(
         self,

@@ -23,10 +23,10 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from . import _core, _progress
+from . import _aio, _core, _progress
 from ._backend import ProcessBackend, ThreadBackend, check_callable, check_positive_int, check_timeout, start_method
 from ._future import Future
 from ._serialize import attach_traceback
@@ -218,6 +218,8 @@ class IMapIterator(Generic[T]):
         self._outstanding = 0  # items submitted whose results were not returned yet
         self._exhausted = False
         self._lock = threading.Lock()
+        #: called (from any thread) when a task of an unordered iterator finishes: ``async for``
+        self._on_arrival: Callable[[], object] | None = None
         self._top_up()
 
     def _top_up(self) -> None:
@@ -236,9 +238,19 @@ class IMapIterator(Generic[T]):
 
     def _task_done(self, n: int, fut: Future[Any]) -> None:
         self._done.put((fut, n))
+        wake = self._on_arrival
+        if wake is not None:
+            wake()
 
     def __iter__(self) -> IMapIterator[T]:
         return self
+
+    def __aiter__(self) -> IMapIterator[T]:
+        return self
+
+    def __anext__(self) -> Awaitable[T]:
+        """The next result, awaited without blocking the event loop (``async for``)."""
+        return _aio.imap_next(self)
 
     def next(self, timeout: float | None = None) -> T:
         """Returns the next result, waiting up to ``timeout`` seconds.
@@ -453,6 +465,17 @@ class Pool:
         if callback is None and error_callback is None:
             return AsyncResult(fut)
         return AsyncResult(fut, callback, error_callback, self._callbacks)
+
+    async def run(self, func: Callable[..., T], /, *args: Any, **kwds: Any) -> T:
+        """Calls ``func(*args, **kwds)`` in a worker and awaits its result (asyncio).
+
+        Cancelling the awaiting task cancels the call if it has not started.
+
+        Raises:
+            ValueError: the pool was closed or terminated.
+            Exception: whatever the call raised.
+        """
+        return await _aio.result(self.apply_async(func, args, kwds)._future)
 
     def map(
         self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None, *, progress: Any = False
