@@ -8,6 +8,7 @@ pub mod process_pool;
 pub mod registry;
 pub mod scheduler;
 pub mod signals;
+pub mod stats;
 pub mod supervisor;
 pub mod task;
 pub mod threads;

@@ -31,7 +31,7 @@ from concurrent.futures import wait as _stdlib_wait
 from concurrent.futures._base import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import Any, TypeVar
 
-from . import _aio, _core, _progress
+from . import _aio, _core, _progress, _stats
 from ._backend import (
     ProcessBackend,
     ThreadBackend,
@@ -115,6 +115,14 @@ class _Executor(_base.Executor):
         if not callable(fn):
             check_callable(fn)
         return self._backend.submit(fn, args, kwargs, self._task_timeout)
+
+    def stats(self) -> _stats.PoolStats:
+        """A snapshot of the executor: its workers' counters, queue depth and worker exits.
+
+        Per worker: tasks done, time busy and idle; for the executor: tasks queued and in flight,
+        and why worker processes ended (see docs/tuning.md).
+        """
+        return _stats.snapshot(self._backend.engine, self._backend.workers)
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Calls ``fn(*args, **kwargs)`` in the pool and awaits its result (asyncio).

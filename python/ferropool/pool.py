@@ -26,7 +26,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from . import _aio, _core, _progress
+from . import _aio, _core, _progress, _stats
 from ._backend import ProcessBackend, ThreadBackend, check_callable, check_positive_int, check_timeout, start_method
 from ._future import Future
 from ._serialize import attach_traceback
@@ -609,6 +609,14 @@ class Pool:
         # a time limit applies per task: batching items would stretch it over several calls
         batch = self._task_timeout is None
         return IMapIterator(submit, items, chunksize, buffersize, self._processes, ordered, batch)
+
+    def stats(self) -> _stats.PoolStats:
+        """A snapshot of the pool: its workers' counters, queue depth and worker exits.
+
+        Per worker: tasks done, time busy and idle; for the pool: tasks queued and in flight,
+        and why worker processes ended (see docs/tuning.md).
+        """
+        return _stats.snapshot(self._backend.engine, self._backend.workers)
 
     # -- ending -----------------------------------------------------------------------------
 
