@@ -14,6 +14,9 @@ from ._core import __version__, cpu_count
 # this package, and its start-up time is the pool's start-up time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
+    from ._logs import get_logger, log_to_stderr
+    from ._state import worker_state
+    from ._stats import PoolStats
     from .errors import (
         BrokenExecutor,
         BrokenProcessPool,
@@ -47,6 +50,7 @@ __all__ = [
     "Future",
     "InvalidStateError",
     "Pool",
+    "PoolStats",
     "ProcessPoolExecutor",
     "ThreadPool",
     "ThreadPoolExecutor",
@@ -55,7 +59,10 @@ __all__ = [
     "__version__",
     "as_completed",
     "cpu_count",
+    "get_logger",
+    "log_to_stderr",
     "wait",
+    "worker_state",
 ]
 
 _LAZY = {
@@ -77,6 +84,10 @@ _LAZY = {
     "InvalidStateError": "errors",
     "TimeoutError": "errors",
     "WorkerDiedError": "errors",
+    "get_logger": "_logs",
+    "log_to_stderr": "_logs",
+    "worker_state": "_state",
+    "PoolStats": "_stats",
 }
 
 

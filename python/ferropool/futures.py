@@ -31,7 +31,7 @@ from concurrent.futures import wait as _stdlib_wait
 from concurrent.futures._base import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import Any, TypeVar
 
-from . import _aio, _core, _progress, _stats
+from . import _aio, _core, _progress, _setup, _state, _stats
 from ._backend import (
     ProcessBackend,
     ThreadBackend,
@@ -252,6 +252,16 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
             (as ``Future.kill()`` does), so cancelling the asyncio side of
             ``loop.run_in_executor`` stops the call in its worker. The stdlib's ``cancel()``
             leaves running calls alone, which is the default.
+        worker_logs: log records of the workers go to the parent's handlers (``True``: those at
+            or above the parent's root level when the executor is made; a level: those at or
+            above it; ``False``/``None``: workers keep their own logging).
+        worker_output: what the workers print reaches the parent's ``sys.stdout``/``sys.stderr``,
+            line by line (``True``; a string such as ``"[{name}] "`` prefixes each line, with
+            ``{name}`` and ``{pid}``; ``False``: workers write to the inherited descriptors).
+        limit_blas_threads: start workers with ``OMP_NUM_THREADS`` and the like set to
+            ``cpu_count() // max_workers`` unless already set (see docs/tuning.md).
+
+    The value ``initializer`` returns is kept in each worker for ``ferropool.worker_state()``.
 
     Raises:
         ValueError: ``max_workers``, ``max_tasks_per_child``, ``task_timeout`` or
@@ -273,6 +283,9 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
         task_timeout: float | None = None,
         max_memory_per_child: int | None = None,
         cancel_running: bool = False,
+        worker_logs: bool | int | str | None = True,
+        worker_output: bool | str = True,
+        limit_blas_threads: bool = True,
     ) -> None:
         if max_workers is None:
             max_workers = _core.cpu_count()
@@ -286,6 +299,7 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
             check_positive_int(max_memory_per_child, "max_memory_per_child", "max_memory_per_child must be >= 1 byte")
         self._task_timeout = check_timeout(task_timeout, "task_timeout")
         self._max_workers = max_workers
+        setup = _setup.WorkerSetup(max_workers, worker_logs, worker_output, limit_blas_threads)
         self._backend = ProcessBackend(
             max_workers,
             method,
@@ -294,6 +308,7 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
             max_tasks_per_child,
             max_memory_per_child,
             bool(cancel_running),
+            setup=setup,
         )
 
     def options(self, *, timeout: float | None = None) -> ProcessPoolExecutor:
@@ -373,7 +388,9 @@ class ThreadPoolExecutor(_Executor, _thread.ThreadPoolExecutor):
             check_callable(initializer, "initializer")
         self._max_workers = max_workers
         self._thread_name_prefix = thread_name_prefix or f"ThreadPoolExecutor-{self._counter()}"
-        self._backend = ThreadBackend(max_workers, self._thread_name_prefix, initializer, tuple(initargs))
+        self._backend = ThreadBackend(
+            max_workers, self._thread_name_prefix, _state.for_threads(initializer), tuple(initargs)
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stops accepting work; the threads exit once queued work is done.

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from . import _aio, _core, _progress, _stats
+from . import _aio, _core, _progress, _setup, _state, _stats
 from ._backend import ProcessBackend, ThreadBackend, check_callable, check_positive_int, check_timeout, start_method
 from ._future import Future
 from ._serialize import attach_traceback
@@ -364,6 +364,16 @@ class Pool:
             starts it; past that it fails with ``ferropool.TimeoutError`` and its worker is
             killed and replaced. ``options(timeout=...)`` sets it for some calls only.
         max_memory_per_child: bytes of resident memory past which a worker is replaced.
+        worker_logs: log records of the workers go to the parent's handlers (``True``: those at
+            or above the parent's root level when the pool is made; a level: those at or above
+            it; ``False``/``None``: workers keep their own logging).
+        worker_output: what the workers print reaches the parent's ``sys.stdout``/``sys.stderr``,
+            line by line (``True``; a string such as ``"[{name}] "`` prefixes each line, with
+            ``{name}`` and ``{pid}``; ``False``: workers write to the inherited descriptors).
+        limit_blas_threads: start workers with ``OMP_NUM_THREADS`` and the like set to
+            ``cpu_count() // processes`` unless already set (see docs/tuning.md).
+
+    The value ``initializer`` returns is kept in each worker for ``ferropool.worker_state()``.
 
     Raises:
         ValueError: ``processes``, ``maxtasksperchild``, ``task_timeout`` or
@@ -396,6 +406,9 @@ class Pool:
         *,
         task_timeout: float | None = None,
         max_memory_per_child: int | None = None,
+        worker_logs: bool | int | str | None = True,
+        worker_output: bool | str = True,
+        limit_blas_threads: bool = True,
     ) -> None:
         self._state = RUN
         processes = _check_pool_size(processes)
@@ -410,8 +423,9 @@ class Pool:
             check_positive_int(max_memory_per_child, "max_memory_per_child", "max_memory_per_child must be >= 1 byte")
         self._task_timeout = check_timeout(task_timeout, "task_timeout")
         self._processes = processes
+        setup = _setup.WorkerSetup(processes, worker_logs, worker_output, limit_blas_threads)
         self._backend = ProcessBackend(
-            processes, method, initializer, tuple(initargs), maxtasksperchild, max_memory_per_child
+            processes, method, initializer, tuple(initargs), maxtasksperchild, max_memory_per_child, setup=setup
         )
 
     def options(self, *, timeout: float | None = None) -> Pool:
@@ -691,7 +705,7 @@ class ThreadPool(Pool):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._processes = processes
-        self._backend = ThreadBackend(processes, "ThreadPool", initializer, tuple(initargs))
+        self._backend = ThreadBackend(processes, "ThreadPool", _state.for_threads(initializer), tuple(initargs))
 
     def terminate(self) -> None:
         """Accepts no more work and cancels what is queued.

@@ -1,0 +1,618 @@
+"""Prints and log records of worker processes, delivered to the parent; ferropool's own logger.
+
+::
+
+    worker process                                        parent
+    ───────────────                                       ──────
+    print() ─▶ sys.stdout (_LineSink: whole lines) ─┐
+    logging ─▶ _ForwardHandler (record as JSON) ────┼─▶ socket ─▶ output thread ─▶ sys.stdout /
+                                                    │   (one per    (one per pool)   sys.stderr /
+    start ─▶ hello (pid) ───────────────────────────┘    worker)                     logging
+
+Why a socket of its own rather than a frame kind on the worker's task link: the task path stays
+exactly as fast as before (nothing is added to a result, nothing is parsed by the engine), a
+flood of output can never delay a result frame or the engine's reading, and the engine stays
+free of Python. The price is ordering across the two channels; the pool's result thread reads
+whatever output already arrived before it completes a batch of futures, so what a task printed
+is written before its result is handed to you.
+
+Each worker connects, in its initializer, to an abstract Unix socket (no file on disk) of type
+``SOCK_SEQPACKET``: every message arrives whole, so a line is never split between two writes,
+and lines of different workers never interleave. A message is at most ``PIECE`` bytes; a longer
+line travels in pieces written one after the other.
+
+Drop policy: a worker never blocks on its output. What the socket cannot take at once waits in
+the worker, up to ``PENDING_MAX`` bytes, and a small thread sends it as the parent catches up.
+Beyond that, new output is dropped and counted, and once the backlog has halved the parent
+writes ``[ferropool] <worker>: <n> lines (<m> bytes) of output dropped`` to ``sys.stderr``.
+Bytes that are not UTF-8 are written with replacement characters.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import logging
+import os
+import secrets
+import select
+import socket
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, TextIO
+
+__all__ = ["get_logger", "log_to_stderr"]
+
+LOGGER_NAME = "ferropool"
+_log = logging.getLogger(LOGGER_NAME)
+
+#: Largest message on the output socket (a line longer than this goes in pieces).
+PIECE = 32 * 1024
+#: Output a worker keeps while the parent is behind; more is dropped.
+PENDING_MAX = 4 * 1024 * 1024
+
+HELLO, STDOUT, STDERR, RECORD, DROPPED = b"h", b"o", b"e", b"r", b"d"
+
+
+# --------------------------------------------------------------------------------------------
+# the public logger (multiprocessing.get_logger / log_to_stderr)
+
+DEFAULT_FORMAT = "[%(levelname)s/%(processName)s] %(message)s"
+_stderr_handler: logging.Handler | None = None
+
+
+def get_logger() -> logging.Logger:
+    """Returns ferropool's logger, ``logging.getLogger("ferropool")``.
+
+    Pool and worker life-cycle events go to it: pool start and shutdown and worker starts at
+    ``DEBUG``; workers that ended for a reason other than shutdown (recycled, timed out, killed,
+    died, with their exit code) and their replacements at ``INFO``; callbacks that raised at
+    ``ERROR``. Unlike ``multiprocessing``'s logger it propagates to the root logger, so
+    ``logging.basicConfig(level=logging.DEBUG)`` shows it, until ``log_to_stderr()`` gives it a
+    handler of its own.
+    """
+    return _log
+
+
+def check_level(level: object, what: str = "level") -> int:
+    """A logging level from an int or a level name (``"INFO"``).
+
+    Raises:
+        ValueError: an unknown name, or a negative number.
+        TypeError: neither an int nor a str.
+    """
+    if isinstance(level, bool) or not isinstance(level, (int, str)):
+        raise TypeError(f"{what} must be a logging level (an int or a name like 'INFO'), not {type(level).__name__!r}")
+    if isinstance(level, str):
+        value = logging.getLevelName(level.upper())
+        if not isinstance(value, int):
+            raise ValueError(f"{what} {level!r} is not a logging level name (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+        return value
+    if level < 0:
+        raise ValueError(f"{what} must be a logging level >= 0, not {level}")
+    return level
+
+
+def log_to_stderr(level: int | str | None = None) -> logging.Logger:
+    """Makes ferropool's logger write to ``sys.stderr``; returns the logger.
+
+    As ``multiprocessing.log_to_stderr``: a handler with the format
+    ``[%(levelname)s/%(processName)s] %(message)s`` is added once, and the logger stops
+    propagating to the root logger so nothing is written twice.
+
+    Args:
+        level: if given, the logger's level (an int or a name like ``"DEBUG"``).
+
+    Raises:
+        ValueError: ``level`` is not a logging level.
+    """
+    global _stderr_handler
+    if level is not None:
+        _log.setLevel(check_level(level))
+    if _stderr_handler is None:
+        _stderr_handler = logging.StreamHandler()
+        _stderr_handler.setFormatter(logging.Formatter(DEFAULT_FORMAT))
+        _log.addHandler(_stderr_handler)
+        _log.propagate = False
+    return _log
+
+
+# --------------------------------------------------------------------------------------------
+# options
+
+
+def worker_logs_level(worker_logs: object) -> int | None:
+    """The level workers forward records at, from a pool's ``worker_logs`` argument.
+
+    ``True``: the parent's root logger level now; ``False``/``None``: no forwarding; else a
+    level (int or name).
+    """
+    if worker_logs is None or worker_logs is False:
+        return None
+    if worker_logs is True:
+        return logging.getLogger().getEffectiveLevel()
+    return check_level(worker_logs, "worker_logs")
+
+
+def output_prefix(worker_output: object) -> str | None:
+    """The line prefix template from a pool's ``worker_output`` argument (``""``: none).
+
+    ``True``: forward without a prefix; ``False``/``None``: do not forward; a ``str``: forward
+    with that prefix, formatted with ``{name}`` (``PoolWorker-3``) and ``{pid}``.
+    """
+    if worker_output is None or worker_output is False:
+        return None
+    if worker_output is True:
+        return ""
+    if isinstance(worker_output, str):
+        try:
+            worker_output.format(name="", pid=0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"worker_output {worker_output!r} is not a valid prefix: only {{name}} and {{pid}} can be used"
+            ) from exc
+        return worker_output
+    raise TypeError(
+        f"worker_output must be True, False or a prefix string like '[{{name}}] ', not {type(worker_output).__name__!r}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# in the worker
+
+
+class _Link:
+    """The worker's end of its output socket: sends without ever blocking the worker."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._pending_bytes = 0
+        self._dropped_lines = 0
+        self._dropped_bytes = 0
+        self._closed = False
+        self._sender: threading.Thread | None = None
+
+    def send(self, kind: bytes, payload: bytes) -> None:
+        """Sends one message now, or queues it, or drops it if the queue is full."""
+        message = kind + payload
+        with self._lock:
+            if self._closed:
+                return
+            if self._dropped_lines and self._pending_bytes <= PENDING_MAX // 2:
+                notice = f"{self._dropped_lines} {self._dropped_bytes}".encode()
+                self._dropped_lines = self._dropped_bytes = 0
+                self._queue(DROPPED + notice)
+            if self._pending:
+                if self._pending_bytes + len(message) > PENDING_MAX:
+                    self._dropped_lines += max(1, payload.count(b"\n"))
+                    self._dropped_bytes += len(payload)
+                    return
+                self._queue(message)
+                return
+            try:
+                self._sock.send(message)
+            except BlockingIOError:
+                self._queue(message)
+            except OSError:
+                self._closed = True  # the parent is gone: nobody reads output any more
+
+    def _queue(self, message: bytes) -> None:
+        self._pending.append(message)
+        self._pending_bytes += len(message)
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._send_pending, name="ferropool-output", daemon=True)
+            self._sender.start()
+        self._drained.notify_all()
+
+    def _send_pending(self) -> None:
+        """The sender thread: sends what is queued as the socket takes it."""
+        while True:
+            with self._lock:
+                while not self._pending and not self._closed:
+                    self._drained.wait()
+                if self._closed:
+                    return
+                message = self._pending[0]
+            select.select([], [self._sock], [], 1.0)
+            try:
+                self._sock.send(message)
+            except BlockingIOError:
+                continue
+            except OSError:
+                with self._lock:
+                    self._closed = True
+                    self._pending.clear()
+                    self._drained.notify_all()
+                return
+            with self._lock:
+                self._pending.popleft()
+                self._pending_bytes -= len(message)
+                if not self._pending:
+                    self._drained.notify_all()
+
+    def finish(self, timeout: float) -> None:
+        """Waits up to ``timeout`` seconds for queued output to be sent (at worker exit)."""
+        with self._lock:
+            self._drained.wait_for(lambda: not self._pending or self._closed, timeout)
+
+
+class _LineSink:
+    """A binary stream that sends whole lines; under ``sys.stdout``/``sys.stderr`` in a worker.
+
+    Holds an unfinished line until its newline arrives (or ``flush()``); a line longer than
+    ``PIECE`` goes in pieces. ``fileno()`` is the original descriptor, so code that writes to it
+    directly (``faulthandler``, child processes) still works; what goes there is not forwarded.
+    """
+
+    def __init__(self, link: _Link, kind: bytes, fd: int) -> None:
+        self._link = link
+        self._kind = kind
+        self._fd = fd
+        self._partial = bytearray()
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        with self._lock:
+            self._partial += data
+            end = self._partial.rfind(b"\n") + 1
+            if end:
+                self._send(bytes(self._partial[:end]))
+                del self._partial[:end]
+            while len(self._partial) >= PIECE:
+                self._link.send(self._kind, bytes(self._partial[:PIECE]))
+                del self._partial[:PIECE]
+        return len(data)
+
+    def _send(self, lines: bytes) -> None:
+        """Sends whole lines, as few messages as ``PIECE`` allows, cut at line ends if possible."""
+        start = 0
+        while start < len(lines):
+            stop = start + PIECE
+            if stop < len(lines):
+                cut = lines.rfind(b"\n", start, stop)
+                stop = cut + 1 if cut >= start else stop
+            self._link.send(self._kind, lines[start:stop])
+            start = stop
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._partial:
+                self._link.send(self._kind, bytes(self._partial))
+                self._partial.clear()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _ForwardHandler(logging.Handler):
+    """Sends each record to the parent, as JSON: message formatted, traceback as text."""
+
+    def __init__(self, link: _Link) -> None:
+        super().__init__()
+        self._link = link
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = dict(record.__dict__)
+            fields["msg"] = record.getMessage()
+            fields["args"] = None
+            if record.exc_info and not record.exc_text:
+                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            fields["exc_info"] = None
+            fields.pop("message", None)
+            self._link.send(RECORD, json.dumps(fields, default=repr).encode())
+        except Exception:
+            self.handleError(record)
+
+
+_worker_link: _Link | None = None
+
+
+def _text_stream(link: _Link, kind: bytes, old: Any, fd: int) -> TextIO:
+    import io
+
+    encoding = getattr(old, "encoding", None) or "utf-8"
+    sink: Any = _LineSink(link, kind, fd)
+    # write_through: every write reaches the sink at once, which keeps whole lines together
+    return io.TextIOWrapper(sink, encoding=encoding, errors="backslashreplace", write_through=True)
+
+
+def start_in_worker(address: str, level: int | None, output: bool) -> None:
+    """Connects this worker to its pool's output thread; redirects output and logging to it.
+
+    Called by the pool's initializer wrapper (``_setup.start_worker``). If the parent cannot be
+    reached, output stays where it was.
+    """
+    global _worker_link
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.settimeout(5.0)
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        return
+    link = _worker_link = _Link(sock)
+    link.send(HELLO, str(os.getpid()).encode())
+    if output:
+        sys.stdout = _text_stream(link, STDOUT, sys.stdout, 1)
+        sys.stderr = _text_stream(link, STDERR, sys.stderr, 2)
+    if level is not None:
+        root = logging.getLogger()
+        for handler in list(root.handlers):  # inherited from a forked parent: they would write twice
+            root.removeHandler(handler)
+        root.addHandler(_ForwardHandler(link))
+        root.setLevel(level)
+
+
+def finish_in_worker(timeout: float = 2.0) -> None:
+    """Sends what output is still queued (the worker is about to exit)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    if _worker_link is not None:
+        _worker_link.finish(timeout)
+
+
+# --------------------------------------------------------------------------------------------
+# in the parent
+
+
+class _Conn:
+    """One worker's connection, as the output thread sees it."""
+
+    __slots__ = ("at_line_start", "name", "pid", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pid = 0
+        self.name = "PoolWorker-?"
+        self.at_line_start = {STDOUT: True, STDERR: True}
+
+
+_collectors: weakref.WeakSet[Collector] = weakref.WeakSet()
+
+
+class Collector:
+    """A pool's output thread: accepts its workers' connections and delivers what they send.
+
+    Lines go to whatever ``sys.stdout``/``sys.stderr`` is at the time (so pytest's capture
+    and Jupyter's cells see them), each message in one ``write()``; records go to
+    ``logging.getLogger(record.name).handle()`` if that logger is enabled for their level, with
+    ``processName`` set to the worker's name and ``process`` to its pid.
+    """
+
+    def __init__(self, prefix: str | None, on_exit: Callable[[int], tuple[str, int | None, int | None] | None]) -> None:
+        self.prefix = prefix
+        self.address = f"\0ferropool-{os.getpid()}-{secrets.token_hex(8)}"
+        self._on_exit = on_exit
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._listener.bind(self.address)
+        self._listener.listen(256)
+        self._listener.setblocking(False)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._lock = threading.Lock()
+        self._conns: dict[int, _Conn] = {}
+        # the result thread's quick look: one poll() over the listener and every connection
+        self._readable = select.poll()
+        self._readable.register(self._listener, select.POLLIN)
+        self._names = itertools.count(1)
+        self._gone: dict[int, tuple[str, int]] = {}  # pid -> (name, checks left) awaiting exit info
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        _collectors.add(self)
+
+    def start(self) -> None:
+        """Starts the thread (after the fork server exists: it must be made single-threaded)."""
+        if self._thread is None and not self._closing:
+            self._thread = threading.Thread(target=self._run, name="ferropool-output", daemon=True)
+            self._thread.start()
+
+    def close(self, wait: bool = False) -> None:
+        """Stops once every connected worker has hung up; ``wait``: wait for that (5 s at most)."""
+        self._closing = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        thread = self._thread
+        if thread is None:
+            self._close_sockets()
+        elif wait and thread is not threading.current_thread():
+            thread.join(5.0)
+
+    def _close_sockets(self) -> None:
+        with self._lock:
+            if self._listener.fileno() < 0:
+                return  # closed already
+            for conn in self._conns.values():
+                self._readable.unregister(conn.sock)
+                conn.sock.close()
+            self._conns.clear()
+            self._readable.unregister(self._listener)
+            for sock in (self._listener, self._wake_r, self._wake_w):
+                sock.close()
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (the fork server, or the user's): these descriptors are not ours."""
+        self._closing = True
+        for conn in self._conns.values():
+            conn.sock.close()
+        for sock in (self._listener, self._wake_r, self._wake_w):
+            sock.close()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                socks = [self._listener, self._wake_r, *(c.sock for c in self._conns.values())]
+                ready, _, _ = select.select(socks, [], [], 0.05 if self._gone else None)
+                with self._lock:
+                    if self._wake_r in ready:
+                        try:
+                            self._wake_r.recv(64)
+                        except OSError:
+                            pass
+                    self._accept()
+                    for sock in ready:
+                        conn = self._conns.get(sock.fileno()) if sock.fileno() >= 0 else None
+                        if conn is not None:
+                            self._read(conn)
+                    self._report_exits()
+                if self._closing and not self._conns:
+                    self._accept_last()
+                    if not self._conns:
+                        with self._lock:
+                            self._report_exits()
+                        break
+        finally:
+            self._close_sockets()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, OSError):
+                return
+            sock.setblocking(False)
+            self._conns[sock.fileno()] = _Conn(sock)
+            self._readable.register(sock, select.POLLIN)
+
+    def _accept_last(self) -> None:
+        with self._lock:
+            self._accept()
+            for conn in list(self._conns.values()):
+                self._read(conn)
+
+    def drain(self) -> None:
+        """Delivers whatever output already arrived (the result thread, before futures complete).
+
+        Gives up after a short wait if the output thread is stuck writing to a slow stream, so
+        results are never held up by output.
+        """
+        try:
+            if not self._readable.poll(0):
+                return  # the common case: nothing arrived, one system call
+        except (RuntimeError, OSError, ValueError):
+            pass  # closed meanwhile: look under the lock
+        if not self._lock.acquire(timeout=0.05):
+            return
+        try:
+            self._accept()
+            for conn in list(self._conns.values()):
+                self._read(conn)
+        finally:
+            self._lock.release()
+
+    def _read(self, conn: _Conn) -> None:
+        while True:
+            try:
+                message = conn.sock.recv(PIECE + 64)
+            except BlockingIOError:
+                return
+            except OSError:
+                message = b""
+            if not message:
+                self._hang_up(conn)
+                return
+            try:
+                self._deliver(conn, message[:1], message[1:])
+            except Exception:
+                pass  # a stream or handler that raises must not stop the other workers' output
+
+    def _hang_up(self, conn: _Conn) -> None:
+        del self._conns[conn.sock.fileno()]
+        self._readable.unregister(conn.sock)
+        conn.sock.close()
+        if conn.pid:
+            self._gone[conn.pid] = (conn.name, 20)
+
+    def _report_exits(self) -> None:
+        """Logs how each worker that hung up ended, once the engine has reaped it."""
+        for pid, (name, checks) in list(self._gone.items()):
+            info = self._on_exit(pid)
+            if info is None and checks > 0 and not self._closing:
+                self._gone[pid] = (name, checks - 1)
+                continue
+            del self._gone[pid]
+            if info is None:
+                _log.debug("worker %s (pid %d) ended", name, pid)
+                continue
+            cause, code, signal = info
+            how = f"was killed by signal {signal}" if signal is not None else f"exited with code {code}"
+            if cause == "shutdown":
+                _log.debug("worker %s (pid %d) %s at shutdown", name, pid, how)
+            else:
+                _log.info("worker %s (pid %d) %s (%s); a fresh worker takes its place", name, pid, how, cause)
+
+    def _deliver(self, conn: _Conn, kind: bytes, payload: bytes) -> None:
+        if kind in (STDOUT, STDERR):
+            self._write(conn, kind, payload.decode("utf-8", "replace"))
+        elif kind == RECORD:
+            fields = json.loads(payload)
+            record = logging.makeLogRecord(fields)
+            record.processName = conn.name
+            name = record.name
+            logger = logging.getLogger() if name == "root" else logging.getLogger(name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
+        elif kind == HELLO:
+            conn.pid = int(payload)
+            conn.name = f"PoolWorker-{next(self._names)}"
+            _log.debug("worker %s (pid %d) started", conn.name, conn.pid)
+        elif kind == DROPPED:
+            lines, nbytes = payload.split()
+            text = f"[ferropool] {conn.name}: {int(lines)} lines ({int(nbytes)} bytes) of output dropped\n"
+            if not conn.at_line_start[STDERR]:
+                text = "\n" + text
+            conn.at_line_start[STDERR] = True
+            sys.stderr.write(text)
+
+    def _write(self, conn: _Conn, kind: bytes, text: str) -> None:
+        stream = sys.stdout if kind == STDOUT else sys.stderr
+        if self.prefix:
+            prefix = self.prefix.format(name=conn.name, pid=conn.pid)
+            lines = text.splitlines(keepends=True)
+            start = 0 if conn.at_line_start[kind] else 1
+            text = "".join(lines[:start] + [prefix + line for line in lines[start:]])
+        conn.at_line_start[kind] = text.endswith("\n")
+        stream.write(text)
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def _forget_collectors_after_fork() -> None:
+    for collector in list(_collectors):
+        collector._forget_after_fork()
+    _collectors.clear()
+
+
+os.register_at_fork(after_in_child=_forget_collectors_after_fork)
