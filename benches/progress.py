@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import ferropool  # noqa: E402
-from _bench_tasks import noop  # noqa: E402
+import ferropool
+from _bench_tasks import noop
 
 
 def _tqdm_version() -> str:
@@ -97,7 +97,7 @@ def main() -> None:
                 for progress in (False, True):
                     with contextlib.redirect_stderr(devnull):
                         timings[progress].append(
-                            measure(lambda p=progress: pool.map(noop, items, progress=p, **kwargs), args.items)
+                            measure(lambda p=progress, kw=kwargs: pool.map(noop, items, progress=p, **kw), args.items)
                         )
             off, on = statistics.median(timings[False]), statistics.median(timings[True])
             chunks = -(-args.items // int(kwargs.get("chunksize") or -(-args.items // (4 * workers))))
