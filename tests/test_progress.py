@@ -179,3 +179,30 @@ def test_progress_false_and_none_draw_nothing(capsys):
         assert p.map(abs, [-1], progress=False) == [1]
         assert p.map(abs, [-1], progress=None) == [1]
     assert capsys.readouterr().err == ""
+
+
+def test_the_bar_comes_from_tqdm_auto(monkeypatch):
+    made = []
+
+    class FakeTqdm(RecordingBar):
+        def __init__(self, total=None, **options):
+            super().__init__()
+            self.total = total
+            self.options = options
+            made.append(self)
+
+    fake = type(sys)("tqdm.auto")
+    fake.tqdm = FakeTqdm
+    monkeypatch.setitem(sys.modules, "tqdm.auto", fake)
+    with ferropool.ThreadPool(2) as p:
+        p.map(_tasks.square, range(9), chunksize=3, progress={"desc": "d", "unit": "row"})
+    (bar,) = made
+    assert bar.total == 9 and bar.options == {"desc": "d", "unit": "row"}
+    assert sum(bar.updates) == 9 and bar.closed  # ours: closed at the end
+
+
+def test_a_total_in_the_options_wins(monkeypatch):
+    buf = io.StringIO()
+    with ferropool.ThreadPool(1) as p:
+        list(p.imap(_tasks.square, iter(range(4)), progress={"total": 4, "file": buf, "mininterval": 0}))
+    assert "4/4" in _tqdm_output(buf)
