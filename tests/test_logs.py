@@ -10,7 +10,7 @@ import threading
 
 import ferropool
 import pytest
-from ferropool import _logs
+from ferropool import _logs, _worker_output
 
 from tests.conftest import WAIT
 
@@ -58,7 +58,7 @@ def flood(nbytes: int) -> int:
 
 
 def print_after_backlog_is_sent(text: str) -> int:
-    _logs._worker_link.finish(WAIT)  # type: ignore[union-attr]
+    _worker_output._worker_link.finish(WAIT)  # type: ignore[union-attr]
     print(text)
     return os.getpid()
 
@@ -188,9 +188,11 @@ def test_worker_output_false_leaves_prints_in_the_worker(capsys):
 # log records
 
 
-def test_worker_records_reach_the_parents_handlers(caplog):
+@pytest.mark.parametrize("context", [None, "spawn"])
+def test_worker_records_reach_the_parents_handlers(caplog, context):
+    # spawned workers set logging up when a task first imports it; forked ones have it already
     caplog.set_level(logging.INFO)
-    with ferropool.Pool(2, worker_logs=logging.INFO) as pool:
+    with ferropool.Pool(2, worker_logs=logging.INFO, context=context) as pool:
         pids = set(pool.map(log_records, range(6), chunksize=1))
         _finish(pool)
     records = [r for r in caplog.records if r.name == "tests.worker"]

@@ -2,10 +2,10 @@
 
 ::
 
-    worker process                                        parent
-    ───────────────                                       ──────
+    worker process (_worker_output.py)                    parent (here)
+    ──────────────────────────────────                    ─────────────
     print() ─▶ sys.stdout (_LineSink: whole lines) ─┐
-    logging ─▶ _ForwardHandler (record as JSON) ────┼─▶ socket ─▶ output thread ─▶ sys.stdout /
+    logging ─▶ forwarding handler (record as JSON) ─┼─▶ socket ─▶ output thread ─▶ sys.stdout /
                                                     │   (one per    (one per pool)   sys.stderr /
     start ─▶ hello (pid) ───────────────────────────┘    worker)                     logging
 
@@ -30,7 +30,6 @@ Bytes that are not UTF-8 are written with replacement characters.
 
 from __future__ import annotations
 
-import collections
 import itertools
 import json
 import logging
@@ -42,19 +41,13 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, TextIO
 
 __all__ = ["get_logger", "log_to_stderr"]
 
+from ._worker_output import DROPPED, HELLO, PIECE, RECORD, STDERR, STDOUT
+
 LOGGER_NAME = "ferropool"
 _log = logging.getLogger(LOGGER_NAME)
-
-#: Largest message on the output socket (a line longer than this goes in pieces).
-PIECE = 32 * 1024
-#: Output a worker keeps while the parent is behind; more is dropped.
-PENDING_MAX = 4 * 1024 * 1024
-
-HELLO, STDOUT, STDERR, RECORD, DROPPED = b"h", b"o", b"e", b"r", b"d"
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,225 +151,6 @@ def output_prefix(worker_output: object) -> str | None:
     raise TypeError(
         f"worker_output must be True, False or a prefix string like '[{{name}}] ', not {type(worker_output).__name__!r}"
     )
-
-
-# --------------------------------------------------------------------------------------------
-# in the worker
-
-
-class _Link:
-    """The worker's end of its output socket: sends without ever blocking the worker."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self._sock = sock
-        self._lock = threading.Lock()
-        self._drained = threading.Condition(self._lock)
-        self._pending: collections.deque[bytes] = collections.deque()
-        self._pending_bytes = 0
-        self._dropped_lines = 0
-        self._dropped_bytes = 0
-        self._closed = False
-        self._sender: threading.Thread | None = None
-
-    def send(self, kind: bytes, payload: bytes) -> None:
-        """Sends one message now, or queues it, or drops it if the queue is full."""
-        message = kind + payload
-        with self._lock:
-            if self._closed:
-                return
-            if self._dropped_lines and self._pending_bytes <= PENDING_MAX // 2:
-                notice = f"{self._dropped_lines} {self._dropped_bytes}".encode()
-                self._dropped_lines = self._dropped_bytes = 0
-                self._queue(DROPPED + notice)
-            if self._pending:
-                if self._pending_bytes + len(message) > PENDING_MAX:
-                    self._dropped_lines += max(1, payload.count(b"\n"))
-                    self._dropped_bytes += len(payload)
-                    return
-                self._queue(message)
-                return
-            try:
-                self._sock.send(message)
-            except BlockingIOError:
-                self._queue(message)
-            except OSError:
-                self._closed = True  # the parent is gone: nobody reads output any more
-
-    def _queue(self, message: bytes) -> None:
-        self._pending.append(message)
-        self._pending_bytes += len(message)
-        if self._sender is None:
-            self._sender = threading.Thread(target=self._send_pending, name="ferropool-output", daemon=True)
-            self._sender.start()
-        self._drained.notify_all()
-
-    def _send_pending(self) -> None:
-        """The sender thread: sends what is queued as the socket takes it."""
-        while True:
-            with self._lock:
-                while not self._pending and not self._closed:
-                    self._drained.wait()
-                if self._closed:
-                    return
-                message = self._pending[0]
-            select.select([], [self._sock], [], 1.0)
-            try:
-                self._sock.send(message)
-            except BlockingIOError:
-                continue
-            except OSError:
-                with self._lock:
-                    self._closed = True
-                    self._pending.clear()
-                    self._drained.notify_all()
-                return
-            with self._lock:
-                self._pending.popleft()
-                self._pending_bytes -= len(message)
-                if not self._pending:
-                    self._drained.notify_all()
-
-    def finish(self, timeout: float) -> None:
-        """Waits up to ``timeout`` seconds for queued output to be sent (at worker exit)."""
-        with self._lock:
-            self._drained.wait_for(lambda: not self._pending or self._closed, timeout)
-
-
-class _LineSink:
-    """A binary stream that sends whole lines; under ``sys.stdout``/``sys.stderr`` in a worker.
-
-    Holds an unfinished line until its newline arrives (or ``flush()``); a line longer than
-    ``PIECE`` goes in pieces. ``fileno()`` is the original descriptor, so code that writes to it
-    directly (``faulthandler``, child processes) still works; what goes there is not forwarded.
-    """
-
-    def __init__(self, link: _Link, kind: bytes, fd: int) -> None:
-        self._link = link
-        self._kind = kind
-        self._fd = fd
-        self._partial = bytearray()
-        self._lock = threading.Lock()
-        self.closed = False
-
-    def write(self, data: Any) -> int:
-        data = bytes(data)
-        with self._lock:
-            self._partial += data
-            end = self._partial.rfind(b"\n") + 1
-            if end:
-                self._send(bytes(self._partial[:end]))
-                del self._partial[:end]
-            while len(self._partial) >= PIECE:
-                self._link.send(self._kind, bytes(self._partial[:PIECE]))
-                del self._partial[:PIECE]
-        return len(data)
-
-    def _send(self, lines: bytes) -> None:
-        """Sends whole lines, as few messages as ``PIECE`` allows, cut at line ends if possible."""
-        start = 0
-        while start < len(lines):
-            stop = start + PIECE
-            if stop < len(lines):
-                cut = lines.rfind(b"\n", start, stop)
-                stop = cut + 1 if cut >= start else stop
-            self._link.send(self._kind, lines[start:stop])
-            start = stop
-
-    def flush(self) -> None:
-        with self._lock:
-            if self._partial:
-                self._link.send(self._kind, bytes(self._partial))
-                self._partial.clear()
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def isatty(self) -> bool:
-        return False
-
-    def readable(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.flush()
-
-
-class _ForwardHandler(logging.Handler):
-    """Sends each record to the parent, as JSON: message formatted, traceback as text."""
-
-    def __init__(self, link: _Link) -> None:
-        super().__init__()
-        self._link = link
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            fields = dict(record.__dict__)
-            fields["msg"] = record.getMessage()
-            fields["args"] = None
-            if record.exc_info and not record.exc_text:
-                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
-            fields["exc_info"] = None
-            fields.pop("message", None)
-            self._link.send(RECORD, json.dumps(fields, default=repr).encode())
-        except Exception:
-            self.handleError(record)
-
-
-_worker_link: _Link | None = None
-
-
-def _text_stream(link: _Link, kind: bytes, old: Any, fd: int) -> TextIO:
-    import io
-
-    encoding = getattr(old, "encoding", None) or "utf-8"
-    sink: Any = _LineSink(link, kind, fd)
-    # write_through: every write reaches the sink at once, which keeps whole lines together
-    return io.TextIOWrapper(sink, encoding=encoding, errors="backslashreplace", write_through=True)
-
-
-def start_in_worker(address: str, level: int | None, output: bool) -> None:
-    """Connects this worker to its pool's output thread; redirects output and logging to it.
-
-    Called by the pool's initializer wrapper (``_setup.start_worker``). If the parent cannot be
-    reached, output stays where it was.
-    """
-    global _worker_link
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        sock.settimeout(5.0)
-        sock.connect(address)
-    except OSError:
-        sock.close()
-        return
-    link = _worker_link = _Link(sock)
-    link.send(HELLO, str(os.getpid()).encode())
-    if output:
-        sys.stdout = _text_stream(link, STDOUT, sys.stdout, 1)
-        sys.stderr = _text_stream(link, STDERR, sys.stderr, 2)
-    if level is not None:
-        root = logging.getLogger()
-        for handler in list(root.handlers):  # inherited from a forked parent: they would write twice
-            root.removeHandler(handler)
-        root.addHandler(_ForwardHandler(link))
-        root.setLevel(level)
-
-
-def finish_in_worker(timeout: float = 2.0) -> None:
-    """Sends what output is still queued (the worker is about to exit)."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    if _worker_link is not None:
-        _worker_link.finish(timeout)
 
 
 # --------------------------------------------------------------------------------------------

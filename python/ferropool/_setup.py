@@ -17,11 +17,16 @@ Steps 1 and 2 never fail the worker: at worst output stays where it was.
 from __future__ import annotations
 
 import functools
-import weakref
-from collections.abc import Callable
-from typing import Any
 
-from . import _env, _logs, _state
+from . import _env, _state
+
+# every worker imports this module: typing and the parent's side (_logs) only when type checking
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from . import _logs
 
 
 def start_worker(config: tuple[Any, ...], initializer: Callable[..., object] | None, *initargs: Any) -> None:
@@ -31,7 +36,9 @@ def start_worker(config: tuple[Any, ...], initializer: Callable[..., object] | N
         _env.apply(env)
     if address is not None:
         try:
-            _logs.start_in_worker(address, level, output)
+            from . import _worker_output
+
+            _worker_output.start_in_worker(address, level, output)
         except Exception:
             pass  # output stays where it was; the pool's work matters more
     if initializer is not None:
@@ -52,6 +59,8 @@ class WorkerSetup:
     """
 
     def __init__(self, workers: int, worker_logs: object, worker_output: object, limit_blas_threads: bool) -> None:
+        from . import _logs
+
         self.level = _logs.worker_logs_level(worker_logs)
         self.prefix = _logs.output_prefix(worker_output)
         self.env = _env.blas_env(workers) if limit_blas_threads else {}
@@ -68,6 +77,8 @@ class WorkerSetup:
             return functools.partial(start_worker, ({}, None, None, False), initializer), initargs
         address = None
         if self.level is not None or self.prefix is not None:
+            from . import _logs
+
             self.collector = _logs.Collector(self.prefix or None, self._exit_info)
             address = self.collector.address
         config = (self.env, address, self.level, self.prefix is not None)
@@ -87,6 +98,10 @@ class WorkerSetup:
 
     def attach(self, backend: Any) -> None:
         """Starts the output thread for ``backend``'s pool; it stops when the pool is collected."""
+        import weakref
+
+        from . import _logs
+
         _logs.get_logger().debug("pool started: %d worker processes", backend.workers)
         if self.collector is None:
             return
@@ -111,5 +126,7 @@ class WorkerSetup:
     def close(self) -> None:
         """The pool has finished: deliver the last output, then stop the output thread."""
         if self.collector is not None:
+            from . import _logs
+
             self.collector.close(wait=True)
             _logs.get_logger().debug("pool shut down")

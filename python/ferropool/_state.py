@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: workers import this module
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 _MISSING: Any = object()
 _process_value: Any = _MISSING

@@ -101,9 +101,9 @@ def _outcomes(fn: Any, items: Any) -> bytes:
 def main(parent_pid: int) -> None:
     """Entry point of a worker process."""
     code = _core.worker_main(Handler(), parent_pid)
-    logs = sys.modules.get("ferropool._logs")
-    if logs is not None:  # output forwarded to the parent: send what is still queued
-        logs.finish_in_worker()
+    output = sys.modules.get("ferropool._worker_output")
+    if output is not None:  # output forwarded to the parent: send what is still queued
+        output.finish_in_worker()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
