@@ -18,11 +18,11 @@ is written before its result is handed to you.
 
 Each worker connects, in its initializer, to an abstract Unix socket (no file on disk) of type
 ``SOCK_SEQPACKET``: every message arrives whole, so a line is never split between two writes,
-and lines of different workers never interleave. A message is at most ``PIECE`` bytes; a longer
-line travels in pieces written one after the other.
+and lines of different workers never interleave. A message is at most ``PIECE`` (32 KiB) bytes;
+a longer line travels in pieces written one after the other.
 
 Drop policy: a worker never blocks on its output. What the socket cannot take at once waits in
-the worker, up to ``PENDING_MAX`` bytes, and a small thread sends it as the parent catches up.
+the worker, up to ``PENDING_MAX`` (4 MiB), and a small thread sends it as the parent catches up.
 Beyond that, new output is dropped and counted, and once the backlog has halved the parent
 writes ``[ferropool] <worker>: <n> lines (<m> bytes) of output dropped`` to ``sys.stderr``.
 Bytes that are not UTF-8 are written with replacement characters.
@@ -42,9 +42,9 @@ import threading
 import weakref
 from collections.abc import Callable
 
-__all__ = ["get_logger", "log_to_stderr"]
-
 from ._worker_output import DROPPED, HELLO, PIECE, RECORD, STDERR, STDOUT
+
+__all__ = ["get_logger", "log_to_stderr"]
 
 LOGGER_NAME = "ferropool"
 _log = logging.getLogger(LOGGER_NAME)
@@ -212,15 +212,18 @@ class Collector:
     def close(self, wait: bool = False) -> None:
         """Stops once every connected worker has hung up; ``wait``: wait for that (5 s at most)."""
         self._closing = True
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        self._wake()
         thread = self._thread
         if thread is None:
             self._close_sockets()
         elif wait and thread is not threading.current_thread():
             thread.join(5.0)
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # a byte is already waiting, or the thread has ended
 
     def _close_sockets(self) -> None:
         with self._lock:
@@ -246,7 +249,10 @@ class Collector:
         try:
             while True:
                 socks = [self._listener, self._wake_r, *(c.sock for c in self._conns.values())]
-                ready, _, _ = select.select(socks, [], [], 0.05 if self._gone else None)
+                try:
+                    ready, _, _ = select.select(socks, [], [], 0.05 if self._gone else None)
+                except (OSError, ValueError):  # a socket closed meanwhile: look again
+                    continue
                 with self._lock:
                     if self._wake_r in ready:
                         try:
@@ -268,15 +274,18 @@ class Collector:
         finally:
             self._close_sockets()
 
-    def _accept(self) -> None:
+    def _accept(self) -> bool:
+        """Takes the workers' new connections; ``True`` if there were any."""
+        accepted = False
         while True:
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, OSError):
-                return
+                return accepted
             sock.setblocking(False)
             self._conns[sock.fileno()] = _Conn(sock)
             self._readable.register(sock, select.POLLIN)
+            accepted = True
 
     def _accept_last(self) -> None:
         with self._lock:
@@ -298,13 +307,18 @@ class Collector:
         if not self._lock.acquire(timeout=0.05):
             return
         try:
-            self._accept()
+            if self._accept():
+                self._wake()  # the output thread must wait on the new connection too
             for conn in list(self._conns.values()):
-                self._read(conn)
+                self._read(conn, hang_up=False)
         finally:
             self._lock.release()
 
-    def _read(self, conn: _Conn) -> None:
+    def _read(self, conn: _Conn, hang_up: bool = True) -> None:
+        """Delivers every message waiting on ``conn``; at its end, forgets it (``hang_up``).
+
+        Only the output thread hangs up: it may be waiting in ``select`` on the socket.
+        """
         while True:
             try:
                 message = conn.sock.recv(PIECE + 64)
@@ -313,7 +327,8 @@ class Collector:
             except OSError:
                 message = b""
             if not message:
-                self._hang_up(conn)
+                if hang_up:
+                    self._hang_up(conn)
                 return
             try:
                 self._deliver(conn, message[:1], message[1:])
