@@ -206,3 +206,14 @@ def test_a_total_in_the_options_wins(monkeypatch):
     with ferropool.ThreadPool(1) as p:
         list(p.imap(_tasks.square, iter(range(4)), progress={"total": 4, "file": buf, "mininterval": 0}))
     assert "4/4" in _tqdm_output(buf)
+
+
+def test_an_abandoned_executor_map_cancels_what_it_submitted(gate):
+    bar = RecordingBar()
+    with ferropool.ProcessPoolExecutor(1) as ex:
+        results = ex.map(_tasks.wait_gate, [gate.path] * 6, timeout=0.3, progress=bar)
+        with pytest.raises(TimeoutError):
+            next(results)  # the map gives up: its unfinished tasks are cancelled
+        gate.open()
+        ex.shutdown(wait=True)
+    assert 1 <= sum(bar.updates) < 6  # the running one (and any sent with it) finished, the rest never ran

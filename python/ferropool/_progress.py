@@ -181,13 +181,46 @@ class Tracker:
         except Exception:
             pass
 
-    def submitter(self, submit: Callable[[T], R], size: Callable[[T], int]) -> Callable[[T], R]:
-        """``submit`` that also registers each future it returns, of ``size(arg)`` items."""
+    def submitter(self, submit: Callable[[T], Any], size: Callable[[T], int]) -> Callable[[T], Any]:
+        """``submit`` whose futures complete only after the bar has counted them.
 
-        def tracked(arg: T) -> R:
-            return self.add(submit(arg), size(arg))  # type: ignore[no-any-return]
+        The reader of an ``imap`` or ``Executor.map`` wakes up when a task's future completes,
+        which is before that future's done-callbacks run; so each task gets a relay future that
+        the bar's callback completes after ``update``. When iteration ends, the bar is final.
+        """
+
+        def tracked(arg: T) -> Any:
+            return self._relay(submit(arg), size(arg))
 
         return tracked
+
+    def _relay(self, inner: Any, n: int) -> Any:
+        """A future that takes ``inner``'s outcome once the bar has counted its ``n`` items.
+
+        Cancelling the relay cancels ``inner`` (an abandoned map cancels what it submitted).
+        """
+        from ._future import Future
+
+        outer: Future[Any] = Future()
+
+        def cancel() -> bool:
+            return bool(inner.cancel())
+
+        def done(fut: Any) -> None:
+            self._done(fut, n)
+            if fut.cancelled():
+                if Future.cancel(outer):
+                    outer.set_running_or_notify_cancel()
+            elif fut.exception() is not None:
+                outer.set_exception(fut.exception())
+            else:
+                outer.set_result(fut.result())
+
+        outer.cancel = cancel  # type: ignore[method-assign]
+        with self._lock:
+            self._pending += 1
+        inner.add_done_callback(done)
+        return outer
 
     def items(self, items: Iterable[T]) -> Iterator[T]:
         """``items``, sealing the tracker once they are exhausted."""

@@ -65,7 +65,8 @@ class WorkerSetup:
         self.prefix = _logs.output_prefix(worker_output)
         self.env = _env.blas_env(workers) if limit_blas_threads else {}
         self.collector: _logs.Collector | None = None
-        self._exits: Callable[[int], Any] = lambda pid: None
+        # how the output thread learns how a worker ended; a list the thread holds, not this object
+        self._exit_lookup: list[Callable[[int], Any]] = [lambda pid: None]
 
     def wrap(
         self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
@@ -77,10 +78,16 @@ class WorkerSetup:
             return functools.partial(start_worker, ({}, None, None, False), initializer), initargs
         address = None
         if self.level is not None or self.prefix is not None:
+            import weakref
+
             from . import _logs
 
-            self.collector = _logs.Collector(self.prefix or None, self._exit_info)
+            lookup = self._exit_lookup
+            self.collector = _logs.Collector(self.prefix or None, lambda pid: lookup[0](pid))
             address = self.collector.address
+            # this object lives as long as its pool (or dies at once if making the pool failed):
+            # then the output thread stops once the last worker hangs up
+            weakref.finalize(self, self.collector.close)
         config = (self.env, address, self.level, self.prefix is not None)
         return functools.partial(start_worker, config, initializer), initargs
 
@@ -97,7 +104,7 @@ class WorkerSetup:
         return deliver_after_output
 
     def attach(self, backend: Any) -> None:
-        """Starts the output thread for ``backend``'s pool; it stops when the pool is collected."""
+        """Starts the output thread for ``backend``'s pool (now that its fork server exists)."""
         import weakref
 
         from . import _logs
@@ -116,12 +123,8 @@ class WorkerSetup:
                     return e["cause"], e["exitcode"], e["signal"]
             return None
 
-        self._exits = exit_info
-        weakref.finalize(backend, self.collector.close)
+        self._exit_lookup[0] = exit_info
         self.collector.start()
-
-    def _exit_info(self, pid: int) -> Any:
-        return self._exits(pid)
 
     def close(self) -> None:
         """The pool has finished: deliver the last output, then stop the output thread."""
