@@ -5,6 +5,7 @@
 pub mod errors;
 pub mod forkserver;
 pub mod process_pool;
+pub mod readiness;
 pub mod registry;
 pub mod scheduler;
 pub mod signals;
@@ -21,6 +22,8 @@ use pyo3::prelude::*;
 pub mod _core {
     #[pymodule_export]
     use crate::process_pool::PyProcessEngine;
+    #[pymodule_export]
+    use crate::readiness::any_readable;
     #[pymodule_export]
     use crate::registry::{after_fork_in_child, shutdown_all};
     #[pymodule_export]

@@ -11,6 +11,7 @@ __all__ = [
     "ThreadEngine",
     "__version__",
     "after_fork_in_child",
+    "any_readable",
     "cpu_count",
     "die_with_parent",
     "shutdown_all",
@@ -22,6 +23,9 @@ def cpu_count() -> int:
 
 def shutdown_all(timeout: float | None = None, terminate: bool = False) -> bool:
     """Shuts down (or terminates) every pool still running and waits; ``False`` on timeout."""
+
+def any_readable(fds: list[int]) -> bool:
+    """Whether any descriptor is readable now; never waits, keeps the GIL."""
 
 def after_fork_in_child() -> None:
     """Marks every pool as the parent's (called in the child of ``os.fork()``)."""

@@ -42,6 +42,7 @@ import threading
 import weakref
 from collections.abc import Callable
 
+from . import _core
 from ._worker_output import DROPPED, HELLO, PIECE, RECORD, STDERR, STDOUT
 
 __all__ = ["get_logger", "log_to_stderr"]
@@ -194,9 +195,8 @@ class Collector:
         self._wake_w.setblocking(False)
         self._lock = threading.Lock()
         self._conns: dict[int, _Conn] = {}
-        # the result thread's quick look: one poll() over the listener and every connection
-        self._readable = select.poll()
-        self._readable.register(self._listener, select.POLLIN)
+        # the result thread's quick look: the listener and every connection, for _core.any_readable
+        self._fds = [self._listener.fileno()]
         self._names = itertools.count(1)
         self._gone: dict[int, tuple[str, int]] = {}  # pid -> (name, checks left) awaiting exit info
         self._closing = False
@@ -229,11 +229,10 @@ class Collector:
         with self._lock:
             if self._listener.fileno() < 0:
                 return  # closed already
+            self._fds = []
             for conn in self._conns.values():
-                self._readable.unregister(conn.sock)
                 conn.sock.close()
             self._conns.clear()
-            self._readable.unregister(self._listener)
             for sock in (self._listener, self._wake_r, self._wake_w):
                 sock.close()
 
@@ -284,7 +283,7 @@ class Collector:
                 return accepted
             sock.setblocking(False)
             self._conns[sock.fileno()] = _Conn(sock)
-            self._readable.register(sock, select.POLLIN)
+            self._fds = [self._listener.fileno(), *self._conns]
             accepted = True
 
     def _accept_last(self) -> None:
@@ -299,11 +298,8 @@ class Collector:
         Gives up after a short wait if the output thread is stuck writing to a slow stream, so
         results are never held up by output.
         """
-        try:
-            if not self._readable.poll(0):
-                return  # the common case: nothing arrived, one system call
-        except (RuntimeError, OSError, ValueError):
-            pass  # closed meanwhile: look under the lock
+        if not _core.any_readable(self._fds):
+            return  # the common case: nothing arrived; one poll, and the GIL kept
         if not self._lock.acquire(timeout=0.05):
             return
         try:
@@ -337,7 +333,7 @@ class Collector:
 
     def _hang_up(self, conn: _Conn) -> None:
         del self._conns[conn.sock.fileno()]
-        self._readable.unregister(conn.sock)
+        self._fds = [self._listener.fileno(), *self._conns]
         conn.sock.close()
         if conn.pid:
             self._gone[conn.pid] = (conn.name, 20)
