@@ -58,7 +58,7 @@ def flood(nbytes: int) -> int:
 
 
 def print_after_backlog_is_sent(text: str) -> int:
-    _worker_output._worker_link.finish(WAIT)  # type: ignore[union-attr]
+    _worker_output._link.finish(WAIT)  # type: ignore[union-attr]
     print(text)
     return os.getpid()
 

@@ -2,8 +2,8 @@
 
 ::
 
-    worker process (_worker_output.py)                    parent (here)
-    ──────────────────────────────────                    ─────────────
+    worker process (_worker_start.py, _worker_output.py)  parent (here)
+    ────────────────────────────────────────────────────  ─────────────
     print() ─▶ sys.stdout (_LineSink: whole lines) ─┐
     logging ─▶ forwarding handler (record as JSON) ─┼─▶ socket ─▶ output thread ─▶ sys.stdout /
                                                     │   (one per    (one per pool)   sys.stderr /
@@ -43,7 +43,7 @@ import weakref
 from collections.abc import Callable
 
 from . import _core
-from ._worker_output import DROPPED, HELLO, PIECE, RECORD, STDERR, STDOUT
+from ._worker_start import DROPPED, HELLO, PIECE, RECORD, STDERR, STDOUT
 
 __all__ = ["get_logger", "log_to_stderr"]
 

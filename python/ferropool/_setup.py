@@ -2,47 +2,22 @@
 
 ``Pool`` and ``ProcessPoolExecutor`` turn their ``worker_logs``, ``worker_output`` and
 ``limit_blas_threads`` arguments into a :class:`WorkerSetup`. The backend hands it the user's
-initializer and gets back one that runs in each worker as::
+initializer and gets back ``_worker_start.start_worker`` bound to this pool's settings, which
+each worker runs at start-up: BLAS thread variables, output forwarding to the pool's output
+thread, then the user's initializer, whose value ``ferropool.worker_state()`` returns.
 
-    start_worker(config, initializer, *initargs)
-      1. set the BLAS/OpenMP thread variables          (_env.py)
-      2. connect to the pool's output thread: prints   (_logs.py)
-         and log records go to the parent
-      3. value = initializer(*initargs)                (the user's; if it raises, the pool breaks)
-      4. keep value for ferropool.worker_state()       (_state.py)
-
-Steps 1 and 2 never fail the worker: at worst output stays where it was.
+This module runs in the parent only; the worker's side is ``_worker_start.py``.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
+from collections.abc import Callable
+from typing import Any
 
-from . import _env, _state
-
-# every worker imports this module: typing and the parent's side (_logs) only when type checking
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Any
-
-    from . import _logs
-
-
-def start_worker(config: tuple[Any, ...], initializer: Callable[..., object] | None, *initargs: Any) -> None:
-    """Runs in each worker at start-up (see the module docstring)."""
-    env, address, level, output = config
-    if env:
-        _env.apply(env)
-    if address is not None:
-        try:
-            from . import _worker_output
-
-            _worker_output.start_in_worker(address, level, output)
-        except Exception:
-            pass  # output stays where it was; the pool's work matters more
-    if initializer is not None:
-        _state.set_process_state(initializer(*initargs))
+from . import _env, _logs
+from ._worker_start import start_worker
 
 
 class WorkerSetup:
@@ -59,8 +34,6 @@ class WorkerSetup:
     """
 
     def __init__(self, workers: int, worker_logs: object, worker_output: object, limit_blas_threads: bool) -> None:
-        from . import _logs
-
         self.level = _logs.worker_logs_level(worker_logs)
         self.prefix = _logs.output_prefix(worker_output)
         self.env = _env.blas_env(workers) if limit_blas_threads else {}
@@ -78,10 +51,6 @@ class WorkerSetup:
             return functools.partial(start_worker, ({}, None, None, False), initializer), initargs
         address = None
         if self.level is not None or self.prefix is not None:
-            import weakref
-
-            from . import _logs
-
             lookup = self._exit_lookup
             self.collector = _logs.Collector(self.prefix or None, lambda pid: lookup[0](pid))
             address = self.collector.address
@@ -105,10 +74,6 @@ class WorkerSetup:
 
     def attach(self, backend: Any) -> None:
         """Starts the output thread for ``backend``'s pool (now that its fork server exists)."""
-        import weakref
-
-        from . import _logs
-
         _logs.get_logger().debug("pool started: %d worker processes", backend.workers)
         if self.collector is None:
             return
@@ -129,7 +94,5 @@ class WorkerSetup:
     def close(self) -> None:
         """The pool has finished: deliver the last output, then stop the output thread."""
         if self.collector is not None:
-            from . import _logs
-
             self.collector.close(wait=True)
             _logs.get_logger().debug("pool shut down")

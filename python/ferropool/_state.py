@@ -1,23 +1,20 @@
 """Per-worker state: what a pool's initializer returned, for every task on that worker.
 
 ``Pool(initializer=load_model)`` runs ``load_model()`` once in each worker; a task then reaches
-the model with ``ferropool.worker_state()``. A worker process keeps one value; in a thread pool
-each thread keeps its own (the initializer runs once per thread), so the value never needs a
-lock of its own.
+the model with ``ferropool.worker_state()``. A worker process keeps one value (stored by
+``_worker_start.start_worker``); in a thread pool each thread keeps its own (the initializer
+runs once per thread), so the value never needs a lock of its own.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import threading
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: workers import this module
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Any
+from collections.abc import Callable
+from typing import Any
 
 _MISSING: Any = object()
-_process_value: Any = _MISSING
 _thread = threading.local()
 
 
@@ -32,20 +29,15 @@ def worker_state() -> Any:
         LookupError: this is not a pool worker, or its pool has no initializer.
     """
     value = getattr(_thread, "value", _MISSING)
-    if value is _MISSING:
-        value = _process_value
+    start = sys.modules.get("ferropool._worker_start")
+    if value is _MISSING and start is not None and start.state is not start.NO_STATE:
+        value = start.state
     if value is _MISSING:
         raise LookupError(
             "worker_state() is only set in the workers of a pool created with an initializer: "
             "Pool(initializer=f) or ProcessPoolExecutor(initializer=f) stores what f returns"
         )
     return value
-
-
-def set_process_state(value: Any) -> None:
-    """Stores the initializer's value for this worker process."""
-    global _process_value
-    _process_value = value
 
 
 def _run_thread_initializer(initializer: Callable[..., object], *args: Any) -> None:

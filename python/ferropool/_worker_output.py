@@ -1,49 +1,39 @@
-"""The worker's side of output forwarding: whole lines and log records to the parent.
+"""The worker's output machinery, imported at the first print or log record (``_worker_start``).
 
-``sys.stdout``/``sys.stderr`` become line writers and the root logger gets a forwarding handler,
-all sending on one socket to the pool's output thread (the parent's side and the design are in
-``_logs.py``). Every worker imports this module at start-up, so it imports only what a worker
-already has; ``logging``, ``json`` and ``select`` are imported when first needed.
+``sys.stdout``/``sys.stderr`` become line writers (``_LineSink`` under a ``TextIOWrapper``) and
+the root logger gets a forwarding handler; all send on the connection ``_worker_start`` opened,
+through one ``_Link`` that never blocks the worker. The parent's side, and the design, are in
+``_logs.py``.
 """
 
 from __future__ import annotations
 
+import _thread
 import collections
-import os
 import sys
-import threading
 
-# the C module: the `socket` wrapper imports enum and selectors, a start-up cost in every worker
-from _socket import AF_UNIX, SOCK_SEQPACKET
-from _socket import socket as _Socket
+from ._worker_start import DROPPED, PENDING_MAX, PIECE, RECORD, connection
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
+    from _socket import socket as _Socket
     from typing import Any, TextIO
-
-#: Largest message on the output socket (a line longer than this goes in pieces).
-PIECE = 32 * 1024
-#: Output a worker keeps while the parent is behind; more is dropped.
-PENDING_MAX = 4 * 1024 * 1024
-
-#: Message kinds: the first byte of each message.
-HELLO, STDOUT, STDERR, RECORD, DROPPED = b"h", b"o", b"e", b"r", b"d"
 
 
 class _Link:
     """The worker's end of its output socket: sends without ever blocking the worker."""
 
     def __init__(self, sock: _Socket) -> None:
-        sock.setblocking(False)
         self._sock = sock
-        self._lock = threading.Lock()
-        self._drained = threading.Condition(self._lock)
+        self._lock = _thread.allocate_lock()
+        # made with the sender thread, the first time the parent falls behind
+        self._drained: Any = None
         self._pending: collections.deque[bytes] = collections.deque()
         self._pending_bytes = 0
         self._dropped_lines = 0
         self._dropped_bytes = 0
         self._closed = False
-        self._sender: threading.Thread | None = None
+        self._sender: Any = None
 
     def send(self, kind: bytes, payload: bytes) -> None:
         """Sends one message now, or queues it, or drops it if the queue is full."""
@@ -73,6 +63,9 @@ class _Link:
         self._pending.append(message)
         self._pending_bytes += len(message)
         if self._sender is None:
+            import threading
+
+            self._drained = threading.Condition(self._lock)
             self._sender = threading.Thread(target=self._send_pending, name="ferropool-output", daemon=True)
             self._sender.start()
         self._drained.notify_all()
@@ -108,7 +101,8 @@ class _Link:
     def finish(self, timeout: float) -> None:
         """Waits up to ``timeout`` seconds for queued output to be sent (at worker exit)."""
         with self._lock:
-            self._drained.wait_for(lambda: not self._pending or self._closed, timeout)
+            if self._drained is not None:  # else nothing was ever queued
+                self._drained.wait_for(lambda: not self._pending or self._closed, timeout)
 
 
 class _LineSink:
@@ -124,7 +118,7 @@ class _LineSink:
         self._kind = kind
         self._fd = fd
         self._partial = bytearray()
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self.closed = False
 
     def write(self, data: Any) -> int:
@@ -202,82 +196,40 @@ def _forwarding_handler(link: _Link) -> Any:
     return ForwardHandler()
 
 
-_worker_link: _Link | None = None
+_link: _Link | None = None
 
 
-def _text_stream(link: _Link, kind: bytes, old: Any, fd: int) -> TextIO:
+def link() -> _Link | None:
+    """The worker's one link to the parent, made on first use; ``None`` if not connected."""
+    global _link
+    if _link is None and connection is not None:
+        _link = _Link(connection)
+    return _link
+
+
+def text_stream(kind: bytes, old: Any, fd: int) -> TextIO | None:
+    """A text stream for ``sys.stdout`` (``kind`` STDOUT) or ``sys.stderr`` that forwards lines."""
     import io
 
+    out = link()
+    if out is None:
+        return None
     encoding = getattr(old, "encoding", None) or "utf-8"
-    sink: Any = _LineSink(link, kind, fd)
+    sink: Any = _LineSink(out, kind, fd)
     # write_through: every write reaches the sink at once, which keeps whole lines together
     return io.TextIOWrapper(sink, encoding=encoding, errors="backslashreplace", write_through=True)
 
 
-def start_in_worker(address: str, level: int | None, output: bool) -> None:
-    """Connects this worker to its pool's output thread; redirects output and logging to it.
-
-    Called by the pool's initializer wrapper (``_setup.start_worker``). If the parent cannot be
-    reached, output stays where it was.
-    """
-    global _worker_link
-    sock = _Socket(AF_UNIX, SOCK_SEQPACKET)
-    try:
-        sock.settimeout(5.0)
-        sock.connect(address)
-    except OSError:
-        sock.close()
-        return
-    link = _worker_link = _Link(sock)
-    link.send(HELLO, str(os.getpid()).encode())
-    if output:
-        sys.stdout = _text_stream(link, STDOUT, sys.stdout, 1)
-        sys.stderr = _text_stream(link, STDERR, sys.stderr, 2)
-    if level is not None:
-        logging = sys.modules.get("logging")
-        if logging is not None:
-            _forward_records(logging, link, level)
-        else:
-            # a fresh interpreter: importing logging now would cost most of the worker's start-up,
-            # and tasks that never log never need it; set it up when something imports it
-            sys.meta_path.insert(0, _WhenLoggingIsImported(link, level))
-
-
-def _forward_records(logging: Any, link: _Link, level: int) -> None:
+def forward_records(logging: Any, level: int) -> None:
     """Makes the root logger forward records at ``level`` and above, and nothing else."""
+    out = link()
+    if out is None:
+        return
     root = logging.getLogger()
     for handler in list(root.handlers):  # inherited from a forked parent: they would write twice
         root.removeHandler(handler)
-    root.addHandler(_forwarding_handler(link))
+    root.addHandler(_forwarding_handler(out))
     root.setLevel(level)
-
-
-class _WhenLoggingIsImported:
-    """An import hook that calls ``_forward_records`` right after ``logging`` is first imported."""
-
-    def __init__(self, link: _Link, level: int) -> None:
-        self._link = link
-        self._level = level
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "logging":
-            return None
-        sys.meta_path.remove(self)
-        import importlib.util
-
-        spec = importlib.util.find_spec(name)
-        loader = spec.loader if spec is not None else None
-        if loader is None:
-            return spec
-        run_module = loader.exec_module
-        link, level = self._link, self._level
-
-        def exec_module(module: Any) -> None:
-            run_module(module)
-            _forward_records(module, link, level)
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
 
 
 def finish_in_worker(timeout: float = 2.0) -> None:
@@ -287,5 +239,5 @@ def finish_in_worker(timeout: float = 2.0) -> None:
             stream.flush()
         except Exception:
             pass
-    if _worker_link is not None:
-        _worker_link.finish(timeout)
+    if _link is not None:
+        _link.finish(timeout)
