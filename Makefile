@@ -34,10 +34,11 @@ format: ## ruff fix + format, cargo fmt
 	cargo fmt
 
 .PHONY: lint-python
-lint-python: ## ruff, mypy --strict, stubtest of the native module
+lint-python: ## ruff, mypy --strict (the package and tests/typing/user_code.py), stubtest of the native module
 	$(PY) -m ruff check python tests benches
 	$(PY) -m ruff format --check python tests benches
 	$(PY) -m mypy python/ferropool
+	$(PY) -m mypy --strict tests/typing/user_code.py
 	$(PY) -m mypy.stubtest ferropool._core
 
 .PHONY: lint-rust

@@ -10,10 +10,12 @@ pub mod forkserver;
 pub mod process;
 pub mod process_pool;
 pub mod queue;
+pub mod readiness;
 pub mod registry;
 pub mod scheduler;
 pub mod shm;
 pub mod signals;
+pub mod stats;
 pub mod supervisor;
 pub mod sync;
 pub mod task;
@@ -35,6 +37,8 @@ pub mod _core {
     use crate::process_pool::PyProcessEngine;
     #[pymodule_export]
     use crate::queue::PyQueue;
+    #[pymodule_export]
+    use crate::readiness::any_readable;
     #[pymodule_export]
     use crate::registry::{after_fork_in_child, shutdown_all};
     #[pymodule_export]

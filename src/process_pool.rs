@@ -15,7 +15,7 @@ use std::time::Duration;
 use crossbeam_channel::{unbounded, Receiver};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::errors::Error;
 use crate::registry;
@@ -210,6 +210,45 @@ impl PyProcessEngine {
         } else {
             Vec::new()
         }
+    }
+
+    /// `stats()`: the live workers, queue depth, tasks in flight, and why workers ended.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let snap = self.engine.stats();
+        let out = PyDict::new(py);
+        let workers = PyList::empty(py);
+        for w in &snap.workers {
+            let d = PyDict::new(py);
+            d.set_item("pid", w.pid)?;
+            d.set_item("ready", w.ready)?;
+            d.set_item("tasks_done", w.tasks_done)?;
+            d.set_item("busy_seconds", w.busy_s)?;
+            d.set_item("idle_seconds", w.idle_s)?;
+            d.set_item("in_flight", w.in_flight)?;
+            workers.append(d)?;
+        }
+        out.set_item("workers", workers)?;
+        out.set_item("queued", snap.queued)?;
+        out.set_item("in_flight", snap.in_flight)?;
+        out.set_item("tasks_done", snap.tasks_done)?;
+        out.set_item("workers_started", snap.workers_started)?;
+        let by_cause = PyDict::new(py);
+        for (cause, n) in &snap.exits_by_cause {
+            by_cause.set_item(cause, n)?;
+        }
+        out.set_item("exits_by_cause", by_cause)?;
+        let exits = PyList::empty(py);
+        for e in &snap.recent_exits {
+            let d = PyDict::new(py);
+            d.set_item("pid", e.pid)?;
+            d.set_item("exitcode", e.code)?;
+            d.set_item("signal", e.signal)?;
+            d.set_item("cause", e.cause.name())?;
+            d.set_item("tasks_done", e.tasks_done)?;
+            exits.append(d)?;
+        }
+        out.set_item("exits", exits)?;
+        Ok(out)
     }
 
     /// Why the pool cannot run work, or `None`.

@@ -36,6 +36,7 @@ use crossbeam_channel::Sender;
 use crate::errors::{Error, Result};
 use crate::registry;
 use crate::signals::CountLatch;
+use crate::stats::{ExitCause, PoolCounters, PoolSnapshot, WorkerSnapshot};
 use crate::supervisor::{Worker, WorkerSpec};
 use crate::task::{Completion, ExitInfo, Outcome, Task};
 use crate::wire::{self, kind, ReadOutcome};
@@ -110,6 +111,8 @@ struct Sched {
     /// Cleared by the engine just before it sleeps; set by whoever wakes it. Both happen under
     /// the lock, so a task queued after the engine looked is always followed by a wake-up byte.
     wake_sent: bool,
+    /// What `stats()` reports beyond the live workers (see `stats.rs`).
+    counters: PoolCounters,
 }
 
 /// The state shared by the engine thread and the pool's handle.
@@ -148,6 +151,7 @@ impl Engine {
                 wake_rx: Some(wake_rx),
                 wake_tx: Some(wake_tx),
                 wake_sent: false,
+                counters: PoolCounters::default(),
             }),
             finished: CountLatch::new(1),
         });
@@ -232,6 +236,18 @@ impl Engine {
     /// Why the pool is broken, if it is.
     pub fn broken(&self) -> Option<String> {
         self.shared.lock().broken.clone()
+    }
+
+    /// What the workers did and why they left, with the queue depth (see `stats.rs`).
+    pub fn stats(&self) -> PoolSnapshot {
+        let s = self.shared.lock();
+        let now = Instant::now();
+        let workers = s
+            .workers
+            .iter()
+            .map(|w| WorkerSnapshot::new(w.pid, w.ready, &w.counters, w.inflight.len(), now))
+            .collect();
+        PoolSnapshot::new(&s.counters, workers, s.pending.len())
     }
 }
 
@@ -432,6 +448,7 @@ impl Sched {
 
     fn spawn_worker(&mut self) -> io::Result<()> {
         let mut w = Worker::start(&mut self.cfg.spec, self.cfg.max_tasks_per_child)?;
+        self.counters.workers_started += 1;
         // every worker gets an INIT first (empty without an initializer): it answers READY after it
         let limit = self.cfg.max_memory_per_child;
         match &self.cfg.init {
@@ -486,6 +503,7 @@ impl Sched {
     /// waiting for an interpreter to boot only to tell it to exit helps nobody.
     fn stop_all(&mut self) {
         for w in &mut self.workers {
+            w.counters.stopping_for(ExitCause::Shutdown);
             if !w.ready && w.inflight.is_empty() && !w.link_closed {
                 w.stopping = true;
                 w.signal_group(libc::SIGKILL);
@@ -533,6 +551,7 @@ impl Sched {
     fn kill_workers(&mut self, why: &str, cause: Option<Vec<u8>>) {
         for w in &mut self.workers {
             w.stopping = true;
+            w.counters.stopping_for(ExitCause::Terminated);
             w.signal_group(libc::SIGKILL);
             for t in w.inflight.drain(..) {
                 self.out.push(Completion {
@@ -578,6 +597,7 @@ impl Sched {
                 let us = f64::from(frame.aux);
                 self.ewma_us = Some(self.ewma_us.map_or(us, |e| 0.8 * e + 0.2 * us));
                 let w = &mut self.workers[idx];
+                w.counters.task_done(frame.aux);
                 if let Some(pos) = w.inflight.iter().position(|t| t.id == frame.id) {
                     w.inflight.remove(pos);
                 }
@@ -602,11 +622,13 @@ impl Sched {
             kind::RETIRE => {
                 // over its memory limit: no more work for it; it stops once its tasks are done
                 self.workers[idx].quota = Some(0);
+                self.workers[idx].counters.stopping_for(ExitCause::Memory);
                 self.retire_if_done(idx);
             }
             kind::INIT_FAILED => {
                 let pid = self.workers[idx].pid;
                 self.workers[idx].stopping = true;
+                self.workers[idx].counters.stopping_for(ExitCause::InitFailed);
                 self.mark_broken(
                     format!(
                         "A child process terminated abruptly: the initializer raised in worker {pid}; \
@@ -625,6 +647,7 @@ impl Sched {
         let w = &mut self.workers[idx];
         if w.quota == Some(0) && w.inflight.is_empty() && !w.stopping {
             w.stopping = true;
+            w.counters.stopping_for(ExitCause::Recycled);
             wire::encode(&mut w.out.buf, kind::STOP, 0, 0, 0, &[]);
         }
     }
@@ -634,6 +657,11 @@ impl Sched {
     fn stop_running(&mut self, idx: usize, outcome: Outcome) {
         let w = &mut self.workers[idx];
         w.stopping = true;
+        w.counters.stopping_for(if matches!(outcome, Outcome::TimedOut { .. }) {
+            ExitCause::TimedOut
+        } else {
+            ExitCause::Killed
+        });
         w.signal_group(libc::SIGKILL);
         w.head_started = None;
         if let Some(head) = w.inflight.pop_front() {
@@ -704,6 +732,12 @@ impl Sched {
     fn on_exit(&mut self, idx: usize, info: ExitInfo) {
         let mut w = self.workers.remove(idx);
         let unexpected = !w.stopping;
+        let cause = if unexpected {
+            ExitCause::Died
+        } else {
+            w.counters.stop_cause.unwrap_or(ExitCause::Shutdown)
+        };
+        self.counters.worker_exited(info, &w.counters, cause);
         if unexpected {
             if let Some(head) = w.inflight.pop_front() {
                 self.out.push(Completion {

@@ -16,6 +16,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::stats::WorkerCounters;
 use crate::task::{ExitInfo, Task};
 use crate::wire::{FrameReader, WriteBuf};
 
@@ -59,6 +60,8 @@ pub struct Worker {
     pub stopping: bool,
     /// The link reached end-of-file; only the exit status is still to come.
     pub link_closed: bool,
+    /// What `stats()` reports about it.
+    pub counters: WorkerCounters,
 }
 
 impl Worker {
@@ -118,6 +121,7 @@ impl Worker {
             ready: false,
             stopping: false,
             link_closed: false,
+            counters: WorkerCounters::default(),
         })
     }
 

@@ -7,16 +7,16 @@
 //! `concurrent.futures.ThreadPoolExecutor` does. Dropping the queue's sender is shutdown: every
 //! thread finishes the jobs still queued and exits.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::errors::{BrokenThreadPool, Error};
 use crate::registry;
@@ -51,6 +51,19 @@ struct Shared {
     broken: Mutex<Option<String>>,
     /// `broken.is_some()`, readable per job without the mutex.
     is_broken: AtomicBool,
+    /// Each thread's counters, for `stats()`, in the order the threads started.
+    counters: Mutex<Vec<Arc<ThreadCounters>>>,
+    /// Jobs being run now.
+    running: AtomicUsize,
+}
+
+/// What one thread did: `stats()` reads these while the thread updates them.
+struct ThreadCounters {
+    name: String,
+    started: Instant,
+    tasks_done: AtomicU64,
+    busy_ns: AtomicU64,
+    alive: AtomicBool,
 }
 
 thread_local! {
@@ -95,6 +108,8 @@ impl PyThreadEngine {
             hooks,
             broken: Mutex::new(None),
             is_broken: AtomicBool::new(false),
+            counters: Mutex::new(Vec::new()),
+            running: AtomicUsize::new(0),
         });
         registry::register(Arc::clone(&shared) as Arc<dyn registry::Pool>);
         Ok(PyThreadEngine {
@@ -187,6 +202,34 @@ impl PyThreadEngine {
         wait_interruptible(py, timeout_from_secs(timeout)?, |slice| sh.live.wait_for(slice))
     }
 
+    /// `stats()`: each thread's tasks and busy/idle time, queue depth and jobs running.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let sh = &self.shared;
+        let workers = PyList::empty(py);
+        let mut tasks_done = 0u64;
+        let now = Instant::now();
+        for c in sh.counters.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            let d = PyDict::new(py);
+            let done = c.tasks_done.load(Ordering::Relaxed);
+            #[allow(clippy::cast_precision_loss)] // ns totals below 2^52 are 52 days of work
+            let busy = c.busy_ns.load(Ordering::Relaxed) as f64 / 1e9;
+            let alive_for = now.saturating_duration_since(c.started).as_secs_f64();
+            tasks_done += done;
+            d.set_item("name", &c.name)?;
+            d.set_item("alive", c.alive.load(Ordering::Relaxed))?;
+            d.set_item("tasks_done", done)?;
+            d.set_item("busy_seconds", busy)?;
+            d.set_item("idle_seconds", (alive_for - busy).max(0.0))?;
+            workers.append(d)?;
+        }
+        let out = PyDict::new(py);
+        out.set_item("workers", workers)?;
+        out.set_item("queued", sh.rx.len())?;
+        out.set_item("in_flight", sh.running.load(Ordering::Relaxed))?;
+        out.set_item("tasks_done", tasks_done)?;
+        Ok(out)
+    }
+
     /// Threads started so far that are still alive.
     #[getter]
     fn threads(&self) -> usize {
@@ -264,6 +307,17 @@ fn start_thread_if_allowed(sh: &Arc<Shared>) -> PyResult<()> {
 fn serve(py: Python<'_>, sh: &Arc<Shared>, name: &str) {
     SERVING.with(|s| s.set(Arc::as_ptr(sh) as usize));
     let hooks = sh.hooks.bind(py);
+    let counters = Arc::new(ThreadCounters {
+        name: name.to_owned(),
+        started: Instant::now(),
+        tasks_done: AtomicU64::new(0),
+        busy_ns: AtomicU64::new(0),
+        alive: AtomicBool::new(true),
+    });
+    sh.counters
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Arc::clone(&counters));
     if let Err(e) = hooks.call_method1(intern!(py, "thread_started"), (name,)) {
         e.write_unraisable(py, None);
     }
@@ -293,13 +347,25 @@ fn serve(py: Python<'_>, sh: &Arc<Shared>, name: &str) {
         };
         match sh.broken_reason() {
             Some(why) => fail_job(py, job, &why),
-            None => run_job(py, job),
+            None => run_counted(py, sh, &counters, job),
         }
     }
+    counters.alive.store(false, Ordering::Relaxed);
     sh.started.fetch_sub(1, Ordering::AcqRel);
     if let Err(e) = hooks.call_method0(intern!(py, "thread_finished")) {
         e.write_unraisable(py, None);
     }
+}
+
+/// Runs one job, counting it for `stats()`.
+fn run_counted(py: Python<'_>, sh: &Shared, counters: &ThreadCounters, job: Job) {
+    let started = Instant::now();
+    sh.running.fetch_add(1, Ordering::Relaxed);
+    run_job(py, job);
+    sh.running.fetch_sub(1, Ordering::Relaxed);
+    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    counters.busy_ns.fetch_add(ns, Ordering::Relaxed);
+    counters.tasks_done.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Runs one job the way CPython's `_WorkItem.run` does. Claiming the task state replaces

@@ -16,6 +16,9 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy rea
 if TYPE_CHECKING:
     from .connection import AuthenticationError, BufferTooShort, Pipe
     from .context import freeze_support, get_all_start_methods, get_context, get_start_method, set_start_method
+    from ._logs import get_logger, log_to_stderr
+    from ._state import worker_state
+    from ._stats import PoolStats
     from .errors import (
         BrokenExecutor,
         BrokenProcessPool,
@@ -72,6 +75,7 @@ __all__ = [
     "Pool",
     "Process",
     "ProcessError",
+    "PoolStats",
     "ProcessPoolExecutor",
     "ThreadPool",
     "ThreadPoolExecutor",
@@ -88,7 +92,10 @@ __all__ = [
     "get_start_method",
     "parent_process",
     "set_start_method",
+    "get_logger",
+    "log_to_stderr",
     "wait",
+    "worker_state",
 ]
 
 _LAZY = {
@@ -137,6 +144,10 @@ _LAZY = {
     "Queue": "queues",
     "SimpleQueue": "queues",
     "JoinableQueue": "queues",
+    "get_logger": "_logs",
+    "log_to_stderr": "_logs",
+    "worker_state": "_state",
+    "PoolStats": "_stats",
 }
 
 

@@ -181,7 +181,12 @@ class ProcessBackend:
         max_tasks_per_child: int | None,
         max_memory_per_child: int | None = None,
         cancel_running: bool = False,
+        setup: Any = None,
     ) -> None:
+        # setup: a _setup.WorkerSetup (worker output and logs, BLAS limits, worker_state)
+        self.setup = setup
+        if setup is not None:
+            initializer, initargs = setup.wrap(initializer, initargs)
         init = None
         if initializer is not None:
             fn_bytes, flags = dump_function(initializer)
@@ -194,13 +199,15 @@ class ProcessBackend:
         self.engine = _core.ProcessEngine(
             worker_argv(),
             workers,
-            self.sink.deliver,
+            self.sink.deliver if setup is None else setup.results_hook(self.sink.deliver),
             init,
             max_tasks_per_child,
             server,
             max_memory_per_child,
             cancel_running,
         )
+        if setup is not None:
+            setup.attach(self)
 
     def check_open(self) -> None:
         """Raises what a submit to this pool would raise now, if anything."""
@@ -331,7 +338,10 @@ class ProcessBackend:
 
     def join(self, timeout: float | None = None) -> bool:
         """Waits for the workers to exit and every outcome to be delivered."""
-        return self.engine.join(timeout)
+        done = self.engine.join(timeout)
+        if done and self.setup is not None:
+            self.setup.close()
+        return done
 
 
 def _run_chunk(fn: Callable[..., Any], chunk: Sequence[Any], star: bool) -> list[Any]:

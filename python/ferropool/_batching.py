@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from . import _progress
 from ._future import Future
 from ._serialize import attach_traceback
 from .errors import CancelledError, TimeoutError
@@ -76,7 +77,12 @@ class EagerMap:
         workers: int,
         per_item: bool,
         owner: object,
+        progress: Any = False,
     ) -> None:
+        track = _progress.tracker(progress, len(items))
+        if track is not None:  # the bar counts each task's items before its future completes
+            submit = track.submitter(submit, len)
+        self._track = track
         self._submit = submit
         self.owner = owner  # the backend whose shutdown flushes this map
         self._items = items
@@ -122,7 +128,12 @@ class EagerMap:
             finally:
                 self._feeding = False
             if self._next >= len(self._items):
-                _live.discard(self)
+                self._all_submitted()
+
+    def _all_submitted(self) -> None:
+        _live.discard(self)
+        if self._track is not None:
+            self._track.seal()
 
     def _task_done(self, fut: Future[Any]) -> None:
         if not fut.cancelled() and fut.exception() is None:
@@ -144,7 +155,7 @@ class EagerMap:
         with self._lock:
             self._stopped = True
             tasks = list(self._tasks)
-        _live.discard(self)
+        self._all_submitted()
         for fut, _ in tasks:
             fut.cancel()
 

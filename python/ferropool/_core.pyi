@@ -25,6 +25,7 @@ __all__ = [
     "ThreadEngine",
     "__version__",
     "after_fork_in_child",
+    "any_readable",
     "buffer_span",
     "cpu_count",
     "detach_mapping",
@@ -40,6 +41,9 @@ def cpu_count() -> int:
 
 def shutdown_all(timeout: float | None = None, terminate: bool = False) -> bool:
     """Shuts down (or terminates) every pool still running and waits; ``False`` on timeout."""
+
+def any_readable(fds: list[int]) -> bool:
+    """Whether any descriptor is readable now; never waits, keeps the GIL."""
 
 def after_fork_in_child() -> None:
     """Marks every pool as the parent's (called in the child of ``os.fork()``)."""
@@ -94,6 +98,7 @@ class ProcessEngine:
     def shutdown(self, cancel_pending: bool = False) -> None: ...
     def terminate(self) -> None: ...
     def join(self, timeout: float | None = None) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...
     @property
     def pids(self) -> list[int]: ...
     @property
@@ -116,6 +121,7 @@ class ThreadEngine:
     ) -> None: ...
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
     def join(self, timeout: float | None = None) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...
     @property
     def threads(self) -> int: ...
 

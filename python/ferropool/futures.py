@@ -31,7 +31,7 @@ from concurrent.futures import wait as _stdlib_wait
 from concurrent.futures._base import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import Any, TypeVar
 
-from . import _core
+from . import _aio, _core, _progress, _setup, _state, _stats
 from ._backend import (
     ProcessBackend,
     ThreadBackend,
@@ -68,14 +68,27 @@ def wait(fs: Iterable[Future[Any]], timeout: float | None = None, return_when: s
     return _stdlib_wait(fs, timeout, return_when)
 
 
-def as_completed(fs: Iterable[Future[T]], timeout: float | None = None) -> Iterator[Future[T]]:
+def as_completed(
+    fs: Iterable[Future[T]], timeout: float | None = None, *, progress: Any = False
+) -> Iterator[Future[T]]:
     """Yields the futures as they complete (finished or cancelled).
+
+    ``progress=True`` shows a progress bar that advances as each future is yielded (a dict:
+    tqdm options; a tqdm instance: that bar).
 
     Raises:
         TimeoutError: some futures were still running after ``timeout`` seconds.
+        TypeError: ``progress`` is not an accepted value.
     """
+    _progress.check(progress)
+    if progress is not None and progress is not False:
+        fs = set(fs)
     try:
-        yield from _stdlib_as_completed(fs, timeout)  # type: ignore[misc, arg-type]
+        yield from _progress.iterate(  # type: ignore[misc]
+            _stdlib_as_completed(fs, timeout),  # type: ignore[arg-type]
+            progress,
+            _progress.length_hint(fs),
+        )
     except TimeoutError:
         raise
     except _base.TimeoutError as exc:
@@ -104,6 +117,27 @@ class _Executor(_base.Executor):
             check_callable(fn)
         return self._backend.submit(fn, args, kwargs, self._task_timeout)
 
+    def stats(self) -> _stats.PoolStats:
+        """A snapshot of the executor: its workers' counters, queue depth and worker exits.
+
+        Per worker: tasks done, time busy and idle; for the executor: tasks queued and in flight,
+        and why worker processes ended (see docs/tuning.md).
+        """
+        return _stats.snapshot(self._backend.engine, self._backend.workers)
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Calls ``fn(*args, **kwargs)`` in the pool and awaits its result (asyncio).
+
+        The event loop is never blocked. Cancelling the awaiting task cancels the call: a queued
+        call never runs, and with ``cancel_running=True`` a running one is stopped.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            RuntimeError: the executor was shut down.
+            Exception: whatever ``fn`` raised.
+        """
+        return await _aio.result(self.submit(fn, *args, **kwargs))
+
     def map(
         self,
         fn: Callable[..., T],
@@ -111,13 +145,15 @@ class _Executor(_base.Executor):
         timeout: float | None = None,
         chunksize: int | None = None,
         buffersize: int | None = None,
+        progress: Any = False,
     ) -> Iterator[T]:
         """Returns an iterator equivalent to ``map(fn, *iterables)``, run in the pool.
 
         Results come in order. ``timeout`` counts from this call; ``chunksize`` groups items into
         one task (process pools; the function is pickled once per call); ``buffersize`` bounds
         how many tasks are submitted ahead of the results consumed (Python 3.14's parameter),
-        so an endless input works.
+        so an endless input works. ``progress=True`` shows a progress bar (a dict: tqdm
+        options), counting items as their results arrive.
 
         Without ``chunksize`` or ``buffersize``, a process pool sizes its tasks itself: each
         carries about a millisecond of work, measured as results come back, and each item still
@@ -139,13 +175,14 @@ class _Executor(_base.Executor):
                 raise TypeError("buffersize must be an integer or None")
             if buffersize < 1:
                 raise ValueError("buffersize must be None or > 0")
+        _progress.check(progress)
         end_time = None if timeout is None else timeout + time.monotonic()
         process = isinstance(self._backend, ProcessBackend)
         single = len(iterables) == 1
         if adaptive and buffersize is None and process and self._task_timeout is None:
             items_list = list(iterables[0]) if single else list(zip(*iterables, strict=False))
             submit_batch = self._backend.outcome_submitter(fn, star=not single)
-            eager = EagerMap(submit_batch, items_list, self._backend.workers, True, self._backend)
+            eager = EagerMap(submit_batch, items_list, self._backend.workers, True, self._backend, progress)
             return eager.results(end_time)
         chunked = chunksize > 1 and process
         items: Iterator[Any]
@@ -157,9 +194,17 @@ class _Executor(_base.Executor):
         else:
             items = zip(*iterables, strict=False)
             submit = self._backend.one_submitter(fn, self._task_timeout)
+        track = _progress.tracker(progress, _progress.shortest(iterables))
+        if track is not None:
+            submit = track.submitter(submit, len if chunked else _one)
+            items = track.items(items)
         first: Iterable[Any] = items if buffersize is None else itertools.islice(items, buffersize)
         fs = [submit(x) for x in first]
         return _map_results(fs, items if buffersize is not None else None, submit, end_time, chunked)
+
+
+def _one(_: object) -> int:
+    return 1
 
 
 def _map_results(
@@ -222,6 +267,16 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
             (as ``Future.kill()`` does), so cancelling the asyncio side of
             ``loop.run_in_executor`` stops the call in its worker. The stdlib's ``cancel()``
             leaves running calls alone, which is the default.
+        worker_logs: log records of the workers go to the parent's handlers (``True``: those at
+            or above the parent's root level when the executor is made; a level: those at or
+            above it; ``False``/``None``: workers keep their own logging).
+        worker_output: what the workers print reaches the parent's ``sys.stdout``/``sys.stderr``,
+            line by line (``True``; a string such as ``"[{name}] "`` prefixes each line, with
+            ``{name}`` and ``{pid}``; ``False``: workers write to the inherited descriptors).
+        limit_blas_threads: start workers with ``OMP_NUM_THREADS`` and the like set to
+            ``cpu_count() // max_workers`` unless already set (see docs/tuning.md).
+
+    The value ``initializer`` returns is kept in each worker for ``ferropool.worker_state()``.
 
     Raises:
         ValueError: ``max_workers``, ``max_tasks_per_child``, ``task_timeout`` or
@@ -243,6 +298,9 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
         task_timeout: float | None = None,
         max_memory_per_child: int | None = None,
         cancel_running: bool = False,
+        worker_logs: bool | int | str | None = True,
+        worker_output: bool | str = True,
+        limit_blas_threads: bool = True,
     ) -> None:
         if max_workers is None:
             max_workers = _core.cpu_count()
@@ -256,6 +314,7 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
             check_positive_int(max_memory_per_child, "max_memory_per_child", "max_memory_per_child must be >= 1 byte")
         self._task_timeout = check_timeout(task_timeout, "task_timeout")
         self._max_workers = max_workers
+        setup = _setup.WorkerSetup(max_workers, worker_logs, worker_output, limit_blas_threads)
         self._backend = ProcessBackend(
             max_workers,
             method,
@@ -264,6 +323,7 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
             max_tasks_per_child,
             max_memory_per_child,
             bool(cancel_running),
+            setup=setup,
         )
 
     def options(self, *, timeout: float | None = None) -> ProcessPoolExecutor:
@@ -343,7 +403,9 @@ class ThreadPoolExecutor(_Executor, _thread.ThreadPoolExecutor):
             check_callable(initializer, "initializer")
         self._max_workers = max_workers
         self._thread_name_prefix = thread_name_prefix or f"ThreadPoolExecutor-{self._counter()}"
-        self._backend = ThreadBackend(max_workers, self._thread_name_prefix, initializer, tuple(initargs))
+        self._backend = ThreadBackend(
+            max_workers, self._thread_name_prefix, _state.for_threads(initializer), tuple(initargs)
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stops accepting work; the threads exit once queued work is done.

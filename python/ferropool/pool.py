@@ -23,10 +23,10 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from . import _core
+from . import _aio, _core, _progress, _setup, _state, _stats
 from ._backend import ProcessBackend, ThreadBackend, check_callable, check_positive_int, check_timeout, start_method
 from ._batching import BatchSizer, EagerMap, unpack_outcomes
 from ._future import Future
@@ -217,6 +217,8 @@ class IMapIterator(Generic[T]):
         self._outstanding = 0  # items submitted whose results were not returned yet
         self._exhausted = False
         self._lock = threading.Lock()
+        #: called (from any thread) when a task of an unordered iterator finishes: ``async for``
+        self._on_arrival: Callable[[], object] | None = None
         self._top_up()
 
     def _top_up(self) -> None:
@@ -235,9 +237,19 @@ class IMapIterator(Generic[T]):
 
     def _task_done(self, n: int, fut: Future[Any]) -> None:
         self._done.put((fut, n))
+        wake = self._on_arrival
+        if wake is not None:
+            wake()
 
     def __iter__(self) -> IMapIterator[T]:
         return self
+
+    def __aiter__(self) -> IMapIterator[T]:
+        return self
+
+    def __anext__(self) -> Awaitable[T]:
+        """The next result, awaited without blocking the event loop (``async for``)."""
+        return _aio.imap_next(self)
 
     def next(self, timeout: float | None = None) -> T:
         """Returns the next result, waiting up to ``timeout`` seconds.
@@ -342,6 +354,16 @@ class Pool:
             starts it; past that it fails with ``ferropool.TimeoutError`` and its worker is
             killed and replaced. ``options(timeout=...)`` sets it for some calls only.
         max_memory_per_child: bytes of resident memory past which a worker is replaced.
+        worker_logs: log records of the workers go to the parent's handlers (``True``: those at
+            or above the parent's root level when the pool is made; a level: those at or above
+            it; ``False``/``None``: workers keep their own logging).
+        worker_output: what the workers print reaches the parent's ``sys.stdout``/``sys.stderr``,
+            line by line (``True``; a string such as ``"[{name}] "`` prefixes each line, with
+            ``{name}`` and ``{pid}``; ``False``: workers write to the inherited descriptors).
+        limit_blas_threads: start workers with ``OMP_NUM_THREADS`` and the like set to
+            ``cpu_count() // processes`` unless already set (see docs/tuning.md).
+
+    The value ``initializer`` returns is kept in each worker for ``ferropool.worker_state()``.
 
     Raises:
         ValueError: ``processes``, ``maxtasksperchild``, ``task_timeout`` or
@@ -374,6 +396,9 @@ class Pool:
         *,
         task_timeout: float | None = None,
         max_memory_per_child: int | None = None,
+        worker_logs: bool | int | str | None = True,
+        worker_output: bool | str = True,
+        limit_blas_threads: bool = True,
     ) -> None:
         self._state = RUN
         processes = _check_pool_size(processes)
@@ -388,8 +413,9 @@ class Pool:
             check_positive_int(max_memory_per_child, "max_memory_per_child", "max_memory_per_child must be >= 1 byte")
         self._task_timeout = check_timeout(task_timeout, "task_timeout")
         self._processes = processes
+        setup = _setup.WorkerSetup(processes, worker_logs, worker_output, limit_blas_threads)
         self._backend = ProcessBackend(
-            processes, method, initializer, tuple(initargs), maxtasksperchild, max_memory_per_child
+            processes, method, initializer, tuple(initargs), maxtasksperchild, max_memory_per_child, setup=setup
         )
 
     def options(self, *, timeout: float | None = None) -> Pool:
@@ -444,19 +470,38 @@ class Pool:
             return AsyncResult(fut)
         return AsyncResult(fut, callback, error_callback, self._callbacks)
 
-    def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None) -> list[T]:
+    async def run(self, func: Callable[..., T], /, *args: Any, **kwds: Any) -> T:
+        """Calls ``func(*args, **kwds)`` in a worker and awaits its result (asyncio).
+
+        Cancelling the awaiting task cancels the call if it has not started.
+
+        Raises:
+            ValueError: the pool was closed or terminated.
+            Exception: whatever the call raised.
+        """
+        return await _aio.result(self.apply_async(func, args, kwds)._future)
+
+    def map(
+        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None, *, progress: Any = False
+    ) -> list[T]:
         """``list(map(func, iterable))`` run in the pool, in order (blocking).
 
         The input is consumed at once; without ``chunksize``, it is cut into about four chunks
-        per worker.
+        per worker. ``progress=True`` shows a progress bar (a dict: tqdm options; see
+        docs/progress-and-logging.md).
         """
-        return self._map_async(func, iterable, False, chunksize).get()
+        return self._map_async(func, iterable, False, chunksize, progress=progress).get()
 
     def starmap(
-        self, func: Callable[..., T], iterable: Iterable[Iterable[Any]], chunksize: int | None = None
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        *,
+        progress: Any = False,
     ) -> list[T]:
         """Like ``map``, but calls ``func(*item)`` for each item."""
-        return self._map_async(func, iterable, True, chunksize).get()
+        return self._map_async(func, iterable, True, chunksize, progress=progress).get()
 
     def map_async(
         self,
@@ -465,9 +510,11 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[list[T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        progress: Any = False,
     ) -> MapResult[T]:
         """Like ``map``, but returns a ``MapResult`` at once."""
-        return self._map_async(func, iterable, False, chunksize, callback, error_callback)
+        return self._map_async(func, iterable, False, chunksize, callback, error_callback, progress)
 
     def starmap_async(
         self,
@@ -476,9 +523,11 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[list[T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        progress: Any = False,
     ) -> MapResult[T]:
         """Like ``starmap``, but returns a ``MapResult`` at once."""
-        return self._map_async(func, iterable, True, chunksize, callback, error_callback)
+        return self._map_async(func, iterable, True, chunksize, callback, error_callback, progress)
 
     def _map_async(
         self,
@@ -488,17 +537,19 @@ class Pool:
         chunksize: int | None,
         callback: Callable[[list[T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        progress: Any = False,
     ) -> MapResult[T]:
         self._check_running()
         if not callable(func):
             check_callable(func, "func")
+        _progress.check(progress)
         # sequences are sliced as they are (a slice of a range pickles as three numbers); any
         # other iterable is consumed into a list first, as the stdlib does
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         runner = self._callbacks if callback is not None or error_callback is not None else None
         if chunksize is None and self._task_timeout is None and isinstance(self._backend, ProcessBackend):
             submit_timed = self._backend.chunk_submitter(func, star, timed=True)
-            eager = EagerMap(submit_timed, items, self._processes, False, self._backend)
+            eager = EagerMap(submit_timed, items, self._processes, False, self._backend, progress)
             return MapResult(eager, callback, error_callback, runner)
         if chunksize is None:
             chunksize = _default_chunksize(len(items), self._processes)
@@ -507,40 +558,73 @@ class Pool:
         submit = self._backend.chunk_submitter(func, star, timeout=self._task_timeout)
         step = max(chunksize, 1)
         chunks = [submit(items[i : i + step]) for i in range(0, len(items), step)]
+        _progress.track_all(progress, chunks, len(items), step)
         return MapResult(chunks, callback, error_callback, runner)
 
     def imap(
-        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *, buffersize: int | None = None
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: int = 1,
+        *,
+        buffersize: int | None = None,
+        progress: Any = False,
     ) -> IMapIterator[T]:
         """Results of ``func`` over ``iterable``, in order, as they become available.
 
         The input is read lazily: at most ``buffersize`` chunks (default
         ``IMAP_BUFFER_PER_WORKER`` per worker) are submitted or waiting to be read.
+        ``progress=True`` shows a progress bar (its total is ``len(iterable)`` when that exists).
+        The iterator also supports ``async for`` (see docs/asyncio.md).
         """
-        return self._imap(func, iterable, chunksize, buffersize, ordered=True)
+        return self._imap(func, iterable, chunksize, buffersize, ordered=True, progress=progress)
 
     def imap_unordered(
-        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *, buffersize: int | None = None
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: int = 1,
+        *,
+        buffersize: int | None = None,
+        progress: Any = False,
     ) -> IMapIterator[T]:
         """Like ``imap``, but in completion order."""
-        return self._imap(func, iterable, chunksize, buffersize, ordered=False)
+        return self._imap(func, iterable, chunksize, buffersize, ordered=False, progress=progress)
 
     def _imap(
-        self, func: Callable[..., T], iterable: Iterable[Any], chunksize: int, buffersize: int | None, ordered: bool
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Any],
+        chunksize: int,
+        buffersize: int | None,
+        ordered: bool,
+        progress: Any = False,
     ) -> IMapIterator[T]:
         self._check_running()
         if not callable(func):
             check_callable(func, "func")
         _check_chunksize(chunksize)
+        _progress.check(progress)
         if buffersize is None:
             buffersize = IMAP_BUFFER_PER_WORKER * self._processes
         elif not isinstance(buffersize, int) or isinstance(buffersize, bool) or buffersize < 1:
             raise ValueError("buffersize must be a positive int or None")
         items = iter(iterable)
         submit = self._backend.outcome_submitter(func, self._task_timeout)
+        track = _progress.tracker(progress, _progress.length_hint(iterable))
+        if track is not None:
+            submit, items = track.submitter(submit, len), track.items(items)
         # a time limit applies per task: batching items would stretch it over several calls
         batch = self._task_timeout is None
         return IMapIterator(submit, items, chunksize, buffersize, self._processes, ordered, batch)
+
+    def stats(self) -> _stats.PoolStats:
+        """A snapshot of the pool: its workers' counters, queue depth and worker exits.
+
+        Per worker: tasks done, time busy and idle; for the pool: tasks queued and in flight,
+        and why worker processes ended (see docs/tuning.md).
+        """
+        return _stats.snapshot(self._backend.engine, self._backend.workers)
 
     # -- ending -----------------------------------------------------------------------------
 
@@ -615,7 +699,7 @@ class ThreadPool(Pool):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._processes = processes
-        self._backend = ThreadBackend(processes, "ThreadPool", initializer, tuple(initargs))
+        self._backend = ThreadBackend(processes, "ThreadPool", _state.for_threads(initializer), tuple(initargs))
 
     def terminate(self) -> None:
         """Accepts no more work and cancels what is queued.

@@ -1,0 +1,243 @@
+"""The worker's output machinery, imported at the first print or log record (``_worker_start``).
+
+``sys.stdout``/``sys.stderr`` become line writers (``_LineSink`` under a ``TextIOWrapper``) and
+the root logger gets a forwarding handler; all send on the connection ``_worker_start`` opened,
+through one ``_Link`` that never blocks the worker. The parent's side, and the design, are in
+``_logs.py``.
+"""
+
+from __future__ import annotations
+
+import _thread
+import collections
+import sys
+
+from ._worker_start import DROPPED, PENDING_MAX, PIECE, RECORD, connection
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
+if TYPE_CHECKING:
+    from _socket import socket as _Socket
+    from typing import Any, TextIO
+
+
+class _Link:
+    """The worker's end of its output socket: sends without ever blocking the worker."""
+
+    def __init__(self, sock: _Socket) -> None:
+        self._sock = sock
+        self._lock = _thread.allocate_lock()
+        # made with the sender thread, the first time the parent falls behind
+        self._drained: Any = None
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._pending_bytes = 0
+        self._dropped_lines = 0
+        self._dropped_bytes = 0
+        self._closed = False
+        self._sender: Any = None
+
+    def send(self, kind: bytes, payload: bytes) -> None:
+        """Sends one message now, or queues it, or drops it if the queue is full."""
+        message = kind + payload
+        with self._lock:
+            if self._closed:
+                return
+            if self._dropped_lines and self._pending_bytes <= PENDING_MAX // 2:
+                notice = f"{self._dropped_lines} {self._dropped_bytes}".encode()
+                self._dropped_lines = self._dropped_bytes = 0
+                self._queue(DROPPED + notice)
+            if self._pending:
+                if self._pending_bytes + len(message) > PENDING_MAX:
+                    self._dropped_lines += max(1, payload.count(b"\n"))
+                    self._dropped_bytes += len(payload)
+                    return
+                self._queue(message)
+                return
+            try:
+                self._sock.send(message)
+            except BlockingIOError:
+                self._queue(message)
+            except OSError:
+                self._closed = True  # the parent is gone: nobody reads output any more
+
+    def _queue(self, message: bytes) -> None:
+        self._pending.append(message)
+        self._pending_bytes += len(message)
+        if self._sender is None:
+            import threading
+
+            self._drained = threading.Condition(self._lock)
+            self._sender = threading.Thread(target=self._send_pending, name="ferropool-output", daemon=True)
+            self._sender.start()
+        self._drained.notify_all()
+
+    def _send_pending(self) -> None:
+        """The sender thread: sends what is queued as the socket takes it."""
+        import select
+
+        while True:
+            with self._lock:
+                while not self._pending and not self._closed:
+                    self._drained.wait()
+                if self._closed:
+                    return
+                message = self._pending[0]
+            select.select([], [self._sock], [], 1.0)
+            try:
+                self._sock.send(message)
+            except BlockingIOError:
+                continue
+            except OSError:
+                with self._lock:
+                    self._closed = True
+                    self._pending.clear()
+                    self._drained.notify_all()
+                return
+            with self._lock:
+                self._pending.popleft()
+                self._pending_bytes -= len(message)
+                if not self._pending:
+                    self._drained.notify_all()
+
+    def finish(self, timeout: float) -> None:
+        """Waits up to ``timeout`` seconds for queued output to be sent (at worker exit)."""
+        with self._lock:
+            if self._drained is not None:  # else nothing was ever queued
+                self._drained.wait_for(lambda: not self._pending or self._closed, timeout)
+
+
+class _LineSink:
+    """A binary stream that sends whole lines; under ``sys.stdout``/``sys.stderr`` in a worker.
+
+    Holds an unfinished line until its newline arrives (or ``flush()``); a line longer than
+    ``PIECE`` goes in pieces. ``fileno()`` is the original descriptor, so code that writes to it
+    directly (``faulthandler``, child processes) still works; what goes there is not forwarded.
+    """
+
+    def __init__(self, link: _Link, kind: bytes, fd: int) -> None:
+        self._link = link
+        self._kind = kind
+        self._fd = fd
+        self._partial = bytearray()
+        self._lock = _thread.allocate_lock()
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        with self._lock:
+            self._partial += data
+            end = self._partial.rfind(b"\n") + 1
+            if end:
+                self._send(bytes(self._partial[:end]))
+                del self._partial[:end]
+            while len(self._partial) >= PIECE:
+                self._link.send(self._kind, bytes(self._partial[:PIECE]))
+                del self._partial[:PIECE]
+        return len(data)
+
+    def _send(self, lines: bytes) -> None:
+        """Sends whole lines, as few messages as ``PIECE`` allows, cut at line ends if possible."""
+        start = 0
+        while start < len(lines):
+            stop = start + PIECE
+            if stop < len(lines):
+                cut = lines.rfind(b"\n", start, stop)
+                stop = cut + 1 if cut >= start else stop
+            self._link.send(self._kind, lines[start:stop])
+            start = stop
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._partial:
+                self._link.send(self._kind, bytes(self._partial))
+                self._partial.clear()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.flush()
+
+
+def _forwarding_handler(link: _Link) -> Any:
+    """A ``logging.Handler`` that sends each record to the parent, as JSON.
+
+    The message is formatted here and a traceback sent as text; ``logging`` is imported only
+    when records are forwarded.
+    """
+    import json
+    import logging
+
+    class ForwardHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                fields = dict(record.__dict__)
+                fields["msg"] = record.getMessage()
+                fields["args"] = None
+                if record.exc_info and not record.exc_text:
+                    fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+                fields["exc_info"] = None
+                fields.pop("message", None)
+                link.send(RECORD, json.dumps(fields, default=repr).encode())
+            except Exception:
+                self.handleError(record)
+
+    return ForwardHandler()
+
+
+_link: _Link | None = None
+
+
+def link() -> _Link | None:
+    """The worker's one link to the parent, made on first use; ``None`` if not connected."""
+    global _link
+    if _link is None and connection is not None:
+        _link = _Link(connection)
+    return _link
+
+
+def text_stream(kind: bytes, old: Any, fd: int) -> TextIO | None:
+    """A text stream for ``sys.stdout`` (``kind`` STDOUT) or ``sys.stderr`` that forwards lines."""
+    import io
+
+    out = link()
+    if out is None:
+        return None
+    encoding = getattr(old, "encoding", None) or "utf-8"
+    sink: Any = _LineSink(out, kind, fd)
+    # write_through: every write reaches the sink at once, which keeps whole lines together
+    return io.TextIOWrapper(sink, encoding=encoding, errors="backslashreplace", write_through=True)
+
+
+def forward_records(logging: Any, level: int) -> None:
+    """Makes the root logger forward records at ``level`` and above, and nothing else."""
+    out = link()
+    if out is None:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # inherited from a forked parent: they would write twice
+        root.removeHandler(handler)
+    root.addHandler(_forwarding_handler(out))
+    root.setLevel(level)
+
+
+def finish_in_worker(timeout: float = 2.0) -> None:
+    """Sends what output is still queued (the worker is about to exit)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    if _link is not None:
+        _link.finish(timeout)
