@@ -14,11 +14,11 @@ from ._core import __version__, cpu_count
 # this package, and its start-up time is the pool's start-up time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
-    from .connection import AuthenticationError, BufferTooShort, Pipe
-    from .context import freeze_support, get_all_start_methods, get_context, get_start_method, set_start_method
     from ._logs import get_logger, log_to_stderr
     from ._state import worker_state
     from ._stats import PoolStats
+    from .connection import AuthenticationError, BufferTooShort, Pipe
+    from .context import freeze_support, get_all_start_methods, get_context, get_start_method, set_start_method
     from .errors import (
         BrokenExecutor,
         BrokenProcessPool,
