@@ -35,7 +35,7 @@ def test_pool_counts_every_task_once(cls):
 
 def test_live_process_workers_are_listed_with_their_pids():
     with ferropool.ProcessPoolExecutor(2) as ex:
-        pids = set(ex.map(_tasks.get_pid, range(20)))
+        pids = set(ex.map(_tasks.get_pid, range(20), chunksize=1))  # one task per item
         st = ex.stats()
         assert {w.pid for w in st.workers} >= pids
         assert sum(w.tasks_done for w in st.workers) == 20
