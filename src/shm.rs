@@ -202,6 +202,15 @@ impl<T> Shared<T> {
         })
     }
 
+    /// The object a pickled `handle` names, or a new zeroed one (the `__new__` of every
+    /// shared primitive).
+    pub fn open(handle: Option<Handle>) -> io::Result<Self> {
+        match handle {
+            Some(h) => Self::attach(h),
+            None => Self::create(0),
+        }
+    }
+
     pub fn segment(&self) -> &Segment {
         &self.seg
     }

@@ -47,10 +47,7 @@ impl PyCondVar {
     #[new]
     #[pyo3(signature = (handle=None))]
     fn new(handle: Option<Handle>) -> PyResult<Self> {
-        let rec = match handle {
-            Some(h) => Shared::attach(h)?,
-            None => Shared::create(0)?,
-        };
+        let rec = Shared::open(handle)?;
         Ok(PyCondVar { rec })
     }
 

@@ -29,10 +29,7 @@ impl PyEvent {
     #[new]
     #[pyo3(signature = (handle=None))]
     fn new(handle: Option<Handle>) -> PyResult<Self> {
-        let rec = match handle {
-            Some(h) => Shared::attach(h)?,
-            None => Shared::create(0)?,
-        };
+        let rec = Shared::open(handle)?;
         Ok(PyEvent { rec })
     }
 

@@ -173,10 +173,7 @@ impl PyLock {
     #[new]
     #[pyo3(signature = (handle=None))]
     fn new(handle: Option<Handle>) -> PyResult<Self> {
-        let rec = match handle {
-            Some(h) => Shared::attach(h)?,
-            None => Shared::create(0)?,
-        };
+        let rec = Shared::open(handle)?;
         Ok(PyLock { rec })
     }
 
@@ -245,10 +242,7 @@ impl PyRLock {
     #[new]
     #[pyo3(signature = (handle=None))]
     fn new(handle: Option<Handle>) -> PyResult<Self> {
-        let rec = match handle {
-            Some(h) => Shared::attach(h)?,
-            None => Shared::create(0)?,
-        };
+        let rec = Shared::open(handle)?;
         Ok(PyRLock { rec })
     }
 
