@@ -9,7 +9,6 @@ return types (one task model, DESIGN.md principle 1).
 from __future__ import annotations
 
 import itertools
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +35,7 @@ from ._serialize import (
     load_exception,
     loads,
 )
-from ._spawn import worker_argv
+from ._spawn import default_method, worker_argv
 from .errors import BrokenProcessPool, InvalidStateError, TimeoutError, WorkerDiedError
 
 
@@ -142,8 +141,7 @@ def start_method(context: Any, what: str = "mp_context") -> str:
     "fork from ferropool's fork server when this process allows one, else spawn".
     """
     if context is None:
-        chosen = getattr(sys.modules.get("ferropool.context"), "_chosen", None)  # set_start_method()
-        return "spawn" if chosen == "spawn" else "forkserver"
+        return default_method()
     method = context if isinstance(context, str) else None
     get = getattr(context, "get_start_method", None)
     if method is None and callable(get):

@@ -167,8 +167,9 @@ class Process:
     def _start_method(self) -> str:
         if self._start_method_name is not None:
             return self._start_method_name
-        chosen = getattr(sys.modules.get("ferropool.context"), "_chosen", None)
-        return "spawn" if chosen == "spawn" else "forkserver"
+        from ._spawn import default_method
+
+        return default_method()
 
     def terminate(self) -> None:
         """Terminates the process with SIGTERM (``exitcode`` becomes ``-15``)."""
