@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import gc
 import os
+import pty
 import re
 import select
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -243,3 +247,58 @@ def beacon(tmp_path):
     b = Beacon(tmp_path / "beacon")
     yield b
     b.close()
+
+
+# --------------------------------------------------------------------------------------------
+# user programs
+
+
+def run_program(
+    tmp_path: Path, source: str, *, tty: bool = False, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Runs ``source`` as a user's script (``python script.py`` in ``tmp_path``), as text.
+
+    ``tty``: its stdout is a pseudo-terminal, as when a user runs it in a terminal (``\r\n``
+    comes back as ``\n``); its stderr is a pipe either way. ``env`` adds to the environment.
+    """
+    script = tmp_path / "program.py"
+    script.write_text(textwrap.dedent(source))
+    argv = [sys.executable, str(script)]
+    environ = {**os.environ, **(env or {})}
+    if not tty:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=environ)
+    master, slave = pty.openpty()
+    deadline = time.monotonic() + timeout
+    with open(tmp_path / "program.stderr", "w+") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=err, cwd=tmp_path, env=environ)
+        os.close(slave)
+        chunks = []
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    proc.kill()
+                    proc.wait()
+                    raise subprocess.TimeoutExpired(argv, timeout)
+                ready, _, _ = select.select([master], [], [], left)
+                if not ready:
+                    continue
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the last process holding the terminal has closed it
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            proc.wait(max(deadline - time.monotonic(), 1.0))
+        finally:
+            os.close(master)
+        err.seek(0)
+        stderr = err.read()
+    stdout = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+def program_report(result: subprocess.CompletedProcess[str]) -> str:
+    """The exit code and both streams of a ``run_program`` result, for an assertion message."""
+    return f"exit code {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"

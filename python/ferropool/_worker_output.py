@@ -1,9 +1,9 @@
 """The worker's output machinery, imported at the first print or log record (``_worker_start``).
 
-``sys.stdout``/``sys.stderr`` become line writers (``_LineSink`` under a ``TextIOWrapper``) and
-the root logger gets a forwarding handler; all send on the connection ``_worker_start`` opened,
-through one ``_Link`` that never blocks the worker. The parent's side, and the design, are in
-``_logs.py``.
+The first write to ``sys.stdout``/``sys.stderr`` (text streams ``_worker_start`` installed for
+good) gives their sink a line writer (``_LineSink``), and the root logger gets a forwarding handler;
+all send on the connection ``_worker_start`` opened, through one ``_Link`` that never blocks the
+worker. The parent's side, and the design, are in ``_logs.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ._worker_start import DROPPED, PENDING_MAX, PIECE, RECORD, connection
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
     from _socket import socket as _Socket
-    from typing import Any, TextIO
+    from typing import Any
 
 
 class _Link:
@@ -106,20 +106,19 @@ class _Link:
 
 
 class _LineSink:
-    """A binary stream that sends whole lines; under ``sys.stdout``/``sys.stderr`` in a worker.
+    """Sends whole lines; where the bytes written to a worker's ``sys.stdout``/``sys.stderr`` go.
 
     Holds an unfinished line until its newline arrives (or ``flush()``); a line longer than
-    ``PIECE`` goes in pieces. ``fileno()`` is the original descriptor, so code that writes to it
-    directly (``faulthandler``, child processes) still works; what goes there is not forwarded.
+    ``PIECE`` goes in pieces. (``fileno()`` of the stream above stays the original descriptor,
+    so code that writes to it directly, ``faulthandler`` or a child process, still works; what
+    goes there is not forwarded.)
     """
 
-    def __init__(self, link: _Link, kind: bytes, fd: int) -> None:
+    def __init__(self, link: _Link, kind: bytes) -> None:
         self._link = link
         self._kind = kind
-        self._fd = fd
         self._partial = bytearray()
         self._lock = _thread.allocate_lock()
-        self.closed = False
 
     def write(self, data: Any) -> int:
         data = bytes(data)
@@ -151,24 +150,6 @@ class _LineSink:
                 self._link.send(self._kind, bytes(self._partial))
                 self._partial.clear()
 
-    def fileno(self) -> int:
-        return self._fd
-
-    def isatty(self) -> bool:
-        return False
-
-    def readable(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.flush()
-
 
 def _forwarding_handler(link: _Link) -> Any:
     """A ``logging.Handler`` that sends each record to the parent, as JSON.
@@ -181,6 +162,10 @@ def _forwarding_handler(link: _Link) -> Any:
 
     class ForwardHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
+            if link._closed:  # in a process a task forked: nobody forwards its records
+                if logging.lastResort is not None:
+                    logging.lastResort.handle(record)
+                return
             try:
                 fields = dict(record.__dict__)
                 fields["msg"] = record.getMessage()
@@ -207,17 +192,18 @@ def link() -> _Link | None:
     return _link
 
 
-def text_stream(kind: bytes, old: Any, fd: int) -> TextIO | None:
-    """A text stream for ``sys.stdout`` (``kind`` STDOUT) or ``sys.stderr`` that forwards lines."""
-    import io
-
+def line_sink(kind: bytes) -> _LineSink | None:
+    """The forwarding sink under ``sys.stdout`` (``kind`` STDOUT) or ``sys.stderr``."""
     out = link()
-    if out is None:
-        return None
-    encoding = getattr(old, "encoding", None) or "utf-8"
-    sink: Any = _LineSink(out, kind, fd)
-    # write_through: every write reaches the sink at once, which keeps whole lines together
-    return io.TextIOWrapper(sink, encoding=encoding, errors="backslashreplace", write_through=True)
+    return None if out is None else _LineSink(out, kind)
+
+
+def forget_after_fork() -> None:
+    """In a process a task forked: the link is the worker's, not this process's."""
+    global _link
+    if _link is not None:
+        _link._closed = True  # without its lock: another thread may have held it at the fork
+        _link = None
 
 
 def forward_records(logging: Any, level: int) -> None:

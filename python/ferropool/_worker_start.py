@@ -2,7 +2,8 @@
 
 1. set the BLAS/OpenMP thread variables the parent chose (``_env.py``);
 2. connect to the pool's output thread and say hello (the worker's pid), then let what the
-   worker prints and logs go there: ``sys.stdout``/``sys.stderr`` become stand-ins, and
+   worker prints and logs go there: ``sys.stdout``/``sys.stderr`` become text streams that
+   stay for the worker's life and set up their forwarding at the first write, and
    ``logging`` gets a forwarding handler (now if it is loaded, else when a task imports it);
 3. run the user's initializer and keep its value for ``ferropool.worker_state()``.
 
@@ -14,6 +15,7 @@ side, and the design, are in ``_logs.py``.
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
 
@@ -71,9 +73,10 @@ def _connect(address: str, level: int | None, output: bool) -> None:
         sock.close()
         return
     connection = sock
+    os.register_at_fork(after_in_child=_forget_after_fork)
     if output:
-        sys.stdout = _StandIn("stdout", STDOUT, sys.stdout, 1)
-        sys.stderr = _StandIn("stderr", STDERR, sys.stderr, 2)
+        sys.stdout = _text_stream(STDOUT, sys.stdout, 1)
+        sys.stderr = _text_stream(STDERR, sys.stderr, 2)
     if level is not None:
         if "logging" in sys.modules:
             from . import _worker_output
@@ -85,25 +88,119 @@ def _connect(address: str, level: int | None, output: bool) -> None:
             sys.meta_path.insert(0, _WhenLoggingIsImported(level))
 
 
-class _StandIn:
-    """``sys.stdout`` (or ``sys.stderr``) until first used.
+def _text_stream(kind: bytes, old: Any, fd: int) -> Any:
+    """The worker's ``sys.stdout`` (or ``sys.stderr``) for the rest of its life.
 
-    Then the forwarding stream takes its place, and this object passes everything on to it
-    (for code that kept a reference to it).
+    It is installed once and never replaced: ``print()`` holds only a borrowed reference to
+    ``sys.stdout`` while it writes, so swapping the object during a call would free it under
+    the caller. What is lazy is the sink beneath it.
+    """
+    import io
+
+    if old is not None:
+        try:
+            old.flush()  # what the worker wrote before forwarding began goes where it was going
+        except Exception:
+            pass
+    encoding = getattr(old, "encoding", None) or "utf-8"
+    # write_through: every write reaches the sink at once, which keeps whole lines together
+    return io.TextIOWrapper(_Sink(kind, fd), encoding=encoding, errors="backslashreplace", write_through=True)
+
+
+_sinks: list[_Sink] = []
+_make_lock = _thread.allocate_lock()
+
+
+class _Sink:
+    """The binary stream under a worker's ``sys.stdout``/``sys.stderr``.
+
+    Its target, made at the first write, is the forwarding ``_LineSink`` of
+    ``_worker_output``; in a process a task forked, it is the original descriptor, as it would
+    be without ferropool.
     """
 
-    def __init__(self, name: str, kind: bytes, old: Any, fd: int) -> None:
-        self._name, self._kind, self._old, self._fd = name, kind, old, fd
-        self._stream: Any = None
+    closed = False
 
-    def __getattr__(self, attr: str) -> Any:
-        if self._stream is None:
-            from . import _worker_output
+    def __init__(self, kind: bytes, fd: int) -> None:
+        self._kind, self._fd = kind, fd
+        self._target: Any = None
+        _sinks.append(self)
 
-            self._stream = _worker_output.text_stream(self._kind, self._old, self._fd) or self._old
-            if getattr(sys, self._name) is self:
-                setattr(sys, self._name, self._stream)
-        return getattr(self._stream, attr)
+    def _made(self) -> Any:
+        target = self._target
+        if target is None:
+            with _make_lock:
+                if self._target is None:
+                    from . import _worker_output
+
+                    self._target = _worker_output.line_sink(self._kind) or _FdWriter(self._fd)
+                target = self._target
+        return target
+
+    def write(self, data: Any) -> int:
+        return self._made().write(data)  # type: ignore[no-any-return]
+
+    def flush(self) -> None:
+        target = self._target
+        if target is not None:
+            target.flush()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _FdWriter:
+    """Writes straight to a descriptor: the sink's target once output is no longer forwarded."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            pass  # as writing to a closed stdout in a child: the output is lost, the task goes on
+        return size
+
+    def flush(self) -> None:
+        pass
+
+
+def _forget_after_fork() -> None:
+    """In a process a task forked: the pool's output socket is not its to keep open.
+
+    A child that outlived its task would otherwise hold the parent's side open (and make pool
+    shutdown wait for it); its prints go to the original descriptors instead, as they would
+    without ferropool.
+    """
+    global connection, _make_lock
+    _make_lock = _thread.allocate_lock()  # another thread may have held it at the fork
+    if connection is not None:
+        connection.close()
+        connection = None
+    output = sys.modules.get("ferropool._worker_output")
+    if output is not None:
+        output.forget_after_fork()
+    for sink in _sinks:
+        sink._target = _FdWriter(sink._fd)
 
 
 class _WhenLoggingIsImported:
