@@ -203,6 +203,8 @@ class ProcessBackend:
             server,
             max_memory_per_child,
             cancel_running,
+            # last: the engine owns the descriptor from here on, even if it then fails to start
+            output_fd=None if setup is None else setup.output_fd(),
         )
         if setup is not None:
             setup.attach(self)

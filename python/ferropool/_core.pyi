@@ -84,6 +84,7 @@ class ProcessEngine:
         forkserver_fd: int | None = None,
         max_memory_per_child: int | None = None,
         cancel_running: bool = False,
+        output_fd: int | None = None,
     ) -> ProcessEngine: ...
     def submit(
         self,

@@ -194,19 +194,20 @@ def _fork_worker(conn: socket.socket, statuses: dict[int, int], server_fds: list
         msg, fds = b"", []
     if msg[:1] == b"p" and len(fds) >= 2:
         return _fork_process(conn, msg, fds, statuses, server_fds)
-    if not msg or len(fds) != 2:
+    if not msg or len(fds) not in (2, 3):
         for fd in fds:
             os.close(fd)
         return False
-    link, status = fds
+    link, status, *output = fds  # output: the worker's output socket, if its pool forwards output
     pid = os.fork()
     if pid == 0:
-        _become_worker(link, status, server_fds, server)
+        _become_worker(link, status, output, server_fds, server)
     try:
         os.setpgid(pid, pid)  # as the child does: whichever runs first makes the group
     except OSError:
         pass
-    os.close(link)
+    for fd in (link, *output):
+        os.close(fd)
     statuses[pid] = status
     conn.sendall(struct.pack("<I", pid))
     return True
@@ -302,11 +303,15 @@ def _reap(statuses: dict[int, int]) -> None:
         os.close(fd)
 
 
-def _become_worker(link: int, status: int, server_fds: list[int], server: int) -> None:
+def _become_worker(link: int, status: int, output: list[int], server_fds: list[int], server: int) -> None:
     """In a freshly forked worker: drop the server's descriptors and run the worker loop."""
     try:
         os.setpgid(0, 0)
         _leave_server(status, server_fds)
+        if output:
+            from ._worker_start import OUTPUT_FD_VAR
+
+            os.environ[OUTPUT_FD_VAR] = str(output[0])  # as a spawned worker learns it
         os.dup2(link, 0)  # the worker loop takes its link from stdin, as a spawned worker does
         os.close(link)
         # inherited objects stay frozen: a collection in the worker never walks the parent's heap

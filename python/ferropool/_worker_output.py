@@ -12,7 +12,7 @@ import _thread
 import collections
 import sys
 
-from ._worker_start import DROPPED, PENDING_MAX, PIECE, RECORD, connection
+from ._worker_start import DROPPED, PENDING_MAX, PIECE, RECORD, RECORD_MAX, connection
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -174,11 +174,35 @@ def _forwarding_handler(link: _Link) -> Any:
                     fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
                 fields["exc_info"] = None
                 fields.pop("message", None)
-                link.send(RECORD, json.dumps(fields, default=repr).encode())
+                payload = json.dumps(fields, default=repr).encode()
+                if len(payload) > RECORD_MAX:
+                    payload = _cut_down(fields, json, logging)
+                link.send(RECORD, payload)
             except Exception:
                 self.handleError(record)
 
     return ForwardHandler()
+
+
+def _cut_down(fields: dict[str, Any], json: Any, logging: Any) -> bytes:
+    """A record too long for one message, made to fit.
+
+    Only the standard attributes go, with the message, traceback and stack cut short and marked
+    so.
+    """
+    standard = logging.makeLogRecord({}).__dict__
+    fields = {key: value for key, value in fields.items() if key in standard}
+    for keep in (RECORD_MAX // 8, RECORD_MAX // 64):  # characters can take up to 12 bytes in JSON
+        for key in ("msg", "exc_text", "stack_info"):
+            value = fields.get(key)
+            if isinstance(value, str) and len(value) > keep:
+                fields[key] = value[:keep] + f" [... {len(value) - keep} characters cut by ferropool]"
+        payload: bytes = json.dumps(fields, default=repr).encode()
+        if len(payload) <= RECORD_MAX:
+            return payload
+    fields["name"] = fields["name"][:200]  # the only other attribute that can be long
+    payload = json.dumps(fields, default=repr).encode()
+    return payload[:RECORD_MAX]  # if it is still too long, the parent drops what is not JSON
 
 
 _link: _Link | None = None

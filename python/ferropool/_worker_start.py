@@ -1,9 +1,10 @@
 """What a process worker does at start-up, before its first task (``start_worker``).
 
 1. set the BLAS/OpenMP thread variables the parent chose (``_env.py``);
-2. connect to the pool's output thread and say hello (the worker's pid), then let what the
-   worker prints and logs go there: ``sys.stdout``/``sys.stderr`` become text streams that
-   stay for the worker's life and set up their forwarding at the first write, and
+2. take the output socket the worker was started with (its other end is the pool's output
+   thread; see ``OUTPUT_FD_VAR``) and let what the worker prints and logs go there:
+   ``sys.stdout``/``sys.stderr`` become text streams that stay for the worker's life and set
+   up their forwarding at the first write, and
    ``logging`` gets a forwarding handler (now if it is loaded, else when a task imports it);
 3. run the user's initializer and keep its value for ``ferropool.worker_state()``.
 
@@ -20,25 +21,31 @@ import os
 import sys
 
 # the C module: the `socket` wrapper imports enum and selectors, a start-up cost in every worker
-from _socket import AF_UNIX, SOCK_SEQPACKET
 from _socket import socket as _Socket
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
     from typing import Any
 
-#: Largest message on the output socket (a line longer than this goes in pieces).
+#: Largest piece of a line on the output socket (a line longer than this goes in pieces).
 PIECE = 32 * 1024
+#: Largest log record message: a record that would be longer is cut down to fit.
+RECORD_MAX = 128 * 1024
+#: Largest message the parent accepts; one that is longer is junk, and dropped.
+MESSAGE_MAX = RECORD_MAX + 64
 #: Output a worker keeps while the parent is behind; more is dropped.
 PENDING_MAX = 4 * 1024 * 1024
 #: Message kinds: the first byte of each message.
-HELLO, STDOUT, STDERR, RECORD, DROPPED = b"h", b"o", b"e", b"r", b"d"
+STDOUT, STDERR, RECORD, DROPPED = b"o", b"e", b"r", b"d"
+#: The variable naming the descriptor of a worker's output socket, set where the worker starts
+#: (the engine for a fresh interpreter, the fork server for a fork).
+OUTPUT_FD_VAR = "FERROPOOL_OUTPUT_FD"
 
 #: ``state`` before any initializer ran.
 NO_STATE: Any = object()
 #: What this worker's initializer returned (``ferropool.worker_state()``).
 state: Any = NO_STATE
-#: The non-blocking connection to the pool's output thread, once made.
+#: The non-blocking socket to the pool's output thread, once taken over.
 connection: _Socket | None = None
 
 
@@ -49,29 +56,29 @@ def start_worker(config: tuple[Any, ...], initializer: Any, *initargs: Any) -> N
     initializer raises, the pool is broken, as in the stdlib.
     """
     global state
-    env, address, level, output = config
+    env, level, output = config
     if env:
         os.environ.update(env)
-    if address is not None:
+    fd = os.environ.pop(OUTPUT_FD_VAR, None)  # not for the processes the worker's tasks start
+    if fd is not None:
         try:
-            _connect(address, level, output)
+            _take_output_socket(int(fd), level, output)
         except Exception:
             pass  # output stays where it was; the pool's work matters more
     if initializer is not None:
         state = initializer(*initargs)
 
 
-def _connect(address: str, level: int | None, output: bool) -> None:
+def _take_output_socket(fd: int, level: int | None, output: bool) -> None:
+    """Sends what the worker prints (``output``) and logs (``level``) on the socket ``fd``.
+
+    The engine made the socket pair and handed this end over before the worker started, so
+    the other end can only be the pool's output thread.
+    """
     global connection
-    sock = _Socket(AF_UNIX, SOCK_SEQPACKET)
-    try:
-        sock.settimeout(5.0)
-        sock.connect(address)
-        sock.setblocking(False)
-        sock.send(HELLO + str(os.getpid()).encode())
-    except OSError:
-        sock.close()
-        return
+    sock = _Socket(fileno=fd)
+    os.set_inheritable(fd, False)
+    sock.setblocking(False)
     connection = sock
     os.register_at_fork(after_in_child=_forget_after_fork)
     if output:
