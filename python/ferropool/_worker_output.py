@@ -74,6 +74,9 @@ class _Link:
         """The sender thread: sends what is queued as the socket takes it."""
         import select
 
+        # poll, not select: a task may hold descriptors numbered past FD_SETSIZE (1024)
+        poller = select.poll()
+        poller.register(self._sock, select.POLLOUT)
         while True:
             with self._lock:
                 while not self._pending and not self._closed:
@@ -81,7 +84,7 @@ class _Link:
                 if self._closed:
                     return
                 message = self._pending[0]
-            select.select([], [self._sock], [], 1.0)
+            poller.poll(1000)
             try:
                 self._sock.send(message)
             except BlockingIOError:

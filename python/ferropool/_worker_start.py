@@ -172,23 +172,35 @@ class _Sink:
 
 
 class _FdWriter:
-    """Writes straight to a descriptor: the sink's target once output is no longer forwarded."""
+    """Writes whole lines straight to a descriptor: the sink's target once output is not forwarded.
+
+    A line is written in one ``write``, as a buffered stdout would flush it: ``print()`` writes
+    the text and the newline separately, and another process's line must not land in between.
+    """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self._partial = bytearray()
 
     def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        size = len(view)
+        size = len(memoryview(data).cast("B"))
+        self._partial += data
+        end = self._partial.rfind(b"\n") + 1
+        if end:
+            self._write(end)
+        return size
+
+    def flush(self) -> None:
+        self._write(len(self._partial))
+
+    def _write(self, end: int) -> None:
+        view = memoryview(bytes(self._partial[:end]))
+        del self._partial[:end]
         try:
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError:
             pass  # as writing to a closed stdout in a child: the output is lost, the task goes on
-        return size
-
-    def flush(self) -> None:
-        pass
 
 
 def _forget_after_fork() -> None:
