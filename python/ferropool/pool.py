@@ -313,15 +313,25 @@ class _CallbackRunner:
 
     def __init__(self) -> None:
         self._thread = ThreadBackend(1, "ThreadPool-callbacks", None, ())
+        self._ident: int | None = None  # the thread's, once it has run a callback
 
     def schedule(self, deliver: Callable[[Future[Any]], None]) -> Callable[[Future[Any]], None]:
         def hand_over(fut: Future[Any]) -> None:
-            self._thread.submit(deliver, (fut,), {})
+            self._thread.submit(self._run, (deliver, fut), {})
 
         return hand_over
 
+    def _run(self, deliver: Callable[[Future[Any]], None], fut: Future[Any]) -> None:
+        self._ident = threading.get_ident()
+        deliver(fut)
+
     def close(self) -> None:
-        self._thread.shutdown(cancel_pending=False)
+        """Runs every callback already handed over, then ends the thread.
+
+        Waits for them unless called from a callback itself (``join()`` inside a callback),
+        which would wait for its own end.
+        """
+        self._thread.shutdown(cancel_pending=False, wait=threading.get_ident() != self._ident)
 
 
 def _check_pool_size(processes: Any) -> int:
@@ -641,7 +651,9 @@ class Pool:
             self._backend.terminate()
 
     def join(self) -> None:
-        """Waits for the workers to exit; call ``close()`` or ``terminate()`` first.
+        """Waits for the workers to exit and every callback to run.
+
+        Call ``close()`` or ``terminate()`` first.
 
         Raises:
             ValueError: the pool is still running.
