@@ -82,3 +82,69 @@ def test_terminate_then_join_returns(tmp_path):
     )
     assert result.returncode == 0, report(result)
     assert result.stdout.split() == ["True"], report(result)
+
+
+INITIALIZER_GLOBALS = """
+g = None
+cache = {{}}
+def init(value):
+    global g
+    g = value
+    cache["conn"] = value.upper()
+def describe(x):
+    return f"{{g}}-{{cache.get('conn')}}-{{x}}"
+def task(x):
+    return describe(x)
+if __name__ == "__main__":
+    with ferropool.Pool(2, initializer=init, initargs=("hi",), context={method!r}) as p:
+        print(*p.map(task, range(3)), p.apply(task, (9,)), *p.imap(lambda x: g + str(x), [1]))
+    with ferropool.ProcessPoolExecutor(1, {method!r}, init, ("ex",)) as ex:
+        print(ex.submit(task, 5).result(), *ex.map(task, [6]), ex.submit(lambda: (g, cache["conn"])).result())
+"""
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_initializer_globals_reach_tasks_defined_in_main(tmp_path, method):
+    """An initializer in the main script sets ``global g`` and fills a module-level dict; tasks
+    from the same script, and the helpers they call, see both, as with the stdlib."""
+    result = run_script(tmp_path, INITIALIZER_GLOBALS.format(method=method))
+    assert result.returncode == 0, report(result)
+    out = result.stdout.splitlines()
+    assert out[0].split() == ["hi-HI-0", "hi-HI-1", "hi-HI-2", "hi-HI-9", "hi1"], report(result)
+    assert out[1].split() == ["ex-EX-5", "ex-EX-6", "('ex',", "'EX')"], report(result)
+
+
+def test_main_functions_share_one_namespace_in_a_worker(tmp_path):
+    """Functions from ``__main__`` call each other (recursion, mutual recursion, methods), a
+    ``global`` set by one task is seen by later ones, and a function redefined in the parent
+    reaches the worker; a value the worker set is not overwritten by the parent's."""
+    result = run_script(
+        tmp_path,
+        """
+        K = 1
+        def fact(n):
+            return 1 if n <= 1 else n * fact(n - 1)
+        def even(n):
+            return n == 0 or odd(n - 1)
+        def odd(n):
+            return n != 0 and even(n - 1)
+        class C:
+            def get(self):
+                return K
+        def set_k(v):
+            global K
+            K = v
+        def get_k():
+            return K
+        with ferropool.ProcessPoolExecutor(1) as ex:
+            print(ex.submit(fact, 5).result(), ex.submit(even, 10).result(), ex.submit(C().get).result())
+            ex.submit(set_k, 42).result()
+            print(ex.submit(get_k).result(), ex.submit(C().get).result(), ex.submit(lambda: K).result())
+            def get_k():
+                return ("redefined", K)
+            K = 7
+            print(*ex.submit(get_k).result())
+        """,
+    )
+    assert result.returncode == 0, report(result)
+    assert result.stdout.splitlines() == ["120 True 1", "42 42 42", "redefined 42"], report(result)

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from . import _core
+from . import _by_value, _core
 from ._buffers import from_segments, pack, pack_outcomes, release_received
 from ._serialize import (
     FLAG_CACHEABLE,
@@ -76,6 +76,8 @@ class Handler:
             release_received()
 
     def _call(self, body: bytes, fn_len: int, flags: int, fds: list[int] | None) -> Result:
+        if not _by_value.installed and ("cloudpickle" in sys.modules or body.find(b"cloudpickle") >= 0):
+            _by_value.install()  # before the first function shipped by value is rebuilt
         try:
             buffers = from_segments(fds, keep=True) if fds else None
             fn = self._function(body, fn_len, flags)
