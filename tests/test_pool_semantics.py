@@ -148,3 +148,53 @@ def test_main_functions_share_one_namespace_in_a_worker(tmp_path):
     )
     assert result.returncode == 0, report(result)
     assert result.stdout.splitlines() == ["120 True 1", "42 42 42", "redefined 42"], report(result)
+
+
+RAISING_INPUT = """
+import ferropool.pool
+class SayWhen(ValueError):
+    pass
+def numbers(total, when):
+    for i in range(total):
+        if i == when:
+            raise SayWhen(i)
+        yield i
+def square(x):
+    return x * x
+def drain(it):
+    out = []
+    try:
+        for v in it:
+            out.append(v)
+    except SayWhen as exc:
+        out.append(f"raised {{exc}}")
+    out.append("more" if next(it, None) is not None else "end")
+    return out
+with ferropool.pool.{cls}(2) as p:
+    for total, when, chunksize in [(1, 0, 1), (10, 3, 1), (20, 7, 2), (20, 7, 4), (3000, 2500, 7)]:
+        print(*drain(p.imap(square, numbers(total, when), chunksize))[-4:])
+        values = drain(p.imap_unordered(square, numbers(total, when), chunksize))
+        print(len(values), *values[-2:], sorted(values[:-2]) == [i * i for i in range(len(values) - 2)])
+"""
+
+
+@pytest.mark.parametrize("cls", ["Pool", "ThreadPool"])
+def test_imap_over_an_input_that_raises(tmp_path, cls):
+    """The input raises while ``imap`` reads it: ``next()`` returns the results before the chunk
+    it broke off in, then raises the input's exception, then the iteration ends (the stdlib's
+    output for this script); in ``imap_unordered`` the exception comes after every earlier
+    result."""
+    result = run_script(tmp_path, RAISING_INPUT.format(cls=cls))
+    assert result.returncode == 0, report(result)
+    assert result.stdout.splitlines() == [
+        "raised 0 end",
+        "2 raised 0 end True",
+        "1 4 raised 3 end",
+        "5 raised 3 end True",
+        "16 25 raised 7 end",
+        "8 raised 7 end True",
+        "4 9 raised 7 end",
+        "6 raised 7 end True",
+        f"{2497**2} {2498**2} raised 2500 end",
+        "2501 raised 2500 end True",
+    ], report(result)

@@ -27,7 +27,15 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from typing import Any, Generic, TypeVar
 
 from . import _aio, _core, _progress, _setup, _state, _stats
-from ._backend import ProcessBackend, ThreadBackend, check_callable, check_positive_int, check_timeout, start_method
+from ._backend import (
+    ProcessBackend,
+    ThreadBackend,
+    check_callable,
+    check_positive_int,
+    check_timeout,
+    failed,
+    start_method,
+)
 from ._batching import BatchSizer, EagerMap, unpack_outcomes
 from ._future import Future
 from .errors import CancelledError, TimeoutError
@@ -191,7 +199,9 @@ class IMapIterator(Generic[T]):
     task is made to carry about ``_batching.TARGET_S`` of work (never fewer items than
     ``chunksize``, and few enough to keep every worker busy). Every item keeps its own outcome, so
     an exception is raised at that item's place and iteration can go on after it, as with
-    ``chunksize=1``.
+    ``chunksize=1``. If the input itself raises, ``next()`` raises that exception where the chunk
+    it broke off in would have been (in ``imap_unordered``: after every earlier result), and the
+    iteration ends there.
     """
 
     def __init__(
@@ -209,6 +219,9 @@ class IMapIterator(Generic[T]):
         self._items = items
         self._ordered = ordered
         self._limit = buffersize * chunksize  # items submitted or unread, at most
+        self._chunksize = chunksize
+        self._read = 0  # items taken from the input
+        self._input_error: Future[Any] | None = None  # what the input raised (unordered mode)
         self._sizer = BatchSizer(chunksize, self._limit // (2 * workers))
         self._buffer: collections.deque[tuple[bool, Any]] = collections.deque()  # read, not returned
         self._tasks: collections.deque[tuple[Future[Any], int]] = collections.deque()  # ordered mode
@@ -223,17 +236,42 @@ class IMapIterator(Generic[T]):
 
     def _top_up(self) -> None:
         while not self._exhausted and self._outstanding < self._limit:
-            batch = list(itertools.islice(self._items, min(self._sizer.per_task, self._limit - self._outstanding)))
+            batch: list[Any] = []
+            try:  # extend keeps the items read before the input raised
+                batch.extend(itertools.islice(self._items, min(self._sizer.per_task, self._limit - self._outstanding)))
+            except Exception as exc:
+                self._input_failed(batch, exc)
+                return
             if not batch:
                 self._exhausted = True
                 return
-            fut = self._submit(batch)
-            self._outstanding += len(batch)
+            self._read += len(batch)
+            self._add_task(self._submit(batch), len(batch))
+
+    def _add_task(self, fut: Future[Any], n: int) -> None:
+        self._outstanding += n
+        self._in_flight_tasks += 1
+        if self._ordered:
+            self._tasks.append((fut, n))
+        else:
+            fut.add_done_callback(functools.partial(self._task_done, n))
+
+    def _input_failed(self, batch: list[Any], exc: Exception) -> None:
+        """The input raised ``exc`` after yielding ``batch``: ``exc`` becomes the last result.
+
+        As in the stdlib, the items of the chunk the input broke off in are dropped, so the
+        exception stands where that chunk's results would have been.
+        """
+        self._exhausted = True
+        whole = max(len(batch) - (self._read + len(batch)) % self._chunksize, 0)
+        if whole:
+            self._add_task(self._submit(batch[:whole]), whole)
+        if self._ordered:
+            self._add_task(failed(exc), 1)
+        else:  # after every earlier result, whenever those arrive
+            self._outstanding += 1
             self._in_flight_tasks += 1
-            if self._ordered:
-                self._tasks.append((fut, len(batch)))
-            else:
-                fut.add_done_callback(functools.partial(self._task_done, len(batch)))
+            self._input_error = failed(exc)
 
     def _task_done(self, n: int, fut: Future[Any]) -> None:
         self._done.put((fut, n))
@@ -280,6 +318,9 @@ class IMapIterator(Generic[T]):
         if self._ordered:
             self._tasks[0][0].exception(timeout)  # TimeoutError leaves it in place for the next call
             return self._tasks.popleft()
+        if self._input_error is not None and self._in_flight_tasks == 1:
+            error, self._input_error = self._input_error, None
+            return error, 1
         try:
             return self._done.get(timeout=timeout)
         except queue.Empty:
