@@ -198,3 +198,61 @@ def test_imap_over_an_input_that_raises(tmp_path, cls):
         f"{2497**2} {2498**2} raised 2500 end",
         "2501 raised 2500 end True",
     ], report(result)
+
+
+POOL_ERRORS = """
+import multiprocessing.pool
+import threading
+import ferropool.pool
+def raising():
+    raise KeyError("key")
+def unpicklable_result(x=None):
+    return threading.Lock()
+if __name__ == "__main__":
+    p = ferropool.Pool(2)
+    print(issubclass(ferropool.pool.RemoteTraceback, multiprocessing.pool.RemoteTraceback),
+          issubclass(ferropool.pool.MaybeEncodingError, multiprocessing.pool.MaybeEncodingError))
+    for i in range(20):  # the error callback has run when get() raises, every time
+        seen = [None]
+        res = p.apply_async(raising, error_callback=lambda e: seen.__setitem__(0, e))
+        try:
+            res.get(30)
+        except KeyError as exc:
+            assert seen[0] is exc, (i, seen)
+            assert isinstance(exc.__cause__, ferropool.pool.RemoteTraceback), exc.__cause__
+            assert "in raising" in str(exc.__cause__), exc.__cause__
+        seen = [None]
+        res = p.apply_async(unpicklable_result, error_callback=lambda e: seen.__setitem__(0, e))
+        try:
+            res.get(30)
+        except multiprocessing.pool.MaybeEncodingError as exc:
+            assert seen[0] is exc and exc.exc and exc.value, (i, seen)
+            assert "cannot pickle" in str(exc) and "lock" in exc.value, exc
+            assert isinstance(exc.__cause__, multiprocessing.pool.RemoteTraceback), exc.__cause__
+        got = []
+        res = p.map_async(abs, [-1, -2], callback=got.append)
+        assert res.get(30) == [1, 2] and got == [[1, 2]] and res.ready(), (i, got)
+    for call in (lambda: p.map(unpicklable_result, [1]), lambda: next(p.imap(unpicklable_result, [1]))):
+        try:
+            call()
+        except multiprocessing.pool.MaybeEncodingError as exc:
+            print(type(exc).__name__, "lock" in exc.value)
+    print(p.apply(abs, (-3,)))
+    p.close()
+    p.join()
+"""
+
+
+def test_pool_errors_are_the_stdlibs(tmp_path):
+    """A result that cannot be pickled raises ``MaybeEncodingError`` from ``get()``, ``map`` and
+    ``imap``; the error callback has run by the time ``get()`` raises, and a callback by the
+    time it returns; the worker's traceback is a ``ferropool.pool.RemoteTraceback``, a
+    ``multiprocessing.pool.RemoteTraceback``; the pool goes on."""
+    result = run_script(tmp_path, POOL_ERRORS)
+    assert result.returncode == 0, report(result)
+    assert result.stdout.splitlines() == [
+        "True True",
+        "MaybeEncodingError True",
+        "MaybeEncodingError True",
+        "3",
+    ], report(result)

@@ -23,6 +23,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -38,9 +39,18 @@ from ._backend import (
 )
 from ._batching import BatchSizer, EagerMap, unpack_outcomes
 from ._future import Future
-from .errors import CancelledError, TimeoutError
+from .errors import CancelledError, MaybeEncodingError, RemoteTraceback, TimeoutError
 
-__all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool", "ThreadPool"]
+__all__ = [
+    "ApplyResult",
+    "AsyncResult",
+    "IMapIterator",
+    "MapResult",
+    "MaybeEncodingError",
+    "Pool",
+    "RemoteTraceback",
+    "ThreadPool",
+]
 
 T = TypeVar("T")
 _log = logging.getLogger("ferropool")
@@ -50,6 +60,10 @@ _NO_KWDS: dict[str, Any] = {}  # never mutated: submit only reads it
 
 #: Chunks ``imap`` keeps submitted or finished-but-unread, per worker, unless told otherwise.
 IMAP_BUFFER_PER_WORKER = 64
+
+
+#: ``active`` on the threads that run pools' callbacks
+_callback_thread = threading.local()
 
 
 def _report_callback_error(kind: str, callback: Callable[..., object], exc: BaseException) -> None:
@@ -63,7 +77,7 @@ class AsyncResult(Generic[T]):
     exception; both run on the pool's result thread, in completion order.
     """
 
-    __slots__ = ("_future",)
+    __slots__ = ("_future", "_settled")
 
     def __init__(
         self,
@@ -73,29 +87,38 @@ class AsyncResult(Generic[T]):
         callbacks: _CallbackRunner | None = None,
     ) -> None:
         self._future = future
+        #: set once the callbacks have run: until then the result is not ready (as in the stdlib)
+        self._settled: threading.Event | None = None
         if callback is not None or error_callback is not None:
+            self._settled = threading.Event()
             deliver = self._callback_for(callback, error_callback)
             future.add_done_callback(deliver if callbacks is None else callbacks.schedule(deliver))
 
     def _callback_for(
         self, callback: Callable[[T], object] | None, error_callback: Callable[[BaseException], object] | None
     ) -> Callable[[Future[Any]], None]:
+        settled = self._settled
+        assert settled is not None
+
         def deliver(fut: Future[Any]) -> None:
             try:
                 exc = fut.exception()
             except CancelledError as cancelled:
                 exc = cancelled
-            if exc is None:
-                if callback is not None:
+            try:
+                if exc is None:
+                    if callback is not None:
+                        try:
+                            callback(self._value(fut))
+                        except BaseException as err:
+                            _report_callback_error("callback", callback, err)
+                elif error_callback is not None:
                     try:
-                        callback(self._value(fut))
+                        error_callback(exc)
                     except BaseException as err:
-                        _report_callback_error("callback", callback, err)
-            elif error_callback is not None:
-                try:
-                    error_callback(exc)
-                except BaseException as err:
-                    _report_callback_error("error_callback", error_callback, err)
+                        _report_callback_error("error_callback", error_callback, err)
+            finally:
+                settled.set()
 
         return deliver
 
@@ -103,8 +126,22 @@ class AsyncResult(Generic[T]):
         return fut.result()
 
     def ready(self) -> bool:
-        """Whether the call has completed."""
-        return self._future.done()
+        """Whether the call has completed (and its callback has run)."""
+        return self._future.done() and (self._settled is None or self._settled.is_set())
+
+    def _wait_ready(self, timeout: float | None) -> bool:
+        """Waits for the call, then for its callback; whether both happened within ``timeout``."""
+        end = None if timeout is None else time.monotonic() + timeout
+        try:
+            self._future.exception(timeout)
+        except CancelledError:
+            pass
+        except TimeoutError:
+            return False
+        settled = self._settled
+        if settled is None or getattr(_callback_thread, "active", False):
+            return True  # on the callback thread, a callback queued behind this one cannot run
+        return settled.wait(None if end is None else max(0.0, end - time.monotonic()))
 
     def successful(self) -> bool:
         """Whether the call completed without raising.
@@ -118,10 +155,7 @@ class AsyncResult(Generic[T]):
 
     def wait(self, timeout: float | None = None) -> None:
         """Waits until the result is available or ``timeout`` seconds pass."""
-        try:
-            self._future.exception(timeout)
-        except (TimeoutError, CancelledError):
-            pass
+        self._wait_ready(timeout)
 
     def get(self, timeout: float | None = None) -> T:
         """Returns the result when it arrives.
@@ -131,7 +165,8 @@ class AsyncResult(Generic[T]):
                 also a ``multiprocessing.TimeoutError``).
             Exception: whatever the call raised, with the worker's traceback as ``__cause__``.
         """
-        self._future.exception(timeout)  # raises TimeoutError when not done in time
+        if not self._wait_ready(timeout):
+            raise TimeoutError()
         return self._value(self._future)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
@@ -364,6 +399,7 @@ class _CallbackRunner:
 
     def _run(self, deliver: Callable[[Future[Any]], None], fut: Future[Any]) -> None:
         self._ident = threading.get_ident()
+        _callback_thread.active = True
         deliver(fut)
 
     def close(self) -> None:
@@ -466,7 +502,14 @@ class Pool:
         self._processes = processes
         setup = _setup.WorkerSetup(processes, worker_logs, worker_output, limit_blas_threads)
         self._backend = ProcessBackend(
-            processes, method, initializer, tuple(initargs), maxtasksperchild, max_memory_per_child, setup=setup
+            processes,
+            method,
+            initializer,
+            tuple(initargs),
+            maxtasksperchild,
+            max_memory_per_child,
+            setup=setup,
+            pool_errors=True,
         )
 
     def options(self, *, timeout: float | None = None) -> Pool:
