@@ -220,7 +220,7 @@ if __name__ == "__main__":
         except KeyError as exc:
             assert seen[0] is exc, (i, seen)
             assert isinstance(exc.__cause__, ferropool.pool.RemoteTraceback), exc.__cause__
-            assert "in raising" in str(exc.__cause__), exc.__cause__
+            assert "raise KeyError" in str(exc.__cause__), exc.__cause__  # its source line
         seen = [None]
         res = p.apply_async(unpicklable_result, error_callback=lambda e: seen.__setitem__(0, e))
         try:

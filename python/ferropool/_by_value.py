@@ -15,6 +15,9 @@ globals shipped with it are merged in:
 - any other name keeps the worker's value: what the initializer or an earlier task set, by
   ``global`` or in place (``cache[key] = ...``), as module globals live on in a stdlib worker.
 
+Rebuilt code gets its file name back (cloudpickle 3.1+ ships ``<dynamic-code>``), so a
+worker's traceback shows the source lines, as the stdlib's does.
+
 The wrappers carry the names of the functions they wrap, so pickles made in the worker still
 name cloudpickle's own functions.
 """
@@ -102,9 +105,24 @@ def _make_function_in(original: Callable[..., Any]) -> Callable[..., Any]:
     def make_function(code: Any, base_globals: Any, *rest: Any) -> Any:
         if isinstance(base_globals, dict):
             base_globals = namespace(base_globals)
+            path = base_globals.get("__file__")
+            if isinstance(path, str) and isinstance(code, types.CodeType):
+                code = _with_filename(code, path)
         return original(code, base_globals, *rest)
 
     return make_function
+
+
+#: the file name cloudpickle 3.1+ gives code it ships, which leaves tracebacks without source lines
+_DYNAMIC = "<dynamic-code>"
+
+
+def _with_filename(code: types.CodeType, path: str) -> types.CodeType:
+    """``code`` (and the code nested in it) naming ``path`` again instead of ``<dynamic-code>``."""
+    if code.co_filename != _DYNAMIC:
+        return code
+    consts = tuple(_with_filename(c, path) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=path, co_consts=consts)
 
 
 def _function_setstate_in(original: Callable[..., Any]) -> Callable[..., Any]:
