@@ -4,6 +4,8 @@ Ctrl-C (issue 11's user programs)."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from tests.test_process_exit import report, run_script
@@ -255,4 +257,67 @@ def test_pool_errors_are_the_stdlibs(tmp_path):
         "MaybeEncodingError True",
         "MaybeEncodingError True",
         "3",
+    ], report(result)
+
+
+TOP_LEVEL_NAMES = """
+import concurrent.futures
+import multiprocessing
+import sys
+import ferropool
+with open({preload!r}, "w") as f:
+    f.write("import os\\nLOADED_IN = os.getpid()\\n")
+class Celsius:
+    def __init__(self, degrees):
+        self.degrees = degrees
+def as_kelvin(c):
+    return Celsius, (c.degrees + 273,)
+def degrees(c):
+    return c.degrees
+def has_preloaded():
+    return "preloaded_mod" in sys.modules
+if __name__ == "__main__":
+    missing = sorted(n for n in dir(multiprocessing) if not n.startswith("_") and not hasattr(ferropool, n))
+    print(*missing)
+    ferropool.set_forkserver_preload(["preloaded_mod", "no_such_module_anywhere"])  # before the server
+    with ferropool.Pool(1) as p:
+        print(p.apply(has_preloaded), "preloaded_mod" in sys.modules)
+    with ferropool.ProcessPoolExecutor(1) as ex, ferropool.ThreadPoolExecutor(1) as tx:
+        print(isinstance(ex, concurrent.futures.Executor), isinstance(tx, ferropool.Executor))
+    ferropool.reducer.register(Celsius, as_kelvin)
+    ferropool.allow_connection_pickling()
+    ferropool.set_executable({wrapper!r})
+    with ferropool.Pool(1, context="spawn") as p:
+        print(p.apply(degrees, (Celsius(20),)), p.apply(degrees, (Celsius(0),)))
+    proc = ferropool.get_context("spawn").Process(target=print, args=("child ran",), kwargs={{"flush": True}})
+    proc.start()
+    proc.join()
+    with open({marker!r}) as f:
+        print(len(f.read().splitlines()) >= 2)
+    try:
+        ferropool.set_forkserver_preload("preloaded_mod")
+    except TypeError as exc:
+        print("TypeError:", exc)
+"""
+
+
+def test_stdlib_top_level_names(tmp_path):
+    """``set_executable``, ``set_forkserver_preload``, ``allow_connection_pickling``, ``reducer``
+    and ``Executor`` exist at the top level and do what the stdlib's do; only ``Manager`` (not
+    yet) is missing."""
+    marker = tmp_path / "executable-ran"
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho ran >> "{marker}"\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    code = TOP_LEVEL_NAMES.format(preload=str(tmp_path / "preloaded_mod.py"), wrapper=str(wrapper), marker=str(marker))
+    result = run_script(tmp_path, code)
+    assert result.returncode == 0, report(result)
+    assert result.stdout.splitlines() == [
+        "Manager sys",
+        "True False",
+        "True True",
+        "293 273",
+        "child ran",
+        "True",
+        "TypeError: module_names must be a list of strings",
     ], report(result)

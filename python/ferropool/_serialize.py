@@ -64,7 +64,10 @@ def dumps(obj: Any, buffers: list[memoryview] | None = None) -> bytes:
     """
     callback = None if buffers is None else _out_of_band(buffers)
     try:
-        data = _plain_dumps(obj, PROTOCOL, buffer_callback=callback)
+        if extra_reducers:
+            data = _with_reducers(pickle.Pickler, obj, callback)
+        else:
+            data = _plain_dumps(obj, PROTOCOL, buffer_callback=callback)
     except Exception as plain_error:
         try:
             return _cloud_dumps(obj, buffers)
@@ -79,7 +82,35 @@ def _cloud_dumps(obj: Any, buffers: list[memoryview] | None) -> bytes:
     if buffers is not None:
         buffers.clear()  # the failed plain attempt may have collected some
     callback = None if buffers is None else _out_of_band(buffers)
+    if extra_reducers:
+        return _with_reducers(_cloudpickle().Pickler, obj, callback)
     return _cloudpickle().dumps(obj, PROTOCOL, buffer_callback=callback)  # type: ignore[no-any-return]
+
+
+#: ``reduction.register``'s reducers, consulted before ``copyreg``'s (type -> reduce function)
+extra_reducers: dict[type, Any] = {}
+
+
+_reducing: dict[Any, Any] = {}  # pickler class -> its subclass that consults extra_reducers
+
+
+def _with_reducers(pickler: Any, obj: Any, callback: Any) -> bytes:
+    import io
+
+    cls = _reducing.get(pickler)
+    if cls is None:
+        import copyreg
+        from collections import ChainMap
+        from collections.abc import Mapping
+
+        # a class attribute, read when the pickler is made (an instance attribute set later
+        # is not seen by a pickler whose class already has a table, as cloudpickle's has)
+        base = pickler.__dict__.get("dispatch_table")  # the C pickler's is a slot: copyreg's then
+        table: Any = ChainMap(extra_reducers, base if isinstance(base, Mapping) else copyreg.dispatch_table)  # type: ignore[arg-type]
+        cls = _reducing[pickler] = type("ReducingPickler", (pickler,), {"dispatch_table": table})
+    buf = io.BytesIO()
+    cls(buf, PROTOCOL, buffer_callback=callback).dump(obj)
+    return buf.getvalue()
 
 
 #: Buffers at least this large travel out of band, through shared memory.

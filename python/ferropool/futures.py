@@ -23,7 +23,7 @@ import copy
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import _base
+from concurrent.futures import Executor, _base
 from concurrent.futures import as_completed as _stdlib_as_completed
 from concurrent.futures import process as _process
 from concurrent.futures import thread as _thread
@@ -49,6 +49,7 @@ __all__ = [
     "ALL_COMPLETED",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
+    "Executor",
     "Future",
     "ProcessPoolExecutor",
     "ThreadPoolExecutor",
@@ -95,7 +96,7 @@ def as_completed(
         raise TimeoutError(*exc.args) from None
 
 
-class _Executor(_base.Executor):
+class _Executor(Executor):
     """What both executors share: ``submit``, ``map`` and the context-manager protocol."""
 
     _backend: ProcessBackend | ThreadBackend
