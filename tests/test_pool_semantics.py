@@ -4,10 +4,14 @@ Ctrl-C (issue 11's user programs)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
+import textwrap
 
 import pytest
 
+from tests.test_interrupt import ROOT, Child
 from tests.test_process_exit import report, run_script
 
 CALLBACKS_DONE_AT_JOIN = """
@@ -321,3 +325,53 @@ def test_stdlib_top_level_names(tmp_path):
         "True",
         "TypeError: module_names must be a list of strings",
     ], report(result)
+
+
+CTRL_C_HEADER = """
+import functools, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a runner in the background ignores it
+sys.path.insert(0, {root!r})
+import ferropool
+from tests import _tasks
+task = functools.partial(_tasks.wait_gate, {gate!r}, beacon={beacon!r})
+"""
+CTRL_C_PROGRAMS = {
+    "executor-map": """
+        with ferropool.ProcessPoolExecutor(2) as ex:
+            list(ex.map(task, range(6)))
+    """,
+    "executor-exit": """
+        with ferropool.ProcessPoolExecutor(2) as ex:
+            futures = [ex.submit(task) for _ in range(6)]
+    """,
+    "pool-map": """
+        with ferropool.Pool(2) as p:
+            p.map(task, range(6), chunksize=1)
+    """,
+}
+
+
+@pytest.mark.parametrize("program", sorted(CTRL_C_PROGRAMS))
+def test_one_ctrl_c_ends_a_pool_block_promptly(tmp_path, gate, beacon, program):
+    """One SIGINT while the tasks of a ``with`` block run (in its body, or while ``__exit__``
+    waits for them): the program ends within 10 s with the KeyboardInterrupt traceback, and no
+    worker outlives it, instead of waiting for the running tasks."""
+    script = tmp_path / "interrupted.py"
+    header = CTRL_C_HEADER.format(root=ROOT, gate=gate.path, beacon=beacon.path)
+    script.write_text(header + textwrap.dedent(CTRL_C_PROGRAMS[program]) + 'print("not interrupted")\n')
+    child = Child(script)
+    try:
+        beacon.wait()  # a task has started
+        child.snapshot_descendants()
+        child.proc.send_signal(signal.SIGINT)
+        try:
+            child.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill_all()
+            pytest.fail("the program did not end within 10 s of one SIGINT (it was killed)\n" + child.report())
+        assert child.proc.returncode != 0, child.report()
+        assert "KeyboardInterrupt" in child.stderr, child.report()
+        assert "not interrupted" not in child.stdout, child.report()
+        child.assert_descendants_gone()
+    finally:
+        child.close()
