@@ -31,6 +31,8 @@ import threading
 from . import _core
 
 _lock = threading.Lock()
+#: modules a fork server imports as it starts (``set_forkserver_preload``)
+preload: list[str] = []
 _server: tuple[int, socket.socket] | None = None  # (pid, connection) while one runs
 
 
@@ -140,6 +142,11 @@ def _serve(master: socket.socket, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not _core.die_with_parent(parent):
         return
+    for name in preload:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
     gc.freeze()  # inherited objects stay put: no collection, no copy-on-write churn
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
