@@ -12,6 +12,7 @@ import ferropool
 import pytest
 
 from tests.conftest import WAIT
+from tests.test_process_exit import run_script
 
 CTX = multiprocessing.get_context("spawn")
 
@@ -305,6 +306,60 @@ def test_condition_restores_a_recursive_lock():
     with cond, cond:
         assert cond.wait(0.01) is False
         assert lock._count() == 2
+
+
+def test_a_wait_right_after_notify_does_not_take_the_sleepers_wake_up():
+    cond = ferropool.Condition()
+    asleep, woken = threading.Semaphore(0), []
+
+    def sleeper():
+        with cond:
+            asleep.release()
+            woken.append(cond.wait(WAIT))
+
+    t = threading.Thread(target=sleeper)
+    t.start()
+    assert asleep.acquire(timeout=WAIT)
+    with cond:  # the sleeper is asleep once the test holds the lock
+        cond.notify()
+        # this waiter came after the notify: the wake-up is the sleeper's, not its own
+        assert cond.wait(0.05) is False
+    t.join(WAIT)
+    assert woken == [True]
+
+
+WAIT_FOR_SCRIPT = """
+import sys, time
+
+def child(cond, state):
+    with cond:
+        state.value = 0
+        cond.notify()
+        if not cond.wait_for(lambda: state.value == 4) or state.value != 4:
+            sys.exit(1)
+
+if __name__ == "__main__":
+    for _ in range(10):
+        cond, state = ferropool.Condition(), ferropool.Value("i", -1)
+        p = ferropool.Process(target=child, args=(cond, state), daemon=True)
+        p.start()
+        with cond:
+            assert cond.wait_for(lambda: state.value == 0) and state.value == 0
+        for _ in range(4):
+            with cond:
+                state.value += 1
+                cond.notify()
+        p.join(30)
+        print(p.exitcode)
+"""
+
+
+def test_wait_for_between_two_processes_that_notify_each_other(tmp_path):
+    # the notifier waits right after its notify (CPython's test_waitfor): it used to take the
+    # other process's wake-up, and both slept forever
+    result = run_script(tmp_path, WAIT_FOR_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0"] * 10
 
 
 # --------------------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ class Condition:
         finally:
             self._lock._acquire_restore(count)
             if not notified:
-                notified = self._cv.cancel()
+                notified = self._cv.cancel(seq)
         return notified
 
     def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
