@@ -424,9 +424,26 @@ def test_primitives_travel_to_pool_workers():
     assert counter.value == 800
 
 
-def test_reprs_name_state():
-    assert "owner=None" in repr(ferropool.Lock())
-    assert "value=3" in repr(ferropool.Semaphore(3))
-    assert "maxvalue=2" in repr(ferropool.BoundedSemaphore(2))
-    assert "unset" in repr(ferropool.Event())
-    assert "parties=2" in repr(ferropool.Barrier(2))
+def test_reprs_are_the_stdlibs():
+    lock, rlock = ferropool.Lock(), ferropool.RLock()
+    assert repr(lock) == "<Lock(owner=None)>"
+    assert repr(rlock) == "<RLock(None, 0)>"
+    with lock, rlock, rlock:
+        assert repr(lock) == "<Lock(owner=MainProcess)>"
+        assert repr(rlock) == "<RLock(MainProcess, 2)>"
+        seen = []
+        t = threading.Thread(target=lambda: seen.extend([repr(lock), repr(rlock)]))
+        t.start()
+        t.join(WAIT)
+        assert seen == ["<Lock(owner=SomeOtherThread)>", "<RLock(SomeOtherThread, nonzero)>"]
+    assert repr(ferropool.Semaphore(3)) == "<Semaphore(value=3)>"
+    assert repr(ferropool.BoundedSemaphore(2)) == "<BoundedSemaphore(value=2, maxvalue=2)>"
+    assert repr(ferropool.Condition(lock)) == "<Condition(<Lock(owner=None)>, 0)>"
+    event = ferropool.Event()
+    assert repr(event) == f"<Event at {id(event):#x} unset>"
+    event.set()
+    assert repr(event) == f"<Event at {id(event):#x} set>"
+    barrier = ferropool.Barrier(2)
+    assert repr(barrier) == f"<ferropool.synchronize.Barrier at {id(barrier):#x}: waiters=0/2>"
+    barrier.abort()
+    assert repr(barrier) == f"<ferropool.synchronize.Barrier at {id(barrier):#x}: broken>"
