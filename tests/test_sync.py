@@ -235,6 +235,44 @@ def test_semaphore_consumed_as_a_signal_is_not_given_back():
     assert not sem.acquire(False)
 
 
+SEALED_SEGMENT_SCRIPT = """
+import os
+from ferropool import _core
+
+lock = ferropool.Lock()
+pid, fd = lock._handle[:2]
+for size in (0, 1 << 20):
+    try:
+        os.truncate(f"/proc/{pid}/fd/{fd}", size)
+        print("resized to", size)
+    except PermissionError:
+        print("resize refused")
+print("acquired", lock.acquire(timeout=5))
+lock.release()
+
+segment = _core.Segment(64)
+pid, fd, size, ino = segment.handle
+try:
+    _core.Segment(0, (pid, fd, 1 << 20, ino))
+    print("attached past the end")
+except OSError as e:
+    print("attach refused:", "not the 1048576" in str(e))
+"""
+
+
+def test_a_segment_cannot_be_resized_by_another_opener_nor_attached_past_its_end(tmp_path):
+    # a same-user process could open a Lock's memory through /proc and truncate it: the next
+    # acquire() died of SIGBUS
+    result = run_script(tmp_path, SEALED_SEGMENT_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "resize refused",
+        "resize refused",
+        "acquired True",
+        "attach refused: True",
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # Event and Condition
 
