@@ -20,7 +20,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
-use pyo3::exceptions::{PyBufferError, PyFileExistsError, PyFileNotFoundError, PyValueError};
+use pyo3::exceptions::{PyBufferError, PyFileNotFoundError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 /// A shared mapping of a file descriptor's memory, unmapped on drop.
@@ -331,6 +331,17 @@ pub struct PyNamedSegment {
     exports: std::sync::atomic::AtomicUsize,
 }
 
+/// The `OSError` subclass the stdlib raises for `errno`, naming the block as it does
+/// (`[Errno 22] Invalid argument: '/a/b'`).
+fn os_error_for(err: &io::Error, name: &str) -> PyErr {
+    let Some(code) = err.raw_os_error() else {
+        return PyOSError::new_err(err.to_string());
+    };
+    let text = err.to_string();
+    let strerror = text.split(" (os error").next().unwrap_or(&text).to_owned();
+    PyOSError::new_err((code, strerror, format!("/{name}")))
+}
+
 fn shm_path(name: &str) -> PyResult<CString> {
     CString::new(format!("/{name}")).map_err(|_| PyValueError::new_err("the name must not contain NUL"))
 }
@@ -365,14 +376,7 @@ impl PyNamedSegment {
         // SAFETY: a valid C string; the descriptor returned is ours alone.
         let raw = unsafe { libc::shm_open(path.as_ptr(), oflag | libc::O_CLOEXEC, 0o600) };
         if raw < 0 {
-            let err = io::Error::last_os_error();
-            return Err(match err.kind() {
-                io::ErrorKind::AlreadyExists => PyFileExistsError::new_err(format!("File exists: '/{name}'")),
-                io::ErrorKind::NotFound => {
-                    PyFileNotFoundError::new_err(format!("No such file or directory: '/{name}'"))
-                }
-                _ => err.into(),
-            });
+            return Err(os_error_for(&io::Error::last_os_error(), &name));
         }
         // SAFETY: `raw` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
