@@ -16,6 +16,7 @@ import ferropool
 import pytest
 
 from tests.conftest import WAIT
+from tests.test_process_exit import run_script
 
 CTX = multiprocessing.get_context("spawn")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,6 +142,39 @@ def test_an_unpicklable_object_raises_at_put_and_loses_nothing():
     q.put("after")
     assert [q.get(), q.get()] == ["before", "after"]
     assert q.empty()
+
+
+FEEDER_HOOK_SCRIPT = """
+import ferropool.queues
+
+class NotPicklable:
+    def __reduce__(self):
+        raise AttributeError("no pickling")
+
+class SafeQueue(ferropool.queues.Queue):
+    @staticmethod
+    def _on_queue_feeder_error(e, obj):
+        print("hook", type(e).__name__, type(obj).__name__, flush=True)
+
+q = SafeQueue(ctx=ferropool.get_context())
+q.put(NotPicklable())
+q.put(True)
+print("got", q.get(timeout=30), q.empty())
+try:
+    ferropool.Queue().put(NotPicklable())
+except AttributeError as e:
+    print("plain queue raises:", e)
+"""
+
+
+def test_a_subclass_hook_receives_what_put_could_not_pickle(tmp_path):
+    result = run_script(tmp_path, FEEDER_HOOK_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "hook AttributeError NotPicklable",
+        "got True True",
+        "plain queue raises: no pickling",
+    ]
 
 
 def test_lambdas_travel_by_value():
