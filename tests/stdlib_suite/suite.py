@@ -10,7 +10,12 @@ tests create taken from ferropool instead of ``multiprocessing``:
   installed version's own mixins list;
 * the test module's global ``multiprocessing`` and the names it imported from the package at
   import time (``wait``, ``util``, ``reduction``, ``Value``, ``copy``, ``shared_memory``) are
-  rebound to ferropool's, so a test that says ``multiprocessing.Queue()`` gets a ferropool queue.
+  rebound to ferropool's, so a test that says ``multiprocessing.Queue()`` gets a ferropool queue;
+* two names tests import by module path inside their bodies (``from multiprocessing.connection
+  import wait``, ``from multiprocessing.process import parent_process``) are ferropool's in the
+  suite's processes; the suite's counter helper built on the stdlib's private heap is replaced
+  (``SharedCounter``), and a Condition helper reading the stdlib's private counters does nothing
+  (``ConditionProbes``).
 
 A name ferropool lacks raises ``AttributeError("ferropool has no ...")`` where the test reads
 it: nothing falls back to the stdlib silently. No test code is copied; the test classes are the
@@ -33,8 +38,7 @@ import ferropool.connection
 import ferropool.dummy
 import ferropool.shared_memory
 import ferropool.sharedctypes
-
-import test._test_multiprocessing as std  # noqa: I001 (CPython's test package, not this repo's)
+import test._test_multiprocessing as std  # CPython's test package, installed with the interpreter
 
 TYPES = ("processes", "threads", "manager")
 
@@ -76,8 +80,6 @@ class Strict(types.ModuleType):
         self._package = package
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
         for source in self._sources:
             try:
                 return getattr(source, name)
@@ -89,7 +91,9 @@ class Strict(types.ModuleType):
             except ModuleNotFoundError as exc:
                 if exc.name != f"{self._package}.{name}":
                     raise
-        raise AttributeError(f"ferropool has no {self._label}.{name} (the stdlib suite does not fall back to the stdlib)")
+        raise AttributeError(
+            f"ferropool has no {self._label}.{name} (the stdlib suite does not fall back to the stdlib)"
+        )
 
 
 def lookup(namespace: object, label: str, name: str) -> Any:
@@ -154,8 +158,42 @@ MIXINS = {
 }
 
 
+class SharedCounter:
+    """Stands in for the suite's ``_DummyList`` (a counter shared by processes, with ``append``
+    and ``len``), which the suite builds on the stdlib's private ``multiprocessing.heap``."""
+
+    def __init__(self) -> None:
+        self._count = ferropool.RawValue("i", 0)
+        self._lock = ferropool.Lock()
+
+    def append(self, _: object) -> None:
+        with self._lock:
+            self._count.value += 1
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._count.value)
+
+
+class ConditionProbes:
+    """Put before ``_TestCondition`` for processes: its ``check_invariant`` reads the stdlib
+    Condition's private counters (``_sleeping_count``, ``_woken_count``), which ferropool's has
+    not; the tests' own assertions on who woke up still run."""
+
+    def check_invariant(self, cond: object) -> None:
+        pass
+
+
+# the suite's classes that read CPython's private state in a helper of otherwise applicable tests
+PROBES = {("_TestCondition", "processes"): ConditionProbes}
+
+
 def _rebind_module() -> None:
     """Points the test module's package-level names at ferropool's."""
+    import multiprocessing
+    import multiprocessing.connection
+    import multiprocessing.process
+
     std.multiprocessing = MULTIPROCESSING
     std.wait = ferropool.connection.wait
     std.util = Strict("multiprocessing.util")
@@ -163,16 +201,53 @@ def _rebind_module() -> None:
     std.shared_memory = ferropool.shared_memory
     std.Value = lookup(ferropool.sharedctypes, "multiprocessing.sharedctypes", "Value")
     std.copy = lookup(ferropool.sharedctypes, "multiprocessing.sharedctypes", "copy")
-    # classes the module derived from the stdlib's at import time, derived again from ferropool's
-    import multiprocessing
-
+    std._DummyList = SharedCounter
+    # names some tests import by the stdlib's module path inside their bodies; no code of the
+    # stdlib's in these processes calls them in a way ferropool's would not serve
+    multiprocessing.connection.wait = ferropool.connection.wait
+    multiprocessing.process.parent_process = ferropool.parent_process
+    # classes the module derived from the stdlib's at import time: derived again from ferropool's
+    # (a Process subclass), or made unusable (the managers and proxies: ferropool has none yet)
     for name, value in list(vars(std).items()):
-        if isinstance(value, type) and issubclass(value, multiprocessing.Process) and value.__module__ == std.__name__:
+        if not isinstance(value, type) or value.__module__ != std.__name__:
+            continue
+        if issubclass(value, multiprocessing.Process):
             attrs = {k: v for k, v in vars(value).items() if k not in ("__dict__", "__weakref__")}
             attrs["__module__"] = __name__
             rebuilt = type(name, (ferropool.Process,), attrs)
             setattr(std, name, rebuilt)
             globals()[name] = rebuilt  # children unpickle it from here, which rebinds their module too
+            continue
+        stdlib_base = next((b for b in value.__mro__[1:] if _stdlib(b)), None)
+        if stdlib_base is not None:
+            label = f"{stdlib_base.__module__}.{stdlib_base.__qualname__}"
+            setattr(std, name, Lacks(f"{label} (base of the suite's {name})"))
+
+
+def _stdlib(obj: object) -> bool:
+    """Whether ``obj`` is a class or function of the stdlib's multiprocessing package."""
+    module = getattr(obj, "__module__", None)
+    return isinstance(module, str) and (module == "multiprocessing" or module.startswith("multiprocessing."))
+
+
+def _ferropool_twin(obj: Any) -> Any:
+    """ferropool's object at the same place as the stdlib's ``obj``, or a ``Lacks`` naming it."""
+    module = obj.__module__.replace("multiprocessing", "ferropool", 1)
+    label = f"{obj.__module__}.{obj.__qualname__}"
+    try:
+        return getattr(importlib.import_module(module), obj.__qualname__)
+    except (ImportError, AttributeError):
+        return Lacks(label)
+
+
+def _class_attrs(base: type) -> dict[str, Any]:
+    """Class attributes of a suite class that hold the stdlib's objects (``manager_class =
+    multiprocessing.managers.SyncManager``), pointed at ferropool's."""
+    attrs: dict[str, Any] = {}
+    for name, value in vars(base).items():
+        if isinstance(value, type) and _stdlib(value):
+            attrs[name] = _ferropool_twin(value)
+    return attrs
 
 
 def _install() -> dict[str, type]:
@@ -184,9 +259,11 @@ def _install() -> dict[str, type]:
         if issubclass(base, std.BaseTestCase) and base is not std.BaseTestCase:
             for kind in base.ALLOWED_TYPES:
                 new = "With" + kind.capitalize() + name[1:]
-                made[new] = type(new, (base, MIXINS[kind], unittest.TestCase), {"__module__": __name__})
+                probes = PROBES.get((name, kind))
+                bases = (probes,) if probes is not None else ()
+                made[new] = type(new, (*bases, base, MIXINS[kind], unittest.TestCase), {"__module__": __name__})
         elif issubclass(base, unittest.TestCase):
-            made[name] = type(name, (base,), {"__module__": __name__})
+            made[name] = type(name, (base,), {"__module__": __name__, **_class_attrs(base)})
     return made
 
 
