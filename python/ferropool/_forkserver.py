@@ -136,7 +136,10 @@ def _start() -> tuple[int, socket.socket]:
 
 def _forget_after_fork() -> None:
     """In a child the user forked: the server belongs to the parent; let go of it."""
-    global _server
+    global _lock, _server
+    # the server itself is forked inside ``connect()``, holding the lock, and the processes it
+    # forks inherit that held lock: a Process starting a Process would wait on it forever
+    _lock = threading.Lock()
     if _server is not None:
         _server[1].close()
         _server = None
