@@ -6,20 +6,16 @@ import multiprocessing
 import os
 import queue
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import warnings
 
 import ferropool
 import pytest
 
-from tests.conftest import WAIT
+from tests.conftest import WAIT, start_child
 from tests.test_process_exit import run_script
 
 CTX = multiprocessing.get_context("spawn")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -257,8 +253,6 @@ def test_a_bad_handle_is_refused():
 
 
 BLOCKED = """
-import sys
-sys.path.insert(0, {root!r})
 import ferropool
 obj = ferropool.{make}
 print("blocking", flush=True)
@@ -280,19 +274,12 @@ obj.{call}
         ("SimpleQueue()", "get()"),
     ],
 )
-def test_ctrl_c_interrupts_a_blocked_call(make, call):
-    script = textwrap.dedent(BLOCKED.format(root=ROOT, make=make, call=call))
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "blocking"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert "KeyboardInterrupt" in err, err
-    assert proc.returncode != 0
+def test_ctrl_c_interrupts_a_blocked_call(tmp_path, make, call):
+    with start_child(tmp_path / "blocked.py", BLOCKED.format(make=make, call=call), "blocking\n") as child:
+        child.proc.send_signal(signal.SIGINT)
+        child.exit_within(WAIT)
+        assert "KeyboardInterrupt" in child.stderr, child.report()
+        assert child.proc.returncode != 0, child.report()
 
 
 def test_threads_putting_at_once_while_the_ring_is_full():
