@@ -6,8 +6,8 @@
 //! safe too. A worker forked from it starts in about a millisecond, with the task's modules
 //! already imported, where a fresh interpreter needs tens of milliseconds.
 //!
-//! Each engine has its own connection to the server. A request is one byte carrying two or
-//! three descriptors (`SCM_RIGHTS`): the worker's end of its link, the write end of a status
+//! Each engine has its own connection to the server. A request is a byte 1 and the worker's
+//! number (u32, little-endian) carrying two or three descriptors (`SCM_RIGHTS`): the worker's end of its link, the write end of a status
 //! socket, and the worker's output socket when its pool forwards output. The server answers with the worker's pid (u32, little-endian). The worker is the
 //! server's child, not ours, so the server reaps it and writes its exit status to the status
 //! socket as two i32 (exit code or -1, signal or 0) before closing it.
@@ -18,17 +18,20 @@ use std::os::unix::net::UnixStream;
 
 use crate::fdpass;
 
-/// Has the fork server start a worker whose link is `link`, whose exit status goes to `status`
-/// and, if given, whose output socket is `output`; returns the worker's pid.
+/// Has the fork server start worker number `number`, whose link is `link`, whose exit status
+/// goes to `status` and, if given, whose output socket is `output`; returns the worker's pid.
 pub fn request_worker(
     conn: &mut UnixStream,
     link: &UnixStream,
     status: &UnixStream,
     output: Option<RawFd>,
+    number: u32,
 ) -> io::Result<u32> {
     let mut fds = vec![link.as_raw_fd(), status.as_raw_fd()];
     fds.extend(output);
-    send_fds(conn, &fds)?;
+    let mut request = [1u8; 5];
+    request[1..].copy_from_slice(&number.to_le_bytes());
+    send_fds(conn, &request, &fds)?;
     let mut pid = [0u8; 4];
     conn.read_exact(&mut pid)?;
     Ok(u32::from_le_bytes(pid))
@@ -41,10 +44,17 @@ pub fn decode_status(bytes: [u8; 8]) -> (Option<i32>, Option<i32>) {
     ((code >= 0).then_some(code), (signal > 0).then_some(signal))
 }
 
-/// Sends one byte with `fds` attached.
-fn send_fds(conn: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
+/// Sends `request` with `fds` attached.
+fn send_fds(conn: &UnixStream, request: &[u8], fds: &[RawFd]) -> io::Result<()> {
     loop {
-        match fdpass::send_with_fds(conn, &[1u8], fds) {
+        match fdpass::send_with_fds(conn, request, fds) {
+            // a stream socket: a short write would leave the rest for the next request
+            Ok(n) if n < request.len() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "short request to the fork server",
+                ));
+            }
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

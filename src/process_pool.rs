@@ -89,6 +89,7 @@ impl PyProcessEngine {
                 argv,
                 forkserver,
                 output,
+                started: 0,
             },
             workers,
             init: init.map(|(flags, fn_len, body)| InitCall { flags, fn_len, body }),

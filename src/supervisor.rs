@@ -31,10 +31,14 @@ pub struct WorkerSpec {
     /// (`python/ferropool/_logs.py`): the parent's end of a fresh socket pair is sent here with
     /// the worker's pid, and the worker gets the other end before it starts. Non-blocking.
     pub output: Option<UnixStream>,
+    /// Workers started so far: each worker's number, which names it (`PoolWorker-<n>`).
+    pub started: u32,
 }
 
 /// The variable that tells a spawned worker which inherited descriptor is its output socket.
 const OUTPUT_FD_VAR: &str = "FERROPOOL_OUTPUT_FD";
+/// The variable that tells a spawned worker its number (`python/ferropool/_worker_start.py`).
+const NUMBER_VAR: &str = "FERROPOOL_WORKER_NUMBER";
 
 /// The process behind a worker, and how its end is observed.
 pub enum Proc {
@@ -80,9 +84,11 @@ impl Worker {
             None => None,
         };
         let worker_end = output.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
+        spec.started = spec.started.wrapping_add(1);
+        let number = spec.started;
         let mut started = None;
         if let Some(conn) = spec.forkserver.as_mut() {
-            match Worker::fork(conn, worker_end, quota) {
+            match Worker::fork(conn, worker_end, number, quota) {
                 Ok(w) => started = Some(w),
                 // the server is gone (killed from outside, say): fresh interpreters still work
                 Err(_) => spec.forkserver = None,
@@ -90,25 +96,28 @@ impl Worker {
         }
         let worker = match started {
             Some(w) => w,
-            None => Worker::spawn(&spec.argv, worker_end, quota)?,
+            None => Worker::spawn(&spec.argv, worker_end, number, quota)?,
         };
         if let (Some(registrar), Some((ours, _))) = (spec.output.as_ref(), output) {
+            let mut registration = [0u8; 8];
+            registration[..4].copy_from_slice(&worker.pid.to_le_bytes());
+            registration[4..].copy_from_slice(&number.to_le_bytes());
             // never waits: if the output thread is gone or far behind, this worker's output is
             // lost (its sends fail), which is better than a stalled engine
-            let _ = crate::fdpass::send_with_fds(registrar, &worker.pid.to_le_bytes(), &[ours.as_raw_fd()]);
+            let _ = crate::fdpass::send_with_fds(registrar, &registration, &[ours.as_raw_fd()]);
         }
         Ok(worker)
     }
 
-    fn fork(conn: &mut UnixStream, output: Option<RawFd>, quota: Option<u64>) -> io::Result<Worker> {
+    fn fork(conn: &mut UnixStream, output: Option<RawFd>, number: u32, quota: Option<u64>) -> io::Result<Worker> {
         let (ours, theirs) = UnixStream::pair()?;
         let (status, status_theirs) = UnixStream::pair()?;
-        let pid = crate::forkserver::request_worker(conn, &theirs, &status_theirs, output)?;
+        let pid = crate::forkserver::request_worker(conn, &theirs, &status_theirs, output, number)?;
         status.set_nonblocking(true)?;
         Worker::new(Proc::Forked { status }, pid, ours, quota)
     }
 
-    fn spawn(command: &[String], output: Option<RawFd>, quota: Option<u64>) -> io::Result<Worker> {
+    fn spawn(command: &[String], output: Option<RawFd>, number: u32, quota: Option<u64>) -> io::Result<Worker> {
         let (ours, theirs) = UnixStream::pair()?;
         let (program, rest) = command
             .split_first()
@@ -117,6 +126,7 @@ impl Worker {
         command
             .args(rest)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .env(NUMBER_VAR, number.to_string())
             .process_group(0);
         if let Some(fd) = output {
             command.env(OUTPUT_FD_VAR, fd.to_string());

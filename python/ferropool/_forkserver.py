@@ -160,6 +160,10 @@ def _serve(master: socket.socket, parent: int) -> None:
             __import__(name)
         except ImportError:
             pass
+    # loaded once here rather than in each child: logging names a child's records after
+    # multiprocessing.current_process(), but only if multiprocessing is loaded (_worker_start)
+    import multiprocessing.process  # noqa: F401
+
     gc.freeze()  # inherited objects stay put: no collection, no copy-on-write churn
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -219,9 +223,10 @@ def _fork_worker(conn: socket.socket, statuses: dict[int, int], server_fds: list
             os.close(fd)
         return False
     link, status, *output = fds  # output: the worker's output socket, if its pool forwards output
+    number = int.from_bytes(msg[1:5], "little")  # the worker's number in its pool, which names it
     pid = os.fork()
     if pid == 0:
-        _become_worker(link, status, output, server_fds, server)
+        _become_worker(link, status, output, number, server_fds, server)
     try:
         os.setpgid(pid, pid)  # as the child does: whichever runs first makes the group
     except OSError:
@@ -357,15 +362,16 @@ def _reap(statuses: dict[int, int]) -> None:
         os.close(fd)
 
 
-def _become_worker(link: int, status: int, output: list[int], server_fds: list[int], server: int) -> None:
+def _become_worker(link: int, status: int, output: list[int], number: int, server_fds: list[int], server: int) -> None:
     """In a freshly forked worker: drop the server's descriptors and run the worker loop."""
     try:
         os.setpgid(0, 0)
         _leave_server(status, server_fds)
-        if output:
-            from ._worker_start import OUTPUT_FD_VAR
+        from ._worker_start import NUMBER_VAR, OUTPUT_FD_VAR
 
-            os.environ[OUTPUT_FD_VAR] = str(output[0])  # as a spawned worker learns it
+        os.environ[NUMBER_VAR] = str(number)  # as a spawned worker learns them
+        if output:
+            os.environ[OUTPUT_FD_VAR] = str(output[0])
         os.dup2(link, 0)  # the worker loop takes its link from stdin, as a spawned worker does
         os.close(link)
         # inherited objects stay frozen: a collection in the worker never walks the parent's heap

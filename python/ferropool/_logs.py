@@ -36,7 +36,6 @@ Bytes that are not UTF-8 are written with replacement characters.
 from __future__ import annotations
 
 import array
-import itertools
 import json
 import logging
 import os
@@ -185,7 +184,7 @@ class Collector:
     """A pool's output thread: takes each new worker's output socket and delivers what it sends.
 
     The engine makes a socket pair per worker, hands the worker one end before it starts and
-    sends the other here, with the worker's pid, on the *registrar* (a socket pair of this
+    sends the other here, with the worker's pid and number, on the *registrar* (a socket pair of this
     object's, one end given to the engine): there is no address, so no other process can
     reach the thread. When the engine has finished, it closes its end, which is how the thread
     knows no worker is left.
@@ -210,7 +209,6 @@ class Collector:
         # the result thread's quick look: the registrar and every connection, for _core.any_readable
         self._fds = [self._registrar.fileno()]
         self._buffer = bytearray(MESSAGE_MAX + 1)
-        self._names = itertools.count(1)
         self._gone: dict[int, tuple[str, int]] = {}  # pid -> (name, checks left) awaiting exit info
         self._engine_done = False
         self._closing = False
@@ -306,7 +304,7 @@ class Collector:
         added = False
         while not self._engine_done:
             try:
-                data, ancillary, _, _ = self._registrar.recvmsg(8, _FDS_SPACE, socket.MSG_CMSG_CLOEXEC)
+                data, ancillary, _, _ = self._registrar.recvmsg(16, _FDS_SPACE, socket.MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -315,13 +313,14 @@ class Collector:
             if not data and not fds:
                 self._engine_done = True  # the engine has finished: no worker is left
                 break
-            if len(data) != 4 or len(fds) != 1:
+            if len(data) != 8 or len(fds) != 1:
                 for fd in fds:  # only the engine writes here; still, never keep what is not understood
                     os.close(fd)
                 continue
             sock = socket.socket(fileno=fds[0])
             sock.setblocking(False)
-            conn = _Conn(sock, int.from_bytes(data, "little"), f"PoolWorker-{next(self._names)}")
+            pid, number = int.from_bytes(data[:4], "little"), int.from_bytes(data[4:], "little")
+            conn = _Conn(sock, pid, f"PoolWorker-{number}")  # the name the worker gives itself
             self._conns[sock.fileno()] = conn
             _log.debug("worker %s (pid %d) started", conn.name, conn.pid)
             added = True

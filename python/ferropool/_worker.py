@@ -125,6 +125,9 @@ def _outcomes(fn: Any, items: Any, star: bool, pool: bool) -> tuple[bytes, list[
 
 def main(parent_pid: int) -> None:
     """Entry point of a worker process."""
+    from ._worker_start import name_worker
+
+    name_worker()
     code = _core.worker_main(Handler(), parent_pid)
     output = sys.modules.get("ferropool._worker_output")
     if output is not None:  # output forwarded to the parent: send what is still queued

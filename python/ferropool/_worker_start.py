@@ -41,12 +41,43 @@ STDOUT, STDERR, RECORD, DROPPED = b"o", b"e", b"r", b"d"
 #: (the engine for a fresh interpreter, the fork server for a fork).
 OUTPUT_FD_VAR = "FERROPOOL_OUTPUT_FD"
 
+#: The variable holding a worker's number in its pool, set where the worker starts.
+NUMBER_VAR = "FERROPOOL_WORKER_NUMBER"
+
+#: This worker's name, ``PoolWorker-<n>`` (its number in its pool, in start order), as
+#: ``current_process().name`` and the parent's records of it give it.
+worker_name: str | None = None
+
 #: ``state`` before any initializer ran.
 NO_STATE: Any = object()
 #: What this worker's initializer returned (``ferropool.worker_state()``).
 state: Any = NO_STATE
 #: The non-blocking socket to the pool's output thread, once taken over.
 connection: _Socket | None = None
+
+
+def name_worker() -> None:
+    """Gives this worker its name (``worker_name``), first thing in the worker."""
+    global worker_name
+    number = os.environ.pop(NUMBER_VAR, None)
+    if number is not None:
+        worker_name = f"PoolWorker-{number}"
+        name_this_process(worker_name)
+
+
+def name_this_process(name: str) -> None:
+    """Makes ``name`` what ``current_process().name`` gives, ferropool's and the stdlib's.
+
+    ``logging`` labels each record (``processName``) with the stdlib's
+    ``multiprocessing.current_process().name``, and only if ``multiprocessing`` is loaded, so
+    it is loaded here if need be (the fork server has it loaded already).
+    """
+    ours = sys.modules.get("ferropool.process")
+    if ours is not None and type(ours._current_process).__name__ == "_MainProcess":
+        ours._current_process.name = name  # else a Process child, which is its own process object
+    import multiprocessing.process
+
+    multiprocessing.process.current_process().name = name
 
 
 def start_worker(config: tuple[Any, ...], initializer: Any, *initargs: Any) -> None:

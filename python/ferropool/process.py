@@ -243,6 +243,9 @@ class Process:
         if not isinstance(name, str):
             raise TypeError("name must be a string")
         self._name = name
+        stdlib = sys.modules.get("multiprocessing.process")
+        if self is _current_process and stdlib is not None:
+            stdlib.current_process().name = name  # logging labels records with that one
 
     @property
     def daemon(self) -> bool:
@@ -328,7 +331,14 @@ class Process:
         _parent_process = _ParentProcess(self._parent_name, self._parent_pid)
         _current_process = self
         sys.argv[:] = argv
+        from ._worker_start import name_this_process
+
+        name_this_process(self.name)
+        import logging
+
+        log = logging.getLogger("ferropool")  # get_logger(), without loading the pools' machinery
         try:
+            log.info("child process calling self.run()")
             self.run()
             exitcode = 0
         except SystemExit as exc:
@@ -346,6 +356,7 @@ class Process:
             sys.stderr.write(f"Process {self.name}:\n")
             traceback.print_exc()
         finally:
+            log.info("process exiting with exitcode %d", exitcode)
             for stream in (sys.stdout, sys.stderr):
                 try:
                     stream.flush()
@@ -380,7 +391,8 @@ class _MainProcess(Process):
         self._parent_name = ""
         self._popen = None
         self._closed = False
-        self._name = "MainProcess"
+        start = sys.modules.get("ferropool._worker_start")  # in a pool's worker: PoolWorker-<n>
+        self._name = getattr(start, "worker_name", None) or "MainProcess"
 
     def close(self) -> None:
         pass
