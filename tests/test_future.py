@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import concurrent.futures as cf
+import concurrent.futures.process
 import multiprocessing
 import threading
 import traceback
@@ -129,7 +130,7 @@ def test_process_exception_has_remote_traceback_as_cause():
     assert type(exc) is ValueError
     cause = exc.__cause__
     assert cause is not None
-    assert type(cause).__name__ == "RemoteTraceback"
+    assert type(cause) is concurrent.futures.process._RemoteTraceback  # the stdlib's own class
     text = str(cause)
     assert "in fail" in text, text
     assert "ValueError: remote" in text, text

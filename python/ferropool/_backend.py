@@ -48,10 +48,11 @@ class ResultSink:
     finish.
     """
 
-    __slots__ = ("pending",)
+    __slots__ = ("pending", "pool")
 
-    def __init__(self) -> None:
+    def __init__(self, pool: bool = False) -> None:
         self.pending: dict[int, Future[Any]] = {}
+        self.pool = pool  # a Pool's: its remote tracebacks are multiprocessing.pool's class
 
     def deliver(self, batch: list[tuple[int, int, Any]]) -> None:
         """Sets the future of each outcome in ``batch``."""
@@ -68,7 +69,7 @@ class ResultSink:
                 elif kind == OUT_OK_BUFFERS:
                     fut.set_result(unpack(*payload))
                 elif kind == OUT_ERR:
-                    fut.set_exception(load_exception(payload))
+                    fut.set_exception(load_exception(payload, self.pool))
                 elif kind == OUT_CANCELLED:
                     fut.cancel()
                 elif kind == OUT_DIED:
@@ -194,7 +195,7 @@ class ProcessBackend:
             fn_bytes, flags = dump_function(initializer)
             init = (flags, len(fn_bytes), fn_bytes + dumps((tuple(initargs), {})))
         self.workers = workers
-        self.sink = ResultSink()
+        self.sink = ResultSink(pool_errors)
         self._ids = itertools.count(1)
         self.closed = False
         server = _forkserver.connect() if method == "forkserver" else None

@@ -56,9 +56,14 @@ class BatchSizer:
         self.per_task = max(self.minimum, min(wanted, self.maximum))
 
 
-def unpack_outcomes(outcomes: list[tuple[bool, Any]]) -> list[tuple[bool, Any]]:
-    """A worker's per-item outcomes as ``(ok, value or exception with its remote traceback)``."""
-    return [(True, v) if ok else (False, v[0] if v[1] is None else attach_traceback(*v)) for ok, v in outcomes]
+def unpack_outcomes(outcomes: list[tuple[bool, Any]], pool: bool = False) -> list[tuple[bool, Any]]:
+    """A worker's per-item outcomes as ``(ok, value or exception with its remote traceback)``.
+
+    ``pool``: see ``_serialize.attach_traceback``.
+    """
+    return [
+        (True, v) if ok else (False, v[0] if v[1] is None else attach_traceback(v[0], v[1], pool)) for ok, v in outcomes
+    ]
 
 
 class EagerMap:

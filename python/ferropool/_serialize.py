@@ -256,14 +256,22 @@ def exception_with_traceback(exc: BaseException) -> tuple[BaseException, str]:
     return exc, f'\n"""\n{tb}"""'
 
 
-def attach_traceback(exc: BaseException, tb: str) -> BaseException:
-    """``exc`` with the worker's traceback text as its ``__cause__`` (in the parent)."""
-    from .errors import RemoteTraceback
+def attach_traceback(exc: BaseException, tb: str, pool: bool = False) -> BaseException:
+    """``exc`` with the worker's traceback text as its ``__cause__`` (in the parent).
+
+    The cause is the class the stdlib's front end uses: ``multiprocessing.pool.RemoteTraceback``
+    for a ``Pool`` (``pool``), ``concurrent.futures.process._RemoteTraceback`` for an executor.
+    """
+    if pool:
+        from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
+    else:
+        from concurrent.futures.process import _RemoteTraceback as RemoteTraceback
 
     exc.__cause__ = RemoteTraceback(tb)
     return exc
 
 
-def load_exception(payload: bytes) -> BaseException:
+def load_exception(payload: bytes, pool: bool = False) -> BaseException:
     """The exception a worker sent, with its remote traceback as ``__cause__``."""
-    return attach_traceback(*loads(payload))
+    exc, tb = loads(payload)
+    return attach_traceback(exc, tb, pool)

@@ -12,7 +12,6 @@ import multiprocessing
 import multiprocessing.pool
 import signal as _signal
 from concurrent.futures import BrokenExecutor, CancelledError, InvalidStateError
-from concurrent.futures import process as _futures_process
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
@@ -24,7 +23,6 @@ __all__ = [
     "CancelledError",
     "InvalidStateError",
     "MaybeEncodingError",
-    "RemoteTraceback",
     "TimeoutError",
     "WorkerDiedError",
 ]
@@ -98,23 +96,6 @@ class WorkerDiedError(BrokenProcessPool):
             "The pool has started a replacement; resubmit the task if it is safe to run again."
         )
         return cls(message, pid, exitcode, signal)
-
-
-# typeshed does not declare the two stdlib classes
-class RemoteTraceback(multiprocessing.pool.RemoteTraceback, _futures_process._RemoteTraceback):  # type: ignore[name-defined,misc]
-    """The formatted traceback of an exception raised in a worker.
-
-    Attached as ``__cause__`` of the re-raised exception, so the parent's traceback shows where in
-    the worker it happened. An instance of ``multiprocessing.pool.RemoteTraceback`` and of the one
-    ``concurrent.futures`` attaches, so code that looks for either finds it.
-    """
-
-    def __init__(self, tb: str) -> None:
-        Exception.__init__(self, tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
 
 
 #: the most characters of a repr an encoding error keeps: the value may be huge

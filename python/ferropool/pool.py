@@ -21,9 +21,11 @@ import copy
 import functools
 import itertools
 import logging
+import multiprocessing.pool
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -39,7 +41,7 @@ from ._backend import (
 )
 from ._batching import BatchSizer, EagerMap, unpack_outcomes
 from ._future import Future
-from .errors import CancelledError, MaybeEncodingError, RemoteTraceback, TimeoutError
+from .errors import CancelledError, MaybeEncodingError, TimeoutError
 
 __all__ = [
     "ApplyResult",
@@ -53,6 +55,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+#: the cause of a task's exception: its formatted traceback in the worker (the stdlib's class)
+RemoteTraceback = multiprocessing.pool.RemoteTraceback  # type: ignore[attr-defined]
 _log = logging.getLogger("ferropool")
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
@@ -369,7 +373,7 @@ class IMapIterator(Generic[T]):
             return [(False, exc)] * n
         if self._batch:
             self._sizer.learn(seconds, len(outcomes))
-        return unpack_outcomes(outcomes)
+        return unpack_outcomes(outcomes, pool=True)
 
 
 def _chunked(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -462,6 +466,8 @@ class Pool:
     #: the time limit of each call or chunk submitted through this object (process pools only)
     _task_timeout: float | None = None
     _runner: _CallbackRunner | None = None
+    #: made by options(): its end is the pool's, so it warns of nothing when collected
+    _is_view = False
     _runner_lock = threading.Lock()
 
     @property
@@ -762,7 +768,15 @@ class Pool:
         # a view for options(): the same pool, not a new one (pickling a pool is refused)
         view = object.__new__(type(self))
         view.__dict__.update(self.__dict__)
+        view._is_view = True
         return view
+
+    def __del__(self) -> None:
+        # the stdlib's warning; the pool itself still finishes its queued work (see _exit.py).
+        # A constructor that raised made no pool: nothing to warn of.
+        made = self.__dict__.get("_state") == RUN and "_backend" in self.__dict__
+        if made and not self._is_view:
+            warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, stacklevel=2, source=self)
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
