@@ -2,6 +2,7 @@
 //!
 //! This file only registers; each concept lives in its own module (see `docs/ARCHITECTURE.md`).
 
+pub mod arena;
 pub mod buffers;
 pub mod connection;
 pub mod errors;

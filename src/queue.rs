@@ -703,7 +703,7 @@ impl PyQueue {
 
     #[getter]
     fn _handle(&self) -> Handle {
-        self.ring.rec.segment().handle()
+        self.ring.rec.handle()
     }
 }
 

@@ -6,7 +6,8 @@
 //! away with the last descriptor and the last mapping. Another process attaches by opening
 //! `/proc/<pid>/fd/<fd>` of a process that holds the segment (same user, Linux), and checks the
 //! inode it got against the one in the handle, so a recycled descriptor number can never hand it
-//! somebody else's file.
+//! somebody else's file. Small objects take a slot of a shared arena ([`crate::arena`]) rather
+//! than a segment of their own ([`Region`]).
 //!
 //! `SharedMemory` must be reachable by name, so its segments are real POSIX shm objects. Every
 //! holder keeps a shared `flock` on the object; the holder that closes last (it alone can turn its
@@ -80,9 +81,10 @@ impl Drop for Mapping {
     }
 }
 
-/// How another process finds an anonymous segment: the holder's pid, its descriptor, the size
-/// and the inode (which tells a recycled descriptor from the segment).
-pub type Handle = (u32, i32, usize, u64);
+/// How another process finds a shared region: the holder's pid, its descriptor, the size, the
+/// inode (which tells a recycled descriptor from the segment), and for a slot of an arena its
+/// place (`offset << 32 | generation`; 0 for a segment of its own).
+pub type Handle = (u32, i32, usize, u64, u64);
 
 /// An anonymous shared-memory segment (a memfd), zero-filled when created.
 #[derive(Debug)]
@@ -103,6 +105,35 @@ fn inode_and_size(fd: &OwnedFd) -> io::Result<(u64, u64)> {
         return Err(io::Error::last_os_error());
     }
     Ok((st.st_ino, u64::try_from(st.st_size).unwrap_or(0)))
+}
+
+/// Opens the memfd that process `pid` holds as descriptor `fd_num`, checking that it is the
+/// segment with inode `ino`; returns it and its size.
+fn open_holders(pid: u32, fd_num: i32, ino: u64) -> io::Result<(OwnedFd, u64)> {
+    let own = (pid == crate::sync::current_pid()).then(|| format!("/proc/self/fd/{fd_num}"));
+    let path = own.unwrap_or_else(|| format!("/proc/{pid}/fd/{fd_num}"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot attach to the shared segment of process {pid} ({e}); the process that \
+                     sent it must still hold it when the receiver unpickles it"
+                ),
+            )
+        })?;
+    let fd = OwnedFd::from(file);
+    let (real_ino, real_len) = inode_and_size(&fd)?;
+    if real_ino != ino {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("process {pid} no longer holds the shared segment it sent"),
+        ));
+    }
+    Ok((fd, real_len))
 }
 
 impl Segment {
@@ -140,30 +171,8 @@ impl Segment {
 
     /// Attaches to the segment another process described with [`Segment::handle`].
     pub fn attach(handle: Handle) -> io::Result<Self> {
-        let (pid, fd_num, len, ino) = handle;
-        let own = (pid == crate::sync::current_pid()).then(|| format!("/proc/self/fd/{fd_num}"));
-        let path = own.unwrap_or_else(|| format!("/proc/{pid}/fd/{fd_num}"));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot attach to the shared segment of process {pid} ({e}); the process that \
-                         sent it must still hold it when the receiver unpickles it"
-                    ),
-                )
-            })?;
-        let fd = OwnedFd::from(file);
-        let (real_ino, real_len) = inode_and_size(&fd)?;
-        if real_ino != ino {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("process {pid} no longer holds the shared segment it sent"),
-            ));
-        }
+        let (pid, fd_num, len, ino, _) = handle;
+        let (fd, real_len) = open_holders(pid, fd_num, ino)?;
         // mapping past the end of the file would turn the first access there into SIGBUS
         if real_len < len.max(1) as u64 {
             return Err(io::Error::new(
@@ -178,6 +187,31 @@ impl Segment {
         })
     }
 
+    /// Attaches to the whole of the segment process `pid` holds as `fd_num` (an arena).
+    pub fn attach_whole(pid: u32, fd_num: i32, ino: u64, max_len: usize) -> io::Result<Self> {
+        let (fd, real_len) = open_holders(pid, fd_num, ino)?;
+        let len = usize::try_from(real_len).unwrap_or(usize::MAX);
+        if len == 0 || len > max_len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the shared segment of process {pid} is not an arena ({real_len} bytes)"),
+            ));
+        }
+        Ok(Segment {
+            map: Mapping::new(&fd, len)?,
+            fd,
+            ino,
+        })
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
     /// What a process needs to attach to this segment (valid while this process holds it).
     pub fn handle(&self) -> Handle {
         (
@@ -185,6 +219,7 @@ impl Segment {
             self.fd.as_raw_fd(),
             self.map.len(),
             self.ino,
+            0,
         )
     }
 
@@ -201,28 +236,88 @@ impl Segment {
     }
 }
 
-/// A segment whose start holds a `T` made only of atomics (all-zero is its initial state).
+/// Shared memory for one object: a slot of an arena, or a segment of its own when it is too big
+/// for a slot.
+#[derive(Debug)]
+pub enum Region {
+    Own(Segment),
+    Slot(crate::arena::Slot),
+}
+
+impl Region {
+    /// `len` new zeroed bytes.
+    pub fn create(len: usize) -> io::Result<Self> {
+        Ok(match crate::arena::alloc(len)? {
+            Some(slot) => Region::Slot(slot),
+            None => Region::Own(Segment::create(len)?),
+        })
+    }
+
+    /// The region another process described with [`Region::handle`].
+    pub fn attach(handle: Handle) -> io::Result<Self> {
+        Ok(if handle.4 == 0 {
+            Region::Own(Segment::attach(handle)?)
+        } else {
+            Region::Slot(crate::arena::attach(handle)?)
+        })
+    }
+
+    pub fn handle(&self) -> Handle {
+        match self {
+            Region::Own(seg) => seg.handle(),
+            Region::Slot(slot) => slot.handle(),
+        }
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        match self {
+            Region::Own(seg) => seg.as_ptr(),
+            Region::Slot(slot) => slot.as_ptr(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Region::Own(seg) => seg.len(),
+            Region::Slot(slot) => slot.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A region whose start holds a `T` made only of atomics (all-zero is its initial state).
 #[derive(Debug)]
 pub struct Shared<T> {
-    seg: Segment,
+    region: Region,
     _t: std::marker::PhantomData<T>,
 }
 
 impl<T> Shared<T> {
     /// A new zeroed `T` with `extra` bytes after it.
     pub fn create(extra: usize) -> io::Result<Self> {
-        Ok(Shared {
-            seg: Segment::create(std::mem::size_of::<T>() + extra)?,
-            _t: std::marker::PhantomData,
-        })
+        let len = std::mem::size_of::<T>()
+            .checked_add(extra)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "shared object too large"))?;
+        Self::checked(Region::create(len)?)
     }
 
     pub fn attach(handle: Handle) -> io::Result<Self> {
         if handle.2 < std::mem::size_of::<T>() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "shared segment too small"));
         }
+        Self::checked(Region::attach(handle)?)
+    }
+
+    fn checked(region: Region) -> io::Result<Self> {
+        // a handle from another process may name any offset: a misaligned `T` would be UB
+        if region.len() < std::mem::size_of::<T>() || region.as_ptr() as usize % std::mem::align_of::<T>() != 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "shared region misplaced"));
+        }
         Ok(Shared {
-            seg: Segment::attach(handle)?,
+            region,
             _t: std::marker::PhantomData,
         })
     }
@@ -236,25 +331,26 @@ impl<T> Shared<T> {
         }
     }
 
-    pub fn segment(&self) -> &Segment {
-        &self.seg
+    /// What another process needs to attach to this object.
+    pub fn handle(&self) -> Handle {
+        self.region.handle()
     }
 
     /// The bytes after the `T`.
     pub fn extra(&self) -> (*mut u8, usize) {
         let head = std::mem::size_of::<T>();
-        // SAFETY: the segment is at least `size_of::<T>()` long (checked on create and attach).
-        (unsafe { self.seg.as_ptr().add(head) }, self.seg.len() - head)
+        // SAFETY: the region is at least `size_of::<T>()` long (checked on create and attach).
+        (unsafe { self.region.as_ptr().add(head) }, self.region.len() - head)
     }
 }
 
 impl<T> std::ops::Deref for Shared<T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: mmap returns page-aligned memory at least `size_of::<T>()` long; `T` consists of
-        // atomics, valid for any bit pattern another process may have written, and zero is the
-        // initial state every `T` here is designed for.
-        unsafe { &*self.seg.as_ptr().cast::<T>() }
+        // SAFETY: the region is at least `size_of::<T>()` long and aligned for `T` (checked on
+        // create and attach); `T` consists of atomics, valid for any bit pattern another process
+        // may have written, and zero is the initial state every `T` here is designed for.
+        unsafe { &*self.region.as_ptr().cast::<T>() }
     }
 }
 
@@ -262,7 +358,7 @@ impl<T> std::ops::Deref for Shared<T> {
 /// objects over it with `from_buffer`).
 #[pyclass(name = "Segment", module = "ferropool._core", frozen)]
 pub struct PySegment {
-    seg: Segment,
+    seg: Region,
 }
 
 #[pymethods]
@@ -271,8 +367,8 @@ impl PySegment {
     #[pyo3(signature = (size, handle=None))]
     fn new(size: usize, handle: Option<Handle>) -> PyResult<Self> {
         let seg = match handle {
-            Some(h) => Segment::attach(h)?,
-            None => Segment::create(size)?,
+            Some(h) => Region::attach(h)?,
+            None => Region::create(size)?,
         };
         Ok(PySegment { seg })
     }
@@ -507,7 +603,7 @@ mod tests {
     fn attach_sees_the_same_memory() {
         let a: Shared<AtomicU32> = Shared::create(0).unwrap();
         a.store(7, Ordering::SeqCst);
-        let b: Shared<AtomicU32> = Shared::attach(a.segment().handle()).unwrap();
+        let b: Shared<AtomicU32> = Shared::attach(a.handle()).unwrap();
         assert_eq!(b.load(Ordering::SeqCst), 7);
         b.store(9, Ordering::SeqCst);
         assert_eq!(a.load(Ordering::SeqCst), 9);
@@ -516,19 +612,19 @@ mod tests {
     #[test]
     fn a_segment_cannot_be_resized_and_a_longer_handle_is_refused() {
         let a = Segment::create(64).unwrap();
-        let (pid, fd, len, ino) = a.handle();
+        let (pid, fd, len, ino, _) = a.handle();
         let file = File::from(a.fd.try_clone().unwrap());
         assert!(file.set_len(0).is_err());
         assert!(file.set_len(1 << 20).is_err());
         assert_eq!(file.metadata().unwrap().len(), 64);
-        assert!(Segment::attach((pid, fd, len, ino)).is_ok());
-        assert!(Segment::attach((pid, fd, 1 << 20, ino)).is_err());
+        assert!(Segment::attach((pid, fd, len, ino, 0)).is_ok());
+        assert!(Segment::attach((pid, fd, 1 << 20, ino, 0)).is_err());
     }
 
     #[test]
     fn a_wrong_inode_is_refused() {
         let a = Segment::create(64).unwrap();
-        let (pid, fd, len, ino) = a.handle();
-        assert!(Segment::attach((pid, fd, len, ino + 1)).is_err());
+        let (pid, fd, len, ino, _) = a.handle();
+        assert!(Segment::attach((pid, fd, len, ino + 1, 0)).is_err());
     }
 }

@@ -245,7 +245,7 @@ def test_queues_travel_to_pool_tasks():
 
 def test_a_bad_handle_is_refused():
     with pytest.raises(OSError):
-        ferropool.Queue(handle=(os.getpid(), 9999, 1 << 20, 1))
+        ferropool.Queue(handle=(os.getpid(), 9999, 1 << 20, 1, 0))
 
 
 # --------------------------------------------------------------------------------------------

@@ -250,10 +250,10 @@ for size in (0, 1 << 20):
 print("acquired", lock.acquire(timeout=5))
 lock.release()
 
-segment = _core.Segment(64)
-pid, fd, size, ino = segment.handle
+segment = _core.Segment(1 << 16)  # too big for an arena: a segment of its own
+pid, fd, size, ino, _ = segment.handle
 try:
-    _core.Segment(0, (pid, fd, 1 << 20, ino))
+    _core.Segment(0, (pid, fd, 1 << 20, ino, 0))
     print("attached past the end")
 except OSError as e:
     print("attach refused:", "not the 1048576" in str(e))
@@ -485,3 +485,41 @@ def test_reprs_are_the_stdlibs():
     assert repr(barrier) == f"<ferropool.synchronize.Barrier at {id(barrier):#x}: waiters=0/2>"
     barrier.abort()
     assert repr(barrier) == f"<ferropool.synchronize.Barrier at {id(barrier):#x}: broken>"
+
+
+MANY_OBJECTS_SCRIPT = """
+import resource
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+
+def bump(locks, values):
+    for lock in locks:
+        assert lock.acquire(timeout=5)
+        lock.release()
+    for value in values:
+        with value.get_lock():
+            value.value += 1
+    print("child fds", fds() < 200, flush=True)
+
+if __name__ == "__main__":
+    before = fds()
+    locks = [ferropool.Lock() for _ in range(5000)]
+    values = [ferropool.Value("i", i) for i in range(5000)]
+    print("parent fds", fds() - before < 100, flush=True)
+    p = ferropool.Process(target=bump, args=(locks, values))
+    p.start()
+    p.join(60)
+    print("exitcode", p.exitcode)
+    print("values", all(v.value == i + 1 for i, v in enumerate(values)))
+"""
+
+
+def test_five_thousand_locks_and_values_within_1024_descriptors(tmp_path):
+    # each object held a descriptor of its own (a Value two): 1,018 Locks or 509 Values used
+    # up the common limit
+    result = run_script(tmp_path, MANY_OBJECTS_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["parent fds True", "child fds True", "exitcode 0", "values True"]

@@ -166,7 +166,7 @@ class ChildProcess:
     def send_signal(self, signal: int) -> None: ...
     def close(self) -> None: ...
 
-_Handle = tuple[int, int, int, int]
+_Handle = tuple[int, int, int, int, int]
 
 @final
 class Segment:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 
 
-def _rebuild(cls: Any, handle: tuple[int, int, int, int]) -> Any:
+def _rebuild(cls: Any, handle: tuple[int, int, int, int, int]) -> Any:
     return cls(handle=handle)
 
 
@@ -70,7 +70,7 @@ class Queue(_core.Queue):
         maxsize: int = 0,
         *,
         capacity: int | None = None,
-        handle: tuple[int, int, int, int] | None = None,
+        handle: tuple[int, int, int, int, int] | None = None,
         ctx: Any = None,
     ) -> Queue:
         """Creates the object, or attaches to an existing one by its ``handle`` (pickling).
@@ -134,7 +134,7 @@ class JoinableQueue(Queue):
         maxsize: int = 0,
         *,
         capacity: int | None = None,
-        handle: tuple[int, int, int, int] | None = None,
+        handle: tuple[int, int, int, int, int] | None = None,
         ctx: Any = None,
     ) -> JoinableQueue:
         """Creates the object, or attaches to an existing one by its ``handle`` (pickling)."""
@@ -157,7 +157,7 @@ class SimpleQueue(_core.Queue):
 
     _cancelled = False
 
-    def __new__(cls, *, handle: tuple[int, int, int, int] | None = None, ctx: Any = None) -> SimpleQueue:
+    def __new__(cls, *, handle: tuple[int, int, int, int, int] | None = None, ctx: Any = None) -> SimpleQueue:
         """Creates the object, or attaches to an existing one by its ``handle`` (pickling)."""
         return _track(super().__new__(cls, 0, False, None, handle))
 

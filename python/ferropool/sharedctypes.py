@@ -144,7 +144,7 @@ def _shared_type(base: Any) -> Any:
     return cls
 
 
-def _new(base: Any, handle: tuple[int, int, int, int] | None = None) -> Any:
+def _new(base: Any, handle: tuple[int, int, int, int, int] | None = None) -> Any:
     size = ctypes.sizeof(base)
     segment = _core.Segment(size, handle)
     obj = _shared_type(base).from_buffer(segment)
@@ -152,7 +152,7 @@ def _new(base: Any, handle: tuple[int, int, int, int] | None = None) -> Any:
     return obj
 
 
-def _rebuild_ctype(spec: Any, handle: tuple[int, int, int, int]) -> Any:
+def _rebuild_ctype(spec: Any, handle: tuple[int, int, int, int, int]) -> Any:
     return _new(_unspec(spec), handle)
 
 

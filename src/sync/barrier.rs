@@ -202,6 +202,6 @@ impl PyBarrier {
 
     #[getter]
     fn _handle(&self) -> Handle {
-        self.rec.segment().handle()
+        self.rec.handle()
     }
 }

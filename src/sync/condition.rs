@@ -122,6 +122,6 @@ impl PyCondVar {
 
     #[getter]
     fn _handle(&self) -> Handle {
-        self.rec.segment().handle()
+        self.rec.handle()
     }
 }

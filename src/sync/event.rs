@@ -76,6 +76,6 @@ impl PyEvent {
 
     #[getter]
     fn _handle(&self) -> Handle {
-        self.rec.segment().handle()
+        self.rec.handle()
     }
 }

@@ -227,7 +227,7 @@ impl PyLock {
 
     #[getter]
     fn _handle(&self) -> Handle {
-        self.rec.segment().handle()
+        self.rec.handle()
     }
 }
 
@@ -320,7 +320,7 @@ impl PyRLock {
 
     #[getter]
     fn _handle(&self) -> Handle {
-        self.rec.segment().handle()
+        self.rec.handle()
     }
 }
 

@@ -253,7 +253,7 @@ impl PySemaphore {
 
     #[getter]
     fn _handle(&self) -> Handle {
-        self.rec.segment().handle()
+        self.rec.handle()
     }
 }
 
