@@ -248,7 +248,7 @@ class Runner:
         cmd_r, cmd_w = os.pipe()
         res_r, res_w = os.pipe()
         self.started += 1
-        log = self.logs / f"worker-{self.started}.log"
+        log = self.logs / f"worker-{os.getpid()}-{self.started}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.stdlib_suite.driver", "--worker", str(cmd_r), str(res_w)]
@@ -265,8 +265,11 @@ class Runner:
         return Worker(proc, os.fdopen(cmd_w, "w", buffering=1), res_r, log)
 
     def _finish(self, key: str, result: Result) -> None:
+        from tests.stdlib_suite import rules
+
         self.results[key] = result
-        if self.verbose or result.outcome not in ("pass", "skip"):
+        # a line as it happens for each failure no rule explains: CI's log shows progress
+        if self.verbose or (result.outcome not in ("pass", "skip") and rules.rule_for(key) is None):
             extra = f": {cause_of(result.detail)}" if result.outcome not in ("pass", "skip") else ""
             print(f"  {key} ... {result.outcome}{extra}", flush=True)
 
@@ -391,6 +394,8 @@ def classify(test_id: str, result: Result | None) -> str:
     from tests.stdlib_suite import rules
 
     rule = rules.rule_for(test_id)
+    if rule is not None and rule[0] == "fail":
+        return f"fail: {rule[1]}"  # intermittent: the same line whichever way this run went
     if result is None and rule is not None:
         return f"{rule[0]}: {rule[1]}"  # not run: not applicable, or it would block for minutes
     if result is None:
