@@ -451,6 +451,29 @@ def summary(lines: dict[str, str]) -> str:
     return "\n".join(rows)
 
 
+def versions_table() -> str:
+    """Per group, each Python's counts from the committed expected files (docs/migration.md)."""
+    columns = ("pass", "fail", "difference", "pending-manager", "not-applicable", "skip")
+    versions = sorted(
+        (p.stem.split("-", 1)[1] for p in HERE.glob("expected-*.txt")), key=lambda v: tuple(map(int, v.split(".")))
+    )
+    cells: dict[str, dict[str, collections.Counter[str]]] = collections.defaultdict(dict)
+    for version in versions:
+        for test_id, line in read_expected(expected_path(version)).items():
+            kind_, group = group_of(test_id)
+            row = group if kind_ != "misc" else "other (TestWait, TestStartMethod, ...)"
+            cells[row].setdefault(version, collections.Counter())[kind(line)] += 1
+    head = "| group | " + " | ".join(versions) + " |"
+    rows = [head, "|" + " --- |" * (len(versions) + 1)]
+    for row in sorted(cells, key=lambda r: (r.startswith("other"), r)):
+        rows.append(
+            f"| {row} | "
+            + " | ".join("/".join(str(cells[row].get(v, collections.Counter())[c]) for c in columns) for v in versions)
+            + " |"
+        )
+    return "\n".join(rows)
+
+
 def units_for(ids: list[str]) -> list[Unit]:
     by_class: dict[str, list[str]] = {}
     for test_id in ids:
@@ -494,6 +517,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-v", "--verbose", action="store_true", help="a line for every test")
     parser.add_argument("--logs", type=Path, help="folder for the workers' output (default: a new temporary one)")
     parser.add_argument("--expected", type=Path, help=f"the expected-results file (expected-{VERSION}.txt)")
+    parser.add_argument("--table", action="store_true", help="print the counts of every expected file, per group")
     parser.add_argument("--worker", nargs=2, type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -502,6 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         worker(args.worker[0], args.worker[1], args.timeout)
+        return 0
+    if args.table:
+        print("pass/fail/difference/pending-manager/not-applicable/skip per Python")
+        print(versions_table())
         return 0
     try:
         import test._test_multiprocessing  # noqa: F401
