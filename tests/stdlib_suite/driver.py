@@ -233,6 +233,13 @@ def kill_tree(pid: int) -> None:
             pass
 
 
+def _close(stream: Any) -> None:
+    try:
+        stream.close()
+    except BrokenPipeError:
+        pass  # the worker is gone already
+
+
 class Runner:
     """Runs units on ``jobs`` workers, each test under ``timeout`` seconds."""
 
@@ -243,6 +250,7 @@ class Runner:
         self.verbose = verbose
         self.results: dict[str, Result] = {}
         self.started = 0
+        self.failed_starts = 0
 
     def _spawn(self) -> Worker:
         cmd_r, cmd_w = os.pipe()
@@ -278,7 +286,7 @@ class Runner:
         kill_tree(w.proc.pid)
         w.proc.wait()
         os.close(w.results)
-        w.commands.close()
+        _close(w.commands)
         unit = w.unit
         if unit is None:
             return
@@ -317,6 +325,33 @@ class Runner:
             w.unit = None
             w.running = None
 
+    def _check(self, w: Worker, readable: bool, pending: list[Unit]) -> bool:
+        """Reads what ``w`` reported; False when it hung or died and was abandoned."""
+        if readable:
+            chunk = os.read(w.results, 65536)
+            w.buffer += chunk
+            *lines, w.buffer = w.buffer.split(b"\n")
+            for line in lines:
+                self._handle(w, json.loads(line))
+            if chunk:
+                return True
+        # start-up, setUpClass and the first test share one deadline; tearDownClass shares the last's
+        overdue = time.monotonic() - w.last_event > self.timeout + (30.0 if not w.ready else 0.0)
+        died = w.proc.poll() is not None
+        if died and not w.ready:
+            self.failed_starts += 1
+            if self.failed_starts >= 3:
+                raise RuntimeError(f"workers exit before running a test; the last one's log:\n{w.log.read_text()}")
+        if not (overdue or died):
+            return True
+        why = (
+            f"the worker exited with status {w.proc.returncode} during the test"
+            if died
+            else f"no result within the {self.timeout:.0f} s deadline: killed"
+        )
+        self._abandon(w, why, pending)
+        return False
+
     def run(self, units: list[Unit]) -> dict[str, Result]:
         pending = list(units)
         workers: list[Worker] = []
@@ -328,31 +363,17 @@ class Runner:
                     if w.ready and w.unit is None and pending:
                         w.unit = pending.pop(0)
                         w.last_event = time.monotonic()
-                        w.commands.write(json.dumps({"class": w.unit.cls, "tests": w.unit.tests}) + "\n")
+                        try:
+                            w.commands.write(json.dumps({"class": w.unit.cls, "tests": w.unit.tests}) + "\n")
+                        except BrokenPipeError:
+                            pass  # it died: found below like any other death
                 readable, _, _ = select.select([w.results for w in workers], [], [], 0.5)
                 for w in list(workers):
-                    if w.results in readable:
-                        chunk = os.read(w.results, 65536)
-                        w.buffer += chunk
-                        *lines, w.buffer = w.buffer.split(b"\n")
-                        for line in lines:
-                            self._handle(w, json.loads(line))
-                        if chunk:
-                            continue
-                    # setUpClass, start-up and the first test share one deadline; so does tearDownClass
-                    overdue = time.monotonic() - w.last_event > self.timeout + (30.0 if not w.ready else 0.0)
-                    died = w.proc.poll() is not None and w.results not in readable
-                    if overdue or died:
-                        why = (
-                            f"no result within the {self.timeout:.0f} s deadline: killed"
-                            if not died
-                            else f"the worker exited with status {w.proc.returncode} during the test"
-                        )
-                        self._abandon(w, why, pending)
+                    if not self._check(w, w.results in readable, pending):
                         workers.remove(w)
         finally:
             for w in workers:
-                w.commands.close()
+                _close(w.commands)
             for w in workers:
                 try:
                     w.proc.wait(timeout=20)
