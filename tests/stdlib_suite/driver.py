@@ -11,13 +11,14 @@ a failure; the worker and everything it started are killed, and a new worker goe
 rest of the class. The expected outcome of every test is in ``expected-3.X.txt`` next to this
 file, one line per test::
 
-    WithProcessesTestQueue.test_get  pass
-    WithProcessesTestPool.test_make_pool  not-applicable: reads Pool._pool, the stdlib's list of workers
+    WithProcessesTestQueue.test_get pass
+    WithProcessesTestPool.test_make_pool not-applicable: reads Pool._pool, the stdlib's list of worker processes
 
 ``pass``; ``skip: <why>`` (the suite skips it itself); ``difference: <why>`` (an intended
 difference, docs/migration.md); ``not-applicable: <why>`` (inspects CPython's private state: not
 run); ``pending-manager: <why>`` (needs Manager, Listener/Client or connection pickling);
-``fail: <cause>`` (a known failure to fix). ``rules.py`` holds the reasons of the first four kinds.
+``fail: <cause>`` (a known failure to fix). ``rules.py`` holds the reasons of the differences,
+the tests not applicable or pending, and the failures that show only at times.
 
 The check fails when a test expected to pass does not (after one rerun in a fresh worker, so a
 test that fails only under load is reported as flaky, not as a regression) or when a test with
@@ -212,25 +213,29 @@ class Worker:
 
 
 def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and every process below it (pool workers, fork servers, their children)."""
-    try:
-        import psutil
+    """SIGKILL the worker ``pid`` and every process below it in its session (pool workers, fork
+    servers, their children). Processes that left the session (ferropool's shared-memory
+    watchdog) are spared: they clean up after the killed ones and then exit by themselves."""
+    import psutil
 
-        proc = psutil.Process(pid)
-        victims = [*proc.children(recursive=True), proc]
-    except Exception:
-        victims = None
-    if victims is None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        return
+    try:
+        tree = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    # the worker leads its own session; a process that called setsid() is not ours to kill
+    victims = [pid, *(p.pid for p in tree if _session(p.pid) in (None, pid))]
     for victim in victims:
         try:
-            victim.kill()
-        except Exception:
-            pass
+            os.kill(victim, signal.SIGKILL)
+        except OSError:
+            pass  # gone already
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
 def _close(stream: Any) -> None:
