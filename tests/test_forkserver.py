@@ -21,7 +21,7 @@ from tests.conftest import wait_gone
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HEADER = f"""
-import json, os, select, signal, sys, time
+import json, os, select, signal, sys, time, warnings
 sys.path.insert(0, {ROOT!r})
 import psutil
 import ferropool
@@ -287,6 +287,8 @@ if __name__ == "__main__":
     server = _forkserver.server_pid()
     before = list(ex.map(_tasks.square, range(4)))
     r, w = os.pipe()
+    # this program forks while its pool's threads run, on purpose; Python 3.12+ warns about that
+    warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
     pid = os.fork()
     if pid == 0:
         os.close(r)
@@ -352,6 +354,8 @@ USER_FORK_EXIT = """
 if __name__ == "__main__":
     ex = ferropool.ProcessPoolExecutor(max_workers=2)
     assert ex.submit(_tasks.square, 2).result(timeout=30) == 4
+    # this program forks while its pool's threads run, on purpose; Python 3.12+ warns about that
+    warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
     pid = os.fork()
     if pid == 0:
         child = ferropool.ProcessPoolExecutor(max_workers=1)

@@ -11,13 +11,14 @@ a failure; the worker and everything it started are killed, and a new worker goe
 rest of the class. The expected outcome of every test is in ``expected-3.X.txt`` next to this
 file, one line per test::
 
-    WithProcessesTestQueue.test_get  pass
-    WithProcessesTestPool.test_make_pool  not-applicable: reads Pool._pool, the stdlib's list of workers
+    WithProcessesTestQueue.test_get pass
+    WithProcessesTestPool.test_make_pool not-applicable: reads Pool._pool, the stdlib's list of worker processes
 
 ``pass``; ``skip: <why>`` (the suite skips it itself); ``difference: <why>`` (an intended
 difference, docs/migration.md); ``not-applicable: <why>`` (inspects CPython's private state: not
 run); ``pending-manager: <why>`` (needs Manager, Listener/Client or connection pickling);
-``fail: <cause>`` (a known failure to fix). ``rules.py`` holds the reasons of the first four kinds.
+``fail: <cause>`` (a known failure to fix). ``rules.py`` holds the reasons of the differences,
+the tests not applicable or pending, and the failures that show only at times.
 
 The check fails when a test expected to pass does not (after one rerun in a fresh worker, so a
 test that fails only under load is reported as flaky, not as a regression) or when a test with
@@ -212,25 +213,36 @@ class Worker:
 
 
 def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and every process below it (pool workers, fork servers, their children)."""
-    try:
-        import psutil
+    """SIGKILL the worker ``pid`` and every process below it in its session (pool workers, fork
+    servers, their children). Processes that left the session (ferropool's shared-memory
+    watchdog) are spared: they clean up after the killed ones and then exit by themselves."""
+    import psutil
 
-        proc = psutil.Process(pid)
-        victims = [*proc.children(recursive=True), proc]
-    except Exception:
-        victims = None
-    if victims is None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        return
+    try:
+        tree = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    # the worker leads its own session; a process that called setsid() is not ours to kill
+    victims = [pid, *(p.pid for p in tree if _session(p.pid) in (None, pid))]
     for victim in victims:
         try:
-            victim.kill()
-        except Exception:
-            pass
+            os.kill(victim, signal.SIGKILL)
+        except OSError:
+            pass  # gone already
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def _close(stream: Any) -> None:
+    try:
+        stream.close()
+    except BrokenPipeError:
+        pass  # the worker is gone already
 
 
 class Runner:
@@ -243,12 +255,13 @@ class Runner:
         self.verbose = verbose
         self.results: dict[str, Result] = {}
         self.started = 0
+        self.failed_starts = 0
 
     def _spawn(self) -> Worker:
         cmd_r, cmd_w = os.pipe()
         res_r, res_w = os.pipe()
         self.started += 1
-        log = self.logs / f"worker-{self.started}.log"
+        log = self.logs / f"worker-{os.getpid()}-{self.started}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.stdlib_suite.driver", "--worker", str(cmd_r), str(res_w)]
@@ -265,8 +278,11 @@ class Runner:
         return Worker(proc, os.fdopen(cmd_w, "w", buffering=1), res_r, log)
 
     def _finish(self, key: str, result: Result) -> None:
+        from tests.stdlib_suite import rules
+
         self.results[key] = result
-        if self.verbose or result.outcome not in ("pass", "skip"):
+        # a line as it happens for each failure no rule explains: CI's log shows progress
+        if self.verbose or (result.outcome not in ("pass", "skip") and rules.rule_for(key) is None):
             extra = f": {cause_of(result.detail)}" if result.outcome not in ("pass", "skip") else ""
             print(f"  {key} ... {result.outcome}{extra}", flush=True)
 
@@ -275,7 +291,7 @@ class Runner:
         kill_tree(w.proc.pid)
         w.proc.wait()
         os.close(w.results)
-        w.commands.close()
+        _close(w.commands)
         unit = w.unit
         if unit is None:
             return
@@ -314,6 +330,33 @@ class Runner:
             w.unit = None
             w.running = None
 
+    def _check(self, w: Worker, readable: bool, pending: list[Unit]) -> bool:
+        """Reads what ``w`` reported; False when it hung or died and was abandoned."""
+        if readable:
+            chunk = os.read(w.results, 65536)
+            w.buffer += chunk
+            *lines, w.buffer = w.buffer.split(b"\n")
+            for line in lines:
+                self._handle(w, json.loads(line))
+            if chunk:
+                return True
+        # start-up, setUpClass and the first test share one deadline; tearDownClass shares the last's
+        overdue = time.monotonic() - w.last_event > self.timeout + (30.0 if not w.ready else 0.0)
+        died = w.proc.poll() is not None
+        if died and not w.ready:
+            self.failed_starts += 1
+            if self.failed_starts >= 3:
+                raise RuntimeError(f"workers exit before running a test; the last one's log:\n{w.log.read_text()}")
+        if not (overdue or died):
+            return True
+        why = (
+            f"the worker exited with status {w.proc.returncode} during the test"
+            if died
+            else f"no result within the {self.timeout:.0f} s deadline: killed"
+        )
+        self._abandon(w, why, pending)
+        return False
+
     def run(self, units: list[Unit]) -> dict[str, Result]:
         pending = list(units)
         workers: list[Worker] = []
@@ -325,31 +368,17 @@ class Runner:
                     if w.ready and w.unit is None and pending:
                         w.unit = pending.pop(0)
                         w.last_event = time.monotonic()
-                        w.commands.write(json.dumps({"class": w.unit.cls, "tests": w.unit.tests}) + "\n")
+                        try:
+                            w.commands.write(json.dumps({"class": w.unit.cls, "tests": w.unit.tests}) + "\n")
+                        except BrokenPipeError:
+                            pass  # it died: found below like any other death
                 readable, _, _ = select.select([w.results for w in workers], [], [], 0.5)
                 for w in list(workers):
-                    if w.results in readable:
-                        chunk = os.read(w.results, 65536)
-                        w.buffer += chunk
-                        *lines, w.buffer = w.buffer.split(b"\n")
-                        for line in lines:
-                            self._handle(w, json.loads(line))
-                        if chunk:
-                            continue
-                    # setUpClass, start-up and the first test share one deadline; so does tearDownClass
-                    overdue = time.monotonic() - w.last_event > self.timeout + (30.0 if not w.ready else 0.0)
-                    died = w.proc.poll() is not None and w.results not in readable
-                    if overdue or died:
-                        why = (
-                            f"no result within the {self.timeout:.0f} s deadline: killed"
-                            if not died
-                            else f"the worker exited with status {w.proc.returncode} during the test"
-                        )
-                        self._abandon(w, why, pending)
+                    if not self._check(w, w.results in readable, pending):
                         workers.remove(w)
         finally:
             for w in workers:
-                w.commands.close()
+                _close(w.commands)
             for w in workers:
                 try:
                     w.proc.wait(timeout=20)
@@ -391,6 +420,8 @@ def classify(test_id: str, result: Result | None) -> str:
     from tests.stdlib_suite import rules
 
     rule = rules.rule_for(test_id)
+    if rule is not None and rule[0] == "fail":
+        return f"fail: {rule[1]}"  # intermittent: the same line whichever way this run went
     if result is None and rule is not None:
         return f"{rule[0]}: {rule[1]}"  # not run: not applicable, or it would block for minutes
     if result is None:
@@ -446,6 +477,29 @@ def summary(lines: dict[str, str]) -> str:
     return "\n".join(rows)
 
 
+def versions_table() -> str:
+    """Per group, each Python's counts from the committed expected files (docs/migration.md)."""
+    columns = ("pass", "fail", "difference", "pending-manager", "not-applicable", "skip")
+    versions = sorted(
+        (p.stem.split("-", 1)[1] for p in HERE.glob("expected-*.txt")), key=lambda v: tuple(map(int, v.split(".")))
+    )
+    cells: dict[str, dict[str, collections.Counter[str]]] = collections.defaultdict(dict)
+    for version in versions:
+        for test_id, line in read_expected(expected_path(version)).items():
+            kind_, group = group_of(test_id)
+            row = group if kind_ != "misc" else "other (TestWait, TestStartMethod, ...)"
+            cells[row].setdefault(version, collections.Counter())[kind(line)] += 1
+    head = "| group | " + " | ".join(versions) + " |"
+    rows = [head, "|" + " --- |" * (len(versions) + 1)]
+    for row in sorted(cells, key=lambda r: (r.startswith("other"), r)):
+        rows.append(
+            f"| {row} | "
+            + " | ".join("/".join(str(cells[row].get(v, collections.Counter())[c]) for c in columns) for v in versions)
+            + " |"
+        )
+    return "\n".join(rows)
+
+
 def units_for(ids: list[str]) -> list[Unit]:
     by_class: dict[str, list[str]] = {}
     for test_id in ids:
@@ -489,6 +543,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-v", "--verbose", action="store_true", help="a line for every test")
     parser.add_argument("--logs", type=Path, help="folder for the workers' output (default: a new temporary one)")
     parser.add_argument("--expected", type=Path, help=f"the expected-results file (expected-{VERSION}.txt)")
+    parser.add_argument("--table", action="store_true", help="print the counts of every expected file, per group")
     parser.add_argument("--worker", nargs=2, type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -497,6 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         worker(args.worker[0], args.worker[1], args.timeout)
+        return 0
+    if args.table:
+        print("pass/fail/difference/pending-manager/not-applicable/skip per Python")
+        print(versions_table())
         return 0
     try:
         import test._test_multiprocessing  # noqa: F401

@@ -8,6 +8,8 @@ Each rule is ``(glob over "Class.test_method", kind, reason)``; the first match 
 * ``pending-manager``: the test needs ``Manager``, ``connection.Listener``/``Client`` or
   connection pickling, which the Manager work brings; it runs, and is reported when it passes.
 * ``difference``: ferropool behaves differently on purpose; docs/migration.md says why.
+* ``fail``: a known bug that shows only at times (a hang under load): listed as a failure whether
+  it passed in the run that wrote the file or not, so the check does not flap.
 
 A failing test no rule covers is listed in the expected file as ``fail: <cause>``.
 """
@@ -18,7 +20,7 @@ import fnmatch
 
 # kinds whose tests are run; a rule may also say a test of another kind is not run (False last),
 # because it would block for minutes by design
-RUN = {"not-applicable": False, "pending-manager": True, "difference": True}
+RUN = {"not-applicable": False, "pending-manager": True, "difference": True, "fail": True}
 
 RULES: list[tuple[str, str, str] | tuple[str, str, str, bool]] = [
     # --- Manager, Listener/Client, connection pickling (issue 14)
@@ -26,6 +28,7 @@ RULES: list[tuple[str, str, str] | tuple[str, str, str, bool]] = [
     ("TestSyncManagerTypes.*", "pending-manager", "Manager() is not in ferropool yet"),
     ("TestInitializers.*", "pending-manager", "Manager() is not in ferropool yet"),
     ("*TestManagerRestart.*", "pending-manager", "managers.BaseManager"),
+    ("TestManagerExceptions.*", "pending-manager", "Manager() is not in ferropool yet"),
     ("*TestSharedMemory.test_shared_memory_SharedMemory*", "pending-manager", "managers.SharedMemoryManager"),
     ("*TestListener.*", "pending-manager", "connection.Listener/Client"),
     ("*TestListenerClient.*", "pending-manager", "connection.Listener/Client"),
@@ -48,7 +51,23 @@ RULES: list[tuple[str, str, str] | tuple[str, str, str, bool]] = [
     ("*TestFinalize.*", "not-applicable", "multiprocessing.util.Finalize, which ferropool does not replace"),
     ("TestForkAwareThreadLock.*", "not-applicable", "multiprocessing.util, which ferropool does not replace"),
     ("*TestLogging.test_enable_logging", "not-applicable", "multiprocessing.util.SUBWARNING: util is not replaced"),
+    ("*TestLogging.test_filename", "not-applicable", "multiprocessing.util.info/DEBUG: util is not replaced"),
     ("TestResourceTracker.*", "not-applicable", "the stdlib's resource_tracker process"),
+    (
+        "*TestSharedMemory.test_shared_memory_*tracking",
+        "not-applicable",
+        "a fresh interpreter using the stdlib's shared_memory and resource tracker",
+    ),
+    (
+        "*TestSharedMemory.test_shared_memory_name_with_embedded_null",
+        "not-applicable",
+        "reads the stdlib's private shared_memory._USE_POSIX",
+    ),
+    (
+        "ChallengeResponseTest.*",
+        "not-applicable",
+        "calls the stdlib's private connection._create_response/_verify_challenge",
+    ),
     (
         "*TestSharedMemory.test_shared_memory_cleaned_after_process_termination",
         "not-applicable",
@@ -96,6 +115,22 @@ RULES: list[tuple[str, str, str] | tuple[str, str, str, bool]] = [
         "a fresh interpreter importing the stdlib's multiprocessing.spawn",
     ),
     ("SemLockTests.*", "not-applicable", "_multiprocessing.SemLock, the stdlib's C semaphore"),
+    # --- known intermittent failures (bugs to fix, not differences)
+    (
+        "WithProcessesTestCondition.test_waitfor",
+        "fail",
+        "intermittent: hangs in Condition.wait now and then (a lost wake-up, issue 11 item 6)",
+    ),
+    (
+        "WithProcessesTestPoolWorkerErrors.test_async_error_callback",
+        "fail",
+        "intermittent: get() can return before error_callback has run (issue 11 items 2 and 5)",
+    ),
+    (
+        "With*TestPool.test_map_async_callbacks",
+        "fail",
+        "intermittent: join() can return before the callbacks have run (issue 11 item 2)",
+    ),
     # --- intended differences (docs/migration.md, "CPython's own test suite")
     (
         "*TestQueue.test_queue_feeder_donot_stop_onexc",
@@ -115,7 +150,8 @@ RULES: list[tuple[str, str, str] | tuple[str, str, str, bool]] = [
     (
         "WithThreadsTestPool.test_terminate",
         "difference",
-        "ThreadPool.terminate() cannot stop a running call, and join() waits for it (10,000 sleeps of 5 minutes)",
+        "terminate() right after map_async(): ferropool's threads have already started 5-minute calls, "
+        "which join() waits for as the stdlib's does for running calls (its task thread had started none)",
         False,
     ),
 ]
