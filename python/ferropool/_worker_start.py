@@ -72,8 +72,8 @@ def _connect(address: str, level: int | None, output: bool) -> None:
         return
     connection = sock
     if output:
-        sys.stdout = _StandIn("stdout", STDOUT, sys.stdout, 1)
-        sys.stderr = _StandIn("stderr", STDERR, sys.stderr, 2)
+        _stand_ins[:] = [_StandIn("stdout", STDOUT, sys.stdout, 1), _StandIn("stderr", STDERR, sys.stderr, 2)]
+        sys.stdout, sys.stderr = _stand_ins
     if level is not None:
         if "logging" in sys.modules:
             from . import _worker_output
@@ -83,6 +83,12 @@ def _connect(address: str, level: int | None, output: bool) -> None:
             # importing logging now would cost most of a fresh worker's start-up, and tasks
             # that never log never need it: set it up when something imports it
             sys.meta_path.insert(0, _WhenLoggingIsImported(level))
+
+
+# The stand-ins stay referenced here after they replace themselves: on 3.11, print() holds
+# only a borrowed reference to sys.stdout while it writes, so a stand-in that swapped itself
+# out of sys.stdout during that first write and died with it crashed the worker (SIGSEGV).
+_stand_ins: list[Any] = []
 
 
 class _StandIn:
