@@ -67,6 +67,7 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
                 flush(py, &mut link, &mut out)?;
             }
             kind::CALL => {
+                drop_idle_interrupt(py)?;
                 let started = Instant::now();
                 let id = frame.id;
                 let (ok, payload, fds) = run_handler(py, &call, frame)?;
@@ -130,6 +131,17 @@ fn resident_bytes(statm: &File) -> Option<u64> {
     // SAFETY: sysconf only reads a system constant.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
+}
+
+/// Runs the handlers of signals that arrived while no call was running. A Ctrl-C sent to an idle
+/// worker belongs to no task: dropped here, it does not fail the next call, nor end the worker
+/// (and the calls queued behind it) at the call's first line. Another handler's exception
+/// (`SystemExit` from a handler a task installed) still ends the worker.
+fn drop_idle_interrupt(py: Python<'_>) -> PyResult<()> {
+    match py.check_signals() {
+        Err(err) if err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) => Ok(()),
+        other => other,
+    }
 }
 
 type HandlerResult<'py> = (bool, Bound<'py, PyBytes>, Vec<OwnedFd>);

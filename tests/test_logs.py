@@ -12,7 +12,7 @@ import ferropool
 import pytest
 from ferropool import _logs, _worker_output
 
-from tests.conftest import WAIT
+from tests.conftest import WAIT, Child
 
 LINES_PER_TASK = 50
 
@@ -241,6 +241,28 @@ def test_one_basic_config_shows_worker_records(tmp_path):
     lines = sorted(line for line in run.stderr.splitlines() if "working on" in line)
     assert sorted(line.split()[-1] for line in lines) == ["0", "1", "2", "3"]
     assert all(re.match(r"PoolWorker-\d+ \d+ working on", line) for line in lines)
+
+
+@pytest.mark.parametrize("context", [None, "spawn"])
+def test_a_workers_first_print_outside_pytest(tmp_path, context):
+    """A fresh worker's first print() in a plain program (regression: on 3.11 it crashed the
+    worker with SIGSEGV; pytest's own stdout capture hid it, so this runs as a script)."""
+    text = f"""
+        import ferropool
+
+        def task(x):
+            print("task", x)
+            return x
+
+        with ferropool.ProcessPoolExecutor(max_workers=1, mp_context={context!r}) as ex:
+            print(ex.submit(print, "from the worker", flush=True).result(timeout=30))
+        with ferropool.ProcessPoolExecutor(max_workers=1, mp_context={context!r}) as ex:
+            print(ex.submit(task, 7).result(timeout=30))
+        """
+    with Child(tmp_path / "main.py", text) as child:
+        child.exit_within(WAIT)
+        assert child.proc.returncode == 0, child.report()
+        assert child.stdout.splitlines() == ["from the worker", "None", "task 7", "7"], child.report()
 
 
 def test_worker_logs_false_keeps_records_in_the_worker(caplog):

@@ -10,6 +10,8 @@ parent already has threads and no server exists, pools start fresh interpreters 
 Life cycle: the server leads its own process group and ignores SIGINT (Ctrl-C is for the
 parent), dies with the parent (parent-death signal), and exits by itself once the parent has
 closed its connection and every engine connection and worker is gone. Its workers die with it.
+Its forks get SIGINT as a spawned interpreter would: ignored if the parent ignored it, else
+Python's handler.
 
 Like ``multiprocessing``'s fork start method, workers inherit the descriptors the parent had
 open when the server was made; ``mp_context="spawn"`` gives clean interpreters instead.
@@ -27,6 +29,8 @@ import socket
 import struct
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from . import _core
 
@@ -34,6 +38,10 @@ _lock = threading.Lock()
 #: modules a fork server imports as it starts (``set_forkserver_preload``)
 preload: list[str] = []
 _server: tuple[int, socket.socket] | None = None  # (pid, connection) while one runs
+# What SIGINT does in the server's forks: ignored if the parent ignored it (a background job of
+# a non-interactive shell, nohup), else Python's handler; a spawned interpreter starts the same
+# way, since exec keeps an ignored signal and resets a handled one.
+_child_sigint: Callable[[int, Any], Any] | int = signal.default_int_handler
 
 
 def _thread_count() -> int:
@@ -151,8 +159,10 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 def _serve(master: socket.socket, parent: int) -> None:
     import selectors
 
+    global _child_sigint
     os.setpgid(0, 0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if signal.signal(signal.SIGINT, signal.SIG_IGN) == signal.SIG_IGN:
+        _child_sigint = signal.SIG_IGN
     if not _core.die_with_parent(parent):
         return
     for name in preload:
@@ -325,7 +335,7 @@ def _leave_server(status: int, server_fds: list[int]) -> None:
     """In a fresh fork of the server: the server's signal handling and descriptors go."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _child_sigint)
     os.close(status)
     for fd in server_fds:
         try:
