@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::stats::WorkerCounters;
@@ -42,8 +43,9 @@ pub enum Proc {
 pub struct Worker {
     pub proc: Proc,
     pub pid: u32,
-    /// The parent's end of the socket pair (non-blocking).
-    pub link: UnixStream,
+    /// The parent's end of the socket pair (non-blocking). Shared so the engine thread can read
+    /// it without holding the scheduler's lock (see `scheduler.rs`).
+    pub link: Arc<UnixStream>,
     pub reader: FrameReader,
     pub out: WriteBuf,
     /// Tasks sent and not yet answered, oldest first. A worker runs them in order, so the
@@ -62,6 +64,9 @@ pub struct Worker {
     pub link_closed: bool,
     /// What `stats()` reports about it.
     pub counters: WorkerCounters,
+    /// Why its link was given up: it sent bytes that are not a frame (see `wire.rs`). It is
+    /// killed, and its exit is reported with this reason.
+    pub bad_frame: Option<String>,
 }
 
 impl Worker {
@@ -112,7 +117,7 @@ impl Worker {
         Ok(Worker {
             proc,
             pid,
-            link,
+            link: Arc::new(link),
             reader: FrameReader::default(),
             out: WriteBuf::default(),
             inflight: VecDeque::new(),
@@ -122,6 +127,7 @@ impl Worker {
             stopping: false,
             link_closed: false,
             counters: WorkerCounters::default(),
+            bad_frame: None,
         })
     }
 
