@@ -437,9 +437,7 @@ impl PyConnection {
     #[new]
     #[pyo3(signature = (fd, readable = true, writable = true))]
     fn new(fd: RawFd, readable: bool, writable: bool) -> PyResult<Self> {
-        if fd < 0 {
-            return Err(Error::InvalidArgument(format!("invalid file descriptor: {fd}")).into());
-        }
+        let fd = crate::errors::fd_arg(fd)?;
         if !readable && !writable {
             return Err(Error::InvalidArgument("at least one of `readable` and `writable` must be True".into()).into());
         }
@@ -590,6 +588,10 @@ pub fn socket_pair() -> PyResult<(RawFd, RawFd)> {
 #[pyo3(signature = (fds, timeout = None))]
 pub fn wait_readable(py: Python<'_>, fds: Vec<RawFd>, timeout: Option<f64>) -> PyResult<Vec<RawFd>> {
     let timeout = timeout_from_secs(timeout)?;
+    // poll would skip a negative number forever and call a closed one ready: neither is a wait
+    for &fd in &fds {
+        crate::errors::fd_arg(fd)?;
+    }
     let mut ready = Vec::new();
     let mut failure: Option<io::Error> = None;
     wait_interruptible(py, timeout, |slice| match ready_to_read(&fds, Some(slice)) {

@@ -24,7 +24,16 @@ pub fn request_worker(conn: &mut UnixStream, link: &UnixStream, status: &UnixStr
     send_fds(conn, &[link.as_raw_fd(), status.as_raw_fd()])?;
     let mut pid = [0u8; 4];
     conn.read_exact(&mut pid)?;
-    Ok(u32::from_le_bytes(pid))
+    let pid = u32::from_le_bytes(pid);
+    // 0 or a negative pid_t would make each later signal reach a whole process group, ours
+    // included: the server only ever answers with a real child's pid
+    if pid == 0 || libc::pid_t::try_from(pid).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the fork server answered with an invalid pid {pid}"),
+        ));
+    }
+    Ok(pid)
 }
 
 /// Decodes the status the fork server wrote for an exited worker: `(code, signal)`.

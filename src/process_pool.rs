@@ -68,6 +68,7 @@ impl PyProcessEngine {
         max_memory_per_child: Option<u64>,
         cancel_running: bool,
     ) -> PyResult<Self> {
+        let forkserver_fd = forkserver_fd.map(crate::errors::fd_arg).transpose()?;
         // SAFETY: the caller hands over a connected socket descriptor it no longer uses
         // (`socket.detach()` in `_forkserver.py`); from here on this engine owns it.
         let forkserver = forkserver_fd.map(|fd| unsafe { UnixStream::from_raw_fd(fd) });
@@ -384,10 +385,17 @@ fn take_fds(fds: Vec<i32>) -> PyResult<Vec<OwnedFd>> {
     if fds.len() > wire::MAX_FRAME_FDS {
         return Err(PyValueError::new_err("too many shared-memory buffers in one call"));
     }
-    if fds.iter().any(|&fd| fd < 0) {
-        return Err(PyValueError::new_err("invalid file descriptor"));
-    }
+    let bad = fds.iter().find_map(|&fd| crate::errors::fd_arg(fd).err());
     // SAFETY: the caller (ProcessBackend, via _buffers.py) created each descriptor for this call
-    // and gives up ownership here; nothing else closes them.
-    Ok(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect())
+    // and gives up ownership here; nothing else closes them. Only open ones are taken.
+    let owned: Vec<OwnedFd> = fds
+        .into_iter()
+        .filter(|&fd| crate::errors::fd_arg(fd).is_ok())
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    match bad {
+        // the good ones are ours either way: dropping them closes them
+        Some(err) => Err(err.into()),
+        None => Ok(owned),
+    }
 }

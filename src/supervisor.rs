@@ -147,8 +147,10 @@ impl Worker {
     /// Sends `signal` to the worker's whole process group, so children it started go too, and
     /// to the worker itself, which may not lead its group yet if it was forked a moment ago.
     pub fn signal_group(&self, signal: i32) {
-        let Ok(pid) = libc::pid_t::try_from(self.pid) else {
-            return;
+        let pid = match libc::pid_t::try_from(self.pid) {
+            // 0 would signal our own group, and a negative one a group by its number
+            Ok(pid) if pid > 0 => pid,
+            _ => return,
         };
         // SAFETY: kill/killpg only send a signal. The pid stays reserved for this worker until
         // it is reaped (by us or by the fork server, which reports it to us first), so neither

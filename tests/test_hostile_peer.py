@@ -3,11 +3,13 @@ the stdlib's exception, never a panic, a hang or a message longer than was asked
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import sys
 
 import pytest
+from ferropool import _core
 from ferropool.connection import Connection
 
 
@@ -84,3 +86,66 @@ def test_well_formed_raw_messages_still_arrive(raw_peer):
     peer.send(b"defg")
     assert conn.recv_bytes(maxlength=5) == b"hello"
     assert conn.recv_bytes() == b"abcdefg"
+
+
+# --------------------------------------------------------------------------------------------
+# the native boundary: descriptors and addresses from Python
+
+BAD_FDS = [-1, 2**31 - 1, 1_000_000]
+
+
+def closed_fd() -> int:
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    return r
+
+
+@pytest.mark.parametrize("fd", [*BAD_FDS, "closed"])
+def test_descriptor_arguments_are_checked(fd):
+    fd = closed_fd() if fd == "closed" else fd
+    expected = ValueError if fd < 0 else OSError
+    with pytest.raises(expected):
+        _core.Connection(fd)
+    with pytest.raises(expected):
+        _core.wait_readable([fd], 0.0)
+    with pytest.raises(expected):
+        _core.ChildProcess([sys.executable, "-c", "pass"], [fd])
+    with pytest.raises(expected):
+        _core.ChildProcess.adopt(os.getpid(), fd)
+    with pytest.raises(expected):
+        _core.ProcessEngine([sys.executable, "-c", "pass"], 1, print, forkserver_fd=fd)
+
+
+def test_descriptor_numbers_beyond_c_int_are_refused():
+    with pytest.raises(OverflowError):
+        _core.Connection(2**40)
+    with pytest.raises(OverflowError):
+        _core.wait_readable([-(2**40)], 0.0)
+
+
+def test_adopt_refuses_pids_that_name_a_process_group():
+    r, w = os.pipe()
+    os.close(w)
+    try:
+        for pid in (0, 2**31, 2**32 - 1):
+            with pytest.raises((ValueError, OverflowError)):
+                _core.ChildProcess.adopt(pid, r)
+    finally:
+        os.close(r)
+
+
+@pytest.mark.parametrize(
+    ("address", "length"),
+    [(1, 4096), (4096, 4096), (2**64 - 4096, 8192), (2**63, 4096), (2**47, 2**20)],
+)
+def test_detach_mapping_refuses_ranges_that_are_not_mapped(address, length):
+    with pytest.raises(ValueError, match="invalid mapping"):
+        _core.detach_mapping(address, length)
+
+
+def test_detach_mapping_refuses_negative_numbers():
+    with pytest.raises(OverflowError):
+        _core.detach_mapping(-1, 4096)
+    with pytest.raises(OverflowError):
+        _core.detach_mapping(4096, -1)
