@@ -24,7 +24,12 @@ pub fn request_worker(conn: &mut UnixStream, link: &UnixStream, status: &UnixStr
     send_fds(conn, &[link.as_raw_fd(), status.as_raw_fd()])?;
     let mut pid = [0u8; 4];
     conn.read_exact(&mut pid)?;
-    let pid = u32::from_le_bytes(pid);
+    decode_pid(pid)
+}
+
+/// Decodes the fork server's answer to a request: the new worker's pid.
+pub fn decode_pid(bytes: [u8; 4]) -> io::Result<u32> {
+    let pid = u32::from_le_bytes(bytes);
     // 0 or a negative pid_t would make each later signal reach a whole process group, ours
     // included: the server only ever answers with a real child's pid
     if pid == 0 || libc::pid_t::try_from(pid).is_err() {
@@ -66,5 +71,13 @@ mod tests {
         b[..4].copy_from_slice(&(-1i32).to_le_bytes());
         b[4..].copy_from_slice(&9i32.to_le_bytes());
         assert_eq!(decode_status(b), (None, Some(9)));
+    }
+
+    #[test]
+    fn pids_that_name_process_groups_are_refused() {
+        assert_eq!(decode_pid(1234u32.to_le_bytes()).unwrap(), 1234);
+        for bad in [0u32, 1 << 31, u32::MAX] {
+            assert!(decode_pid(bad.to_le_bytes()).is_err());
+        }
     }
 }
