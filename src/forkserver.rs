@@ -6,9 +6,9 @@
 //! safe too. A worker forked from it starts in about a millisecond, with the task's modules
 //! already imported, where a fresh interpreter needs tens of milliseconds.
 //!
-//! Each engine has its own connection to the server. A request is one byte carrying two
-//! descriptors (`SCM_RIGHTS`): the worker's end of its link, and the write end of a status
-//! socket. The server answers with the worker's pid (u32, little-endian). The worker is the
+//! Each engine has its own connection to the server. A request is one byte carrying two or
+//! three descriptors (`SCM_RIGHTS`): the worker's end of its link, the write end of a status
+//! socket, and the worker's output socket when its pool forwards output. The server answers with the worker's pid (u32, little-endian). The worker is the
 //! server's child, not ours, so the server reaps it and writes its exit status to the status
 //! socket as two i32 (exit code or -1, signal or 0) before closing it.
 
@@ -18,10 +18,17 @@ use std::os::unix::net::UnixStream;
 
 use crate::fdpass;
 
-/// Has the fork server start a worker whose link is `link` and whose exit status goes to
-/// `status`; returns the worker's pid.
-pub fn request_worker(conn: &mut UnixStream, link: &UnixStream, status: &UnixStream) -> io::Result<u32> {
-    send_fds(conn, &[link.as_raw_fd(), status.as_raw_fd()])?;
+/// Has the fork server start a worker whose link is `link`, whose exit status goes to `status`
+/// and, if given, whose output socket is `output`; returns the worker's pid.
+pub fn request_worker(
+    conn: &mut UnixStream,
+    link: &UnixStream,
+    status: &UnixStream,
+    output: Option<RawFd>,
+) -> io::Result<u32> {
+    let mut fds = vec![link.as_raw_fd(), status.as_raw_fd()];
+    fds.extend(output);
+    send_fds(conn, &fds)?;
     let mut pid = [0u8; 4];
     conn.read_exact(&mut pid)?;
     decode_pid(pid)

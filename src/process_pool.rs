@@ -55,7 +55,7 @@ impl PyProcessEngine {
     #[new]
     #[pyo3(signature = (
         argv, workers, on_results, init=None, max_tasks_per_child=None, forkserver_fd=None,
-        max_memory_per_child=None, cancel_running=false
+        max_memory_per_child=None, cancel_running=false, output_fd=None
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the executor's constructor
     fn new(
@@ -67,11 +67,26 @@ impl PyProcessEngine {
         forkserver_fd: Option<RawFd>,
         max_memory_per_child: Option<u64>,
         cancel_running: bool,
+        output_fd: Option<RawFd>,
     ) -> PyResult<Self> {
-        let forkserver_fd = forkserver_fd.map(crate::errors::fd_arg).transpose()?;
-        // SAFETY: the caller hands over a connected socket descriptor it no longer uses
-        // (`socket.detach()` in `_forkserver.py`); from here on this engine owns it.
-        let forkserver = forkserver_fd.map(|fd| unsafe { UnixStream::from_raw_fd(fd) });
+        let forkserver_fd = forkserver_fd.map(crate::errors::fd_arg).transpose();
+        let output_fd = output_fd.map(crate::errors::fd_arg).transpose();
+        // SAFETY: the caller hands over connected socket descriptors it no longer uses
+        // (`socket.detach()` in `_forkserver.py` and `_logs.py`); from here on this engine owns
+        // them (the valid ones, even when the other is not: they close on the error).
+        let own = |fd: &crate::errors::Result<Option<RawFd>>| {
+            fd.as_ref()
+                .ok()
+                .copied()
+                .flatten()
+                .map(|fd| unsafe { UnixStream::from_raw_fd(fd) })
+        };
+        let (forkserver, output) = (own(&forkserver_fd), own(&output_fd));
+        forkserver_fd?;
+        output_fd?;
+        if let Some(registrar) = &output {
+            registrar.set_nonblocking(true).map_err(Error::from)?;
+        }
         if workers == 0 {
             return Err(PyValueError::new_err("max_workers must be greater than 0"));
         }
@@ -80,7 +95,11 @@ impl PyProcessEngine {
         }
         let (tx, rx) = unbounded();
         let cfg = EngineConfig {
-            spec: WorkerSpec { argv, forkserver },
+            spec: WorkerSpec {
+                argv,
+                forkserver,
+                output,
+            },
             workers,
             init: init.map(|(flags, fn_len, body)| InitCall { flags, fn_len, body }),
             max_tasks_per_child,

@@ -502,67 +502,14 @@ fn feed(ring: &Ring, backlog: &Backlog) {
 }
 
 impl PyQueue {
-    fn build(rec: Shared<QueueRecord>) -> PyResult<Self> {
-        let (ring, len) = rec.extra();
-        let cap = rec.capacity.load(Ordering::Acquire);
-        if cap as usize > len || !cap.is_power_of_two() || cap < 64 {
-            return Err(PyValueError::new_err("not a ferropool queue segment"));
-        }
-        Ok(PyQueue {
-            ring: Arc::new(Ring { rec, bytes: ring, cap }),
-            backlog: Arc::default(),
-            closed: AtomicBool::new(false),
-        })
-    }
-
-    fn check_open(&self) -> PyResult<()> {
-        if self.closed.load(Ordering::Relaxed) {
-            return Err(PyValueError::new_err("Queue is closed"));
-        }
-        Ok(())
-    }
-
-    fn backlog_len(&self) -> u32 {
-        self.backlog.items.lock().unwrap_or_else(PoisonError::into_inner).len() as u32
-    }
-
-    /// Messages in the ring.
-    fn in_ring(&self) -> u32 {
-        let t = msgs(self.ring.rec.tail.0.pos.load(Ordering::SeqCst));
-        let h = msgs(self.ring.rec.head.0.pos.load(Ordering::SeqCst));
-        t.wrapping_sub(h).min(u32::MAX >> 1)
-    }
-}
-
-#[pymethods]
-impl PyQueue {
-    #[new]
-    #[pyo3(signature = (maxsize=0, joinable=false, capacity=None, handle=None))]
-    fn new(maxsize: i64, joinable: bool, capacity: Option<usize>, handle: Option<Handle>) -> PyResult<Self> {
-        if let Some(h) = handle {
-            return Self::build(Shared::attach(h)?);
-        }
-        let maxsize = if maxsize <= 0 {
-            0
-        } else {
-            maxsize.min(i64::from(u32::MAX >> 2)) as u32
-        };
-        let cap = capacity
-            .unwrap_or(DEFAULT_CAPACITY)
-            .clamp(4096, 1 << 30)
-            .next_power_of_two();
-        let rec: Shared<QueueRecord> = Shared::create(cap)?;
-        rec.maxsize.store(maxsize, Ordering::Relaxed);
-        rec.joinable.store(u32::from(joinable), Ordering::Relaxed);
-        rec.capacity.store(cap as u32, Ordering::Release);
-        Self::build(rec)
-    }
-
-    /// Puts `obj` into the queue, pickled now (an unpicklable object raises here).
-    #[pyo3(signature = (obj, block=true, timeout=None))]
-    fn put(&self, py: Python<'_>, obj: &Bound<'_, PyAny>, block: bool, timeout: Option<f64>) -> PyResult<()> {
-        self.check_open()?;
-        let data = dumps(py, obj)?;
+    /// Writes a pickled item: into the ring, or into the backlog the feeder thread drains.
+    fn put_pickled(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyBytes>,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
         let deadline = deadline(block, timeout)?;
         let ring = &*self.ring;
         let (tail, head) = (&ring.rec.tail.0, &ring.rec.head.0);
@@ -627,6 +574,89 @@ impl PyQueue {
             }
         }
         Ok(())
+    }
+
+    fn build(rec: Shared<QueueRecord>) -> PyResult<Self> {
+        let (ring, len) = rec.extra();
+        let cap = rec.capacity.load(Ordering::Acquire);
+        if cap as usize > len || !cap.is_power_of_two() || cap < 64 {
+            return Err(PyValueError::new_err("not a ferropool queue segment"));
+        }
+        Ok(PyQueue {
+            ring: Arc::new(Ring { rec, bytes: ring, cap }),
+            backlog: Arc::default(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn check_open(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PyValueError::new_err("Queue is closed"));
+        }
+        Ok(())
+    }
+
+    fn backlog_len(&self) -> u32 {
+        self.backlog.items.lock().unwrap_or_else(PoisonError::into_inner).len() as u32
+    }
+
+    /// Messages in the ring.
+    fn in_ring(&self) -> u32 {
+        let t = msgs(self.ring.rec.tail.0.pos.load(Ordering::SeqCst));
+        let h = msgs(self.ring.rec.head.0.pos.load(Ordering::SeqCst));
+        t.wrapping_sub(h).min(u32::MAX >> 1)
+    }
+}
+
+#[pymethods]
+impl PyQueue {
+    #[new]
+    #[pyo3(signature = (maxsize=0, joinable=false, capacity=None, handle=None))]
+    fn new(maxsize: i64, joinable: bool, capacity: Option<usize>, handle: Option<Handle>) -> PyResult<Self> {
+        if let Some(h) = handle {
+            return Self::build(Shared::attach(h)?);
+        }
+        let maxsize = if maxsize <= 0 {
+            0
+        } else {
+            maxsize.min(i64::from(u32::MAX >> 2)) as u32
+        };
+        let cap = capacity
+            .unwrap_or(DEFAULT_CAPACITY)
+            .clamp(4096, 1 << 30)
+            .next_power_of_two();
+        let rec: Shared<QueueRecord> = Shared::create(cap)?;
+        rec.maxsize.store(maxsize, Ordering::Relaxed);
+        rec.joinable.store(u32::from(joinable), Ordering::Relaxed);
+        rec.capacity.store(cap as u32, Ordering::Release);
+        Self::build(rec)
+    }
+
+    /// Puts `obj` into the queue, pickled now. An object that cannot be pickled goes to the
+    /// class's `_on_queue_feeder_error(e, obj)` hook where it has one (the stdlib calls it from
+    /// its feeder thread), else its error raises here.
+    #[pyo3(signature = (obj, block=true, timeout=None))]
+    fn put(
+        slf: &Bound<'_, Self>,
+        py: Python<'_>,
+        obj: &Bound<'_, PyAny>,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
+        let this = slf.get();
+        this.check_open()?;
+        let data = match dumps(py, obj) {
+            Ok(data) => data,
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyException>(py) => {
+                let Ok(hook) = slf.getattr(pyo3::intern!(py, "_on_queue_feeder_error")) else {
+                    return Err(e);
+                };
+                hook.call1((e.into_value(py), obj))?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        this.put_pickled(py, &data, block, timeout)
     }
 
     /// Removes and returns an item; `queue.Empty` when none comes in time.

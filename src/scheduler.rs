@@ -549,6 +549,7 @@ impl Sched {
                 self.wake_rx = None;
                 self.wake_tx = None;
                 self.cfg.spec.forkserver = None;
+                self.cfg.spec.output = None; // the output thread's sign that no worker is left
             } else if self.stop_deadline.is_some_and(|d| Instant::now() >= d) {
                 for w in &mut self.workers {
                     w.signal_group(libc::SIGKILL);

@@ -20,7 +20,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
-use pyo3::exceptions::{PyBufferError, PyFileExistsError, PyFileNotFoundError, PyValueError};
+use pyo3::exceptions::{PyBufferError, PyFileNotFoundError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 /// A shared mapping of a file descriptor's memory, unmapped on drop.
@@ -93,12 +93,16 @@ pub struct Segment {
 }
 
 fn inode(fd: &OwnedFd) -> io::Result<u64> {
+    Ok(inode_and_size(fd)?.0)
+}
+
+fn inode_and_size(fd: &OwnedFd) -> io::Result<(u64, u64)> {
     // SAFETY: fstat writes into the zeroed struct we own; the descriptor is open.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd.as_raw_fd(), &raw mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(st.st_ino)
+    Ok((st.st_ino, u64::try_from(st.st_size).unwrap_or(0)))
 }
 
 impl Segment {
@@ -106,13 +110,26 @@ impl Segment {
     pub fn create(len: usize) -> io::Result<Self> {
         let name = c"ferropool";
         // SAFETY: a valid C string; the returned descriptor is ours alone.
-        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `raw` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         File::from(fd.try_clone()?).set_len(len.max(1) as u64)?;
+        // Fixed size from now on: a process that opens the segment through /proc and truncates
+        // it would otherwise make every holder's next access die of SIGBUS.
+        // SAFETY: fcntl on a descriptor we own.
+        if unsafe {
+            libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+            )
+        } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
         let ino = inode(&fd)?;
         Ok(Segment {
             map: Mapping::new(&fd, len)?,
@@ -140,10 +157,18 @@ impl Segment {
                 )
             })?;
         let fd = OwnedFd::from(file);
-        if inode(&fd)? != ino {
+        let (real_ino, real_len) = inode_and_size(&fd)?;
+        if real_ino != ino {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("process {pid} no longer holds the shared segment it sent"),
+            ));
+        }
+        // mapping past the end of the file would turn the first access there into SIGBUS
+        if real_len < len.max(1) as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the shared segment of process {pid} holds {real_len} bytes, not the {len} its handle states"),
             ));
         }
         Ok(Segment {
@@ -306,6 +331,17 @@ pub struct PyNamedSegment {
     exports: std::sync::atomic::AtomicUsize,
 }
 
+/// The `OSError` subclass the stdlib raises for `errno`, naming the block as it does
+/// (`[Errno 22] Invalid argument: '/a/b'`).
+fn os_error_for(err: &io::Error, name: &str) -> PyErr {
+    let Some(code) = err.raw_os_error() else {
+        return PyOSError::new_err(err.to_string());
+    };
+    let text = err.to_string();
+    let strerror = text.split(" (os error").next().unwrap_or(&text).to_owned();
+    PyOSError::new_err((code, strerror, format!("/{name}")))
+}
+
 fn shm_path(name: &str) -> PyResult<CString> {
     CString::new(format!("/{name}")).map_err(|_| PyValueError::new_err("the name must not contain NUL"))
 }
@@ -340,14 +376,7 @@ impl PyNamedSegment {
         // SAFETY: a valid C string; the descriptor returned is ours alone.
         let raw = unsafe { libc::shm_open(path.as_ptr(), oflag | libc::O_CLOEXEC, 0o600) };
         if raw < 0 {
-            let err = io::Error::last_os_error();
-            return Err(match err.kind() {
-                io::ErrorKind::AlreadyExists => PyFileExistsError::new_err(format!("File exists: '/{name}'")),
-                io::ErrorKind::NotFound => {
-                    PyFileNotFoundError::new_err(format!("No such file or directory: '/{name}'"))
-                }
-                _ => err.into(),
-            });
+            return Err(os_error_for(&io::Error::last_os_error(), &name));
         }
         // SAFETY: `raw` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -482,6 +511,18 @@ mod tests {
         assert_eq!(b.load(Ordering::SeqCst), 7);
         b.store(9, Ordering::SeqCst);
         assert_eq!(a.load(Ordering::SeqCst), 9);
+    }
+
+    #[test]
+    fn a_segment_cannot_be_resized_and_a_longer_handle_is_refused() {
+        let a = Segment::create(64).unwrap();
+        let (pid, fd, len, ino) = a.handle();
+        let file = File::from(a.fd.try_clone().unwrap());
+        assert!(file.set_len(0).is_err());
+        assert!(file.set_len(1 << 20).is_err());
+        assert_eq!(file.metadata().unwrap().len(), 64);
+        assert!(Segment::attach((pid, fd, len, ino)).is_ok());
+        assert!(Segment::attach((pid, fd, 1 << 20, ino)).is_err());
     }
 
     #[test]

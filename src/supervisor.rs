@@ -28,7 +28,14 @@ pub struct WorkerSpec {
     pub argv: Vec<String>,
     /// This engine's connection to the fork server, when there is one.
     pub forkserver: Option<UnixStream>,
+    /// Where each new worker's output socket goes, when the pool forwards worker output
+    /// (`python/ferropool/_logs.py`): the parent's end of a fresh socket pair is sent here with
+    /// the worker's pid, and the worker gets the other end before it starts. Non-blocking.
+    pub output: Option<UnixStream>,
 }
+
+/// The variable that tells a spawned worker which inherited descriptor is its output socket.
+const OUTPUT_FD_VAR: &str = "FERROPOOL_OUTPUT_FD";
 
 /// The process behind a worker, and how its end is observed.
 pub enum Proc {
@@ -72,34 +79,65 @@ pub struct Worker {
 impl Worker {
     /// Starts a worker: through the fork server when there is one, else as a fresh interpreter.
     pub fn start(spec: &mut WorkerSpec, quota: Option<u64>) -> io::Result<Worker> {
+        // handed to the worker at its start, so no other process can ever connect in its place
+        let output = match spec.output {
+            Some(_) => Some(crate::connection::seqpacket_pair()?),
+            None => None,
+        };
+        let worker_end = output.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
+        let mut started = None;
         if let Some(conn) = spec.forkserver.as_mut() {
-            match Worker::fork(conn, quota) {
-                Ok(w) => return Ok(w),
+            match Worker::fork(conn, worker_end, quota) {
+                Ok(w) => started = Some(w),
                 // the server is gone (killed from outside, say): fresh interpreters still work
                 Err(_) => spec.forkserver = None,
             }
         }
-        Worker::spawn(&spec.argv, quota)
+        let worker = match started {
+            Some(w) => w,
+            None => Worker::spawn(&spec.argv, worker_end, quota)?,
+        };
+        if let (Some(registrar), Some((ours, _))) = (spec.output.as_ref(), output) {
+            // never waits: if the output thread is gone or far behind, this worker's output is
+            // lost (its sends fail), which is better than a stalled engine
+            let _ = crate::fdpass::send_with_fds(registrar, &worker.pid.to_le_bytes(), &[ours.as_raw_fd()]);
+        }
+        Ok(worker)
     }
 
-    fn fork(conn: &mut UnixStream, quota: Option<u64>) -> io::Result<Worker> {
+    fn fork(conn: &mut UnixStream, output: Option<RawFd>, quota: Option<u64>) -> io::Result<Worker> {
         let (ours, theirs) = UnixStream::pair()?;
         let (status, status_theirs) = UnixStream::pair()?;
-        let pid = crate::forkserver::request_worker(conn, &theirs, &status_theirs)?;
+        let pid = crate::forkserver::request_worker(conn, &theirs, &status_theirs, output)?;
         status.set_nonblocking(true)?;
         Worker::new(Proc::Forked { status }, pid, ours, quota)
     }
 
-    fn spawn(command: &[String], quota: Option<u64>) -> io::Result<Worker> {
+    fn spawn(command: &[String], output: Option<RawFd>, quota: Option<u64>) -> io::Result<Worker> {
         let (ours, theirs) = UnixStream::pair()?;
         let (program, rest) = command
             .split_first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command line"))?;
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(rest)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .process_group(0)
-            .spawn()?;
+            .process_group(0);
+        if let Some(fd) = output {
+            command.env(OUTPUT_FD_VAR, fd.to_string());
+            // SAFETY: the hook runs in the forked child before exec; it only calls fcntl, which
+            // is async-signal-safe, on a number copied in before the fork, and allocates nothing.
+            unsafe {
+                command.pre_exec(move || {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn()?;
         let pid = child.id();
         Worker::new(
             Proc::Child {

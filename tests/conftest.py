@@ -7,14 +7,21 @@ Synchronisation between the test and its tasks never sleeps in the test process:
   ``with make_executor() as ex, gate:`` releases the tasks before the executor shuts down.
 * a *beacon* is a FIFO whose read end the test holds; a task writes a line into it
   (``_tasks.signal_beacon``) and the test blocks in ``select`` until the line arrives.
+
+A test that needs a whole program (Ctrl-C, a killed parent, interpreter exit) runs a script in a
+``Child`` interpreter and reads its output under deadlines.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import pty
 import re
 import select
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -26,6 +33,7 @@ KINDS = ("process", "thread")
 EXECUTORS = {"process": ferropool.ProcessPoolExecutor, "thread": ferropool.ThreadPoolExecutor}
 LEAK_DEADLINE = 5.0
 WAIT = 30.0  # generous timeout for results that should come quickly
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,3 +251,214 @@ def beacon(tmp_path):
     b = Beacon(tmp_path / "beacon")
     yield b
     b.close()
+
+
+# --------------------------------------------------------------------------------------------
+# user programs
+
+
+def run_program(
+    tmp_path: Path, source: str, *, tty: bool = False, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Runs ``source`` as a user's script (``python script.py`` in ``tmp_path``), as text.
+
+    ``tty``: its stdout is a pseudo-terminal, as when a user runs it in a terminal (``\r\n``
+    comes back as ``\n``); its stderr is a pipe either way. ``env`` adds to the environment.
+    """
+    script = tmp_path / "program.py"
+    script.write_text(textwrap.dedent(source))
+    argv = [sys.executable, str(script)]
+    environ = {**os.environ, **(env or {})}
+    if not tty:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=environ)
+    master, slave = pty.openpty()
+    deadline = time.monotonic() + timeout
+    with open(tmp_path / "program.stderr", "w+") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=err, cwd=tmp_path, env=environ)
+        os.close(slave)
+        chunks = []
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    proc.kill()
+                    proc.wait()
+                    raise subprocess.TimeoutExpired(argv, timeout)
+                ready, _, _ = select.select([master], [], [], left)
+                if not ready:
+                    continue
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the last process holding the terminal has closed it
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            proc.wait(max(deadline - time.monotonic(), 1.0))
+        finally:
+            os.close(master)
+        err.seek(0)
+        stderr = err.read()
+    stdout = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+def program_report(result: subprocess.CompletedProcess[str]) -> str:
+    """The exit code and both streams of a ``run_program`` result, for an assertion message."""
+    return f"exit code {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+# scripts in a child interpreter
+
+# A process started in the background of a non-interactive shell (``cmd &`` in a script), under
+# nohup or by some CI runners starts with SIGINT and SIGQUIT ignored, and its children inherit
+# that: Python then installs no SIGINT handler and Ctrl-C raises nothing. Every child script
+# installs Python's own handler first, so a test's Ctrl-C means the same however the suite was
+# started (and the child's workers, which inherit the disposition, see what they would see
+# under a terminal).
+CHILD_PRELUDE = f"""\
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+sys.path.insert(0, {ROOT!r})
+"""
+
+
+class Child:
+    """A script run by a fresh interpreter, its stdout and stderr read under deadlines.
+
+    ``text`` is dedented and follows ``CHILD_PRELUDE`` (Python's SIGINT handler, the repository
+    on ``sys.path``). ``new_session`` starts it in a session and process group of its own, so
+    the test can Ctrl-C the whole group as a terminal does.
+    """
+
+    def __init__(self, path, text: str, *, new_session: bool = False, cwd=None) -> None:
+        Path(path).write_text(CHILD_PRELUDE + textwrap.dedent(text))
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("PYTHONFAULTHANDLER", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            start_new_session=new_session,
+        )
+        self.fds = {self.proc.stdout.fileno(): "stdout", self.proc.stderr.fileno(): "stderr"}
+        self.out = {"stdout": b"", "stderr": b""}
+        self.descendants: list[psutil.Process] = []
+        self._eof: set[int] = set()
+
+    @property
+    def stdout(self) -> str:
+        return self.out["stdout"].decode(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.out["stderr"].decode(errors="replace")
+
+    def report(self) -> str:
+        return f"returncode: {self.proc.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+
+    def read_until(self, marker: str, timeout: float, stream: str = "stdout") -> bool:
+        """Reads both pipes until ``marker`` shows up on ``stream``; False at the deadline or EOF."""
+        deadline = time.monotonic() + timeout
+        while marker.encode() not in self.out[stream]:
+            if not self._read_some(deadline):
+                return False
+        return True
+
+    def line(self, prefix: str, timeout: float = WAIT) -> str:
+        """The rest of the first stdout line that starts with ``prefix``; fails the test if
+        none arrives in time."""
+        deadline = time.monotonic() + timeout
+        pattern = re.compile(rf"^{re.escape(prefix)}(.*)\n", re.MULTILINE)
+        while (found := pattern.search(self.stdout)) is None:
+            if not self._read_some(deadline):
+                pytest.fail(f"the script never printed {prefix!r}\n{self.report()}")
+        return found.group(1).strip()
+
+    def _read_some(self, deadline: float) -> bool:
+        """Waits for output on either pipe and keeps it; False at the deadline or once both
+        pipes are at end of file."""
+        open_fds = [fd for fd, name in self.fds.items() if fd not in self._eof and not getattr(self.proc, name).closed]
+        left = deadline - time.monotonic()
+        if left <= 0 or not open_fds:
+            return False
+        ready, _, _ = select.select(open_fds, [], [], left)
+        for fd in ready:
+            data = os.read(fd, 65536)
+            if data:
+                self.out[self.fds[fd]] += data
+            else:
+                self._eof.add(fd)
+        return True
+
+    def snapshot_descendants(self) -> list[psutil.Process]:
+        """Records (and returns) the script's descendants, for the leftover checks."""
+        try:
+            self.descendants = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            self.descendants = []
+        return self.descendants
+
+    def communicate(self, timeout: float) -> None:
+        """Waits for the script's exit, keeping the rest of its output."""
+        out, err = self.proc.communicate(timeout=timeout)
+        self.out["stdout"] += out or b""
+        self.out["stderr"] += err or b""
+
+    def exit_within(self, timeout: float) -> None:
+        """Waits for the script's exit; kills it (and its descendants) and fails the test if it
+        is still running after ``timeout`` seconds."""
+        try:
+            self.communicate(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_all()
+            pytest.fail(f"the script did not exit within {timeout} s (it was killed)\n{self.report()}")
+
+    def kill_all(self) -> None:
+        """SIGKILL to the script and every descendant recorded or still attached to it."""
+        procs = list(self.descendants)
+        if self.proc.poll() is None:
+            try:
+                procs = [*psutil.Process(self.proc.pid).children(recursive=True), *procs]
+            except psutil.NoSuchProcess:
+                pass
+            procs.append(psutil.Process(self.proc.pid))
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        try:
+            self.communicate(timeout=10)
+        except (subprocess.TimeoutExpired, ValueError):
+            pass
+
+    def assert_descendants_gone(self, timeout: float = 10.0) -> None:
+        alive = wait_gone(self.descendants, timeout)
+        assert not alive, f"processes outlived the script: {alive}\n{self.report()}"
+
+    def close(self) -> None:
+        self.kill_all()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            stream.close()
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def start_child(path, text: str, marker: str = "waiting\n", timeout: float = WAIT, **kwargs) -> Child:
+    """A ``Child`` that has printed ``marker``, its descendants recorded; fails the test (and
+    kills the script) if the marker does not come in time."""
+    child = Child(path, text, **kwargs)
+    if not child.read_until(marker, timeout):
+        child.close()
+        pytest.fail(f"the script never printed {marker!r}\n{child.report()}")
+    child.snapshot_descendants()
+    return child

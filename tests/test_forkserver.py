@@ -513,3 +513,31 @@ def test_inherited_pool_gives_a_clear_error_in_a_forked_child(tmp_path):
     out = json.loads(report_line[len("REPORT ") :])
     assert out["child_exit"] == 0, detail
     assert out["after"] == {"executor": 25, "threads": 25}, detail
+
+
+def test_a_process_forked_from_the_server_can_start_a_process(tmp_path):
+    # the server is forked while the parent holds the lock that guards it; its children must not
+    # inherit that lock held (CPython's test_recursion and TestStdinBadfiledescriptor hung on it)
+    out = _run(
+        tmp_path,
+        """
+        def inner(q):
+            q.put(("inner", os.getpid()))
+
+        def outer(q):
+            p = ferropool.Process(target=inner, args=(q,))
+            p.start()
+            p.join(30)
+            q.put(("outer", p.exitcode))
+
+        if __name__ == "__main__":
+            q = ferropool.Queue()
+            p = ferropool.Process(target=outer, args=(q,))
+            p.start()
+            got = dict(q.get(timeout=30) for _ in range(2))
+            p.join(30)
+            report(server=_forkserver.server_pid() is not None, outer=got["outer"], exitcode=p.exitcode)
+        """,
+    )
+    assert out["server"], out["_detail"]
+    assert (out["outer"], out["exitcode"]) == (0, 0), out["_detail"]

@@ -11,27 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import psutil
 import pytest
 
-from tests.conftest import live_processes, wait_gone
+from tests.conftest import Child, live_processes, wait_gone
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["forkserver", "spawn"]
 START_TIMEOUT = 30.0
 GONE_BOUND = 2.0  # workers and server are gone this long after the parent died
 INTERRUPT_BOUND = 3.0  # the requirement is 1 s; slack for a loaded 2-core machine
 
 HEADER = """
-import functools, json, sys
-sys.path.insert(0, {root!r})
+import functools, json
 import ferropool
 from ferropool import _forkserver
 from tests import _tasks
@@ -77,87 +71,15 @@ print("NOT INTERRUPTED", flush=True)
 """
 
 
-class Script:
-    """A script in its own session (so the test can Ctrl-C its whole process group, as a
-    terminal does), with stdout and stderr read under deadlines."""
-
-    def __init__(self, tmp_path, text: str) -> None:
-        path = tmp_path / "script.py"
-        path.write_text(textwrap.dedent(text))
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("PYTHONFAULTHANDLER", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
-        self.fds = {self.proc.stdout.fileno(): "stdout", self.proc.stderr.fileno(): "stderr"}
-        self.out = {"stdout": b"", "stderr": b""}
-        self.descendants: list[psutil.Process] = []
-
-    @property
-    def stdout(self) -> str:
-        return self.out["stdout"].decode(errors="replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.out["stderr"].decode(errors="replace")
-
-    def report(self) -> str:
-        return f"returncode: {self.proc.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
-
-    def read_until(self, marker: str, timeout: float) -> bool:
-        """Reads both pipes until ``marker`` is on stdout; False at the deadline or EOF."""
-        open_fds = list(self.fds)
-        deadline = time.monotonic() + timeout
-        while marker.encode() not in self.out["stdout"]:
-            left = deadline - time.monotonic()
-            if left <= 0 or not open_fds:
-                return False
-            ready, _, _ = select.select(open_fds, [], [], left)
-            for fd in ready:
-                data = os.read(fd, 65536)
-                if data:
-                    self.out[self.fds[fd]] += data
-                else:
-                    open_fds.remove(fd)
-        return True
-
-    def snapshot_descendants(self) -> None:
-        self.descendants = psutil.Process(self.proc.pid).children(recursive=True)
-
-    def finish(self, timeout: float) -> None:
-        out, err = self.proc.communicate(timeout=timeout)
-        self.out["stdout"] += out or b""
-        self.out["stderr"] += err or b""
-
-    def close(self) -> None:
-        for p in self.descendants:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-        try:
-            self.finish(timeout=10)
-        except (subprocess.TimeoutExpired, ValueError):
-            pass
-        for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
-
-
 def _start_blocked(tmp_path, beacon, method, front, task, n_lines=2):
-    text = HEADER.format(root=ROOT, method=method, front=front, beacon=beacon.path) + BLOCKED.format(task=task)
-    script = Script(tmp_path, text)
-    lines = [beacon.wait(START_TIMEOUT) for _ in range(n_lines)]
-    if not script.read_until("PIDS ", START_TIMEOUT) or not script.read_until("\n", START_TIMEOUT):
+    text = HEADER.format(method=method, front=front, beacon=beacon.path) + BLOCKED.format(task=task)
+    script = Child(tmp_path / "script.py", text, new_session=True)
+    try:
+        lines = [beacon.wait(START_TIMEOUT) for _ in range(n_lines)]
+        info = json.loads(script.line("PIDS ", START_TIMEOUT))
+    except BaseException:
         script.close()
-        pytest.fail("the script never reported its workers\n" + script.report())
-    line = next(x for x in script.stdout.splitlines() if x.startswith("PIDS "))
-    info = json.loads(line[len("PIDS ") :])
+        raise
     script.snapshot_descendants()
     return script, lines, info
 
@@ -229,8 +151,8 @@ def test_ctrl_c_reaches_the_script_and_ends_the_workers(tmp_path, beacon, method
     the script's ``except KeyboardInterrupt`` runs within the bound, the workers are gone within
     2 s of the script's exit, and no worker printed a traceback."""
     front = "executor" if waiter.startswith("executor") else "pool"
-    text = HEADER.format(root=ROOT, method=method, front=front, beacon=beacon.path) + INTERRUPTED.format(waiter=waiter)
-    script = Script(tmp_path, text)
+    text = HEADER.format(method=method, front=front, beacon=beacon.path) + INTERRUPTED.format(waiter=waiter)
+    script = Child(tmp_path / "script.py", text, new_session=True)
     try:
         workers = sorted(int(beacon.wait(START_TIMEOUT)) for _ in range(2))
         assert script.read_until("waiting\n", START_TIMEOUT), script.report()
@@ -240,10 +162,7 @@ def test_ctrl_c_reaches_the_script_and_ends_the_workers(tmp_path, beacon, method
         os.killpg(script.proc.pid, signal.SIGINT)
         interrupted = script.read_until("INTERRUPTED\n", INTERRUPT_BOUND)
         to_marker = time.monotonic() - sent
-        try:
-            script.finish(timeout=30)
-        except subprocess.TimeoutExpired:
-            pytest.fail("the interrupted script did not exit within 30 s\n" + script.report())
+        script.exit_within(30)
         exited = time.monotonic()
         alive = wait_gone(script.descendants, GONE_BOUND)
         gone_after = time.monotonic() - exited

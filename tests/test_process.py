@@ -11,6 +11,7 @@ from ferropool.connection import wait
 
 from tests import _process_tasks as tasks
 from tests.conftest import WAIT
+from tests.test_process_exit import run_script
 
 
 def started(target=None, *args, **kwargs):
@@ -415,3 +416,50 @@ def test_child_started_from_a_thread_outlives_that_thread(pipe):
     assert p.is_alive()
     a.send("go")
     assert joined(p).exitcode == 0
+
+
+MANY_CONNECTIONS_SCRIPT = """
+def child(conns):
+    for conn in conns:
+        conn.send(conn.fileno())
+
+if __name__ == "__main__":
+    with ferropool.Pool(1) as pool:  # the fork server exists from now on
+        pool.map(abs, [1])
+    pairs = [ferropool.Pipe() for _ in range(100)]
+    p = ferropool.Process(target=child, args=([theirs for _, theirs in pairs],))
+    p.start()
+    p.join(30)
+    print(p.exitcode, sum(1 for ours, theirs in pairs if ours.poll(0) and ours.recv() == theirs.fileno()))
+"""
+
+
+def test_a_process_gets_a_hundred_connections_through_the_fork_server(tmp_path):
+    # beyond 60 descriptors the child used to exit with code 1, silently, without running
+    result = run_script(tmp_path, MANY_CONNECTIONS_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "100"]
+
+
+UNLOADABLE_ARGUMENT_SCRIPT = """
+def fail():
+    raise RuntimeError("cannot be loaded here")
+
+class Unloadable:
+    def __reduce__(self):
+        return fail, ()
+
+if __name__ == "__main__":
+    with ferropool.Pool(1) as pool:
+        pool.map(abs, [1])
+    p = ferropool.Process(target=print, args=(Unloadable(),))
+    p.start()
+    p.join(30)
+    print(p.exitcode)
+"""
+
+
+def test_a_forked_process_that_cannot_load_its_arguments_says_why(tmp_path):
+    result = run_script(tmp_path, UNLOADABLE_ARGUMENT_SCRIPT)
+    assert result.stdout.split() == ["1"]
+    assert "RuntimeError: cannot be loaded here" in result.stderr

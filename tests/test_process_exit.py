@@ -12,8 +12,7 @@ import textwrap
 import psutil
 import pytest
 
-from tests.conftest import wait_gone
-from tests.test_interrupt import _start
+from tests.conftest import start_child, wait_gone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT_TIMEOUT = 60.0
@@ -180,20 +179,14 @@ BLOCKED = {
 def test_ctrl_c_interrupts_a_blocked_call_and_ends_the_children(tmp_path, blocked_in):
     """SIGINT to the parent alone: the blocked call raises KeyboardInterrupt at once, and the
     interrupted interpreter terminates its children instead of joining them."""
-    child = _start(tmp_path, HEADER + textwrap.dedent(BLOCKED[blocked_in]) + '\nprint("not interrupted")\n')
-    try:
+    text = HEADER + textwrap.dedent(BLOCKED[blocked_in]) + '\nprint("not interrupted")\n'
+    with start_child(tmp_path / "interrupted.py", text) as child:
         child.proc.send_signal(signal.SIGINT)
-        try:
-            child.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill_all()
-            pytest.fail("the interrupted script did not exit within 10 s of SIGINT\n" + child.report())
+        child.exit_within(10)
         assert child.proc.returncode != 0, child.report()
         assert "KeyboardInterrupt" in child.stderr, child.report()
         assert "not interrupted" not in child.stdout, child.report()
         child.assert_descendants_gone()
-    finally:
-        child.close()
 
 
 def test_children_forked_by_the_fork_server_see_the_parent_as_it_is_at_start(tmp_path):

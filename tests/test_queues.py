@@ -6,19 +6,16 @@ import multiprocessing
 import os
 import queue
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import warnings
 
 import ferropool
 import pytest
 
-from tests.conftest import WAIT
+from tests.conftest import WAIT, start_child
+from tests.test_process_exit import run_script
 
 CTX = multiprocessing.get_context("spawn")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -143,6 +140,39 @@ def test_an_unpicklable_object_raises_at_put_and_loses_nothing():
     assert q.empty()
 
 
+FEEDER_HOOK_SCRIPT = """
+import ferropool.queues
+
+class NotPicklable:
+    def __reduce__(self):
+        raise AttributeError("no pickling")
+
+class SafeQueue(ferropool.queues.Queue):
+    @staticmethod
+    def _on_queue_feeder_error(e, obj):
+        print("hook", type(e).__name__, type(obj).__name__, flush=True)
+
+q = SafeQueue(ctx=ferropool.get_context())
+q.put(NotPicklable())
+q.put(True)
+print("got", q.get(timeout=30), q.empty())
+try:
+    ferropool.Queue().put(NotPicklable())
+except AttributeError as e:
+    print("plain queue raises:", e)
+"""
+
+
+def test_a_subclass_hook_receives_what_put_could_not_pickle(tmp_path):
+    result = run_script(tmp_path, FEEDER_HOOK_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "hook AttributeError NotPicklable",
+        "got True True",
+        "plain queue raises: no pickling",
+    ]
+
+
 def test_lambdas_travel_by_value():
     q = ferropool.Queue()
     q.put(lambda x: x + 1)
@@ -223,8 +253,6 @@ def test_a_bad_handle_is_refused():
 
 
 BLOCKED = """
-import sys
-sys.path.insert(0, {root!r})
 import ferropool
 obj = ferropool.{make}
 print("blocking", flush=True)
@@ -246,19 +274,12 @@ obj.{call}
         ("SimpleQueue()", "get()"),
     ],
 )
-def test_ctrl_c_interrupts_a_blocked_call(make, call):
-    script = textwrap.dedent(BLOCKED.format(root=ROOT, make=make, call=call))
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "blocking"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert "KeyboardInterrupt" in err, err
-    assert proc.returncode != 0
+def test_ctrl_c_interrupts_a_blocked_call(tmp_path, make, call):
+    with start_child(tmp_path / "blocked.py", BLOCKED.format(make=make, call=call), "blocking\n") as child:
+        child.proc.send_signal(signal.SIGINT)
+        child.exit_within(WAIT)
+        assert "KeyboardInterrupt" in child.stderr, child.report()
+        assert child.proc.returncode != 0, child.report()
 
 
 def test_threads_putting_at_once_while_the_ring_is_full():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import multiprocessing
 import os
 import pickle
@@ -14,6 +15,7 @@ from ferropool import shared_memory
 from ferropool.shared_memory import ShareableList, SharedMemory
 
 from tests.conftest import WAIT, wait_gone
+from tests.test_process_exit import run_script
 
 CTX = multiprocessing.get_context("spawn")
 
@@ -45,7 +47,7 @@ def write_by_name(name, data):
 def create_and_hang(out, size):
     shm = SharedMemory(create=True, size=size)
     shm.buf[:5] = b"hello"
-    out.put((shm.name, shared_memory._watchdog._proc.pid))
+    out.put((shm.name, shared_memory._watchdog.pid))
     ferropool.Event().wait(WAIT)  # until the test kills this process
 
 
@@ -145,6 +147,63 @@ def test_bad_arguments():
     shm.close()
     with pytest.raises(ValueError):
         shm.buf  # noqa: B018
+
+
+ODD_NAMES_SCRIPT = """
+import signal
+from ferropool import shared_memory
+from ferropool.shared_memory import SharedMemory
+
+odd = SharedMemory(f"ferro test\\t{os.getpid()} \\n", create=True, size=64)
+plain = SharedMemory(create=True, size=64)
+first_watchdog = shared_memory._watchdog.pid
+os.kill(first_watchdog, signal.SIGKILL)  # whatever killed it, the next block starts another
+again = SharedMemory(create=True, size=64)
+print(repr(odd.name), plain.name, again.name, first_watchdog, shared_memory._watchdog.pid, sep="\\n", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_names_with_whitespace_and_a_dead_watchdog_leave_nothing_behind(tmp_path):
+    # a name with whitespace used to kill the watchdog (a line protocol split on whitespace),
+    # the next block raised BrokenPipeError, and after a SIGKILL both stayed in /dev/shm
+    result = run_script(tmp_path, ODD_NAMES_SCRIPT)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    odd, plain, again, first_watchdog, watchdog = result.stdout.splitlines()
+    odd = ast.literal_eval(odd)  # a repr of the name
+    assert odd.startswith("ferro test\t") and odd.endswith(" \n")
+    assert first_watchdog != watchdog
+    try:
+        gone = wait_gone([psutil.Process(int(watchdog))], WAIT)
+    except psutil.NoSuchProcess:
+        gone = []
+    assert gone == []
+    assert [name for name in (odd, plain, again) if exists(name)] == []
+
+
+def test_names_are_refused_as_the_stdlib_refuses_them():
+    with pytest.raises(OSError, match=r"Invalid argument: '/a/b'") as info:
+        SharedMemory("a/b", create=True, size=8)
+    assert info.value.errno == 22 and info.value.filename == "/a/b"
+    with pytest.raises(ValueError, match="NUL"):
+        SharedMemory("a\0b", create=True, size=8)
+
+
+EXIT_WITH_A_BLOCK_OPEN_SCRIPT = """
+from ferropool.shared_memory import SharedMemory
+
+shm = SharedMemory(create=True, size=100)
+shm.buf[:2] = b"hi"
+print(shm.name)
+"""
+
+
+def test_the_interpreter_exits_with_a_created_block_still_open(tmp_path):
+    # closing it from SharedMemory.__del__ at exit used to start a thread, which hung forever
+    # on Python 3.11
+    result = run_script(tmp_path, EXIT_WITH_A_BLOCK_OPEN_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    assert not exists(result.stdout.strip())
 
 
 def test_shareable_list_round_trip_in_a_child():

@@ -11,6 +11,7 @@ import pytest
 from ferropool import sharedctypes
 
 from tests.conftest import WAIT
+from tests.test_process_exit import run_script
 
 CTX = multiprocessing.get_context("spawn")
 
@@ -130,3 +131,85 @@ def test_copy_and_synchronized():
     s = sharedctypes.synchronized(a)
     assert s[:] == [1, 2] and s.get_obj() is a
     assert "wrapper" in repr(s)
+
+
+MAIN_STRUCTURE_SCRIPT = """
+import ctypes
+from ferropool.sharedctypes import Array, RawValue, Value, copy
+
+class Foo(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_double), ("z", ctypes.c_longlong)]
+
+    def total(self):
+        return self.x + int(self.y) + self.z
+
+def double(x, y, foo, arr, string, copied):
+    x.value *= 2
+    y.value *= 2
+    foo.x *= 2
+    foo.y *= 2
+    string.value *= 2
+    for i in range(len(arr)):
+        arr[i] *= 2
+    copied.z = copied.total()
+
+if __name__ == "__main__":
+    for lock in (False, True):
+        x, y = Value("i", 7, lock=lock), Value(ctypes.c_double, 1 / 3, lock=lock)
+        foo = Value(Foo, 3, 2, lock=lock)
+        arr, string = Array("d", range(4), lock=lock), Array("c", 20, lock=lock)
+        string.value = b"hello"
+        copied = copy(Foo(1, 2.0, 3))
+        p = ferropool.Process(target=double, args=(x, y, foo, arr, string, copied))
+        p.start()
+        p.join(30)
+        print(p.exitcode, x.value, round(y.value, 3), foo.x, foo.y, list(arr), string.value, copied.z)
+"""
+
+
+def test_shared_ctypes_and_a_main_structure_go_to_a_child_process(tmp_path):
+    # a structure defined in __main__ reaches a child that never runs __main__; the locked
+    # wrapper of a structure has its fields as properties, as the stdlib's has
+    result = run_script(tmp_path, MAIN_STRUCTURE_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    expected = "0 14 0.667 6 4.0 [0.0, 2.0, 4.0, 6.0] b'hellohello' 6"
+    assert result.stdout.splitlines() == [expected, expected]
+
+
+INITARGS_MODULE = """
+shared = None
+
+def init(*objects):
+    global shared
+    shared = objects
+
+def task(i):
+    counter, raw, arr, point = shared
+    with counter.get_lock():
+        counter.value += 1
+    arr[i] = i * 10
+    return raw.value + point.x
+"""
+
+INITARGS_SCRIPT = """
+import ctypes
+from ferropool.sharedctypes import RawArray, RawValue, Value, synchronized
+import initargs_module
+
+class Point(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_int)]
+
+if __name__ == "__main__":
+    counter, raw, arr = Value("i", 0), RawValue("d", 1.5), RawArray("i", 4)
+    point = synchronized(RawValue(Point, 2))
+    with ferropool.Pool(2, initializer=initargs_module.init, initargs=(counter, raw, arr, point)) as pool:
+        print(pool.map(initargs_module.task, range(4)))
+    print(counter.value, list(arr))
+"""
+
+
+def test_shared_ctypes_as_pool_initargs(tmp_path):
+    (tmp_path / "initargs_module.py").write_text(INITARGS_MODULE)
+    result = run_script(tmp_path, INITARGS_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[3.5, 3.5, 3.5, 3.5]", "4 [0, 10, 20, 30]"]

@@ -12,6 +12,7 @@ import ferropool
 import pytest
 
 from tests.conftest import WAIT
+from tests.test_process_exit import run_script
 
 CTX = multiprocessing.get_context("spawn")
 
@@ -234,6 +235,44 @@ def test_semaphore_consumed_as_a_signal_is_not_given_back():
     assert not sem.acquire(False)
 
 
+SEALED_SEGMENT_SCRIPT = """
+import os
+from ferropool import _core
+
+lock = ferropool.Lock()
+pid, fd = lock._handle[:2]
+for size in (0, 1 << 20):
+    try:
+        os.truncate(f"/proc/{pid}/fd/{fd}", size)
+        print("resized to", size)
+    except PermissionError:
+        print("resize refused")
+print("acquired", lock.acquire(timeout=5))
+lock.release()
+
+segment = _core.Segment(64)
+pid, fd, size, ino = segment.handle
+try:
+    _core.Segment(0, (pid, fd, 1 << 20, ino))
+    print("attached past the end")
+except OSError as e:
+    print("attach refused:", "not the 1048576" in str(e))
+"""
+
+
+def test_a_segment_cannot_be_resized_by_another_opener_nor_attached_past_its_end(tmp_path):
+    # a same-user process could open a Lock's memory through /proc and truncate it: the next
+    # acquire() died of SIGBUS
+    result = run_script(tmp_path, SEALED_SEGMENT_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "resize refused",
+        "resize refused",
+        "acquired True",
+        "attach refused: True",
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # Event and Condition
 
@@ -307,6 +346,60 @@ def test_condition_restores_a_recursive_lock():
         assert lock._count() == 2
 
 
+def test_a_wait_right_after_notify_does_not_take_the_sleepers_wake_up():
+    cond = ferropool.Condition()
+    asleep, woken = threading.Semaphore(0), []
+
+    def sleeper():
+        with cond:
+            asleep.release()
+            woken.append(cond.wait(WAIT))
+
+    t = threading.Thread(target=sleeper)
+    t.start()
+    assert asleep.acquire(timeout=WAIT)
+    with cond:  # the sleeper is asleep once the test holds the lock
+        cond.notify()
+        # this waiter came after the notify: the wake-up is the sleeper's, not its own
+        assert cond.wait(0.05) is False
+    t.join(WAIT)
+    assert woken == [True]
+
+
+WAIT_FOR_SCRIPT = """
+import sys, time
+
+def child(cond, state):
+    with cond:
+        state.value = 0
+        cond.notify()
+        if not cond.wait_for(lambda: state.value == 4) or state.value != 4:
+            sys.exit(1)
+
+if __name__ == "__main__":
+    for _ in range(10):
+        cond, state = ferropool.Condition(), ferropool.Value("i", -1)
+        p = ferropool.Process(target=child, args=(cond, state), daemon=True)
+        p.start()
+        with cond:
+            assert cond.wait_for(lambda: state.value == 0) and state.value == 0
+        for _ in range(4):
+            with cond:
+                state.value += 1
+                cond.notify()
+        p.join(30)
+        print(p.exitcode)
+"""
+
+
+def test_wait_for_between_two_processes_that_notify_each_other(tmp_path):
+    # the notifier waits right after its notify (CPython's test_waitfor): it used to take the
+    # other process's wake-up, and both slept forever
+    result = run_script(tmp_path, WAIT_FOR_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0"] * 10
+
+
 # --------------------------------------------------------------------------------------------
 # Barrier
 
@@ -369,9 +462,26 @@ def test_primitives_travel_to_pool_workers():
     assert counter.value == 800
 
 
-def test_reprs_name_state():
-    assert "owner=None" in repr(ferropool.Lock())
-    assert "value=3" in repr(ferropool.Semaphore(3))
-    assert "maxvalue=2" in repr(ferropool.BoundedSemaphore(2))
-    assert "unset" in repr(ferropool.Event())
-    assert "parties=2" in repr(ferropool.Barrier(2))
+def test_reprs_are_the_stdlibs():
+    lock, rlock = ferropool.Lock(), ferropool.RLock()
+    assert repr(lock) == "<Lock(owner=None)>"
+    assert repr(rlock) == "<RLock(None, 0)>"
+    with lock, rlock, rlock:
+        assert repr(lock) == "<Lock(owner=MainProcess)>"
+        assert repr(rlock) == "<RLock(MainProcess, 2)>"
+        seen = []
+        t = threading.Thread(target=lambda: seen.extend([repr(lock), repr(rlock)]))
+        t.start()
+        t.join(WAIT)
+        assert seen == ["<Lock(owner=SomeOtherThread)>", "<RLock(SomeOtherThread, nonzero)>"]
+    assert repr(ferropool.Semaphore(3)) == "<Semaphore(value=3)>"
+    assert repr(ferropool.BoundedSemaphore(2)) == "<BoundedSemaphore(value=2, maxvalue=2)>"
+    assert repr(ferropool.Condition(lock)) == "<Condition(<Lock(owner=None)>, 0)>"
+    event = ferropool.Event()
+    assert repr(event) == f"<Event at {id(event):#x} unset>"
+    event.set()
+    assert repr(event) == f"<Event at {id(event):#x} set>"
+    barrier = ferropool.Barrier(2)
+    assert repr(barrier) == f"<ferropool.synchronize.Barrier at {id(barrier):#x}: waiters=0/2>"
+    barrier.abort()
+    assert repr(barrier) == f"<ferropool.synchronize.Barrier at {id(barrier):#x}: broken>"

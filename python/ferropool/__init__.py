@@ -14,11 +14,21 @@ from ._core import __version__, cpu_count
 # this package, and its start-up time is the pool's start-up time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
+    from . import reduction as reducer
     from ._logs import get_logger, log_to_stderr
     from ._state import worker_state
     from ._stats import PoolStats
     from .connection import AuthenticationError, BufferTooShort, Pipe
-    from .context import freeze_support, get_all_start_methods, get_context, get_start_method, set_start_method
+    from .context import (
+        allow_connection_pickling,
+        freeze_support,
+        get_all_start_methods,
+        get_context,
+        get_start_method,
+        set_executable,
+        set_forkserver_preload,
+        set_start_method,
+    )
     from .errors import (
         BrokenExecutor,
         BrokenProcessPool,
@@ -32,6 +42,7 @@ if TYPE_CHECKING:
         ALL_COMPLETED,
         FIRST_COMPLETED,
         FIRST_EXCEPTION,
+        Executor,
         Future,
         ProcessPoolExecutor,
         ThreadPoolExecutor,
@@ -69,6 +80,7 @@ __all__ = [
     "BrokenProcessPool",
     "BrokenThreadPool",
     "CancelledError",
+    "Executor",
     "Future",
     "InvalidStateError",
     "Pipe",
@@ -77,12 +89,15 @@ __all__ = [
     "ProcessError",
     "PoolStats",
     "ProcessPoolExecutor",
+    "SUBDEBUG",
+    "SUBWARNING",
     "ThreadPool",
     "ThreadPoolExecutor",
     "TimeoutError",
     "WorkerDiedError",
     "__version__",
     "active_children",
+    "allow_connection_pickling",
     "as_completed",
     "cpu_count",
     "current_process",
@@ -91,6 +106,9 @@ __all__ = [
     "get_context",
     "get_start_method",
     "parent_process",
+    "reducer",
+    "set_executable",
+    "set_forkserver_preload",
     "set_start_method",
     "get_logger",
     "log_to_stderr",
@@ -105,6 +123,7 @@ _LAZY = {
     "ALL_COMPLETED": "futures",
     "FIRST_COMPLETED": "futures",
     "FIRST_EXCEPTION": "futures",
+    "Executor": "futures",
     "Future": "futures",
     "ProcessPoolExecutor": "futures",
     "ThreadPoolExecutor": "futures",
@@ -130,6 +149,9 @@ _LAZY = {
     "get_context": "context",
     "get_start_method": "context",
     "set_start_method": "context",
+    "set_executable": "context",
+    "set_forkserver_preload": "context",
+    "allow_connection_pickling": "context",
     "Lock": "synchronize",
     "RLock": "synchronize",
     "Semaphore": "synchronize",
@@ -151,12 +173,21 @@ _LAZY = {
 }
 
 
+#: logging levels below DEBUG and between INFO and WARNING, as ``multiprocessing.util`` has
+SUBDEBUG = 5
+SUBWARNING = 25
+
+
 def __getattr__(name: str) -> object:
+    import importlib
+
+    if name == "reducer":  # the stdlib's is its reduction module, too
+        value: object = importlib.import_module(".reduction", __name__)
+        globals()[name] = value
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ferropool' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value

@@ -21,6 +21,7 @@ from ._future import Future
 from ._serialize import (
     FLAG_ITEM_CHUNK,
     FLAG_OUTCOMES,
+    FLAG_POOL_ERRORS,
     FLAG_STAR_CHUNK,
     FLAG_TIMED,
     OUT_CANCELLED,
@@ -180,9 +181,12 @@ class ProcessBackend:
         max_memory_per_child: int | None = None,
         cancel_running: bool = False,
         setup: Any = None,
+        pool_errors: bool = False,
     ) -> None:
         # setup: a _setup.WorkerSetup (worker output and logs, BLAS limits, worker_state)
         self.setup = setup
+        # pool_errors: Pool's error for a result that cannot be pickled (MaybeEncodingError)
+        self.call_flags = FLAG_POOL_ERRORS if pool_errors else 0
         if setup is not None:
             initializer, initargs = setup.wrap(initializer, initargs)
         init = None
@@ -203,6 +207,8 @@ class ProcessBackend:
             server,
             max_memory_per_child,
             cancel_running,
+            # last: the engine owns the descriptor from here on, even if it then fails to start
+            output_fd=None if setup is None else setup.output_fd(),
         )
         if setup is not None:
             setup.attach(self)
@@ -230,7 +236,7 @@ class ProcessBackend:
         tid = next(self._ids)
         self.sink.pending[tid] = fut
         try:
-            self.engine.submit(tid, fn_bytes, payload, flags, fut, timeout, fds)
+            self.engine.submit(tid, fn_bytes, payload, flags | self.call_flags, fut, timeout, fds)
         except BaseException:
             del self.sink.pending[tid]
             raise

@@ -54,9 +54,11 @@ def pack_chunk(items: Any) -> tuple[bytes, list[int] | None]:
 MAX_SEGMENTS = 255
 
 
-def pack_outcomes(seconds: float, outcomes: list[tuple[bool, Any]]) -> tuple[bytes, list[int] | None]:
-    """``pack`` for the per-item outcomes of an ``imap`` task."""
-    return _packed(lambda buffers: dump_outcomes(seconds, outcomes, buffers))
+def pack_outcomes(
+    seconds: float, outcomes: list[tuple[bool, Any]], pool: bool = False
+) -> tuple[bytes, list[int] | None]:
+    """``pack`` for the per-item outcomes of an ``imap`` task (``pool``: see ``dump_outcomes``)."""
+    return _packed(lambda buffers: dump_outcomes(seconds, outcomes, buffers, pool))
 
 
 def _pack(obj: Any) -> tuple[bytes, list[int] | None]:

@@ -31,6 +31,8 @@ import threading
 from . import _core
 
 _lock = threading.Lock()
+#: modules a fork server imports as it starts (``set_forkserver_preload``)
+preload: list[str] = []
 _server: tuple[int, socket.socket] | None = None  # (pid, connection) while one runs
 
 
@@ -83,12 +85,22 @@ def start_process(conn_fd: int, payload_fd: int, inherit: list[int]) -> tuple[in
     reads its process object from ``payload_fd`` and gets the descriptors ``inherit`` at the
     same numbers. The server writes its exit status to the returned descriptor, which the caller
     owns. ``None`` if the server went away.
+
+    The request is a ``p`` message (the parent's process group, how many descriptors the child
+    inherits, then the numbers of those it carries) with the payload, the status socket and the
+    first inherited descriptors attached, followed by ``f`` messages with the rest, each naming
+    the numbers of the descriptors it carries.
     """
     ours, theirs = socket.socketpair()
     with socket.socket(fileno=conn_fd) as conn:
         try:
-            header = struct.pack(f"<ci{len(inherit)}i", b"p", os.getpgrp(), *inherit)
-            socket.send_fds(conn, [header], [payload_fd, theirs.fileno(), *inherit])
+            # a message carries at most _FDS_PER_MESSAGE descriptors, each with its number
+            first, rest = inherit[:_FDS_PER_MESSAGE], inherit[_FDS_PER_MESSAGE:]
+            header = struct.pack(f"<ciI{len(first)}i", b"p", os.getpgrp(), len(inherit), *first)
+            socket.send_fds(conn, [header], [payload_fd, theirs.fileno(), *first])
+            for at in range(0, len(rest), _FDS_PER_MESSAGE):
+                chunk = rest[at : at + _FDS_PER_MESSAGE]
+                socket.send_fds(conn, [struct.pack(f"<c{len(chunk)}i", b"f", *chunk)], chunk)
             answer = b""
             while len(answer) < 4:
                 more = conn.recv(4 - len(answer))
@@ -124,7 +136,10 @@ def _start() -> tuple[int, socket.socket]:
 
 def _forget_after_fork() -> None:
     """In a child the user forked: the server belongs to the parent; let go of it."""
-    global _server
+    global _lock, _server
+    # the server itself is forked inside ``connect()``, holding the lock, and the processes it
+    # forks inherit that held lock: a Process starting a Process would wait on it forever
+    _lock = threading.Lock()
     if _server is not None:
         _server[1].close()
         _server = None
@@ -140,6 +155,11 @@ def _serve(master: socket.socket, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not _core.die_with_parent(parent):
         return
+    for name in preload:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
     gc.freeze()  # inherited objects stay put: no collection, no copy-on-write churn
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -189,46 +209,75 @@ def _serve(master: socket.socket, parent: int) -> None:
 def _fork_worker(conn: socket.socket, statuses: dict[int, int], server_fds: list[int], server: int) -> bool:
     """Answers one request on an engine's connection; ``False`` when the engine has gone."""
     try:
-        msg, fds, _, _ = socket.recv_fds(conn, 4096, 2 + _MAX_INHERITED)
+        msg, fds, _, _ = socket.recv_fds(conn, 4096, 2 + _FDS_PER_MESSAGE)
     except OSError:
         msg, fds = b"", []
     if msg[:1] == b"p" and len(fds) >= 2:
         return _fork_process(conn, msg, fds, statuses, server_fds)
-    if not msg or len(fds) != 2:
+    if not msg or len(fds) not in (2, 3):
         for fd in fds:
             os.close(fd)
         return False
-    link, status = fds
+    link, status, *output = fds  # output: the worker's output socket, if its pool forwards output
     pid = os.fork()
     if pid == 0:
-        _become_worker(link, status, server_fds, server)
+        _become_worker(link, status, output, server_fds, server)
     try:
         os.setpgid(pid, pid)  # as the child does: whichever runs first makes the group
     except OSError:
         pass
-    os.close(link)
+    for fd in (link, *output):
+        os.close(fd)
     statuses[pid] = status
     conn.sendall(struct.pack("<I", pid))
     return True
 
 
-_MAX_INHERITED = 60  # descriptors a Process child may inherit through the server
+# Descriptors (and their numbers) per message of a Process request: one recvmsg delivers the
+# descriptors of one message, and the kernel takes at most 253 in one.
+_FDS_PER_MESSAGE = 60
+_HEADER = struct.Struct("<ciI")
 
 
 def _fork_process(
     conn: socket.socket, msg: bytes, fds: list[int], statuses: dict[int, int], server_fds: list[int]
 ) -> bool:
-    """Forks a ``Process`` child (see ``start_process``)."""
+    """Forks a ``Process`` child (see ``start_process``); ``False`` on a malformed request."""
     payload, status, *inherited = fds
-    pgid, *numbers = struct.unpack_from(f"<i{(len(msg) - 5) // 4}i", msg, 1)
+    numbers: list[int] = []
+    received = [payload, status]
+    try:
+        if len(msg) < _HEADER.size:
+            raise ValueError("short header")
+        _, pgid, total = _HEADER.unpack_from(msg)
+        numbers += _numbers(msg[_HEADER.size :], inherited)
+        while len(inherited) < total:
+            more, more_fds, _, _ = socket.recv_fds(conn, 4096, _FDS_PER_MESSAGE)
+            inherited += more_fds
+            if more[:1] != b"f" or not more_fds:
+                raise ValueError("not a continuation")
+            numbers += _numbers(more[1:], more_fds)
+        if len(inherited) != total:
+            raise ValueError("too many descriptors")
+    except (OSError, ValueError, struct.error):
+        for fd in received + inherited:
+            os.close(fd)
+        return False
     pid = os.fork()
     if pid == 0:
-        _become_process(payload, status, list(zip(inherited, numbers, strict=False)), pgid, server_fds)
+        _become_process(payload, status, list(zip(inherited, numbers, strict=True)), pgid, server_fds)
     for fd in (payload, *inherited):
         os.close(fd)
     statuses[pid] = status
     conn.sendall(struct.pack("<I", pid))
     return True
+
+
+def _numbers(data: bytes, fds: list[int]) -> list[int]:
+    """The parent's numbers for the descriptors ``fds`` of one message."""
+    if len(data) != 4 * len(fds):
+        raise ValueError("descriptor numbers do not match the descriptors")
+    return list(struct.unpack(f"<{len(fds)}i", data))
 
 
 def _become_process(
@@ -257,6 +306,12 @@ def _become_process(
         from .process import _forked_child_main
 
         code = _forked_child_main(payload)
+    except BaseException:
+        # os._exit below would drop it silently: the child must say why it could not run
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
     finally:
         os._exit(code)
 
@@ -302,11 +357,15 @@ def _reap(statuses: dict[int, int]) -> None:
         os.close(fd)
 
 
-def _become_worker(link: int, status: int, server_fds: list[int], server: int) -> None:
+def _become_worker(link: int, status: int, output: list[int], server_fds: list[int], server: int) -> None:
     """In a freshly forked worker: drop the server's descriptors and run the worker loop."""
     try:
         os.setpgid(0, 0)
         _leave_server(status, server_fds)
+        if output:
+            from ._worker_start import OUTPUT_FD_VAR
+
+            os.environ[OUTPUT_FD_VAR] = str(output[0])  # as a spawned worker learns it
         os.dup2(link, 0)  # the worker loop takes its link from stdin, as a spawned worker does
         os.close(link)
         # inherited objects stay frozen: a collection in the worker never walks the parent's heap

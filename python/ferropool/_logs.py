@@ -5,9 +5,10 @@
     worker process (_worker_start.py, _worker_output.py)  parent (here)
     ────────────────────────────────────────────────────  ─────────────
     print() ─▶ sys.stdout (_LineSink: whole lines) ─┐
-    logging ─▶ forwarding handler (record as JSON) ─┼─▶ socket ─▶ output thread ─▶ sys.stdout /
-                                                    │   (one per    (one per pool)   sys.stderr /
-    start ─▶ hello (pid) ───────────────────────────┘    worker)                     logging
+    logging ─▶ forwarding handler (record as JSON) ─┴─▶ socket ─▶ output thread ─▶ sys.stdout /
+                                                        (one per    (one per pool)   sys.stderr /
+                         engine: a socket pair per worker ─▶ worker)   ▲             logging
+                                 └─ the parent's end, with the pid ────┘ (registrar)
 
 Why a socket of its own rather than a frame kind on the worker's task link: the task path stays
 exactly as fast as before (nothing is added to a result, nothing is parsed by the engine), a
@@ -16,10 +17,14 @@ free of Python. The price is ordering across the two channels; the pool's result
 whatever output already arrived before it completes a batch of futures, so what a task printed
 is written before its result is handed to you.
 
-Each worker connects, in its initializer, to an abstract Unix socket (no file on disk) of type
-``SOCK_SEQPACKET``: every message arrives whole, so a line is never split between two writes,
-and lines of different workers never interleave. A message is at most ``PIECE`` (32 KiB) bytes;
-a longer line travels in pieces written one after the other.
+Each worker is started holding its end of a ``SOCK_SEQPACKET`` socket pair the engine made for
+it; the engine sends the other end to the output thread. Nothing has an address, so no process
+but the pool's own can write to the output thread (``docs/failures.md``, "Security model").
+Every message arrives whole, so a line is never split between two writes, and lines of
+different workers never interleave. A line message is at most ``PIECE`` (32 KiB) bytes; a
+longer line travels in pieces written one after the other. A log record is at most
+``RECORD_MAX`` (the worker cuts a longer message or traceback down to fit); the output thread
+drops anything longer, and junk, and never creates a logger for a worker's record.
 
 Drop policy: a worker never blocks on its output. What the socket cannot take at once waits in
 the worker, up to ``PENDING_MAX`` (4 MiB), and a small thread sends it as the parent catches up.
@@ -30,11 +35,11 @@ Bytes that are not UTF-8 are written with replacement characters.
 
 from __future__ import annotations
 
+import array
 import itertools
 import json
 import logging
 import os
-import secrets
 import select
 import socket
 import sys
@@ -43,7 +48,7 @@ import weakref
 from collections.abc import Callable
 
 from . import _core
-from ._worker_start import DROPPED, HELLO, PIECE, RECORD, STDERR, STDOUT
+from ._worker_start import DROPPED, MESSAGE_MAX, RECORD, STDERR, STDOUT
 
 __all__ = ["get_logger", "log_to_stderr"]
 
@@ -159,49 +164,62 @@ def output_prefix(worker_output: object) -> str | None:
 
 
 class _Conn:
-    """One worker's connection, as the output thread sees it."""
+    """One worker's output socket, as the output thread sees it."""
 
     __slots__ = ("at_line_start", "name", "pid", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, pid: int, name: str) -> None:
         self.sock = sock
-        self.pid = 0
-        self.name = "PoolWorker-?"
+        self.pid = pid
+        self.name = name
         self.at_line_start = {STDOUT: True, STDERR: True}
 
 
 _collectors: weakref.WeakSet[Collector] = weakref.WeakSet()
 
+#: Messages read from one worker before the others get a turn.
+_BURST = 1024
+
 
 class Collector:
-    """A pool's output thread: accepts its workers' connections and delivers what they send.
+    """A pool's output thread: takes each new worker's output socket and delivers what it sends.
+
+    The engine makes a socket pair per worker, hands the worker one end before it starts and
+    sends the other here, with the worker's pid, on the *registrar* (a socket pair of this
+    object's, one end given to the engine): there is no address, so no other process can
+    reach the thread. When the engine has finished, it closes its end, which is how the thread
+    knows no worker is left.
 
     Lines go to whatever ``sys.stdout``/``sys.stderr`` is at the time (so pytest's capture
-    and Jupyter's cells see them), each message in one ``write()``; records go to
-    ``logging.getLogger(record.name).handle()`` if that logger is enabled for their level, with
-    ``processName`` set to the worker's name and ``process`` to its pid.
+    and Jupyter's cells see them), each message in one ``write()``; a record goes to the logger
+    of its name if the parent has that logger, else to its nearest ancestor that exists (as
+    propagation would), if enabled for its level, with ``processName`` set to the worker's name
+    and ``process`` to its pid. No logger is ever created for a worker.
     """
 
     def __init__(self, prefix: str | None, on_exit: Callable[[int], tuple[str, int | None, int | None] | None]) -> None:
         self.prefix = prefix
-        self.address = f"\0ferropool-{os.getpid()}-{secrets.token_hex(8)}"
         self._on_exit = on_exit
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._listener.bind(self.address)
-        self._listener.listen(256)
-        self._listener.setblocking(False)
+        self._registrar, self._engine_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._registrar.setblocking(False)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._lock = threading.Lock()
         self._conns: dict[int, _Conn] = {}
-        # the result thread's quick look: the listener and every connection, for _core.any_readable
-        self._fds = [self._listener.fileno()]
+        # the result thread's quick look: the registrar and every connection, for _core.any_readable
+        self._fds = [self._registrar.fileno()]
+        self._buffer = bytearray(MESSAGE_MAX + 1)
         self._names = itertools.count(1)
         self._gone: dict[int, tuple[str, int]] = {}  # pid -> (name, checks left) awaiting exit info
+        self._engine_done = False
         self._closing = False
         self._thread: threading.Thread | None = None
         _collectors.add(self)
+
+    def engine_end(self) -> int:
+        """The descriptor the engine sends new workers' sockets to; the caller owns it now."""
+        return self._engine_end.detach()
 
     def start(self) -> None:
         """Starts the thread (after the fork server exists: it must be made single-threaded)."""
@@ -210,7 +228,11 @@ class Collector:
             self._thread.start()
 
     def close(self, wait: bool = False) -> None:
-        """Stops once every connected worker has hung up; ``wait``: wait for that (5 s at most)."""
+        """Delivers what arrived and stops; ``wait``: wait for that (5 s at most).
+
+        Call it once the engine has finished (its workers have all exited): what they sent
+        is all here. Output still sent after that, by a process a task left behind, is not.
+        """
         self._closing = True
         self._wake()
         thread = self._thread
@@ -227,13 +249,13 @@ class Collector:
 
     def _close_sockets(self) -> None:
         with self._lock:
-            if self._listener.fileno() < 0:
+            if self._registrar.fileno() < 0:
                 return  # closed already
             self._fds = []
             for conn in self._conns.values():
                 conn.sock.close()
             self._conns.clear()
-            for sock in (self._listener, self._wake_r, self._wake_w):
+            for sock in (self._registrar, self._engine_end, self._wake_r, self._wake_w):
                 sock.close()
 
     def _forget_after_fork(self) -> None:
@@ -241,56 +263,70 @@ class Collector:
         self._closing = True
         for conn in self._conns.values():
             conn.sock.close()
-        for sock in (self._listener, self._wake_r, self._wake_w):
+        for sock in (self._registrar, self._engine_end, self._wake_r, self._wake_w):
             sock.close()
 
     def _run(self) -> None:
         try:
             while True:
-                socks = [self._listener, self._wake_r, *(c.sock for c in self._conns.values())]
-                try:
-                    ready, _, _ = select.select(socks, [], [], 0.05 if self._gone else None)
-                except (OSError, ValueError):  # a socket closed meanwhile: look again
-                    continue
                 with self._lock:
-                    if self._wake_r in ready:
-                        try:
-                            self._wake_r.recv(64)
-                        except OSError:
-                            pass
-                    self._accept()
-                    for sock in ready:
-                        conn = self._conns.get(sock.fileno()) if sock.fileno() >= 0 else None
+                    watched = [self._registrar.fileno(), self._wake_r.fileno(), *self._conns]
+                # poll, not select: descriptor numbers past FD_SETSIZE (1024) are common
+                poller = select.poll()
+                for fd in watched:
+                    poller.register(fd, select.POLLIN)
+                ready = poller.poll(50 if self._gone else None)
+                with self._lock:
+                    try:
+                        self._wake_r.recv(64)
+                    except OSError:
+                        pass
+                    self._register()
+                    for fd, _ in ready:
+                        conn = self._conns.get(fd)
                         if conn is not None:
                             self._read(conn)
-                    self._report_exits()
-                if self._closing and not self._conns:
-                    self._accept_last()
-                    if not self._conns:
-                        with self._lock:
-                            self._report_exits()
+                    if self._closing or self._engine_done:
+                        # every worker has exited, so all it sent is here: deliver it, then stop
+                        self._register()
+                        for conn in list(self._conns.values()):
+                            while self._read(conn):
+                                pass
+                            if conn.sock.fileno() >= 0:
+                                self._hang_up(conn)  # a process a task left behind holds it open
+                        self._closing = True
+                        self._report_exits()
                         break
+                    self._report_exits()
         finally:
             self._close_sockets()
 
-    def _accept(self) -> bool:
-        """Takes the workers' new connections; ``True`` if there were any."""
-        accepted = False
-        while True:
+    def _register(self) -> bool:
+        """Takes the sockets of workers the engine started; ``True`` if there were any."""
+        added = False
+        while not self._engine_done:
             try:
-                sock, _ = self._listener.accept()
-            except (BlockingIOError, OSError):
-                return accepted
+                data, ancillary, _, _ = self._registrar.recvmsg(8, _FDS_SPACE, socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data, ancillary = b"", []
+            fds = _received_fds(ancillary)
+            if not data and not fds:
+                self._engine_done = True  # the engine has finished: no worker is left
+                break
+            if len(data) != 4 or len(fds) != 1:
+                for fd in fds:  # only the engine writes here; still, never keep what is not understood
+                    os.close(fd)
+                continue
+            sock = socket.socket(fileno=fds[0])
             sock.setblocking(False)
-            self._conns[sock.fileno()] = _Conn(sock)
-            self._fds = [self._listener.fileno(), *self._conns]
-            accepted = True
-
-    def _accept_last(self) -> None:
-        with self._lock:
-            self._accept()
-            for conn in list(self._conns.values()):
-                self._read(conn)
+            conn = _Conn(sock, int.from_bytes(data, "little"), f"PoolWorker-{next(self._names)}")
+            self._conns[sock.fileno()] = conn
+            _log.debug("worker %s (pid %d) started", conn.name, conn.pid)
+            added = True
+        self._fds = [self._registrar.fileno(), *self._conns]
+        return added
 
     def drain(self) -> None:
         """Delivers whatever output already arrived (the result thread, before futures complete).
@@ -303,40 +339,44 @@ class Collector:
         if not self._lock.acquire(timeout=0.05):
             return
         try:
-            if self._accept():
-                self._wake()  # the output thread must wait on the new connection too
+            if self._register():
+                self._wake()  # the output thread must wait on the new sockets too
             for conn in list(self._conns.values()):
                 self._read(conn, hang_up=False)
         finally:
             self._lock.release()
 
-    def _read(self, conn: _Conn, hang_up: bool = True) -> None:
-        """Delivers every message waiting on ``conn``; at its end, forgets it (``hang_up``).
+    def _read(self, conn: _Conn, hang_up: bool = True) -> bool:
+        """Delivers up to ``_BURST`` messages waiting on ``conn``; ``True`` if more may wait.
 
-        Only the output thread hangs up: it may be waiting in ``select`` on the socket.
+        At its end, forgets it (``hang_up``). Only the output thread hangs up: it may be waiting
+        in ``poll`` on the socket.
         """
-        while True:
+        for _ in range(_BURST):
             try:
-                message = conn.sock.recv(PIECE + 64)
-            except BlockingIOError:
-                return
+                size = conn.sock.recv_into(self._buffer)
+            except (BlockingIOError, InterruptedError):
+                return False
             except OSError:
-                message = b""
-            if not message:
+                size = 0
+            if not size and _hung_up(conn.sock):
                 if hang_up:
                     self._hang_up(conn)
-                return
+                return False
+            if size > MESSAGE_MAX:
+                continue  # longer than any message a worker sends (the kernel dropped the rest)
+            message = bytes(self._buffer[:size])
             try:
                 self._deliver(conn, message[:1], message[1:])
             except Exception:
-                pass  # a stream or handler that raises must not stop the other workers' output
+                pass  # junk, or a stream or handler that raised: the other messages still go
+        return True
 
     def _hang_up(self, conn: _Conn) -> None:
         del self._conns[conn.sock.fileno()]
-        self._fds = [self._listener.fileno(), *self._conns]
+        self._fds = [self._registrar.fileno(), *self._conns]
         conn.sock.close()
-        if conn.pid:
-            self._gone[conn.pid] = (conn.name, 20)
+        self._gone[conn.pid] = (conn.name, 20)
 
     def _report_exits(self) -> None:
         """Logs how each worker that hung up ended, once the engine has reaped it."""
@@ -360,17 +400,14 @@ class Collector:
         if kind in (STDOUT, STDERR):
             self._write(conn, kind, payload.decode("utf-8", "replace"))
         elif kind == RECORD:
-            fields = json.loads(payload)
-            record = logging.makeLogRecord(fields)
+            record = _record(json.loads(payload))
+            if record is None:
+                return
             record.processName = conn.name
-            name = record.name
-            logger = logging.getLogger() if name == "root" else logging.getLogger(name)
+            record.process = conn.pid
+            logger = _existing_logger(record.name)
             if logger.isEnabledFor(record.levelno):
                 logger.handle(record)
-        elif kind == HELLO:
-            conn.pid = int(payload)
-            conn.name = f"PoolWorker-{next(self._names)}"
-            _log.debug("worker %s (pid %d) started", conn.name, conn.pid)
         elif kind == DROPPED:
             lines, nbytes = payload.split()
             text = f"[ferropool] {conn.name}: {int(lines)} lines ({int(nbytes)} bytes) of output dropped\n"
@@ -392,6 +429,77 @@ class Collector:
             stream.flush()
         except Exception:
             pass
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the worker's end is closed, after a read of nothing: an empty message reads the same."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, events in poller.poll(0))
+
+
+_FDS_SPACE = socket.CMSG_SPACE(4 * array.array("i").itemsize)  # room for a few, though one is sent
+
+
+def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
+
+
+#: A record's standard attributes and their types, from a record made with no arguments.
+_FIELD_TYPES = {
+    key: (int, float) if isinstance(value, (int, float)) else str
+    for key, value in logging.makeLogRecord({}).__dict__.items()
+    if isinstance(value, (int, float, str))
+}
+
+
+def _record(fields: object) -> logging.LogRecord | None:
+    """The log record a worker sent, or ``None`` if it is not one.
+
+    A standard attribute of the wrong type is left at its default, so no handler or formatter
+    meets a type it does not expect; ``args`` and ``exc_info`` are always empty (the worker
+    formatted both).
+    """
+    if not isinstance(fields, dict):
+        return None
+    name, levelno = fields.get("name"), fields.get("levelno")
+    if not isinstance(name, str) or isinstance(levelno, bool) or not isinstance(levelno, int):
+        return None
+    for key, types in _FIELD_TYPES.items():
+        value = fields.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            del fields[key]
+    for key in ("msg", "exc_text", "stack_info", "funcName"):
+        if not isinstance(fields.get(key), (str, type(None))):
+            fields[key] = str(fields[key])
+    fields["args"] = None
+    fields["exc_info"] = None
+    return logging.makeLogRecord(fields)
+
+
+#: Longest logger name looked up part by part; a longer one reaches the root logger.
+_NAME_MAX = 512
+
+
+def _existing_logger(name: str) -> logging.Logger:
+    """The logger a record called ``name`` reaches in the parent, without creating one.
+
+    That is the logger itself if it exists, else its nearest existing ancestor, which is where
+    propagation would take the record: a logger that was never made has no handlers, filters or
+    level of its own. So a worker sending records under any number of names grows nothing.
+    """
+    if len(name) <= _NAME_MAX and name != "root":
+        loggers = logging.Logger.manager.loggerDict
+        while name:
+            logger = loggers.get(name)
+            if isinstance(logger, logging.Logger):
+                return logger
+            name = name.rpartition(".")[0]
+    return logging.getLogger()
 
 
 def _forget_collectors_after_fork() -> None:

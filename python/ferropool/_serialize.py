@@ -34,6 +34,7 @@ FLAG_STAR_CHUNK = 2  # the arguments are a list of tuples: return [fn(*a) for a 
 FLAG_ITEM_CHUNK = 4  # the arguments are a list of items: return [fn(x) for x in them]
 FLAG_OUTCOMES = 8  # with a chunk flag: return (seconds, [(True, value) | (False, (exc, tb))])
 FLAG_TIMED = 16  # with a chunk flag: return (seconds, [values]), for adaptive chunking
+FLAG_POOL_ERRORS = 32  # a result that cannot be pickled fails with MaybeEncodingError (Pool's)
 
 # Outcome kinds delivered by the core. Must match src/process_pool.rs.
 OUT_OK, OUT_ERR, OUT_DIED, OUT_CANCELLED, OUT_BROKEN, OUT_TIMED_OUT, OUT_KILLED, OUT_OK_BUFFERS = range(8)
@@ -63,7 +64,10 @@ def dumps(obj: Any, buffers: list[memoryview] | None = None) -> bytes:
     """
     callback = None if buffers is None else _out_of_band(buffers)
     try:
-        data = _plain_dumps(obj, PROTOCOL, buffer_callback=callback)
+        if extra_reducers:
+            data = _with_reducers(pickle.Pickler, obj, callback)
+        else:
+            data = _plain_dumps(obj, PROTOCOL, buffer_callback=callback)
     except Exception as plain_error:
         try:
             return _cloud_dumps(obj, buffers)
@@ -78,7 +82,35 @@ def _cloud_dumps(obj: Any, buffers: list[memoryview] | None) -> bytes:
     if buffers is not None:
         buffers.clear()  # the failed plain attempt may have collected some
     callback = None if buffers is None else _out_of_band(buffers)
+    if extra_reducers:
+        return _with_reducers(_cloudpickle().Pickler, obj, callback)
     return _cloudpickle().dumps(obj, PROTOCOL, buffer_callback=callback)  # type: ignore[no-any-return]
+
+
+#: ``reduction.register``'s reducers, consulted before ``copyreg``'s (type -> reduce function)
+extra_reducers: dict[type, Any] = {}
+
+
+_reducing: dict[Any, Any] = {}  # pickler class -> its subclass that consults extra_reducers
+
+
+def _with_reducers(pickler: Any, obj: Any, callback: Any) -> bytes:
+    import io
+
+    cls = _reducing.get(pickler)
+    if cls is None:
+        import copyreg
+        from collections import ChainMap
+        from collections.abc import Mapping
+
+        # a class attribute, read when the pickler is made (an instance attribute set later
+        # is not seen by a pickler whose class already has a table, as cloudpickle's has)
+        base = pickler.__dict__.get("dispatch_table")  # the C pickler's is a slot: copyreg's then
+        table: Any = ChainMap(extra_reducers, base if isinstance(base, Mapping) else copyreg.dispatch_table)  # type: ignore[arg-type]
+        cls = _reducing[pickler] = type("ReducingPickler", (pickler,), {"dispatch_table": table})
+    buf = io.BytesIO()
+    cls(buf, PROTOCOL, buffer_callback=callback).dump(obj)
+    return buf.getvalue()
 
 
 #: Buffers at least this large travel out of band, through shared memory.
@@ -153,46 +185,48 @@ def dump_function(fn: Any) -> tuple[bytes, int]:
     return data, flags
 
 
-class RemoteTraceback(Exception):
-    """The formatted traceback of an exception raised in a worker.
-
-    Attached as ``__cause__`` of the re-raised exception, so the parent's traceback shows where
-    in the worker it happened, as ``concurrent.futures`` does.
-    """
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
-
-
-def dump_exception(exc: BaseException) -> bytes:
+def dump_exception(exc: BaseException, pool: bool = False) -> bytes:
     """Pickles an exception with its formatted traceback.
 
     An exception that cannot be pickled is replaced by a RuntimeError that names it and the
-    pickling error; its traceback still travels.
+    pickling error (``pool``: by ``MaybeEncodingError``, as ``multiprocessing.Pool`` does); its
+    traceback still travels.
     """
     exc, tb = exception_with_traceback(exc)
     try:
         return dumps((exc, tb))
     except Exception as pickling_error:
-        return dumps((_unpicklable(exc, pickling_error), tb))
+        return dumps((_unpicklable(exc, pickling_error, pool), tb))
 
 
-def _unpicklable(exc: BaseException, pickling_error: Exception) -> RuntimeError:
+def _unpicklable(exc: BaseException, pickling_error: Exception, pool: bool) -> BaseException:
+    if pool:
+        return encoding_error(pickling_error, exc)
     return RuntimeError(
         f"the task raised {type(exc).__qualname__}: {exc}, and that exception could not be pickled "
         f"back to the parent ({type(pickling_error).__name__}: {pickling_error})"
     )
 
 
-def dump_outcomes(seconds: float, outcomes: list[tuple[bool, Any]], buffers: list[memoryview] | None = None) -> bytes:
+def encoding_error(pickling_error: BaseException, value: Any) -> BaseException:
+    """``multiprocessing.pool.MaybeEncodingError`` for a value that could not be pickled.
+
+    The pickling error is its ``__cause__``, so its traceback travels with it.
+    """
+    from .errors import MaybeEncodingError
+
+    err = MaybeEncodingError(pickling_error, value)
+    err.__cause__ = pickling_error
+    return err
+
+
+def dump_outcomes(
+    seconds: float, outcomes: list[tuple[bool, Any]], buffers: list[memoryview] | None = None, pool: bool = False
+) -> bytes:
     """Pickles per-item outcomes (``buffers``: as for ``dumps``).
 
     An item whose value or exception cannot be pickled becomes a failed item carrying the
-    pickling error; the others travel intact.
+    pickling error (``pool``: a ``MaybeEncodingError``); the others travel intact.
     """
     try:
         return dumps((seconds, outcomes), buffers)
@@ -205,9 +239,12 @@ def dump_outcomes(seconds: float, outcomes: list[tuple[bool, Any]], buffers: lis
             dumps(value)
             safe.append((ok, value))
         except Exception as pickling_error:
-            exc = value[0] if not ok else pickling_error
-            tb = value[1] if not ok else exception_with_traceback(pickling_error)[1]
-            safe.append((False, (_unpicklable(exc, pickling_error) if not ok else pickling_error, tb)))
+            if ok:
+                safe.append(
+                    (False, exception_with_traceback(encoding_error(pickling_error, value) if pool else pickling_error))
+                )
+            else:
+                safe.append((False, (_unpicklable(value[0], pickling_error, pool), value[1])))
     return dumps((seconds, safe), buffers)
 
 
@@ -220,7 +257,9 @@ def exception_with_traceback(exc: BaseException) -> tuple[BaseException, str]:
 
 
 def attach_traceback(exc: BaseException, tb: str) -> BaseException:
-    """``exc`` with the worker's traceback text as its ``__cause__``."""
+    """``exc`` with the worker's traceback text as its ``__cause__`` (in the parent)."""
+    from .errors import RemoteTraceback
+
     exc.__cause__ = RemoteTraceback(tb)
     return exc
 

@@ -48,17 +48,22 @@ class WorkerSetup:
         if self.level is None and self.prefix is None and not self.env:
             if initializer is None:
                 return None, initargs
-            return functools.partial(start_worker, ({}, None, None, False), initializer), initargs
-        address = None
+            return functools.partial(start_worker, ({}, None, False), initializer), initargs
         if self.level is not None or self.prefix is not None:
             lookup = self._exit_lookup
             self.collector = _logs.Collector(self.prefix or None, lambda pid: lookup[0](pid))
-            address = self.collector.address
             # this object lives as long as its pool (or dies at once if making the pool failed):
-            # then the output thread stops once the last worker hangs up
+            # then the output thread stops once the engine has finished
             weakref.finalize(self, self.collector.close)
-        config = (self.env, address, self.level, self.prefix is not None)
+        config = (self.env, self.level, self.prefix is not None)
         return functools.partial(start_worker, config, initializer), initargs
+
+    def output_fd(self) -> int | None:
+        """The descriptor the engine hands each new worker's output socket to (``_logs.py``).
+
+        The caller owns it from here on; ``None`` when the pool forwards no output.
+        """
+        return None if self.collector is None else self.collector.engine_end()
 
     def results_hook(self, deliver: Callable[[Any], None]) -> Callable[[Any], None]:
         """``deliver``, preceded by writing the output that arrived before these results."""

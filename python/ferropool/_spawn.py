@@ -9,6 +9,19 @@ import os
 import subprocess
 import sys
 
+#: the interpreter fresh children run, when ``set_executable()`` chose one
+_executable: str | None = None
+
+
+def set_executable(executable: str | os.PathLike[str]) -> None:
+    """Sets the Python interpreter that fresh children run (``ferropool.set_executable``).
+
+    Raises:
+        TypeError: ``executable`` is not a path.
+    """
+    global _executable
+    _executable = os.fsdecode(executable)
+
 
 def interpreter_argv(code: str) -> list[str]:
     """``python [flags] -S -c <code>``, where ``code`` runs with the parent's ``sys.path``.
@@ -16,10 +29,11 @@ def interpreter_argv(code: str) -> list[str]:
     Interpreter flags (``-X dev``, ``-W``, ``-O``...) are passed on as multiprocessing's spawn does.
     ``-S`` skips ``site``, whose work the copied ``sys.path`` already holds.
     """
-    if not sys.executable:
+    executable = _executable or sys.executable
+    if not executable:
         raise RuntimeError("sys.executable is not set; ferropool needs a Python executable to start processes")
     flags = [f for f in subprocess._args_from_interpreter_flags() if f != "-S"]  # type: ignore[attr-defined]
-    return [sys.executable, *flags, "-S", "-c", f"import sys; sys.path[:] = {sys.path!r}; {code}"]
+    return [executable, *flags, "-S", "-c", f"import sys; sys.path[:] = {sys.path!r}; {code}"]
 
 
 def worker_argv() -> list[str]:

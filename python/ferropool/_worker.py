@@ -13,15 +13,17 @@ import os
 import sys
 import time
 
-from . import _core
+from . import _by_value, _core
 from ._buffers import from_segments, pack, pack_outcomes, release_received
 from ._serialize import (
     FLAG_CACHEABLE,
     FLAG_ITEM_CHUNK,
     FLAG_OUTCOMES,
+    FLAG_POOL_ERRORS,
     FLAG_STAR_CHUNK,
     FLAG_TIMED,
     dump_exception,
+    encoding_error,
     exception_with_traceback,
     loads,
 )
@@ -76,37 +78,40 @@ class Handler:
             release_received()
 
     def _call(self, body: bytes, fn_len: int, flags: int, fds: list[int] | None) -> Result:
+        if not _by_value.installed and ("cloudpickle" in sys.modules or body.find(b"cloudpickle") >= 0):
+            _by_value.install()  # before the first function shipped by value is rebuilt
         try:
             buffers = from_segments(fds, keep=True) if fds else None
             fn = self._function(body, fn_len, flags)
             args = _loads(memoryview(body)[fn_len:], buffers)
             del buffers
             if flags & FLAG_OUTCOMES:
-                return (True, *_outcomes(fn, args, bool(flags & FLAG_STAR_CHUNK)))
+                return (True, *_outcomes(fn, args, bool(flags & FLAG_STAR_CHUNK), bool(flags & FLAG_POOL_ERRORS)))
             started = time.perf_counter()
             if flags & FLAG_ITEM_CHUNK:
-                result: Any = list(map(fn, args))
+                value: Any = list(map(fn, args))
             elif flags & FLAG_STAR_CHUNK:
-                result = [fn(*a) for a in args]
+                value = [fn(*a) for a in args]
             else:
-                result = fn(*args[0], **args[1])
-            if flags & FLAG_TIMED:
-                result = (time.perf_counter() - started, result)
+                value = fn(*args[0], **args[1])
+            result = (time.perf_counter() - started, value) if flags & FLAG_TIMED else value
         except BaseException as exc:
-            return False, dump_exception(exc), None
+            return False, dump_exception(exc, bool(flags & FLAG_POOL_ERRORS)), None
         try:
             payload, out_fds = pack(result)
             return True, payload, out_fds
         except BaseException as exc:
+            if flags & FLAG_POOL_ERRORS:
+                return False, dump_exception(encoding_error(exc, value), True), None
             return False, dump_exception(exc), None
 
     init = call
 
 
-def _outcomes(fn: Any, items: Any, star: bool) -> tuple[bytes, list[int] | None]:
+def _outcomes(fn: Any, items: Any, star: bool, pool: bool) -> tuple[bytes, list[int] | None]:
     """Calls ``fn`` on each item, keeping each item's value or exception apart.
 
-    ``star`` calls ``fn(*item)``.
+    ``star`` calls ``fn(*item)``; ``pool``: see ``dump_outcomes``.
     """
     started = time.perf_counter()
     outcomes: list[tuple[bool, Any]] = []
@@ -115,7 +120,7 @@ def _outcomes(fn: Any, items: Any, star: bool) -> tuple[bytes, list[int] | None]
             outcomes.append((True, fn(*item) if star else fn(item)))
         except BaseException as exc:
             outcomes.append((False, exception_with_traceback(exc)))
-    return pack_outcomes(time.perf_counter() - started, outcomes)
+    return pack_outcomes(time.perf_counter() - started, outcomes, pool)
 
 
 def main(parent_pid: int) -> None:

@@ -1,9 +1,9 @@
 """The worker's output machinery, imported at the first print or log record (``_worker_start``).
 
-``sys.stdout``/``sys.stderr`` become line writers (``_LineSink`` under a ``TextIOWrapper``) and
-the root logger gets a forwarding handler; all send on the connection ``_worker_start`` opened,
-through one ``_Link`` that never blocks the worker. The parent's side, and the design, are in
-``_logs.py``.
+The first write to ``sys.stdout``/``sys.stderr`` (text streams ``_worker_start`` installed for
+good) gives their sink a line writer (``_LineSink``), and the root logger gets a forwarding handler;
+all send on the connection ``_worker_start`` opened, through one ``_Link`` that never blocks the
+worker. The parent's side, and the design, are in ``_logs.py``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import _thread
 import collections
 import sys
 
-from ._worker_start import DROPPED, PENDING_MAX, PIECE, RECORD, connection
+from ._worker_start import DROPPED, PENDING_MAX, PIECE, RECORD, RECORD_MAX, connection
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
     from _socket import socket as _Socket
-    from typing import Any, TextIO
+    from typing import Any
 
 
 class _Link:
@@ -74,6 +74,9 @@ class _Link:
         """The sender thread: sends what is queued as the socket takes it."""
         import select
 
+        # poll, not select: a task may hold descriptors numbered past FD_SETSIZE (1024)
+        poller = select.poll()
+        poller.register(self._sock, select.POLLOUT)
         while True:
             with self._lock:
                 while not self._pending and not self._closed:
@@ -81,7 +84,7 @@ class _Link:
                 if self._closed:
                     return
                 message = self._pending[0]
-            select.select([], [self._sock], [], 1.0)
+            poller.poll(1000)
             try:
                 self._sock.send(message)
             except BlockingIOError:
@@ -106,20 +109,19 @@ class _Link:
 
 
 class _LineSink:
-    """A binary stream that sends whole lines; under ``sys.stdout``/``sys.stderr`` in a worker.
+    """Sends whole lines; where the bytes written to a worker's ``sys.stdout``/``sys.stderr`` go.
 
     Holds an unfinished line until its newline arrives (or ``flush()``); a line longer than
-    ``PIECE`` goes in pieces. ``fileno()`` is the original descriptor, so code that writes to it
-    directly (``faulthandler``, child processes) still works; what goes there is not forwarded.
+    ``PIECE`` goes in pieces. (``fileno()`` of the stream above stays the original descriptor,
+    so code that writes to it directly, ``faulthandler`` or a child process, still works; what
+    goes there is not forwarded.)
     """
 
-    def __init__(self, link: _Link, kind: bytes, fd: int) -> None:
+    def __init__(self, link: _Link, kind: bytes) -> None:
         self._link = link
         self._kind = kind
-        self._fd = fd
         self._partial = bytearray()
         self._lock = _thread.allocate_lock()
-        self.closed = False
 
     def write(self, data: Any) -> int:
         data = bytes(data)
@@ -151,24 +153,6 @@ class _LineSink:
                 self._link.send(self._kind, bytes(self._partial))
                 self._partial.clear()
 
-    def fileno(self) -> int:
-        return self._fd
-
-    def isatty(self) -> bool:
-        return False
-
-    def readable(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.flush()
-
 
 def _forwarding_handler(link: _Link) -> Any:
     """A ``logging.Handler`` that sends each record to the parent, as JSON.
@@ -181,6 +165,10 @@ def _forwarding_handler(link: _Link) -> Any:
 
     class ForwardHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
+            if link._closed:  # in a process a task forked: nobody forwards its records
+                if logging.lastResort is not None:
+                    logging.lastResort.handle(record)
+                return
             try:
                 fields = dict(record.__dict__)
                 fields["msg"] = record.getMessage()
@@ -189,11 +177,35 @@ def _forwarding_handler(link: _Link) -> Any:
                     fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
                 fields["exc_info"] = None
                 fields.pop("message", None)
-                link.send(RECORD, json.dumps(fields, default=repr).encode())
+                payload = json.dumps(fields, default=repr).encode()
+                if len(payload) > RECORD_MAX:
+                    payload = _cut_down(fields, json, logging)
+                link.send(RECORD, payload)
             except Exception:
                 self.handleError(record)
 
     return ForwardHandler()
+
+
+def _cut_down(fields: dict[str, Any], json: Any, logging: Any) -> bytes:
+    """A record too long for one message, made to fit.
+
+    Only the standard attributes go, with the message, traceback and stack cut short and marked
+    so.
+    """
+    standard = logging.makeLogRecord({}).__dict__
+    fields = {key: value for key, value in fields.items() if key in standard}
+    for keep in (RECORD_MAX // 8, RECORD_MAX // 64):  # characters can take up to 12 bytes in JSON
+        for key in ("msg", "exc_text", "stack_info"):
+            value = fields.get(key)
+            if isinstance(value, str) and len(value) > keep:
+                fields[key] = value[:keep] + f" [... {len(value) - keep} characters cut by ferropool]"
+        payload: bytes = json.dumps(fields, default=repr).encode()
+        if len(payload) <= RECORD_MAX:
+            return payload
+    fields["name"] = fields["name"][:200]  # the only other attribute that can be long
+    payload = json.dumps(fields, default=repr).encode()
+    return payload[:RECORD_MAX]  # if it is still too long, the parent drops what is not JSON
 
 
 _link: _Link | None = None
@@ -207,17 +219,18 @@ def link() -> _Link | None:
     return _link
 
 
-def text_stream(kind: bytes, old: Any, fd: int) -> TextIO | None:
-    """A text stream for ``sys.stdout`` (``kind`` STDOUT) or ``sys.stderr`` that forwards lines."""
-    import io
-
+def line_sink(kind: bytes) -> _LineSink | None:
+    """The forwarding sink under ``sys.stdout`` (``kind`` STDOUT) or ``sys.stderr``."""
     out = link()
-    if out is None:
-        return None
-    encoding = getattr(old, "encoding", None) or "utf-8"
-    sink: Any = _LineSink(out, kind, fd)
-    # write_through: every write reaches the sink at once, which keeps whole lines together
-    return io.TextIOWrapper(sink, encoding=encoding, errors="backslashreplace", write_through=True)
+    return None if out is None else _LineSink(out, kind)
+
+
+def forget_after_fork() -> None:
+    """In a process a task forked: the link is the worker's, not this process's."""
+    global _link
+    if _link is not None:
+        _link._closed = True  # without its lock: another thread may have held it at the fork
+        _link = None
 
 
 def forward_records(logging: Any, level: int) -> None:

@@ -1,8 +1,10 @@
 """What a process worker does at start-up, before its first task (``start_worker``).
 
 1. set the BLAS/OpenMP thread variables the parent chose (``_env.py``);
-2. connect to the pool's output thread and say hello (the worker's pid), then let what the
-   worker prints and logs go there: ``sys.stdout``/``sys.stderr`` become stand-ins, and
+2. take the output socket the worker was started with (its other end is the pool's output
+   thread; see ``OUTPUT_FD_VAR``) and let what the worker prints and logs go there:
+   ``sys.stdout``/``sys.stderr`` become text streams that stay for the worker's life and set
+   up their forwarding at the first write, and
    ``logging`` gets a forwarding handler (now if it is loaded, else when a task imports it);
 3. run the user's initializer and keep its value for ``ferropool.worker_state()``.
 
@@ -14,29 +16,36 @@ side, and the design, are in ``_logs.py``.
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
 
 # the C module: the `socket` wrapper imports enum and selectors, a start-up cost in every worker
-from _socket import AF_UNIX, SOCK_SEQPACKET
 from _socket import socket as _Socket
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
     from typing import Any
 
-#: Largest message on the output socket (a line longer than this goes in pieces).
+#: Largest piece of a line on the output socket (a line longer than this goes in pieces).
 PIECE = 32 * 1024
+#: Largest log record message: a record that would be longer is cut down to fit.
+RECORD_MAX = 128 * 1024
+#: Largest message the parent accepts; one that is longer is junk, and dropped.
+MESSAGE_MAX = RECORD_MAX + 64
 #: Output a worker keeps while the parent is behind; more is dropped.
 PENDING_MAX = 4 * 1024 * 1024
 #: Message kinds: the first byte of each message.
-HELLO, STDOUT, STDERR, RECORD, DROPPED = b"h", b"o", b"e", b"r", b"d"
+STDOUT, STDERR, RECORD, DROPPED = b"o", b"e", b"r", b"d"
+#: The variable naming the descriptor of a worker's output socket, set where the worker starts
+#: (the engine for a fresh interpreter, the fork server for a fork).
+OUTPUT_FD_VAR = "FERROPOOL_OUTPUT_FD"
 
 #: ``state`` before any initializer ran.
 NO_STATE: Any = object()
 #: What this worker's initializer returned (``ferropool.worker_state()``).
 state: Any = NO_STATE
-#: The non-blocking connection to the pool's output thread, once made.
+#: The non-blocking socket to the pool's output thread, once taken over.
 connection: _Socket | None = None
 
 
@@ -47,33 +56,34 @@ def start_worker(config: tuple[Any, ...], initializer: Any, *initargs: Any) -> N
     initializer raises, the pool is broken, as in the stdlib.
     """
     global state
-    env, address, level, output = config
+    env, level, output = config
     if env:
         os.environ.update(env)
-    if address is not None:
+    fd = os.environ.pop(OUTPUT_FD_VAR, None)  # not for the processes the worker's tasks start
+    if fd is not None:
         try:
-            _connect(address, level, output)
+            _take_output_socket(int(fd), level, output)
         except Exception:
             pass  # output stays where it was; the pool's work matters more
     if initializer is not None:
         state = initializer(*initargs)
 
 
-def _connect(address: str, level: int | None, output: bool) -> None:
+def _take_output_socket(fd: int, level: int | None, output: bool) -> None:
+    """Sends what the worker prints (``output``) and logs (``level``) on the socket ``fd``.
+
+    The engine made the socket pair and handed this end over before the worker started, so
+    the other end can only be the pool's output thread.
+    """
     global connection
-    sock = _Socket(AF_UNIX, SOCK_SEQPACKET)
-    try:
-        sock.settimeout(5.0)
-        sock.connect(address)
-        sock.setblocking(False)
-        sock.send(HELLO + str(os.getpid()).encode())
-    except OSError:
-        sock.close()
-        return
+    sock = _Socket(fileno=fd)
+    os.set_inheritable(fd, False)
+    sock.setblocking(False)
     connection = sock
+    os.register_at_fork(after_in_child=_forget_after_fork)
     if output:
-        sys.stdout = _StandIn("stdout", STDOUT, sys.stdout, 1)
-        sys.stderr = _StandIn("stderr", STDERR, sys.stderr, 2)
+        sys.stdout = _text_stream(STDOUT, sys.stdout, 1)
+        sys.stderr = _text_stream(STDERR, sys.stderr, 2)
     if level is not None:
         if "logging" in sys.modules:
             from . import _worker_output
@@ -85,25 +95,131 @@ def _connect(address: str, level: int | None, output: bool) -> None:
             sys.meta_path.insert(0, _WhenLoggingIsImported(level))
 
 
-class _StandIn:
-    """``sys.stdout`` (or ``sys.stderr``) until first used.
+def _text_stream(kind: bytes, old: Any, fd: int) -> Any:
+    """The worker's ``sys.stdout`` (or ``sys.stderr``) for the rest of its life.
 
-    Then the forwarding stream takes its place, and this object passes everything on to it
-    (for code that kept a reference to it).
+    It is installed once and never replaced: ``print()`` holds only a borrowed reference to
+    ``sys.stdout`` while it writes, so swapping the object during a call would free it under
+    the caller. What is lazy is the sink beneath it.
+    """
+    import io
+
+    if old is not None:
+        try:
+            old.flush()  # what the worker wrote before forwarding began goes where it was going
+        except Exception:
+            pass
+    encoding = getattr(old, "encoding", None) or "utf-8"
+    # write_through: every write reaches the sink at once, which keeps whole lines together
+    return io.TextIOWrapper(_Sink(kind, fd), encoding=encoding, errors="backslashreplace", write_through=True)
+
+
+_sinks: list[_Sink] = []
+_make_lock = _thread.allocate_lock()
+
+
+class _Sink:
+    """The binary stream under a worker's ``sys.stdout``/``sys.stderr``.
+
+    Its target, made at the first write, is the forwarding ``_LineSink`` of
+    ``_worker_output``; in a process a task forked, it is the original descriptor, as it would
+    be without ferropool.
     """
 
-    def __init__(self, name: str, kind: bytes, old: Any, fd: int) -> None:
-        self._name, self._kind, self._old, self._fd = name, kind, old, fd
-        self._stream: Any = None
+    closed = False
 
-    def __getattr__(self, attr: str) -> Any:
-        if self._stream is None:
-            from . import _worker_output
+    def __init__(self, kind: bytes, fd: int) -> None:
+        self._kind, self._fd = kind, fd
+        self._target: Any = None
+        _sinks.append(self)
 
-            self._stream = _worker_output.text_stream(self._kind, self._old, self._fd) or self._old
-            if getattr(sys, self._name) is self:
-                setattr(sys, self._name, self._stream)
-        return getattr(self._stream, attr)
+    def _made(self) -> Any:
+        target = self._target
+        if target is None:
+            with _make_lock:
+                if self._target is None:
+                    from . import _worker_output
+
+                    self._target = _worker_output.line_sink(self._kind) or _FdWriter(self._fd)
+                target = self._target
+        return target
+
+    def write(self, data: Any) -> int:
+        return self._made().write(data)  # type: ignore[no-any-return]
+
+    def flush(self) -> None:
+        target = self._target
+        if target is not None:
+            target.flush()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _FdWriter:
+    """Writes whole lines straight to a descriptor: the sink's target once output is not forwarded.
+
+    A line is written in one ``write``, as a buffered stdout would flush it: ``print()`` writes
+    the text and the newline separately, and another process's line must not land in between.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._partial = bytearray()
+
+    def write(self, data: Any) -> int:
+        size = len(memoryview(data).cast("B"))
+        self._partial += data
+        end = self._partial.rfind(b"\n") + 1
+        if end:
+            self._write(end)
+        return size
+
+    def flush(self) -> None:
+        self._write(len(self._partial))
+
+    def _write(self, end: int) -> None:
+        view = memoryview(bytes(self._partial[:end]))
+        del self._partial[:end]
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            pass  # as writing to a closed stdout in a child: the output is lost, the task goes on
+
+
+def _forget_after_fork() -> None:
+    """In a process a task forked: the pool's output socket is not its to keep open.
+
+    A child that outlived its task would otherwise hold the parent's side open (and make pool
+    shutdown wait for it); its prints go to the original descriptors instead, as they would
+    without ferropool.
+    """
+    global connection, _make_lock
+    _make_lock = _thread.allocate_lock()  # another thread may have held it at the fork
+    if connection is not None:
+        connection.close()
+        connection = None
+    output = sys.modules.get("ferropool._worker_output")
+    if output is not None:
+        output.forget_after_fork()
+    for sink in _sinks:
+        sink._target = _FdWriter(sink._fd)
 
 
 class _WhenLoggingIsImported:

@@ -21,7 +21,16 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy rea
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["freeze_support", "get_all_start_methods", "get_context", "get_start_method", "set_start_method"]
+__all__ = [
+    "allow_connection_pickling",
+    "freeze_support",
+    "get_all_start_methods",
+    "get_context",
+    "get_start_method",
+    "set_executable",
+    "set_forkserver_preload",
+    "set_start_method",
+]
 
 _DEFAULT = "forkserver"
 _chosen: str | None = None  # the method fixed by set_start_method() or a first get_start_method()
@@ -115,3 +124,39 @@ def get_all_start_methods() -> list[str]:
 
 def freeze_support() -> None:
     """Does nothing: ferropool's children never re-run the main module, frozen or not."""
+
+
+def set_executable(executable: Any) -> None:
+    """Sets the Python interpreter that children started as fresh interpreters run.
+
+    That is pool workers and processes started by ``"spawn"``, or when there is no fork server.
+    Children forked from the fork server are copies of this interpreter and are not affected.
+    """
+    from ._spawn import set_executable as set_in_spawn
+
+    set_in_spawn(executable)
+
+
+def set_forkserver_preload(module_names: Any) -> None:
+    """Modules the fork server imports when it starts, so that its workers start with them.
+
+    The fork server is a copy of this process, so it already has every module imported here
+    when it starts; this adds others. A module that cannot be imported is skipped, as in the
+    stdlib. Takes effect for a fork server started after the call.
+
+    Raises:
+        TypeError: ``module_names`` is not a list of strings.
+    """
+    from . import _forkserver
+
+    try:
+        names = None if isinstance(module_names, str) else list(module_names)
+    except TypeError:
+        names = None
+    if names is None or not all(type(name) is str for name in names):
+        raise TypeError("module_names must be a list of strings")
+    _forkserver.preload = names
+
+
+def allow_connection_pickling() -> None:
+    """Does nothing: kept for programs written for the stdlib, where it is a no-op too."""

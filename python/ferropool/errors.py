@@ -9,8 +9,10 @@ from __future__ import annotations
 import builtins
 import concurrent.futures
 import multiprocessing
+import multiprocessing.pool
 import signal as _signal
 from concurrent.futures import BrokenExecutor, CancelledError, InvalidStateError
+from concurrent.futures import process as _futures_process
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
@@ -21,6 +23,8 @@ __all__ = [
     "BrokenThreadPool",
     "CancelledError",
     "InvalidStateError",
+    "MaybeEncodingError",
+    "RemoteTraceback",
     "TimeoutError",
     "WorkerDiedError",
 ]
@@ -107,3 +111,57 @@ class WorkerDiedError(BrokenProcessPool):
             "The pool has started a replacement; resubmit the task if it is safe to run again."
         )
         return cls(message, pid, exitcode, signal)
+
+
+# typeshed does not declare the two stdlib classes
+class RemoteTraceback(multiprocessing.pool.RemoteTraceback, _futures_process._RemoteTraceback):  # type: ignore[name-defined,misc]
+    """The formatted traceback of an exception raised in a worker.
+
+    Attached as ``__cause__`` of the re-raised exception, so the parent's traceback shows where in
+    the worker it happened. An instance of ``multiprocessing.pool.RemoteTraceback`` and of the one
+    ``concurrent.futures`` attaches, so code that looks for either finds it.
+    """
+
+    def __init__(self, tb: str) -> None:
+        Exception.__init__(self, tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+#: the most characters of a repr an encoding error keeps: the value may be huge
+_REPR_MAX = 2000
+
+
+def _short_repr(obj: object) -> str:
+    try:
+        text = repr(obj)
+    except Exception as exc:
+        text = f"<{type(obj).__qualname__} object; repr() raised {type(exc).__name__}>"
+    return text if len(text) <= _REPR_MAX else text[: _REPR_MAX - 3] + "..."
+
+
+class MaybeEncodingError(multiprocessing.pool.MaybeEncodingError):  # type: ignore[name-defined,misc]
+    """A pool task's result (or exception) could not be pickled back to the parent.
+
+    ``multiprocessing.pool.MaybeEncodingError``, with ``exc`` (the pickling error) and ``value``
+    (the result) as ``repr`` strings. ``Pool`` raises it from ``get()``; executors raise the
+    pickling error itself, as ``concurrent.futures`` does.
+    """
+
+    def __init__(self, exc: object, value: object) -> None:
+        self.exc = _short_repr(exc)
+        self.value = _short_repr(value)
+        Exception.__init__(self, self.exc, self.value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_encoding_error, (type(self), self.exc, self.value))
+
+
+def _encoding_error(cls: type[MaybeEncodingError], exc: str, value: str) -> MaybeEncodingError:
+    # the reprs travel as they are: __init__ would take a repr of each again
+    err = cls.__new__(cls)
+    err.exc, err.value = exc, value
+    Exception.__init__(err, exc, value)
+    return err

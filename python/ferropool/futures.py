@@ -23,7 +23,7 @@ import copy
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import _base
+from concurrent.futures import Executor, _base
 from concurrent.futures import as_completed as _stdlib_as_completed
 from concurrent.futures import process as _process
 from concurrent.futures import thread as _thread
@@ -49,6 +49,7 @@ __all__ = [
     "ALL_COMPLETED",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
+    "Executor",
     "Future",
     "ProcessPoolExecutor",
     "ThreadPoolExecutor",
@@ -95,7 +96,7 @@ def as_completed(
         raise TimeoutError(*exc.args) from None
 
 
-class _Executor(_base.Executor):
+class _Executor(Executor):
     """What both executors share: ``submit``, ``map`` and the context-manager protocol."""
 
     _backend: ProcessBackend | ThreadBackend
@@ -116,6 +117,26 @@ class _Executor(_base.Executor):
         if not callable(fn):
             check_callable(fn)
         return self._backend.submit(fn, args, kwargs, self._task_timeout)
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        """``shutdown(wait=True)``; after Ctrl-C, stops the work instead of waiting for it.
+
+        Leaving the block with ``KeyboardInterrupt`` (or a second Ctrl-C during the wait)
+        cancels the queued calls and ends the running ones as ``terminate_workers()`` does for a
+        process pool, so one Ctrl-C ends the program. A thread pool cancels its queued calls;
+        its running calls cannot be stopped.
+        """
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._interrupted()
+            return
+        try:
+            self.shutdown(wait=True)
+        except KeyboardInterrupt:
+            self._interrupted()
+            raise
+
+    def _interrupted(self) -> None:
+        self._backend.shutdown(cancel_pending=True)
 
     def stats(self) -> _stats.PoolStats:
         """A snapshot of the executor: its workers' counters, queue depth and worker exits.
@@ -363,6 +384,9 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
         """
         self._backend.terminate()
         self._backend.join()
+
+    def _interrupted(self) -> None:
+        self.terminate_workers()
 
     kill_workers = terminate_workers
 

@@ -23,16 +23,34 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from . import _aio, _core, _progress, _setup, _state, _stats
-from ._backend import ProcessBackend, ThreadBackend, check_callable, check_positive_int, check_timeout, start_method
+from ._backend import (
+    ProcessBackend,
+    ThreadBackend,
+    check_callable,
+    check_positive_int,
+    check_timeout,
+    failed,
+    start_method,
+)
 from ._batching import BatchSizer, EagerMap, unpack_outcomes
 from ._future import Future
-from .errors import CancelledError, TimeoutError
+from .errors import CancelledError, MaybeEncodingError, RemoteTraceback, TimeoutError
 
-__all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool", "ThreadPool"]
+__all__ = [
+    "ApplyResult",
+    "AsyncResult",
+    "IMapIterator",
+    "MapResult",
+    "MaybeEncodingError",
+    "Pool",
+    "RemoteTraceback",
+    "ThreadPool",
+]
 
 T = TypeVar("T")
 _log = logging.getLogger("ferropool")
@@ -42,6 +60,10 @@ _NO_KWDS: dict[str, Any] = {}  # never mutated: submit only reads it
 
 #: Chunks ``imap`` keeps submitted or finished-but-unread, per worker, unless told otherwise.
 IMAP_BUFFER_PER_WORKER = 64
+
+
+#: ``active`` on the threads that run pools' callbacks
+_callback_thread = threading.local()
 
 
 def _report_callback_error(kind: str, callback: Callable[..., object], exc: BaseException) -> None:
@@ -55,7 +77,7 @@ class AsyncResult(Generic[T]):
     exception; both run on the pool's result thread, in completion order.
     """
 
-    __slots__ = ("_future",)
+    __slots__ = ("_future", "_settled")
 
     def __init__(
         self,
@@ -65,29 +87,38 @@ class AsyncResult(Generic[T]):
         callbacks: _CallbackRunner | None = None,
     ) -> None:
         self._future = future
+        #: set once the callbacks have run: until then the result is not ready (as in the stdlib)
+        self._settled: threading.Event | None = None
         if callback is not None or error_callback is not None:
+            self._settled = threading.Event()
             deliver = self._callback_for(callback, error_callback)
             future.add_done_callback(deliver if callbacks is None else callbacks.schedule(deliver))
 
     def _callback_for(
         self, callback: Callable[[T], object] | None, error_callback: Callable[[BaseException], object] | None
     ) -> Callable[[Future[Any]], None]:
+        settled = self._settled
+        assert settled is not None
+
         def deliver(fut: Future[Any]) -> None:
             try:
                 exc = fut.exception()
             except CancelledError as cancelled:
                 exc = cancelled
-            if exc is None:
-                if callback is not None:
+            try:
+                if exc is None:
+                    if callback is not None:
+                        try:
+                            callback(self._value(fut))
+                        except BaseException as err:
+                            _report_callback_error("callback", callback, err)
+                elif error_callback is not None:
                     try:
-                        callback(self._value(fut))
+                        error_callback(exc)
                     except BaseException as err:
-                        _report_callback_error("callback", callback, err)
-            elif error_callback is not None:
-                try:
-                    error_callback(exc)
-                except BaseException as err:
-                    _report_callback_error("error_callback", error_callback, err)
+                        _report_callback_error("error_callback", error_callback, err)
+            finally:
+                settled.set()
 
         return deliver
 
@@ -95,8 +126,22 @@ class AsyncResult(Generic[T]):
         return fut.result()
 
     def ready(self) -> bool:
-        """Whether the call has completed."""
-        return self._future.done()
+        """Whether the call has completed (and its callback has run)."""
+        return self._future.done() and (self._settled is None or self._settled.is_set())
+
+    def _wait_ready(self, timeout: float | None) -> bool:
+        """Waits for the call, then for its callback; whether both happened within ``timeout``."""
+        end = None if timeout is None else time.monotonic() + timeout
+        try:
+            self._future.exception(timeout)
+        except CancelledError:
+            pass
+        except TimeoutError:
+            return False
+        settled = self._settled
+        if settled is None or getattr(_callback_thread, "active", False):
+            return True  # on the callback thread, a callback queued behind this one cannot run
+        return settled.wait(None if end is None else max(0.0, end - time.monotonic()))
 
     def successful(self) -> bool:
         """Whether the call completed without raising.
@@ -110,10 +155,7 @@ class AsyncResult(Generic[T]):
 
     def wait(self, timeout: float | None = None) -> None:
         """Waits until the result is available or ``timeout`` seconds pass."""
-        try:
-            self._future.exception(timeout)
-        except (TimeoutError, CancelledError):
-            pass
+        self._wait_ready(timeout)
 
     def get(self, timeout: float | None = None) -> T:
         """Returns the result when it arrives.
@@ -123,7 +165,8 @@ class AsyncResult(Generic[T]):
                 also a ``multiprocessing.TimeoutError``).
             Exception: whatever the call raised, with the worker's traceback as ``__cause__``.
         """
-        self._future.exception(timeout)  # raises TimeoutError when not done in time
+        if not self._wait_ready(timeout):
+            raise TimeoutError()
         return self._value(self._future)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
@@ -191,7 +234,9 @@ class IMapIterator(Generic[T]):
     task is made to carry about ``_batching.TARGET_S`` of work (never fewer items than
     ``chunksize``, and few enough to keep every worker busy). Every item keeps its own outcome, so
     an exception is raised at that item's place and iteration can go on after it, as with
-    ``chunksize=1``.
+    ``chunksize=1``. If the input itself raises, ``next()`` raises that exception where the chunk
+    it broke off in would have been (in ``imap_unordered``: after every earlier result), and the
+    iteration ends there.
     """
 
     def __init__(
@@ -209,6 +254,9 @@ class IMapIterator(Generic[T]):
         self._items = items
         self._ordered = ordered
         self._limit = buffersize * chunksize  # items submitted or unread, at most
+        self._chunksize = chunksize
+        self._read = 0  # items taken from the input
+        self._input_error: Future[Any] | None = None  # what the input raised (unordered mode)
         self._sizer = BatchSizer(chunksize, self._limit // (2 * workers))
         self._buffer: collections.deque[tuple[bool, Any]] = collections.deque()  # read, not returned
         self._tasks: collections.deque[tuple[Future[Any], int]] = collections.deque()  # ordered mode
@@ -223,17 +271,42 @@ class IMapIterator(Generic[T]):
 
     def _top_up(self) -> None:
         while not self._exhausted and self._outstanding < self._limit:
-            batch = list(itertools.islice(self._items, min(self._sizer.per_task, self._limit - self._outstanding)))
+            batch: list[Any] = []
+            try:  # extend keeps the items read before the input raised
+                batch.extend(itertools.islice(self._items, min(self._sizer.per_task, self._limit - self._outstanding)))
+            except Exception as exc:
+                self._input_failed(batch, exc)
+                return
             if not batch:
                 self._exhausted = True
                 return
-            fut = self._submit(batch)
-            self._outstanding += len(batch)
+            self._read += len(batch)
+            self._add_task(self._submit(batch), len(batch))
+
+    def _add_task(self, fut: Future[Any], n: int) -> None:
+        self._outstanding += n
+        self._in_flight_tasks += 1
+        if self._ordered:
+            self._tasks.append((fut, n))
+        else:
+            fut.add_done_callback(functools.partial(self._task_done, n))
+
+    def _input_failed(self, batch: list[Any], exc: Exception) -> None:
+        """The input raised ``exc`` after yielding ``batch``: ``exc`` becomes the last result.
+
+        As in the stdlib, the items of the chunk the input broke off in are dropped, so the
+        exception stands where that chunk's results would have been.
+        """
+        self._exhausted = True
+        whole = max(len(batch) - (self._read + len(batch)) % self._chunksize, 0)
+        if whole:
+            self._add_task(self._submit(batch[:whole]), whole)
+        if self._ordered:
+            self._add_task(failed(exc), 1)
+        else:  # after every earlier result, whenever those arrive
+            self._outstanding += 1
             self._in_flight_tasks += 1
-            if self._ordered:
-                self._tasks.append((fut, len(batch)))
-            else:
-                fut.add_done_callback(functools.partial(self._task_done, len(batch)))
+            self._input_error = failed(exc)
 
     def _task_done(self, n: int, fut: Future[Any]) -> None:
         self._done.put((fut, n))
@@ -280,6 +353,9 @@ class IMapIterator(Generic[T]):
         if self._ordered:
             self._tasks[0][0].exception(timeout)  # TimeoutError leaves it in place for the next call
             return self._tasks.popleft()
+        if self._input_error is not None and self._in_flight_tasks == 1:
+            error, self._input_error = self._input_error, None
+            return error, 1
         try:
             return self._done.get(timeout=timeout)
         except queue.Empty:
@@ -313,15 +389,26 @@ class _CallbackRunner:
 
     def __init__(self) -> None:
         self._thread = ThreadBackend(1, "ThreadPool-callbacks", None, ())
+        self._ident: int | None = None  # the thread's, once it has run a callback
 
     def schedule(self, deliver: Callable[[Future[Any]], None]) -> Callable[[Future[Any]], None]:
         def hand_over(fut: Future[Any]) -> None:
-            self._thread.submit(deliver, (fut,), {})
+            self._thread.submit(self._run, (deliver, fut), {})
 
         return hand_over
 
+    def _run(self, deliver: Callable[[Future[Any]], None], fut: Future[Any]) -> None:
+        self._ident = threading.get_ident()
+        _callback_thread.active = True
+        deliver(fut)
+
     def close(self) -> None:
-        self._thread.shutdown(cancel_pending=False)
+        """Runs every callback already handed over, then ends the thread.
+
+        Waits for them unless called from a callback itself (``join()`` inside a callback),
+        which would wait for its own end.
+        """
+        self._thread.shutdown(cancel_pending=False, wait=threading.get_ident() != self._ident)
 
 
 def _check_pool_size(processes: Any) -> int:
@@ -415,7 +502,14 @@ class Pool:
         self._processes = processes
         setup = _setup.WorkerSetup(processes, worker_logs, worker_output, limit_blas_threads)
         self._backend = ProcessBackend(
-            processes, method, initializer, tuple(initargs), maxtasksperchild, max_memory_per_child, setup=setup
+            processes,
+            method,
+            initializer,
+            tuple(initargs),
+            maxtasksperchild,
+            max_memory_per_child,
+            setup=setup,
+            pool_errors=True,
         )
 
     def options(self, *, timeout: float | None = None) -> Pool:
@@ -641,7 +735,9 @@ class Pool:
             self._backend.terminate()
 
     def join(self) -> None:
-        """Waits for the workers to exit; call ``close()`` or ``terminate()`` first.
+        """Waits for the workers to exit and every callback to run.
+
+        Call ``close()`` or ``terminate()`` first.
 
         Raises:
             ValueError: the pool is still running.

@@ -3,7 +3,8 @@
 A queue is a ring of pickled messages in an anonymous shared segment, read and written by the
 Rust core (``src/queue.rs``): ``put`` pickles in the calling thread and copies the bytes into the
 ring, ``get`` copies them out and unpickles, with no feeder thread and no pipe. An object that
-cannot be pickled raises at the ``put`` call. Queues pickle, so they can be passed to a
+cannot be pickled raises at the ``put`` call, unless a subclass overrides
+``_on_queue_feeder_error(e, obj)``, the stdlib's hook for it. Queues pickle, so they can be passed to a
 ``Process`` or to pool tasks; the sending process must still hold its queue when the receiver
 unpickles it.
 
@@ -70,9 +71,23 @@ class Queue(_core.Queue):
         *,
         capacity: int | None = None,
         handle: tuple[int, int, int, int] | None = None,
+        ctx: Any = None,
     ) -> Queue:
-        """Creates the object, or attaches to an existing one by its ``handle`` (pickling)."""
+        """Creates the object, or attaches to an existing one by its ``handle`` (pickling).
+
+        ``ctx`` is accepted for ``multiprocessing.queues.Queue(ctx=...)`` and not needed.
+        """
         return _track(super().__new__(cls, maxsize, False, capacity, handle))
+
+    @staticmethod
+    def _on_queue_feeder_error(e: Exception, obj: object) -> None:
+        """Called by ``put()`` with the error when ``obj`` cannot be pickled.
+
+        This default raises ``e`` from ``put()``. A subclass may override it, as with the
+        stdlib, to handle the error instead: ``put()`` then returns normally and ``obj`` is
+        not queued.
+        """
+        raise e
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild, (type(self), self._handle)
@@ -120,6 +135,7 @@ class JoinableQueue(Queue):
         *,
         capacity: int | None = None,
         handle: tuple[int, int, int, int] | None = None,
+        ctx: Any = None,
     ) -> JoinableQueue:
         """Creates the object, or attaches to an existing one by its ``handle`` (pickling)."""
         return _track(_core.Queue.__new__(cls, maxsize, True, capacity, handle))
@@ -141,7 +157,7 @@ class SimpleQueue(_core.Queue):
 
     _cancelled = False
 
-    def __new__(cls, *, handle: tuple[int, int, int, int] | None = None) -> SimpleQueue:
+    def __new__(cls, *, handle: tuple[int, int, int, int] | None = None, ctx: Any = None) -> SimpleQueue:
         """Creates the object, or attaches to an existing one by its ``handle`` (pickling)."""
         return _track(super().__new__(cls, 0, False, None, handle))
 

@@ -35,17 +35,33 @@ __all__ = ["ShareableList", "SharedMemory"]
 _PREFIX = "psm_"
 
 # The watchdog runs in a fresh interpreter with no site packages: it needs only os and fcntl.
+# It forks once and its first process exits at once, so it is nobody's child: its creator never
+# has to reap it, which it could not do from SharedMemory.__del__ at interpreter exit (starting
+# a thread there hangs on Python 3.11). It reports its pid, then reads one line per change:
+# "+" or "-", the name as hex (a name may hold any character but NUL), and the inode; it
+# answers each "+" with one byte once it knows the block, so that a creator can tell a watchdog
+# that died (an end of file) from one that took note. A line it cannot read is skipped, never
+# fatal: the watchdog must outlive whatever it is told.
 _WATCHDOG = r"""
 import fcntl, os, sys, threading
+if os.fork():
+    os._exit(0)
+os.write(1, b"%d\n" % os.getpid())
 names = {}
 for line in sys.stdin.buffer:
-    op, name, ino = line.decode().split()
-    if op == "+":
-        names[name] = int(ino)
+    try:
+        op, name, ino = line.split()
+        name, ino = bytes.fromhex(name.decode()), int(ino)
+    except ValueError:
+        continue
+    if op == b"+":
+        names[name] = ino
+        os.write(1, b"k")
     else:
         names.pop(name, None)
+os.close(1)
 def clean(name, ino):
-    path = "/dev/shm/" + name
+    path = b"/dev/shm/" + name
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -70,48 +86,86 @@ class _Watchdog:
     """This process's watchdog, which unlinks its blocks once nobody holds them.
 
     Started with the first block this process creates, told about each, and let go (its pipe
-    closed) when this process holds none of them any more.
+    closed) when this process holds none of them any more. A watchdog that died is replaced,
+    and told again about every block still open.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._open: set[str] = set()
-        self._pid = os.getpid()
+        self._pipe: Any = None  # the write end of the watchdog's stdin
+        self._answers: Any = None  # the read end of its stdout
+        self.pid: int | None = None
+        self._open: dict[str, int] = {}
+        self._owner = os.getpid()
 
-    def _send(self, line: str) -> None:
-        assert self._proc is not None and self._proc.stdin is not None
-        self._proc.stdin.write(line.encode() + b"\n")
-        self._proc.stdin.flush()
+    def _start(self) -> None:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _WATCHDOG],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            start_new_session=True,  # Ctrl-C in the terminal must not stop the cleanup
+        )
+        self._pipe, self._answers = proc.stdin, proc.stdout
+        proc.wait()  # the first process, which exits as soon as it forked the watchdog
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = self._answers.read(1)
+            if not chunk:
+                self._close_pipe()
+                raise OSError("the shared memory watchdog did not start")
+            line += chunk
+        self.pid = int(line)
+        for name, inode in self._open.items():
+            self._tell(name, inode)
+
+    def _tell(self, name: str, inode: int) -> None:
+        """Tells the watchdog about a block; ``OSError`` if it is dead."""
+        self._pipe.write(f"+ {name.encode().hex()} {inode}\n".encode())
+        if self._answers.read(1) != b"k":
+            raise BrokenPipeError("the shared memory watchdog died")
+
+    def _close_pipe(self) -> None:
+        pipe, answers = self._pipe, self._answers
+        self._pipe = self._answers = self.pid = None
+        for end in (pipe, answers):
+            try:
+                end.close()
+            except OSError:
+                pass
 
     def created(self, name: str, inode: int) -> None:
         with self._lock:
-            if self._pid != os.getpid():  # a forked child: the parent's watchdog is not ours
-                self._proc, self._open, self._pid = None, set(), os.getpid()
-            if self._proc is None:
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", _WATCHDOG],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                    start_new_session=True,  # Ctrl-C in the terminal must not stop the cleanup
-                )
-            self._send(f"+ {name} {inode}")
-            self._open.add(name)
+            if self._owner != os.getpid():  # a forked child: the parent's watchdog is not ours
+                self._close_pipe()
+                self._open, self._owner = {}, os.getpid()
+            self._open[name] = inode
+            try:
+                if self._pipe is None:
+                    self._start()
+                else:
+                    try:
+                        self._tell(name, inode)
+                    except OSError:  # it died (killed, say): a successor learns every open block
+                        self._close_pipe()
+                        self._start()
+            except OSError:
+                del self._open[name]
+                raise
 
     def closed(self, name: str, unlinked: bool) -> None:
         """This process let go of ``name``; the watchdog keeps it unless it is already gone."""
         with self._lock:
-            if self._proc is None or name not in self._open or self._pid != os.getpid():
+            if self._pipe is None or name not in self._open or self._owner != os.getpid():
                 return
-            self._open.discard(name)
+            self._open.pop(name)
             if unlinked:
-                self._send(f"- {name} 0")
+                try:
+                    self._pipe.write(f"- {name.encode().hex()} 0\n".encode())
+                except OSError:
+                    pass  # a dead watchdog has nothing to forget; the next block starts another
             if not self._open:
-                proc, self._proc = self._proc, None
-                assert proc.stdin is not None
-                proc.stdin.close()
-                # the watchdog may outlive this call while other processes hold blocks
-                threading.Thread(target=proc.wait, name="ferropool-shm-reaper", daemon=True).start()
+                self._close_pipe()
 
 
 _watchdog = _Watchdog()
@@ -151,7 +205,13 @@ class SharedMemory:
         self._unlinked = False
         self._created = create
         if create:
-            _watchdog.created(block_name, os.stat(f"/dev/shm/{block_name}").st_ino)
+            try:
+                _watchdog.created(block_name, os.stat(f"/dev/shm/{block_name}").st_ino)
+            except BaseException:
+                # nothing would clean the block up after a crash: do not keep it
+                if not self._seg.close():
+                    self._seg.unlink()
+                raise
         self._buf: memoryview | None = memoryview(self._seg)  # type: ignore[arg-type, unused-ignore]  # a Buffer from 3.12 on
 
     def __reduce__(self) -> tuple[Any, ...]:

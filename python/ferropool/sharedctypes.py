@@ -58,17 +58,74 @@ def _ctype(typecode_or_type: Any) -> Any:
 def _spec(ctype: Any) -> Any:
     """A picklable description of ``ctype``.
 
-    Array types are made on the fly, so they travel as their element type and length.
+    Array types are made on the fly, so they travel as their element type and length. A
+    structure or union the child cannot import (one defined in ``__main__``, which ferropool's
+    children never run) travels as its fields, and its other attributes (methods) by value:
+    cloudpickle cannot ship such a class itself, its field descriptors do not pickle.
     """
     if issubclass(ctype, ctypes.Array):
         return ("array", _spec(ctype._type_), ctype._length_)
+    if issubclass(ctype, (ctypes.Structure, ctypes.Union)) and not _importable(ctype):
+        kind = "union" if issubclass(ctype, ctypes.Union) else "struct"
+        fields = tuple((f[0], _spec(f[1]), *f[2:]) for f in ctype._fields_)
+        attrs = {k: v for k, v in vars(ctype).items() if k not in _CTYPES_OWN and not _is_field(v)}
+        return (kind, ctype.__qualname__, fields, attrs)
     return ctype
 
 
+# what ctypes puts into a structure class's namespace itself
+_CTYPES_OWN = frozenset({"_fields_", "__dict__", "__weakref__", "__module__", "_type_", "_length_"})
+# the type of a structure's field descriptors (not a public name of ctypes)
+_CField = type(vars(type("_Probe", (ctypes.Structure,), {"_fields_": [("x", ctypes.c_int)]}))["x"])
+
+
+def _is_field(value: Any) -> bool:
+    return isinstance(value, _CField)
+
+
+def _importable(cls: Any) -> bool:
+    import sys
+
+    module = sys.modules.get(cls.__module__)
+    if module is None or cls.__module__ == "__main__":
+        return False
+    found: Any = module
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    return found is cls
+
+
+# structures rebuilt from a description, so that every object of one type shares its class
+_rebuilt: dict[Any, Any] = {}
+
+
+def _shape(spec: Any) -> Any:
+    """``spec`` without the attributes of its structures: a hashable key for ``_rebuilt``."""
+    if not isinstance(spec, tuple):
+        return spec
+    if spec[0] == "array":
+        return ("array", _shape(spec[1]), spec[2])
+    return (spec[0], spec[1], tuple((f[0], _shape(f[1]), *f[2:]) for f in spec[2]))
+
+
 def _unspec(spec: Any) -> Any:
-    if isinstance(spec, tuple):
+    if not isinstance(spec, tuple):
+        return spec
+    if spec[0] == "array":
         return _unspec(spec[1]) * spec[2]
-    return spec
+    kind, qualname, fields, attrs = spec
+    key = _shape(spec)
+    try:
+        return _rebuilt[key]
+    except KeyError:
+        pass
+    base = ctypes.Union if kind == "union" else ctypes.Structure
+    namespace = dict(attrs)
+    namespace["_fields_"] = [(f[0], _unspec(f[1]), *f[2:]) for f in fields]
+    cls = type(qualname.rpartition(".")[2], (base,), namespace)
+    cls.__qualname__ = qualname
+    _rebuilt[key] = cls
+    return cls
 
 
 def _reduce_shared(obj: Any) -> tuple[Any, ...]:
@@ -171,7 +228,8 @@ def _lock_for(lock: Any) -> Any:
 def copy(obj: Any) -> Any:
     """A new shared object with the same type and contents as ``obj``."""
     new_obj = _new(type(obj).__mro__[1] if type(obj) in _shared_types.values() else type(obj))
-    ctypes.pointer(new_obj)[0] = obj
+    # a byte copy: ``pointer(new_obj)[0] = obj`` refuses obj, whose class is new_obj's base
+    ctypes.memmove(ctypes.addressof(new_obj), ctypes.addressof(obj), ctypes.sizeof(new_obj))
     return new_obj
 
 
@@ -182,7 +240,36 @@ def synchronized(obj: Any, lock: Any = None) -> Any:
         if obj._type_ is ctypes.c_char:
             return SynchronizedString(obj, lock)
         return SynchronizedArray(obj, lock)
+    if isinstance(obj, (ctypes.Structure, ctypes.Union)):
+        return _synchronized_struct(type(obj))(obj, lock)
     return Synchronized(obj, lock)
+
+
+_struct_wrappers: dict[Any, type[SynchronizedBase]] = {}
+
+
+def _synchronized_struct(ctype: Any) -> type[SynchronizedBase]:
+    """A ``Synchronized`` subclass with one locked property per field of ``ctype``."""
+    try:
+        return _struct_wrappers[ctype]
+    except KeyError:
+        pass
+    fields = {f[0]: _locked_field(f[0]) for f in ctype._fields_}
+    cls = type(f"Synchronized{ctype.__name__}", (Synchronized,), fields)
+    _struct_wrappers[ctype] = cls
+    return cls
+
+
+def _locked_field(name: str) -> property:
+    def get(self: SynchronizedBase) -> Any:
+        with self:
+            return getattr(self._obj, name)
+
+    def set(self: SynchronizedBase, value: Any) -> None:
+        with self:
+            setattr(self._obj, name, value)
+
+    return property(get, set, doc=f"The field {name!r} (read and written under the lock).")
 
 
 class SynchronizedBase:
@@ -201,7 +288,8 @@ class SynchronizedBase:
         self._lock.release()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self._obj, self._lock)
+        # the wrapper class of a structure is made on the fly: the receiver makes its own
+        return synchronized, (self._obj, self._lock)
 
     def get_obj(self) -> Any:
         """The wrapped ctypes object (access to it is not synchronised)."""

@@ -13,9 +13,12 @@ pid (see ``docs/ipc.md``).
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 from . import _core
+from .process import current_process
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -32,6 +35,18 @@ def _rebuild(cls: Any, handle: _Handle) -> Any:
     return cls(handle=handle)
 
 
+def _owner_name(lock: _core.Lock | _core.RLock) -> str | None:
+    """Who holds ``lock``, in the words of the stdlib's reprs; ``None`` when it is free."""
+    if lock._is_mine():
+        name = current_process().name
+        thread = threading.current_thread().name
+        return name if thread == "MainThread" else f"{name}|{thread}"
+    owner = lock._owner()
+    if owner == 0:
+        return None
+    return "SomeOtherThread" if owner == os.getpid() else "SomeOtherProcess"
+
+
 class Lock(_core.Lock):
     """A non-recursive lock shared between processes, as ``multiprocessing.Lock``.
 
@@ -43,8 +58,7 @@ class Lock(_core.Lock):
         return _rebuild, (type(self), self._handle)
 
     def __repr__(self) -> str:
-        owner = self._owner()
-        return f"<{type(self).__name__}(owner={'None' if owner == 0 else owner})>"
+        return f"<{type(self).__name__}(owner={_owner_name(self)})>"
 
 
 class RLock(_core.RLock):
@@ -58,8 +72,11 @@ class RLock(_core.RLock):
         return _rebuild, (type(self), self._handle)
 
     def __repr__(self) -> str:
-        owner = self._owner()
-        return f"<{type(self).__name__}({'None' if owner == 0 else owner}, {self._count()})>"
+        owner = _owner_name(self)
+        if owner is None:
+            return f"<{type(self).__name__}(None, 0)>"
+        count = self._count() if self._is_mine() else "nonzero"
+        return f"<{type(self).__name__}({owner}, {count})>"
 
 
 class Semaphore(_core.Semaphore):
@@ -147,7 +164,7 @@ class Condition:
         finally:
             self._lock._acquire_restore(count)
             if not notified:
-                notified = self._cv.cancel()
+                notified = self._cv.cancel(seq)
         return notified
 
     def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
@@ -199,7 +216,7 @@ class Event(_core.Event):
         return _rebuild, (type(self), self._handle)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__}({'set' if self.is_set() else 'unset'})>"
+        return f"<{type(self).__qualname__} at {id(self):#x} {'set' if self.is_set() else 'unset'}>"
 
 
 class Barrier(_core.Barrier):
@@ -248,7 +265,9 @@ class Barrier(_core.Barrier):
         return _rebuild_barrier, (type(self), self._handle, self._action, self._timeout)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__}(parties={self.parties}, waiting={self.n_waiting}, broken={self.broken})>"
+        cls = type(self)
+        state = "broken" if self.broken else f"waiters={self.n_waiting}/{self.parties}"
+        return f"<{cls.__module__}.{cls.__qualname__} at {id(self):#x}: {state}>"
 
 
 def _rebuild_barrier(cls: Any, handle: _Handle, action: Any, timeout: float | None) -> Barrier:

@@ -7,6 +7,11 @@
 //! `cancel`), except a token's consumption, which is one atomic decrement, so their sum always
 //! counts every waiter exactly once; a waiter whose time runs out takes a token that may be
 //! waiting for it, or else leaves `sleepers`.
+//!
+//! A token belongs to the waiters that were asleep when it was granted: a waiter may take one
+//! only once `seq` has moved past the value it prepared on. Otherwise a thread that calls
+//! `wait()` right after a `notify()` (say the notifier itself, in `wait_for`) would take the
+//! token meant for the sleeper, which would then sleep on with nobody left to wake it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -29,7 +34,11 @@ pub struct CondRecord {
 }
 
 impl CondRecord {
-    fn take_token(&self) -> bool {
+    /// Takes a token if one was granted since the waiter prepared on `seq`.
+    fn take_token(&self, seq: u32) -> bool {
+        if self.seq.load(Ordering::SeqCst) == seq {
+            return false;
+        }
         self.tokens
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(1))
             .is_ok()
@@ -65,7 +74,7 @@ impl PyCondVar {
         wait_interruptible(py, timeout_from_secs(timeout)?, |slice| {
             let end = slice_end(slice);
             loop {
-                if rec.take_token() {
+                if rec.take_token(seq) {
                     return true;
                 }
                 if std::time::Instant::now() >= end {
@@ -79,8 +88,8 @@ impl PyCondVar {
 
     /// After a sleep that timed out or was interrupted (the lock is held again): `True` if a
     /// notify had chosen this waiter after all.
-    fn cancel(&self) -> bool {
-        if self.rec.take_token() {
+    fn cancel(&self, seq: u32) -> bool {
+        if self.rec.take_token(seq) {
             return true;
         }
         let _ = self
