@@ -12,26 +12,41 @@
 //! server's child, not ours, so the server reaps it and writes its exit status to the status
 //! socket as two i32 (exit code or -1, signal or 0) before closing it.
 
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use crate::fdpass;
 
 /// Has the fork server start a worker whose link is `link`, whose exit status goes to `status`
-/// and, if given, whose output socket is `output`; returns the worker's pid.
+/// and, if given, whose output socket is `output`; returns the worker's pid, and its pidfd.
+///
+/// The server opens the pidfd before it could reap the worker, so it names that process and no
+/// other: the worker is not our child, and its pid may be reaped and reused at any time, which
+/// makes the pid alone unsafe to signal. No pidfd comes from a kernel without `pidfd_open`.
 pub fn request_worker(
     conn: &mut UnixStream,
     link: &UnixStream,
     status: &UnixStream,
     output: Option<RawFd>,
-) -> io::Result<u32> {
+) -> io::Result<(u32, Option<OwnedFd>)> {
     let mut fds = vec![link.as_raw_fd(), status.as_raw_fd()];
     fds.extend(output);
     send_fds(conn, &fds)?;
     let mut pid = [0u8; 4];
-    conn.read_exact(&mut pid)?;
-    decode_pid(pid)
+    let mut got = 0;
+    let mut received = VecDeque::new();
+    while got < pid.len() {
+        match fdpass::recv_with_fds(conn, &mut pid[got..], &mut received) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // anything past the one pidfd is not ours to keep: dropping closes it
+    Ok((decode_pid(pid)?, received.pop_front()))
 }
 
 /// Decodes the fork server's answer to a request: the new worker's pid.

@@ -202,23 +202,7 @@ impl PyChildProcess {
             // its pidfd names this process and no other
             let pidfd = self.pidfd.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(fd) = pidfd.as_ref() {
-                // SAFETY: pidfd_send_signal takes a pidfd we own, a signal number, no siginfo
-                // (null) and no flags; it shares no memory with us.
-                let rc = unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        fd.as_raw_fd(),
-                        signal,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    )
-                };
-                if rc != 0 {
-                    let err = std::io::Error::last_os_error();
-                    if err.raw_os_error() != Some(libc::ESRCH) {
-                        return Err(Error::Io(err).into());
-                    }
-                }
+                crate::supervisor::pidfd_signal(fd, signal).map_err(Error::Io)?;
             }
             return Ok(());
         }

@@ -42,8 +42,8 @@ pub enum Proc {
     /// Our child: reaped with `wait`, watched through a pidfd.
     Child { child: Child, pidfd: Option<OwnedFd> },
     /// The fork server's child: it writes the exit status to `status`, which also serves as the
-    /// descriptor to poll for the exit.
-    Forked { status: UnixStream },
+    /// descriptor to poll for the exit. Signals go through `pidfd` (see `signal_group`).
+    Forked { status: UnixStream, pidfd: Option<OwnedFd> },
 }
 
 /// The parent's side of one worker process.
@@ -108,9 +108,9 @@ impl Worker {
     fn fork(conn: &mut UnixStream, output: Option<RawFd>, quota: Option<u64>) -> io::Result<Worker> {
         let (ours, theirs) = UnixStream::pair()?;
         let (status, status_theirs) = UnixStream::pair()?;
-        let pid = crate::forkserver::request_worker(conn, &theirs, &status_theirs, output)?;
+        let (pid, pidfd) = crate::forkserver::request_worker(conn, &theirs, &status_theirs, output)?;
         status.set_nonblocking(true)?;
-        Worker::new(Proc::Forked { status }, pid, ours, quota)
+        Worker::new(Proc::Forked { status, pidfd }, pid, ours, quota)
     }
 
     fn spawn(command: &[String], output: Option<RawFd>, quota: Option<u64>) -> io::Result<Worker> {
@@ -173,7 +173,7 @@ impl Worker {
     pub fn exit_fd(&self) -> Option<RawFd> {
         match &self.proc {
             Proc::Child { pidfd, .. } => pidfd.as_ref().map(AsRawFd::as_raw_fd),
-            Proc::Forked { status } => Some(status.as_raw_fd()),
+            Proc::Forked { status, .. } => Some(status.as_raw_fd()),
         }
     }
 
@@ -184,15 +184,32 @@ impl Worker {
 
     /// Sends `signal` to the worker's whole process group, so children it started go too, and
     /// to the worker itself, which may not lead its group yet if it was forked a moment ago.
+    ///
+    /// Our own child keeps its pid until we reap it, so its pid is safe to signal. A fork-server
+    /// worker's pid is not: the server may reap it at any moment, and the pid may then name
+    /// another process. It is signalled through its pidfd, and its group only while the pidfd
+    /// says it has not exited (until then its pid, which is the group's id, cannot be reused).
     pub fn signal_group(&self, signal: i32) {
         let pid = match libc::pid_t::try_from(self.pid) {
             // 0 would signal our own group, and a negative one a group by its number
             Ok(pid) if pid > 0 => pid,
             _ => return,
         };
-        // SAFETY: kill/killpg only send a signal. The pid stays reserved for this worker until
-        // it is reaped (by us or by the fork server, which reports it to us first), so neither
-        // call can reach an unrelated process or group.
+        let pidfd = match &self.proc {
+            Proc::Forked { pidfd: Some(fd), .. } => Some(fd),
+            _ => None,
+        };
+        if let Some(fd) = pidfd {
+            if !has_exited(fd) {
+                // SAFETY: killpg only sends a signal, to a group whose leader has not exited
+                unsafe { libc::killpg(pid, signal) };
+            }
+            let _ = pidfd_signal(fd, signal);
+            return;
+        }
+        // SAFETY: kill/killpg only send a signal. Our child's pid stays reserved until we reap
+        // it; a fork-server worker without a pidfd (a kernel without pidfd_open) is signalled
+        // by pid as the best there is.
         unsafe {
             libc::killpg(pid, signal);
             libc::kill(pid, signal);
@@ -204,7 +221,7 @@ impl Worker {
         let pid = self.pid;
         match &mut self.proc {
             Proc::Child { child, .. } => Ok(child.try_wait()?.map(|status| exit_info(pid, status))),
-            Proc::Forked { status } => {
+            Proc::Forked { status, .. } => {
                 let mut bytes = [0u8; 8];
                 match status.read(&mut bytes) {
                     Ok(8) => {
@@ -239,7 +256,7 @@ impl Worker {
                 let _ = child.kill();
                 child.wait().map_or(killed, |status| exit_info(pid, status))
             }
-            Proc::Forked { status } => {
+            Proc::Forked { status, .. } => {
                 // the server reaps it at once; wait for its word, but never forever
                 let _ = status.set_nonblocking(false);
                 let _ = status.set_read_timeout(Some(Duration::from_secs(5)));
@@ -263,6 +280,34 @@ fn exit_info(pid: u32, status: ExitStatus) -> ExitInfo {
         code: status.code(),
         signal: status.signal(),
     }
+}
+
+/// Whether the process behind `pidfd` has exited (its pidfd is readable).
+fn has_exited(pidfd: &OwnedFd) -> bool {
+    crate::connection::wait_ready(pidfd.as_raw_fd(), libc::POLLIN, Some(Duration::ZERO)).unwrap_or(true)
+}
+
+/// Sends `signal` to the process behind `pidfd`, which names that process and no other;
+/// `ESRCH` (it has exited) is not an error.
+pub(crate) fn pidfd_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal takes a pidfd we own, a signal number, no siginfo (null) and no
+    // flags; it shares no memory with us.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            return Err(err);
+        }
+    }
+    Ok(())
 }
 
 /// Opens a descriptor that becomes readable when `pid` exits, so the engine can wait on worker

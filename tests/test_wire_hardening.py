@@ -125,3 +125,61 @@ def test_submit_is_not_held_up_while_a_large_result_arrives(beacon):
             assert ex.submit(_tasks.square, i).result(timeout=WAIT) == i * i
         assert not big.done()
         assert len(big.result(timeout=WAIT)) == 256 << 20
+
+
+PIDFD_SCRIPT = """
+import select, tempfile
+import psutil
+from tests.test_wire_hardening import announce_and_sleep, pidfds
+
+fifo = os.path.join(tempfile.mkdtemp(), "beacon")
+os.mkfifo(fifo)
+beacon = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+keep = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+with ferropool.ProcessPoolExecutor(max_workers=2) as ex:
+    assert list(ex.map(abs, range(-4, 0))) == [4, 3, 2, 1]
+    server = ferropool._forkserver.server_pid()
+    assert server is not None, "no fork server"
+    workers = [w.pid for w in ex.stats().workers]
+    assert all(psutil.Process(pid).ppid() == server for pid in workers), workers
+    assert set(workers) <= set(pidfds()), (workers, pidfds())
+    # the signals sent through them work: Future.kill() of a running task
+    fut = ex.submit(announce_and_sleep, fifo)
+    assert select.select([beacon], [], [], 30)[0]
+    pid = int(os.read(beacon, 64))
+    assert fut.kill()
+    assert fut.cancelled()
+    assert psutil.wait_procs([psutil.Process(pid)], timeout=30)[1] == []
+    assert ex.submit(abs, -5).result(timeout=30) == 5
+print("DONE", flush=True)
+"""
+
+
+def announce_and_sleep(fifo: str) -> None:
+    """Writes this worker's pid to ``fifo``, then sleeps until killed."""
+    _tasks.signal_beacon(fifo, os.getpid())
+    threading.Event().wait(60)
+
+
+def pidfds() -> dict[int, int]:
+    """``{pid: descriptor}`` of the pidfds this process holds."""
+    held = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            with open(f"/proc/self/fdinfo/{name}") as info:
+                for line in info:
+                    if line.startswith("Pid:"):
+                        held[int(line.split()[1])] = int(name)
+        except OSError:
+            continue
+    return held
+
+
+def test_fork_server_workers_are_held_by_pidfd(tmp_path):
+    # A fork-server worker is the server's child: the server may reap it at any moment, after
+    # which its pid can name another process. The engine signals it through a pidfd the server
+    # opened before it could reap it. (A fresh interpreter: the fork server is only made while
+    # the process has a single thread.)
+    result = run_script(tmp_path, PIDFD_SCRIPT)
+    assert result.returncode == 0, report(result)
+    assert "DONE" in result.stdout, report(result)
