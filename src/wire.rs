@@ -242,7 +242,13 @@ impl FrameReader {
         if self.filled < self.buf.len() {
             return Ok(());
         }
-        let grow = self.buf.len().max(READ_CHUNK);
+        // double, but not past the end of the frame in progress (zeroing pages nothing will fill
+        // costs as much as the reading)
+        let rest_of_frame = match self.peek_header() {
+            Ok(Some(h)) => (HEADER_LEN + h.len).saturating_sub(pending),
+            _ => usize::MAX,
+        };
+        let grow = self.buf.len().min(rest_of_frame).max(READ_CHUNK);
         self.buf
             .try_reserve_exact(grow)
             .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "no memory for a frame's bytes"))?;
