@@ -422,6 +422,10 @@ impl Ring {
                 None => advance(u32::from(last)),
                 Some((buf, _)) => {
                     let at = buf.len();
+                    // a message is as long as its writer makes it: running out of memory for
+                    // one is an error, not an abort
+                    buf.try_reserve(len)
+                        .map_err(|_| pyo3::exceptions::PyMemoryError::new_err("no memory for a queue message"))?;
                     buf.resize(at + len, 0);
                     self.copy_out(start, &mut buf[at..]);
                     advance(u32::from(last));
