@@ -423,6 +423,27 @@ fn pull_frames(link: &UnixStream, reader: &mut wire::FrameReader, expect: Option
     }
 }
 
+/// Reads `bytes` as a worker's link would bring them (as much as one socket buffer holds), with
+/// the engine's checks: the frames, and why the link would be given up, if it would. For the
+/// fuzz target (`fuzz/`) and the tests.
+#[doc(hidden)]
+pub fn decode_link(bytes: &[u8], expect: Option<&[u64]>) -> io::Result<(Vec<wire::Frame>, Option<String>)> {
+    let (mut tx, rx) = UnixStream::pair()?;
+    tx.set_nonblocking(true)?;
+    rx.set_nonblocking(true)?;
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match tx.write(&bytes[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    drop(tx);
+    let pulled = pull_frames(&rx, &mut wire::FrameReader::default(), expect, usize::MAX);
+    Ok((pulled.frames, pulled.bad))
+}
+
 /// Whether a worker may send the frame `h` introduces, as its result number `nth`.
 fn check_header(h: &wire::Header, expect: Option<&[u64]>, nth: usize) -> std::result::Result<(), String> {
     match h.kind {
@@ -1075,4 +1096,47 @@ fn read_links<'a>(shared: &'a Shared, s: MutexGuard<'a, Sched>, mut to_read: Vec
 
 fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
     libc::pollfd { fd, events, revents: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(list: &[(u8, u64)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &(k, id) in list {
+            wire::encode(&mut out, k, 0, id, 0, &[b"body"]);
+        }
+        out
+    }
+
+    #[test]
+    fn results_must_name_the_tasks_in_order() {
+        let ok = frames(&[(kind::READY, 0), (kind::OK, 5), (kind::ERR, 6)]);
+        let (got, bad) = decode_link(&ok, Some(&[5, 6])).unwrap();
+        assert_eq!((got.len(), bad), (3, None));
+        let (got, bad) = decode_link(&frames(&[(kind::OK, 6)]), Some(&[5, 6])).unwrap();
+        assert!(got.is_empty());
+        assert!(bad.unwrap().contains("task 6 while running task 5"));
+        // results beyond what was known when reading began are checked later, in on_frame
+        assert!(decode_link(&frames(&[(kind::OK, 9)]), Some(&[])).unwrap().1.is_none());
+        // a worker on its way out is not checked
+        assert!(decode_link(&frames(&[(kind::OK, 9)]), None).unwrap().1.is_none());
+    }
+
+    #[test]
+    fn a_bad_header_is_refused_before_its_body() {
+        let mut junk = Vec::new();
+        junk.extend_from_slice(&(1u64 << 30).to_le_bytes());
+        junk.extend_from_slice(&[0xEE, 0, 0]);
+        junk.extend_from_slice(&[0u8; 12]);
+        let (_, bad) = decode_link(&junk, Some(&[1])).unwrap();
+        assert!(bad.unwrap().contains("unknown kind 238"));
+        let mut fds = frames(&[(kind::READY, 0)]);
+        fds[10] = 1; // READY announcing a descriptor
+        assert!(decode_link(&fds, None).unwrap().1.unwrap().contains("descriptors"));
+        let mut long = frames(&[(kind::OK, 1)]);
+        long[..8].copy_from_slice(&(u64::MAX - 7).to_le_bytes());
+        assert!(decode_link(&long, Some(&[1])).unwrap().1.unwrap().contains("limit"));
+    }
 }
