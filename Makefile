@@ -54,6 +54,12 @@ test: ## the whole Python test suite, then the Rust unit tests
 	$(PY) -m pytest
 	cargo test
 
+FUZZ_SECONDS ?= 90
+
+.PHONY: fuzz
+fuzz: ## every cargo-fuzz target (nightly), FUZZ_SECONDS in all (CI: 90)
+	fuzz/run.sh $(FUZZ_SECONDS)
+
 SWEEP_PNG ?= benches/sweep.png
 
 .PHONY: bench

@@ -2,7 +2,7 @@
 //! (`python/ferropool/_buffers.py`): where a buffer lives, and un-sharing a mapping in place.
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::PyOSError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 /// `(address, length)` of a contiguous buffer (a `memoryview`, an `mmap`, a numpy array).
@@ -10,6 +10,27 @@ use pyo3::prelude::*;
 pub fn buffer_span(obj: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
     let buf = PyBuffer::<u8>::get(obj)?;
     Ok((buf.buf_ptr() as usize, buf.len_bytes()))
+}
+
+/// `ValueError` unless `address..address + length` is a page-aligned range that is mapped in
+/// full: mremap onto anything else would corrupt or crash the process.
+fn check_mapped(address: usize, length: usize) -> PyResult<()> {
+    // SAFETY: sysconf only reads a system constant.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let end = address.checked_add(length).filter(|&end| isize::try_from(end).is_ok());
+    if end.is_none() || address % page != 0 {
+        return Err(PyValueError::new_err(format!(
+            "invalid mapping: {length} bytes at {address:#x}"
+        )));
+    }
+    // SAFETY: msync with MS_ASYNC writes nothing back for anonymous or shared memory that needs
+    // none; it fails with ENOMEM when part of the range is not mapped, which is all we ask.
+    if unsafe { libc::msync(address as *mut libc::c_void, length, libc::MS_ASYNC) } != 0 {
+        return Err(PyValueError::new_err(format!(
+            "invalid mapping: {length} bytes at {address:#x} are not all mapped"
+        )));
+    }
+    Ok(())
 }
 
 /// Gives the `length` bytes mapped at `address` a private copy of their current contents, at
@@ -22,6 +43,7 @@ pub fn detach_mapping(address: usize, length: usize) -> PyResult<()> {
     if address == 0 || length == 0 {
         return Ok(());
     }
+    check_mapped(address, length)?;
     // SAFETY: `address..address + length` is a live mapping owned by a Python `mmap` object
     // (the caller checked that it is one of the segments it mapped, whole, and still exported,
     // so it cannot be unmapped during this call, which holds the GIL). We map fresh private

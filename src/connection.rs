@@ -133,9 +133,10 @@ fn send_packet(fd: RawFd, parts: &[&[u8]]) -> io::Result<bool> {
 }
 
 /// Receives one packet into `buf`: `Ok(None)` when none arrived within the receive timeout or a
-/// signal came first, `Ok(Some(0))` at end-of-file.
+/// signal came first, `Ok(Some(0))` at end-of-file. The length is the packet's whole length
+/// (`MSG_TRUNC`), which is more than `buf.len()` when the rest of the packet was cut off.
 fn recv_packet(fd: RawFd, buf: &mut [u8], peek: bool) -> io::Result<Option<usize>> {
-    let flags = if peek { libc::MSG_PEEK } else { 0 };
+    let flags = libc::MSG_TRUNC | if peek { libc::MSG_PEEK } else { 0 };
     // SAFETY: `buf` is an exclusively borrowed, writable slice of `buf.len()` bytes.
     let rc = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
     if rc >= 0 {
@@ -213,10 +214,15 @@ impl Receiver {
         };
         while body.len() < total {
             let start = body.len();
-            body.resize(total.min(start + PACKET), 0);
+            let room = (total - start).min(PACKET);
+            // grows with what arrives (amortised doubling), never to a length the peer only stated
+            body.try_reserve(room).map_err(|_| bad_length())?;
+            body.resize(start + room, 0);
             loop {
                 match recv_packet(fd, &mut body[start..], false) {
                     Ok(Some(0)) => return Err(RecvError::Eof), // the sender died mid-message
+                    // a packet longer than what is left of the message: not a ferropool sender
+                    Ok(Some(n)) if n > room => return Err(bad_length().into()),
                     Ok(Some(n)) => {
                         body.truncate(start + n);
                         break;
@@ -266,23 +272,41 @@ impl Receiver {
         if n == 0 {
             return Err(RecvError::Eof);
         }
-        if n < HEADER {
-            return Err(RecvError::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "bad message: a packet without a header (was the descriptor shared with another program?)",
-            )));
-        }
-        let mut header = [0u8; HEADER];
-        header.copy_from_slice(&self.packet[..HEADER]);
-        let total = usize::try_from(u64::from_le_bytes(header))
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad message length"))?;
+        let (total, first) = decode_first_packet(&self.packet, n)?;
         let mut body = Vec::new();
-        // a length no ferropool peer sends must not abort the process on allocation
-        body.try_reserve_exact(total)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad message length"))?;
-        body.extend_from_slice(&self.packet[HEADER..n]);
+        body.try_reserve_exact(total.min(PREALLOC_MAX))
+            .map_err(|_| bad_length())?;
+        body.extend_from_slice(first);
         Ok((body, total))
     }
+}
+
+/// Most bytes reserved for a message before they arrive: the rest grows as packets come.
+const PREALLOC_MAX: usize = 16 << 20;
+
+/// `OSError("bad message length")`, the stdlib's words for a message whose length is wrong.
+fn bad_length() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "bad message length")
+}
+
+/// Decodes a message's first packet, of which `n` bytes arrived (its whole length: more than
+/// `packet.len()` if it was cut off): the message's total body length, and the body bytes in
+/// this packet.
+pub fn decode_first_packet(packet: &[u8], n: usize) -> io::Result<(usize, &[u8])> {
+    let Some(got) = packet.get(..n) else {
+        return Err(bad_length()); // longer than any packet a ferropool sender makes
+    };
+    let Some((header, first)) = got.split_first_chunk::<HEADER>() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad message: a packet without a header (was the descriptor shared with another program?)",
+        ));
+    };
+    let total = usize::try_from(u64::from_le_bytes(*header)).map_err(|_| bad_length())?;
+    if first.len() > total {
+        return Err(bad_length());
+    }
+    Ok((total, first))
 }
 
 /// Descriptors of `fds` ready to read (or hung up) within `timeout`; empty on timeout.
@@ -413,9 +437,7 @@ impl PyConnection {
     #[new]
     #[pyo3(signature = (fd, readable = true, writable = true))]
     fn new(fd: RawFd, readable: bool, writable: bool) -> PyResult<Self> {
-        if fd < 0 {
-            return Err(Error::InvalidArgument(format!("invalid file descriptor: {fd}")).into());
-        }
+        let fd = crate::errors::fd_arg(fd)?;
         if !readable && !writable {
             return Err(Error::InvalidArgument("at least one of `readable` and `writable` must be True".into()).into());
         }
@@ -477,12 +499,14 @@ impl PyConnection {
         let size = match size {
             None => n - offset,
             Some(s) if s < 0 => return Err(Error::InvalidArgument("size is negative".into()).into()),
-            Some(s) if offset + s > n => {
+            // `offset <= n` here, so this cannot overflow where `offset + s` could
+            Some(s) if s > n - offset => {
                 return Err(Error::InvalidArgument("buffer length < offset + size".into()).into())
             }
             Some(s) => s,
         };
-        self.send_slice(py, &data[offset as usize..(offset + size) as usize])
+        let (start, end) = (offset as usize, (offset + size) as usize);
+        self.send_slice(py, &data[start..end])
     }
 
     /// Receives one message as bytes; a message longer than `maxlength` stays unread.
@@ -564,6 +588,10 @@ pub fn socket_pair() -> PyResult<(RawFd, RawFd)> {
 #[pyo3(signature = (fds, timeout = None))]
 pub fn wait_readable(py: Python<'_>, fds: Vec<RawFd>, timeout: Option<f64>) -> PyResult<Vec<RawFd>> {
     let timeout = timeout_from_secs(timeout)?;
+    // poll would skip a negative number forever and call a closed one ready: neither is a wait
+    for &fd in &fds {
+        crate::errors::fd_arg(fd)?;
+    }
     let mut ready = Vec::new();
     let mut failure: Option<io::Error> = None;
     wait_interruptible(py, timeout, |slice| match ready_to_read(&fds, Some(slice)) {
@@ -668,6 +696,23 @@ mod tests {
         let big = vec![0u8; 4 * 1024 * 1024]; // more than the socket holds: nobody reads
         assert!(send_message(a.as_raw_fd(), &big, &mut never_wait, &mut cut_short).is_err());
         assert!(cut_short);
+    }
+
+    #[test]
+    fn first_packets_from_strangers_are_refused() {
+        let packet = |len: u64, body: &[u8]| [&len.to_le_bytes()[..], body].concat();
+        let ok = packet(5, b"abc");
+        assert_eq!(decode_first_packet(&ok, ok.len()).unwrap(), (5, &b"abc"[..]));
+        let over = packet(2, b"abc");
+        assert!(
+            decode_first_packet(&over, over.len()).is_err(),
+            "body beyond the stated length"
+        );
+        assert!(
+            decode_first_packet(&ok, ok.len() + 1).is_err(),
+            "a packet that was cut off"
+        );
+        assert!(decode_first_packet(b"abc", 3).is_err(), "no header");
     }
 
     #[test]

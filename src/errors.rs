@@ -54,10 +54,25 @@ pub enum Error {
     BufferTooShort(Py<PyBytes>),
     /// An OS error on a pipe connection, raised as its `OSError` subclass (`BrokenPipeError`...).
     Connection(io::Error),
+    /// A descriptor number from Python that names nothing open (`OSError` with `EBADF`).
+    BadDescriptor(io::Error),
 }
 
 /// The core's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Checks a descriptor number that came from Python: negative is a `ValueError`, one that names
+/// no open descriptor an `OSError` (`EBADF`), as `os.fstat` would raise.
+pub fn fd_arg(fd: i32) -> Result<std::os::fd::RawFd> {
+    if fd < 0 {
+        return Err(Error::InvalidArgument(format!("invalid file descriptor: {fd}")));
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags; any number is safe to ask about.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(Error::BadDescriptor(io::Error::last_os_error()));
+    }
+    Ok(fd)
+}
 
 impl From<io::Error> for Error {
     fn from(err: io::Error) -> Self {
@@ -95,7 +110,7 @@ impl From<Error> for PyErr {
                 PyOSError::new_err("bad message length: the message is longer than maxlength; it is still unread")
             }
             Error::BufferTooShort(message) => BufferTooShort::new_err((message,)),
-            Error::Connection(e) => e.into(),
+            Error::Connection(e) | Error::BadDescriptor(e) => e.into(),
         }
     }
 }

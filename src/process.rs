@@ -100,6 +100,9 @@ impl PyChildProcess {
         let (program, rest) = argv
             .split_first()
             .ok_or_else(|| Error::InvalidArgument("empty command line".into()))?;
+        for &fd in &pass_fds {
+            crate::errors::fd_arg(fd)?;
+        }
         let mut command = Command::new(program);
         command.args(rest).stdin(Stdio::null());
         // SAFETY: the hook runs in the forked child before exec; it only calls fcntl, which is
@@ -128,8 +131,10 @@ impl PyChildProcess {
     /// for its payload), whose exit status the server will write to `status` (taken over).
     #[staticmethod]
     fn adopt(pid: u32, status: RawFd) -> PyResult<Self> {
-        if status < 0 {
-            return Err(Error::InvalidArgument("invalid status descriptor".into()).into());
+        let status = crate::errors::fd_arg(status)?;
+        // 0 and what does not fit a pid_t would make every later signal reach a process group
+        if pid == 0 || libc::pid_t::try_from(pid).is_err() {
+            return Err(Error::InvalidArgument(format!("invalid process id: {pid}")).into());
         }
         // SAFETY: the caller hands over `status`, a socket it created for this child and no
         // longer uses; from here this object owns and closes it.
@@ -197,23 +202,7 @@ impl PyChildProcess {
             // its pidfd names this process and no other
             let pidfd = self.pidfd.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(fd) = pidfd.as_ref() {
-                // SAFETY: pidfd_send_signal takes a pidfd we own, a signal number, no siginfo
-                // (null) and no flags; it shares no memory with us.
-                let rc = unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        fd.as_raw_fd(),
-                        signal,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    )
-                };
-                if rc != 0 {
-                    let err = std::io::Error::last_os_error();
-                    if err.raw_os_error() != Some(libc::ESRCH) {
-                        return Err(Error::Io(err).into());
-                    }
-                }
+                crate::supervisor::pidfd_signal(fd, signal).map_err(Error::Io)?;
             }
             return Ok(());
         }

@@ -69,11 +69,21 @@ impl PyProcessEngine {
         cancel_running: bool,
         output_fd: Option<RawFd>,
     ) -> PyResult<Self> {
+        let forkserver_fd = forkserver_fd.map(crate::errors::fd_arg).transpose();
+        let output_fd = output_fd.map(crate::errors::fd_arg).transpose();
         // SAFETY: the caller hands over connected socket descriptors it no longer uses
         // (`socket.detach()` in `_forkserver.py` and `_logs.py`); from here on this engine owns
-        // them.
-        let forkserver = forkserver_fd.map(|fd| unsafe { UnixStream::from_raw_fd(fd) });
-        let output = output_fd.map(|fd| unsafe { UnixStream::from_raw_fd(fd) });
+        // them (the valid ones, even when the other is not: they close on the error).
+        let own = |fd: &crate::errors::Result<Option<RawFd>>| {
+            fd.as_ref()
+                .ok()
+                .copied()
+                .flatten()
+                .map(|fd| unsafe { UnixStream::from_raw_fd(fd) })
+        };
+        let (forkserver, output) = (own(&forkserver_fd), own(&output_fd));
+        forkserver_fd?;
+        output_fd?;
         if let Some(registrar) = &output {
             registrar.set_nonblocking(true).map_err(Error::from)?;
         }
@@ -170,7 +180,7 @@ impl PyProcessEngine {
             }
             t => t.map(Duration::from_secs_f64),
         };
-        self.engine.submit(Task {
+        let task = Task {
             id,
             flags,
             fn_len,
@@ -178,22 +188,29 @@ impl PyProcessEngine {
             state,
             timeout,
             fds,
-        })?;
+        };
+        // the engine thread can hold the lock for a while (starting a worker); the GIL is not
+        // held while waiting for it, or every Python thread would stall with this one
+        let engine = &self.engine;
+        match engine.try_submit(task) {
+            Ok(done) => done?,
+            Err(task) => py.detach(|| engine.submit(task))?,
+        }
         Ok(())
     }
 
     /// Stops accepting work; queued work runs (or is cancelled), then workers stop.
     #[pyo3(signature = (cancel_pending=false))]
-    fn shutdown(&self, cancel_pending: bool) {
+    fn shutdown(&self, py: Python<'_>, cancel_pending: bool) {
         if registry::is_ours(self.epoch) {
-            self.engine.shutdown(cancel_pending);
+            py.detach(|| self.engine.shutdown(cancel_pending));
         }
     }
 
     /// Kills every worker now.
-    fn terminate(&self) {
+    fn terminate(&self, py: Python<'_>) {
         if registry::is_ours(self.epoch) {
-            self.engine.terminate();
+            py.detach(|| self.engine.terminate());
         }
     }
 
@@ -215,9 +232,9 @@ impl PyProcessEngine {
 
     /// Process ids of the workers alive now.
     #[getter]
-    fn pids(&self) -> Vec<u32> {
+    fn pids(&self, py: Python<'_>) -> Vec<u32> {
         if registry::is_ours(self.epoch) {
-            self.engine.pids()
+            py.detach(|| self.engine.pids())
         } else {
             Vec::new()
         }
@@ -225,7 +242,7 @@ impl PyProcessEngine {
 
     /// `stats()`: the live workers, queue depth, tasks in flight, and why workers ended.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let snap = self.engine.stats();
+        let snap = py.detach(|| self.engine.stats());
         let out = PyDict::new(py);
         let workers = PyList::empty(py);
         for w in &snap.workers {
@@ -264,9 +281,9 @@ impl PyProcessEngine {
 
     /// Why the pool cannot run work, or `None`.
     #[getter]
-    fn broken(&self) -> Option<String> {
+    fn broken(&self, py: Python<'_>) -> Option<String> {
         if registry::is_ours(self.epoch) {
-            self.engine.broken()
+            py.detach(|| self.engine.broken())
         } else {
             Some("this pool belongs to the parent process (it was created before os.fork())".into())
         }
@@ -320,6 +337,9 @@ fn to_python(py: Python<'_>, batch: Vec<Completion>) -> PyResult<Bound<'_, PyLis
     let items = batch.into_iter().map(|c| -> PyResult<Bound<'_, PyTuple>> {
         let id = c.id;
         match c.outcome {
+            Outcome::Ok(b, fds) if fds.is_empty() && b.len() >= LEND_MIN => {
+                (id, OUT_OK, Bound::new(py, Received(b))?).into_pyobject(py)
+            }
             Outcome::Ok(b, fds) if fds.is_empty() => (id, OUT_OK, PyBytes::new(py, &b)).into_pyobject(py),
             Outcome::Ok(b, fds) => {
                 // Python owns the descriptors from here: it maps and closes them
@@ -327,7 +347,7 @@ fn to_python(py: Python<'_>, batch: Vec<Completion>) -> PyResult<Bound<'_, PyLis
                 (id, OUT_OK_BUFFERS, (PyBytes::new(py, &b), fds)).into_pyobject(py)
             }
             Outcome::Err(b) => (id, OUT_ERR, PyBytes::new(py, &b)).into_pyobject(py),
-            Outcome::Died(info) => (id, OUT_DIED, (info.pid, info.code, info.signal)).into_pyobject(py),
+            Outcome::Died(info, why) => (id, OUT_DIED, (info.pid, info.code, info.signal, why)).into_pyobject(py),
             Outcome::Cancelled => (id, OUT_CANCELLED, py.None()).into_pyobject(py),
             Outcome::Killed => (id, OUT_KILLED, py.None()).into_pyobject(py),
             Outcome::TimedOut { limit, pid } => (id, OUT_TIMED_OUT, (limit.as_secs_f64(), pid)).into_pyobject(py),
@@ -341,15 +361,61 @@ fn to_python(py: Python<'_>, batch: Vec<Completion>) -> PyResult<Bound<'_, PyLis
     PyList::new(py, items?)
 }
 
+/// Results at least this large reach Python as a [`Received`] instead of a copy in `bytes`.
+const LEND_MIN: usize = 1 << 20;
+
+/// A large result's bytes, lent to Python as a read-only buffer (`pickle.loads` reads it in
+/// place). Copying them into `bytes` would hold the GIL for the copy, page faults included: a
+/// second or more per GiB, during which no other Python thread runs.
+#[pyclass(name = "ReceivedBytes", module = "ferropool._core", frozen)]
+pub struct Received(Vec<u8>);
+
+#[pymethods]
+impl Received {
+    fn __len__(&self) -> usize {
+        self.0.len()
+    }
+
+    /// # Safety
+    /// Called by Python with a valid `view` to fill.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: std::os::raw::c_int,
+    ) -> PyResult<()> {
+        let bytes = &slf.get().0;
+        let len = pyo3::ffi::Py_ssize_t::try_from(bytes.len())
+            .map_err(|_| PyValueError::new_err("result too large for a buffer"))?;
+        // SAFETY: the object is frozen, so the bytes never move or change while it lives, and
+        // PyBuffer_FillInfo makes the view hold a reference to it (read-only: writable requests
+        // fail with BufferError).
+        let rc = unsafe {
+            pyo3::ffi::PyBuffer_FillInfo(view, slf.as_ptr(), bytes.as_ptr().cast_mut().cast(), len, 1, flags)
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(PyErr::fetch(slf.py()))
+        }
+    }
+}
+
 /// Takes ownership of descriptors handed over by Python.
 fn take_fds(fds: Vec<i32>) -> PyResult<Vec<OwnedFd>> {
     if fds.len() > wire::MAX_FRAME_FDS {
         return Err(PyValueError::new_err("too many shared-memory buffers in one call"));
     }
-    if fds.iter().any(|&fd| fd < 0) {
-        return Err(PyValueError::new_err("invalid file descriptor"));
-    }
+    let bad = fds.iter().find_map(|&fd| crate::errors::fd_arg(fd).err());
     // SAFETY: the caller (ProcessBackend, via _buffers.py) created each descriptor for this call
-    // and gives up ownership here; nothing else closes them.
-    Ok(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect())
+    // and gives up ownership here; nothing else closes them. Only open ones are taken.
+    let owned: Vec<OwnedFd> = fds
+        .into_iter()
+        .filter(|&fd| crate::errors::fd_arg(fd).is_ok())
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    match bad {
+        // the good ones are ours either way: dropping them closes them
+        Some(err) => Err(err.into()),
+        None => Ok(owned),
+    }
 }

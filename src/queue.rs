@@ -322,6 +322,47 @@ impl Ring {
 
     /// Reads one message (the consumer lock is held); `None` at the deadline.
     fn read_message<'py>(&self, py: Python<'py>, deadline: Option<Instant>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        self.read_message_as(
+            Some(py),
+            deadline,
+            // a message in one frame goes straight from the ring into its `bytes`
+            |start, len| {
+                PyBytes::new_with(py, len, |buf| {
+                    self.copy_out(start, buf);
+                    Ok(())
+                })
+            },
+            |buf| Ok(PyBytes::new(py, &buf)),
+        )
+    }
+
+    /// Reads one message as raw bytes: what the fuzz target and the tests decode with.
+    pub fn read_message_raw(&self, deadline: Option<Instant>) -> PyResult<Option<Vec<u8>>> {
+        self.read_message_as(
+            None,
+            deadline,
+            |start, len| {
+                let mut buf = vec![0u8; len];
+                self.copy_out(start, &mut buf);
+                Ok(buf)
+            },
+            Ok,
+        )
+    }
+
+    /// The decoding of [`Ring::read_message`]: `whole(start, len)` makes a message held in one
+    /// frame at ring position `start`, `assembled` one gathered from several.
+    ///
+    /// Every other process that maps the queue can write the ring, so nothing read from it is
+    /// trusted: a frame must fit in the bytes published before `tail` and in one chunk, or the
+    /// queue is reported corrupt; no length from the ring sizes anything before that check.
+    fn read_message_as<T>(
+        &self,
+        py: Option<Python<'_>>,
+        deadline: Option<Instant>,
+        whole: impl FnOnce(u32, usize) -> PyResult<T>,
+        assembled: impl FnOnce(Vec<u8>) -> PyResult<T>,
+    ) -> PyResult<Option<T>> {
         let rec = &*self.rec;
         let (tail, head) = (&rec.tail.0, &rec.head.0);
         let mut partial: Option<(Vec<u8>, u32)> = None;
@@ -330,13 +371,13 @@ impl Ring {
             let has_frame = || pos(tail.pos.load(Ordering::SeqCst)) != pos(h);
             if !has_frame() {
                 let got = match &partial {
-                    None => Self::wait_until(Some(py), tail, deadline, has_frame)?,
+                    None => Self::wait_until(py, tail, deadline, has_frame)?,
                     Some((_, writer)) => {
                         // the rest of a message: wait while its writer still holds the producer
                         // lock, whatever the deadline
                         let writer = *writer;
                         let abandoned = || tail.lock.owner_pid() != writer || !process_alive(writer);
-                        let _ = Self::wait_until(Some(py), tail, None, || has_frame() || abandoned())?;
+                        let _ = Self::wait_until(py, tail, None, || has_frame() || abandoned())?;
                         if !has_frame() {
                             partial = None;
                         }
@@ -347,9 +388,13 @@ impl Ring {
                     return Ok(None);
                 }
             }
+            let published = pos(tail.pos.load(Ordering::SeqCst)).wrapping_sub(pos(h)) as usize;
             let (word, writer) = self.read_header(pos(h));
             let len = (word & LEN_MASK) as usize;
             let frame = HEADER + padded(len);
+            if len > self.chunk_max() || published > self.cap as usize || frame > published {
+                return Err(PyValueError::new_err("the queue's shared memory is corrupt"));
+            }
             let start = pos(h).wrapping_add(HEADER as u32);
             let advance = |done: u32| {
                 head.pos.store(
@@ -358,19 +403,13 @@ impl Ring {
                 );
                 Self::wake(head);
             };
-            if len > self.chunk_max() {
-                return Err(PyValueError::new_err("the queue's shared memory is corrupt"));
-            }
             let last = word & LAST != 0;
             if word & FIRST != 0 {
                 // a new message; any unfinished one was abandoned by its writer
                 if last {
-                    let bytes = PyBytes::new_with(py, len, |buf| {
-                        self.copy_out(start, buf);
-                        Ok(())
-                    })?;
+                    let out = whole(start, len)?;
                     advance(1);
-                    return Ok(Some(bytes));
+                    return Ok(Some(out));
                 }
                 let mut buf = vec![0u8; len];
                 self.copy_out(start, &mut buf);
@@ -383,17 +422,46 @@ impl Ring {
                 None => advance(u32::from(last)),
                 Some((buf, _)) => {
                     let at = buf.len();
+                    // a message is as long as its writer makes it: running out of memory for
+                    // one is an error, not an abort
+                    buf.try_reserve(len)
+                        .map_err(|_| pyo3::exceptions::PyMemoryError::new_err("no memory for a queue message"))?;
                     buf.resize(at + len, 0);
                     self.copy_out(start, &mut buf[at..]);
                     advance(u32::from(last));
                     if last {
                         let (buf, _) = partial.take().unwrap_or_default();
-                        return Ok(Some(PyBytes::new(py, &buf)));
+                        return assembled(buf).map(Some);
                     }
                 }
             }
         }
     }
+}
+
+/// Decodes a ring another process could have written: a fresh ring of `cap` bytes (a power of
+/// two, 4096 or more) holding `bytes`, with `tail` and `head` as stored, read without waiting
+/// until it is empty or reported corrupt. For the fuzz target (`fuzz/`) and the tests.
+#[doc(hidden)]
+pub fn decode_ring(cap: usize, tail: u64, head: u64, bytes: &[u8]) -> PyResult<Vec<Vec<u8>>> {
+    let rec: Shared<QueueRecord> = Shared::create(cap)?;
+    rec.capacity.store(cap as u32, Ordering::Release);
+    let (ring_bytes, len) = rec.extra();
+    let n = bytes.len().min(len).min(cap);
+    // SAFETY: `ring_bytes` is the start of `len` mapped bytes that only this function uses yet.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ring_bytes, n) };
+    rec.tail.0.pos.store(tail, Ordering::SeqCst);
+    rec.head.0.pos.store(head, Ordering::SeqCst);
+    let queue = PyQueue::build(rec)?;
+    let mut out = Vec::new();
+    // every message is at least one 8-byte frame: more reads than that is a loop
+    for _ in 0..=cap / HEADER {
+        match queue.ring.read_message_raw(Some(Instant::now()))? {
+            Some(message) => out.push(message),
+            None => return Ok(out),
+        }
+    }
+    Err(PyValueError::new_err("the ring never emptied"))
 }
 
 fn deadline(block: bool, timeout: Option<f64>) -> PyResult<Option<Instant>> {
@@ -746,6 +814,30 @@ mod tests {
         let (first, _) = r.read_header(0);
         assert_eq!(first & (FIRST | LAST), FIRST);
         assert_eq!((first & LEN_MASK) as usize, r.chunk_max());
+    }
+
+    #[test]
+    fn a_corrupt_ring_is_reported_not_trusted() {
+        let frame = |word: u32, body: &[u8]| {
+            let mut f = word.to_le_bytes().to_vec();
+            f.extend_from_slice(&0u32.to_le_bytes());
+            f.extend_from_slice(body);
+            f.resize(HEADER + padded(body.len()), 0);
+            f
+        };
+        let good = frame(3 | FIRST | LAST, b"abc");
+        assert_eq!(decode_ring(4096, 16, 0, &good).unwrap(), vec![b"abc".to_vec()]);
+        // a frame longer than what was published
+        assert!(decode_ring(4096, 8, 0, &good).is_err());
+        // a length beyond one chunk
+        assert!(decode_ring(4096, 16, 0, &frame(LEN_MASK | FIRST | LAST, b"")).is_err());
+        // tail more than a ring ahead of head
+        assert!(decode_ring(4096, 1 << 20, 0, &good).is_err());
+        // a message that never finishes, from a writer that is gone
+        assert_eq!(
+            decode_ring(4096, 16, 0, &frame(3 | FIRST, b"abc")).unwrap(),
+            Vec::<Vec<u8>>::new()
+        );
     }
 
     #[test]

@@ -95,13 +95,16 @@ fn live() -> Vec<Arc<dyn Pool>> {
 pub fn shutdown_all(py: pyo3::Python<'_>, timeout: Option<f64>, terminate: bool) -> pyo3::PyResult<bool> {
     let timeout = crate::signals::timeout_from_secs(timeout)?;
     let pools = live();
-    for pool in &pools {
-        if terminate {
-            pool.terminate();
-        } else {
-            pool.begin_shutdown();
+    // each takes its pool's lock, which its engine thread may hold a while: not with the GIL
+    py.detach(|| {
+        for pool in &pools {
+            if terminate {
+                pool.terminate();
+            } else {
+                pool.begin_shutdown();
+            }
         }
-    }
+    });
     let mut all = true;
     for pool in pools {
         // a thread cannot be killed: after an interrupt, its running task is abandoned like a

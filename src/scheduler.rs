@@ -168,39 +168,20 @@ impl Engine {
 
     /// Queues a task, or hands it straight to an idle worker.
     pub fn submit(&self, task: Task) -> Result<()> {
-        let mut s = self.shared.lock();
-        if let Some(why) = &s.broken {
-            return Err(Error::BrokenProcess(why.clone()));
-        }
-        if s.phase != Phase::Running {
-            return Err(Error::ShutDown);
-        }
-        // Fast path for a lone call (the latency case): the whole pool is idle, so writing the
-        // frame here saves the hop through the engine thread. Under a stream of submits the
-        // pool is never idle, and tasks queue up for the engine to send in batches, which costs
-        // the submitter no system call per task.
-        if s.pending.is_empty() && s.workers.iter().all(|w| w.inflight.is_empty()) {
-            if let Some(w) = s.workers.iter_mut().find(|w| w.can_take()) {
-                let timed = task.timeout.is_some();
-                send_call(w, task);
-                // a failed write shows up as the worker's death; a partial one is the engine's
-                // to finish; a time limit is the engine's to watch
-                if matches!(w.out.flush_to_link(&mut w.link), Ok(false)) || timed {
-                    s.wake();
-                }
-                return Ok(());
-            }
-        }
-        s.pending.push_back(task);
-        // a worker with room takes it at once; otherwise the next result makes room and the
-        // engine dispatches then, with no wake-up needed
-        let window = s.window();
-        if s.workers.is_empty() || s.workers.iter().any(|w| w.can_take() && w.inflight.len() < window) {
-            s.wake();
-        }
-        Ok(())
+        let s = self.shared.lock();
+        submit_locked(s, task)
     }
 
+    /// [`Engine::submit`] if the lock is free now; otherwise the task comes back, so that a
+    /// caller holding the GIL can release it before waiting (another thread may hold the lock for
+    /// a while, and must never wait for the GIL while it does).
+    pub fn try_submit(&self, task: Task) -> std::result::Result<Result<()>, Task> {
+        match self.shared.sched.try_lock() {
+            Ok(s) => Ok(submit_locked(s, task)),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(submit_locked(p.into_inner(), task)),
+            Err(std::sync::TryLockError::WouldBlock) => Err(task),
+        }
+    }
     /// Stops accepting work; finishes what is queued (or cancels it) and running, then stops
     /// the workers. Returns at once; see [`Engine::wait_finished`].
     pub fn shutdown(&self, cancel_pending: bool) {
@@ -249,6 +230,40 @@ impl Engine {
             .collect();
         PoolSnapshot::new(&s.counters, workers, s.pending.len())
     }
+}
+
+/// The body of [`Engine::submit`], once the lock is held.
+fn submit_locked(mut s: MutexGuard<'_, Sched>, task: Task) -> Result<()> {
+    if let Some(why) = &s.broken {
+        return Err(Error::BrokenProcess(why.clone()));
+    }
+    if s.phase != Phase::Running {
+        return Err(Error::ShutDown);
+    }
+    // Fast path for a lone call (the latency case): the whole pool is idle, so writing the
+    // frame here saves the hop through the engine thread. Under a stream of submits the
+    // pool is never idle, and tasks queue up for the engine to send in batches, which costs
+    // the submitter no system call per task.
+    if s.pending.is_empty() && s.workers.iter().all(|w| w.inflight.is_empty()) {
+        if let Some(w) = s.workers.iter_mut().find(|w| w.can_take()) {
+            let timed = task.timeout.is_some();
+            send_call(w, task);
+            // a failed write shows up as the worker's death; a partial one is the engine's
+            // to finish; a time limit is the engine's to watch
+            if matches!(w.out.flush_to_link(&w.link), Ok(false)) || timed {
+                s.wake();
+            }
+            return Ok(());
+        }
+    }
+    s.pending.push_back(task);
+    // a worker with room takes it at once; otherwise the next result makes room and the
+    // engine dispatches then, with no wake-up needed
+    let window = s.window();
+    if s.workers.is_empty() || s.workers.iter().any(|w| w.can_take() && w.inflight.len() < window) {
+        s.wake();
+    }
+    Ok(())
 }
 
 impl Drop for Engine {
@@ -318,6 +333,129 @@ impl Worker {
     /// Whether the scheduler may give this worker another task.
     fn can_take(&self) -> bool {
         !self.stopping && !self.link_closed && self.quota != Some(0)
+    }
+
+    /// The ids its next results must carry, in order; `None` once it is on its way out, when
+    /// late results are only dropped.
+    fn expected_results(&self) -> Option<Vec<u64>> {
+        (!self.stopping).then(|| self.inflight.iter().map(|t| t.id).collect())
+    }
+
+    /// The worker sent bytes that are not our protocol: nothing more is read from it, and it is
+    /// killed. Its exit is then handled as a death (`on_exit`): the task it ran fails with
+    /// `WorkerDiedError` naming `why`, the tasks behind it go to other workers, and the pool
+    /// starts a replacement.
+    fn reject(&mut self, why: String) {
+        if self.bad_frame.is_none() {
+            self.bad_frame = Some(why);
+        }
+        self.link_closed = true;
+        self.signal_group(libc::SIGKILL);
+    }
+}
+
+/// Most bytes read from one worker per round while others wait their turn.
+const READ_BUDGET: usize = 1 << 20;
+
+/// What one round of reading a worker's link gave.
+#[derive(Default)]
+struct Pulled {
+    frames: Vec<wire::Frame>,
+    /// The link reached end-of-file or failed.
+    closed: bool,
+    /// The worker sent something that is not a frame of ours: why.
+    bad: Option<String>,
+}
+
+/// Reads `link` until it has nothing more or `budget` bytes came, decoding the frames.
+///
+/// Each header is checked as soon as it is complete, before its body arrives, so a worker that
+/// announces a frame it will never finish is caught at once instead of waited for: its length
+/// (see `wire::MAX_BODY_LEN`), its kind, and for a result, the task it names, which must be the
+/// next of `expect` (the worker's tasks in order) while there are any. Results past `expect`
+/// are for tasks sent meanwhile, and are checked in `on_frame`.
+fn pull_frames(link: &UnixStream, reader: &mut wire::FrameReader, expect: Option<&[u64]>, budget: usize) -> Pulled {
+    let mut pulled = Pulled::default();
+    let mut results = 0usize;
+    let mut read = 0usize;
+    loop {
+        let step = reader.read_from_link(link);
+        loop {
+            let header = reader.peek_header();
+            if let Err(why) = header.as_ref().map_err(ToString::to_string).and_then(|h| match h {
+                Some(h) => check_header(h, expect, results),
+                None => Ok(()),
+            }) {
+                pulled.bad = Some(why);
+                return pulled;
+            }
+            match reader.next_frame() {
+                Ok(Some(frame)) => {
+                    if matches!(frame.kind, kind::OK | kind::ERR) {
+                        results += 1;
+                    }
+                    pulled.frames.push(frame);
+                }
+                Ok(None) => break,
+                Err(why) => {
+                    pulled.bad = Some(why.to_string());
+                    return pulled;
+                }
+            }
+        }
+        match step {
+            Ok(ReadOutcome::Data(n)) => {
+                read = read.saturating_add(n);
+                if read >= budget {
+                    return pulled;
+                }
+            }
+            Ok(ReadOutcome::WouldBlock) => return pulled,
+            Ok(ReadOutcome::Eof) => {
+                pulled.closed = true;
+                return pulled;
+            }
+            Err(e) => {
+                pulled.bad = Some(format!("reading its link failed: {e}"));
+                return pulled;
+            }
+        }
+    }
+}
+
+/// Reads `bytes` as a worker's link would bring them (as much as one socket buffer holds), with
+/// the engine's checks: the frames, and why the link would be given up, if it would. For the
+/// fuzz target (`fuzz/`) and the tests.
+#[doc(hidden)]
+pub fn decode_link(bytes: &[u8], expect: Option<&[u64]>) -> io::Result<(Vec<wire::Frame>, Option<String>)> {
+    let (mut tx, rx) = UnixStream::pair()?;
+    tx.set_nonblocking(true)?;
+    rx.set_nonblocking(true)?;
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match tx.write(&bytes[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    drop(tx);
+    let pulled = pull_frames(&rx, &mut wire::FrameReader::default(), expect, usize::MAX);
+    Ok((pulled.frames, pulled.bad))
+}
+
+/// Whether a worker may send the frame `h` introduces, as its result number `nth`.
+fn check_header(h: &wire::Header, expect: Option<&[u64]>, nth: usize) -> std::result::Result<(), String> {
+    match h.kind {
+        kind::READY | kind::ERR | kind::INIT_FAILED | kind::RETIRE if h.nfds > 0 => {
+            Err(format!("it sent descriptors with a frame of kind {}", h.kind))
+        }
+        kind::OK | kind::ERR => match expect.map(|ids| ids.get(nth)) {
+            Some(Some(&id)) if id != h.id => Err(format!("it sent a result for task {} while running task {id}", h.id)),
+            _ => Ok(()),
+        },
+        kind::READY | kind::INIT_FAILED | kind::RETIRE => Ok(()),
+        other => Err(format!("it sent a frame of unknown kind {other}")),
     }
 }
 
@@ -441,7 +579,7 @@ impl Sched {
         }
         for w in &mut self.workers {
             if !w.out.is_empty() && !w.link_closed {
-                let _ = w.out.flush_to_link(&mut w.link);
+                let _ = w.out.flush_to_link(&w.link);
             }
         }
         self.send_out();
@@ -565,21 +703,33 @@ impl Sched {
         self.stop_deadline = Some(Instant::now() + STOP_GRACE);
     }
 
-    /// Reads whatever a worker sent and acts on each frame.
+    /// Reads whatever a worker sent and acts on each frame, all under the lock: for a worker
+    /// that has exited, whose last bytes are bounded by its socket's buffer.
     fn read_worker(&mut self, idx: usize) {
-        loop {
-            // a frame can break the pool, which removes every worker
-            let Some(w) = self.workers.get_mut(idx) else { return };
-            match w.reader.read_from_link(&w.link) {
-                Ok(ReadOutcome::Data(_)) => {}
-                Ok(ReadOutcome::WouldBlock) => break,
-                Ok(ReadOutcome::Eof) | Err(_) => {
-                    w.link_closed = true;
-                    break;
-                }
+        let Some(w) = self.workers.get_mut(idx) else { return };
+        let expect = w.expected_results();
+        let link = Arc::clone(&w.link);
+        let pulled = pull_frames(&link, &mut w.reader, expect.as_deref(), usize::MAX);
+        self.on_pulled(idx, pulled);
+    }
+
+    /// Acts on what one round of reading a worker's link gave.
+    fn on_pulled(&mut self, idx: usize, pulled: Pulled) {
+        for frame in pulled.frames {
+            if self.workers.get(idx).is_none_or(|w| w.link_closed) {
+                return; // a frame before this one broke the link
             }
-            while let Some(frame) = self.workers.get_mut(idx).and_then(|w| w.reader.next_frame()) {
-                self.on_frame(idx, frame);
+            self.on_frame(idx, frame);
+        }
+        let Some(w) = self.workers.get_mut(idx) else { return };
+        if let Some(why) = pulled.bad {
+            w.reject(why);
+        } else if pulled.closed {
+            w.link_closed = true;
+            if !w.stopping {
+                // usually it is exiting; if a task closed the link instead, the worker can never
+                // answer again, and only its exit would tell its tasks so
+                w.signal_group(libc::SIGKILL);
             }
         }
     }
@@ -595,6 +745,13 @@ impl Sched {
                 self.startup_failures = 0;
             }
             kind::OK | kind::ERR => {
+                let w = &mut self.workers[idx];
+                if !w.stopping && w.inflight.front().map(|t| t.id) != Some(frame.id) {
+                    // results come in order: anything else is not our worker talking
+                    let why = format!("it sent a result for task {} it was not running", frame.id);
+                    w.reject(why);
+                    return;
+                }
                 let us = f64::from(frame.aux);
                 self.ewma_us = Some(self.ewma_us.map_or(us, |e| 0.8 * e + 0.2 * us));
                 let w = &mut self.workers[idx];
@@ -638,7 +795,10 @@ impl Sched {
                     Some(frame.body),
                 );
             }
-            _ => {}
+            other => {
+                let why = format!("it sent a frame of unknown kind {other}");
+                self.workers[idx].reject(why);
+            }
         }
     }
 
@@ -743,7 +903,7 @@ impl Sched {
             if let Some(head) = w.inflight.pop_front() {
                 self.out.push(Completion {
                     id: head.id,
-                    outcome: Outcome::Died(info),
+                    outcome: Outcome::Died(info, w.bad_frame.take()),
                 });
             }
             for task in w.inflight.drain(..).rev() {
@@ -850,6 +1010,7 @@ fn run(shared: &Shared) {
         }
         let mut s = shared.lock();
         let mut exited: Vec<usize> = Vec::new();
+        let mut to_read = Vec::new();
         for (fd, what) in fds.iter().zip(&watch) {
             if fd.revents == 0 {
                 continue;
@@ -857,21 +1018,31 @@ fn run(shared: &Shared) {
             match *what {
                 Watch::Wake => s.drain_wake(),
                 Watch::Link(i) if i < s.workers.len() => {
-                    if fd.revents & libc::POLLOUT != 0 {
-                        let w = &mut s.workers[i];
-                        if w.out.flush_to_link(&mut w.link).is_err() {
-                            w.link_closed = true;
-                        }
+                    let w = &mut s.workers[i];
+                    if fd.revents & libc::POLLOUT != 0 && w.out.flush_to_link(&w.link).is_err() {
+                        w.link_closed = true;
                     }
-                    if fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                        s.read_worker(i);
+                    if fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && !w.link_closed {
+                        let reader = mem::take(&mut w.reader);
+                        to_read.push((i, Arc::clone(&w.link), reader, w.expected_results()));
                     }
                 }
                 Watch::Exit(i) => exited.push(i),
                 Watch::Link(_) => {} // the pool broke while handling an earlier event
             }
         }
-        for (i, w) in s.workers.iter().enumerate() {
+        if !to_read.is_empty() {
+            s = read_links(shared, s, to_read);
+        }
+        s.handle_exits(exited);
+    }
+}
+
+impl Sched {
+    /// Reaps the workers in `exited` (indices) and those without a pidfd whose link closed,
+    /// reading what each wrote last.
+    fn handle_exits(&mut self, mut exited: Vec<usize>) {
+        for (i, w) in self.workers.iter().enumerate() {
             if w.exit_fd().is_none() && w.link_closed && !exited.contains(&i) {
                 exited.push(i);
             }
@@ -880,26 +1051,92 @@ fn run(shared: &Shared) {
         exited.sort_unstable();
         exited.dedup();
         for &i in exited.iter().rev() {
-            if i >= s.workers.len() {
+            if i >= self.workers.len() {
                 continue;
             }
-            if !s.workers[i].link_closed {
+            if !self.workers[i].link_closed {
                 // the process is gone; whatever it wrote last is still in the socket
-                s.read_worker(i);
+                self.read_worker(i);
             }
-            let Some(w) = s.workers.get_mut(i) else { continue };
+            let Some(w) = self.workers.get_mut(i) else { continue };
             match w.try_reap() {
-                Ok(Some(info)) => s.on_exit(i, info),
+                Ok(Some(info)) => self.on_exit(i, info),
                 Ok(None) => {}
                 Err(_) => {
                     let info = w.kill_and_reap();
-                    s.on_exit(i, info);
+                    self.on_exit(i, info);
                 }
             }
         }
     }
 }
 
+/// A worker's link to read: its index, the link, its reader (taken out of the worker meanwhile)
+/// and the results it owes (see `pull_frames`).
+type LinkToRead = (usize, Arc<UnixStream>, wire::FrameReader, Option<Vec<u64>>);
+
+/// Reads the links in `to_read` without the lock: a large result takes a while to arrive, and
+/// submitters, `stats()` and the other workers must not wait for it. Indices stay valid
+/// meanwhile, as only this thread removes workers. Returns the lock, taken again.
+fn read_links<'a>(shared: &'a Shared, s: MutexGuard<'a, Sched>, mut to_read: Vec<LinkToRead>) -> MutexGuard<'a, Sched> {
+    drop(s);
+    let pulled: Vec<_> = to_read
+        .iter_mut()
+        .map(|(_, link, reader, expect)| pull_frames(link, reader, expect.as_deref(), READ_BUDGET))
+        .collect();
+    let mut s = shared.lock();
+    for ((i, _, reader, _), pulled) in to_read.into_iter().zip(pulled) {
+        if let Some(w) = s.workers.get_mut(i) {
+            w.reader = reader;
+        }
+        s.on_pulled(i, pulled);
+    }
+    s
+}
+
 fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
     libc::pollfd { fd, events, revents: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(list: &[(u8, u64)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &(k, id) in list {
+            wire::encode(&mut out, k, 0, id, 0, &[b"body"]);
+        }
+        out
+    }
+
+    #[test]
+    fn results_must_name_the_tasks_in_order() {
+        let ok = frames(&[(kind::READY, 0), (kind::OK, 5), (kind::ERR, 6)]);
+        let (got, bad) = decode_link(&ok, Some(&[5, 6])).unwrap();
+        assert_eq!((got.len(), bad), (3, None));
+        let (got, bad) = decode_link(&frames(&[(kind::OK, 6)]), Some(&[5, 6])).unwrap();
+        assert!(got.is_empty());
+        assert!(bad.unwrap().contains("task 6 while running task 5"));
+        // results beyond what was known when reading began are checked later, in on_frame
+        assert!(decode_link(&frames(&[(kind::OK, 9)]), Some(&[])).unwrap().1.is_none());
+        // a worker on its way out is not checked
+        assert!(decode_link(&frames(&[(kind::OK, 9)]), None).unwrap().1.is_none());
+    }
+
+    #[test]
+    fn a_bad_header_is_refused_before_its_body() {
+        let mut junk = Vec::new();
+        junk.extend_from_slice(&(1u64 << 30).to_le_bytes());
+        junk.extend_from_slice(&[0xEE, 0, 0]);
+        junk.extend_from_slice(&[0u8; 12]);
+        let (_, bad) = decode_link(&junk, Some(&[1])).unwrap();
+        assert!(bad.unwrap().contains("unknown kind 238"));
+        let mut fds = frames(&[(kind::READY, 0)]);
+        fds[10] = 1; // READY announcing a descriptor
+        assert!(decode_link(&fds, None).unwrap().1.unwrap().contains("descriptors"));
+        let mut long = frames(&[(kind::OK, 1)]);
+        long[..8].copy_from_slice(&(u64::MAX - 7).to_le_bytes());
+        assert!(decode_link(&long, Some(&[1])).unwrap().1.unwrap().contains("limit"));
+    }
 }

@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::stats::WorkerCounters;
@@ -45,16 +46,17 @@ pub enum Proc {
     /// Our child: reaped with `wait`, watched through a pidfd.
     Child { child: Child, pidfd: Option<OwnedFd> },
     /// The fork server's child: it writes the exit status to `status`, which also serves as the
-    /// descriptor to poll for the exit.
-    Forked { status: UnixStream },
+    /// descriptor to poll for the exit. Signals go through `pidfd` (see `signal_group`).
+    Forked { status: UnixStream, pidfd: Option<OwnedFd> },
 }
 
 /// The parent's side of one worker process.
 pub struct Worker {
     pub proc: Proc,
     pub pid: u32,
-    /// The parent's end of the socket pair (non-blocking).
-    pub link: UnixStream,
+    /// The parent's end of the socket pair (non-blocking). Shared so the engine thread can read
+    /// it without holding the scheduler's lock (see `scheduler.rs`).
+    pub link: Arc<UnixStream>,
     pub reader: FrameReader,
     pub out: WriteBuf,
     /// Tasks sent and not yet answered, oldest first. A worker runs them in order, so the
@@ -73,6 +75,9 @@ pub struct Worker {
     pub link_closed: bool,
     /// What `stats()` reports about it.
     pub counters: WorkerCounters,
+    /// Why its link was given up: it sent bytes that are not a frame (see `wire.rs`). It is
+    /// killed, and its exit is reported with this reason.
+    pub bad_frame: Option<String>,
 }
 
 impl Worker {
@@ -112,9 +117,9 @@ impl Worker {
     fn fork(conn: &mut UnixStream, output: Option<RawFd>, number: u32, quota: Option<u64>) -> io::Result<Worker> {
         let (ours, theirs) = UnixStream::pair()?;
         let (status, status_theirs) = UnixStream::pair()?;
-        let pid = crate::forkserver::request_worker(conn, &theirs, &status_theirs, output, number)?;
+        let (pid, pidfd) = crate::forkserver::request_worker(conn, &theirs, &status_theirs, output, number)?;
         status.set_nonblocking(true)?;
-        Worker::new(Proc::Forked { status }, pid, ours, quota)
+        Worker::new(Proc::Forked { status, pidfd }, pid, ours, quota)
     }
 
     fn spawn(command: &[String], output: Option<RawFd>, number: u32, quota: Option<u64>) -> io::Result<Worker> {
@@ -160,7 +165,7 @@ impl Worker {
         Ok(Worker {
             proc,
             pid,
-            link,
+            link: Arc::new(link),
             reader: FrameReader::default(),
             out: WriteBuf::default(),
             inflight: VecDeque::new(),
@@ -170,6 +175,7 @@ impl Worker {
             stopping: false,
             link_closed: false,
             counters: WorkerCounters::default(),
+            bad_frame: None,
         })
     }
 
@@ -177,7 +183,7 @@ impl Worker {
     pub fn exit_fd(&self) -> Option<RawFd> {
         match &self.proc {
             Proc::Child { pidfd, .. } => pidfd.as_ref().map(AsRawFd::as_raw_fd),
-            Proc::Forked { status } => Some(status.as_raw_fd()),
+            Proc::Forked { status, .. } => Some(status.as_raw_fd()),
         }
     }
 
@@ -188,13 +194,32 @@ impl Worker {
 
     /// Sends `signal` to the worker's whole process group, so children it started go too, and
     /// to the worker itself, which may not lead its group yet if it was forked a moment ago.
+    ///
+    /// Our own child keeps its pid until we reap it, so its pid is safe to signal. A fork-server
+    /// worker's pid is not: the server may reap it at any moment, and the pid may then name
+    /// another process. It is signalled through its pidfd, and its group only while the pidfd
+    /// says it has not exited (until then its pid, which is the group's id, cannot be reused).
     pub fn signal_group(&self, signal: i32) {
-        let Ok(pid) = libc::pid_t::try_from(self.pid) else {
-            return;
+        let pid = match libc::pid_t::try_from(self.pid) {
+            // 0 would signal our own group, and a negative one a group by its number
+            Ok(pid) if pid > 0 => pid,
+            _ => return,
         };
-        // SAFETY: kill/killpg only send a signal. The pid stays reserved for this worker until
-        // it is reaped (by us or by the fork server, which reports it to us first), so neither
-        // call can reach an unrelated process or group.
+        let pidfd = match &self.proc {
+            Proc::Forked { pidfd: Some(fd), .. } => Some(fd),
+            _ => None,
+        };
+        if let Some(fd) = pidfd {
+            if !has_exited(fd) {
+                // SAFETY: killpg only sends a signal, to a group whose leader has not exited
+                unsafe { libc::killpg(pid, signal) };
+            }
+            let _ = pidfd_signal(fd, signal);
+            return;
+        }
+        // SAFETY: kill/killpg only send a signal. Our child's pid stays reserved until we reap
+        // it; a fork-server worker without a pidfd (a kernel without pidfd_open) is signalled
+        // by pid as the best there is.
         unsafe {
             libc::killpg(pid, signal);
             libc::kill(pid, signal);
@@ -206,7 +231,7 @@ impl Worker {
         let pid = self.pid;
         match &mut self.proc {
             Proc::Child { child, .. } => Ok(child.try_wait()?.map(|status| exit_info(pid, status))),
-            Proc::Forked { status } => {
+            Proc::Forked { status, .. } => {
                 let mut bytes = [0u8; 8];
                 match status.read(&mut bytes) {
                     Ok(8) => {
@@ -241,7 +266,7 @@ impl Worker {
                 let _ = child.kill();
                 child.wait().map_or(killed, |status| exit_info(pid, status))
             }
-            Proc::Forked { status } => {
+            Proc::Forked { status, .. } => {
                 // the server reaps it at once; wait for its word, but never forever
                 let _ = status.set_nonblocking(false);
                 let _ = status.set_read_timeout(Some(Duration::from_secs(5)));
@@ -265,6 +290,34 @@ fn exit_info(pid: u32, status: ExitStatus) -> ExitInfo {
         code: status.code(),
         signal: status.signal(),
     }
+}
+
+/// Whether the process behind `pidfd` has exited (its pidfd is readable).
+fn has_exited(pidfd: &OwnedFd) -> bool {
+    crate::connection::wait_ready(pidfd.as_raw_fd(), libc::POLLIN, Some(Duration::ZERO)).unwrap_or(true)
+}
+
+/// Sends `signal` to the process behind `pidfd`, which names that process and no other;
+/// `ESRCH` (it has exited) is not an error.
+pub(crate) fn pidfd_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal takes a pidfd we own, a signal number, no siginfo (null) and no
+    // flags; it shares no memory with us.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            return Err(err);
+        }
+    }
+    Ok(())
 }
 
 /// Opens a descriptor that becomes readable when `pid` exits, so the engine can wait on worker

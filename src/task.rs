@@ -85,8 +85,9 @@ pub enum Outcome {
     Ok(Vec<u8>, Vec<std::os::fd::OwnedFd>),
     /// The call raised; the pickled `(exception, traceback text)`.
     Err(Vec<u8>),
-    /// The worker running it died.
-    Died(ExitInfo),
+    /// The worker running it died; why, when the parent knows better than the exit status
+    /// (it killed a worker that broke the protocol).
+    Died(ExitInfo, Option<String>),
     /// It was cancelled before a worker took it.
     Cancelled,
     /// It ran past its time limit: its worker was killed.
@@ -136,11 +137,12 @@ impl PyTaskHandle {
 
     /// Stops the task even if it is running, by killing its worker. `False` if it finished, or
     /// if its pool cannot stop running tasks (threads).
-    fn stop(&self) -> bool {
-        self.stopper
-            .as_ref()
-            .and_then(std::sync::Weak::upgrade)
-            .is_some_and(|s| s.stop(self.id))
+    fn stop(&self, py: Python<'_>) -> bool {
+        let Some(stopper) = self.stopper.as_ref().and_then(std::sync::Weak::upgrade) else {
+            return false;
+        };
+        // the pool's lock may be held for a while; never wait for it holding the GIL
+        py.detach(|| stopper.stop(self.id))
     }
 
     /// Whether `Future.cancel()` should stop the task when it is already running.

@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::mem;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
@@ -84,12 +85,96 @@ fn encode_header(out: &mut Vec<u8>, kind: u8, flags: u8, nfds: u8, id: u64, aux:
     }
 }
 
+/// Longest frame body accepted from the other end: 64 GiB.
+///
+/// Large buffers travel out of band (memfd segments, see `fdpass.rs`), so only what pickles
+/// in-band (a `str`, `bytes`, a big list) makes a body long. This bound is far above any such
+/// result a machine can build twice in memory (the worker's pickle and the parent's copy), and
+/// its only job is to reject a length no honest peer sends before anything is sized from it.
+pub const MAX_BODY_LEN: u64 = 64 << 30;
+
+/// Bytes the reader asks for at least in one read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A buffer emptied of a frame at least this large is freed, rather than kept for the next one.
+const KEEP_BUFFER_MAX: usize = 4 << 20;
+
+/// The fixed part of a frame, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Body length; at most [`MAX_BODY_LEN`].
+    pub len: usize,
+    pub kind: u8,
+    pub flags: u8,
+    pub nfds: u8,
+    pub id: u64,
+    pub aux: u32,
+}
+
+/// Why bytes from the other end are not a frame. The stream cannot be resynchronised after one:
+/// the peer is broken or hostile, and the link is given up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The header states a body longer than [`MAX_BODY_LEN`].
+    TooLong(u64),
+    /// The header announces more descriptors than arrived with the frame's first bytes.
+    MissingFds { announced: usize, arrived: usize },
+    /// Descriptors arrived with no frame to carry them.
+    StrayFds(usize),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::TooLong(len) => write!(
+                f,
+                "a frame header states a body of {len} bytes, more than the {MAX_BODY_LEN}-byte limit"
+            ),
+            FrameError::MissingFds { announced, arrived } => write!(
+                f,
+                "a frame announces {announced} descriptors but {arrived} arrived with it"
+            ),
+            FrameError::StrayFds(n) => write!(f, "{n} descriptors arrived outside any frame"),
+        }
+    }
+}
+
+/// Decodes the header at the front of `bytes`: `Ok(None)` until all of it is there.
+pub fn decode_header(bytes: &[u8]) -> Result<Option<Header>, FrameError> {
+    let Some(h) = bytes.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let le64 = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let raw_len = le64(0);
+    let len = match usize::try_from(raw_len) {
+        Ok(len) if raw_len <= MAX_BODY_LEN => len,
+        _ => return Err(FrameError::TooLong(raw_len)),
+    };
+    Ok(Some(Header {
+        len,
+        kind: h[8],
+        flags: h[9],
+        nfds: h[10],
+        id: le64(11),
+        aux: u32::from_le_bytes([h[19], h[20], h[21], h[22]]),
+    }))
+}
+
 /// Reassembles frames from a byte stream that arrives in arbitrary pieces.
+///
+/// Nothing is sized from a header: the buffer grows (doubling) only as bytes actually arrive,
+/// and each byte of it is zeroed once, so a frame of any length is received in linear time and a
+/// header that lies about its length costs no memory.
 #[derive(Default)]
 pub struct FrameReader {
+    /// Bytes `start..filled` are received and not yet consumed; `filled..` is zeroed room.
     buf: Vec<u8>,
-    /// Start of the first unconsumed byte in `buf`.
     start: usize,
+    filled: usize,
     /// Descriptors received and not yet handed out with their frame, in arrival order.
     fds: VecDeque<OwnedFd>,
 }
@@ -107,9 +192,6 @@ pub enum ReadOutcome {
 
 impl FrameReader {
     /// Reads once from `src` into the buffer.
-    ///
-    /// When a frame's header says how long it is, room for the whole frame is reserved so a large
-    /// body is read straight into place instead of growing the buffer piece by piece.
     pub fn read_from<R: Read>(&mut self, src: &mut R) -> io::Result<ReadOutcome> {
         self.read_with(|buf, _| src.read(buf))
     }
@@ -119,83 +201,132 @@ impl FrameReader {
         self.read_with(|buf, fds| fdpass::recv_with_fds(link, buf, fds))
     }
 
+    /// Bytes received and not yet taken as frames.
+    pub fn buffered(&self) -> usize {
+        self.filled - self.start
+    }
+
     fn read_with(
         &mut self,
         mut read: impl FnMut(&mut [u8], &mut VecDeque<OwnedFd>) -> io::Result<usize>,
     ) -> io::Result<ReadOutcome> {
-        if self.start > 0 && (self.start == self.buf.len() || self.start > self.buf.len() / 2) {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        let pending = self.buf.len() - self.start;
-        let want = match self.peek_len() {
-            Some(total) if total > pending => total - pending,
-            _ => 0,
-        }
-        .max(64 * 1024);
-        let old_len = self.buf.len();
-        self.buf.resize(old_len + want, 0);
+        self.make_room()?;
         let res = loop {
-            match read(&mut self.buf[old_len..], &mut self.fds) {
+            match read(&mut self.buf[self.filled..], &mut self.fds) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 other => break other,
             }
         };
         match res {
-            Ok(0) => {
-                self.buf.truncate(old_len);
-                Ok(ReadOutcome::Eof)
-            }
+            Ok(0) => Ok(ReadOutcome::Eof),
             Ok(n) => {
-                self.buf.truncate(old_len + n);
+                // a reader reporting more than it was given must not move `filled` past the end
+                self.filled = self.filled.saturating_add(n).min(self.buf.len());
                 Ok(ReadOutcome::Data(n))
             }
-            Err(e) => {
-                self.buf.truncate(old_len);
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    Ok(ReadOutcome::WouldBlock)
-                } else {
-                    Err(e)
-                }
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::WouldBlock),
+            Err(e) => Err(e),
         }
     }
 
-    /// Total length (header + body) of the frame at the front, once its header is complete.
-    fn peek_len(&self) -> Option<usize> {
-        let avail = &self.buf[self.start..];
-        if avail.len() < HEADER_LEN {
-            return None;
+    /// Makes sure there is free room after `filled`: consumed bytes are moved out first, and the
+    /// buffer doubles only when what is buffered fills it.
+    fn make_room(&mut self) -> io::Result<()> {
+        let pending = self.filled - self.start;
+        if self.start > 0 && (pending == 0 || self.start >= pending) {
+            // moves at most as many bytes as were consumed since the last move: linear overall
+            self.buf.copy_within(self.start..self.filled, 0);
+            self.start = 0;
+            self.filled = pending;
         }
-        let len = u64::from_le_bytes(avail[0..8].try_into().ok()?);
-        Some(HEADER_LEN + usize::try_from(len).ok()?)
+        if self.filled < self.buf.len() {
+            return Ok(());
+        }
+        // double, but not past the end of the frame in progress (zeroing pages nothing will fill
+        // costs as much as the reading)
+        let rest_of_frame = match self.peek_header() {
+            Ok(Some(h)) => (HEADER_LEN + h.len).saturating_sub(pending),
+            _ => usize::MAX,
+        };
+        let grow = self.buf.len().min(rest_of_frame).max(READ_CHUNK);
+        self.buf
+            .try_reserve_exact(grow)
+            .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "no memory for a frame's bytes"))?;
+        self.buf.resize(self.buf.len() + grow, 0);
+        Ok(())
     }
 
-    /// Takes the next complete frame, if one is buffered.
-    pub fn next_frame(&mut self) -> Option<Frame> {
-        let total = self.peek_len()?;
-        let avail = &self.buf[self.start..];
-        if avail.len() < total {
-            return None;
+    /// The header of the frame at the front, once it is complete.
+    pub fn peek_header(&self) -> Result<Option<Header>, FrameError> {
+        decode_header(&self.buf[self.start..self.filled])
+    }
+
+    /// Takes the next complete frame, if one is buffered. An error means the stream is not
+    /// frames; nothing more should be read from it.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        let Some(h) = self.peek_header()? else {
+            return self.check_no_stray_fds().map(|()| None);
+        };
+        let pending = self.filled - self.start;
+        // cannot overflow: `h.len` is at most MAX_BODY_LEN
+        let total = HEADER_LEN + h.len;
+        if pending < total {
+            return Ok(None);
         }
         // a frame's descriptors arrive with its first byte, so they are all here by now
-        let nfds = usize::from(avail[10]).min(self.fds.len());
-        let frame = Frame {
-            kind: avail[8],
-            flags: avail[9],
-            id: u64::from_le_bytes(avail[11..19].try_into().ok()?),
-            aux: u32::from_le_bytes(avail[19..23].try_into().ok()?),
-            body: avail[HEADER_LEN..total].to_vec(),
-            fds: self.fds.drain(..nfds).collect(),
+        let nfds = usize::from(h.nfds);
+        if nfds > self.fds.len() {
+            return Err(FrameError::MissingFds {
+                announced: nfds,
+                arrived: self.fds.len(),
+            });
+        }
+        let body_at = self.start + HEADER_LEN;
+        let body = if self.start == 0 && pending == total && total >= KEEP_BUFFER_MAX {
+            // a large frame alone in the buffer: hand over the buffer instead of copying it
+            let mut body = mem::take(&mut self.buf);
+            body.truncate(total);
+            body.drain(..HEADER_LEN);
+            self.start = 0;
+            self.filled = 0;
+            body
+        } else {
+            let body = self.buf[body_at..body_at + h.len].to_vec();
+            self.start += total;
+            body
         };
-        self.start += total;
-        Some(frame)
+        if self.start == self.filled {
+            self.start = 0;
+            self.filled = 0;
+            if self.buf.len() > KEEP_BUFFER_MAX {
+                self.buf = Vec::new();
+            }
+        }
+        Ok(Some(Frame {
+            kind: h.kind,
+            flags: h.flags,
+            id: h.id,
+            aux: h.aux,
+            body,
+            fds: self.fds.drain(..nfds).collect(),
+        }))
     }
 
-    /// Whether a complete frame is waiting in the buffer.
+    /// Descriptors with no byte left to belong to were sent outside any frame.
+    fn check_no_stray_fds(&self) -> Result<(), FrameError> {
+        if self.filled == self.start && !self.fds.is_empty() {
+            return Err(FrameError::StrayFds(self.fds.len()));
+        }
+        Ok(())
+    }
+
+    /// Whether a complete frame (or a malformed header) is waiting in the buffer.
     pub fn has_frame(&self) -> bool {
-        self.peek_len()
-            .is_some_and(|total| self.buf.len() - self.start >= total)
+        match self.peek_header() {
+            Ok(Some(h)) => self.filled - self.start >= HEADER_LEN + h.len,
+            Ok(None) => false,
+            Err(_) => true,
+        }
     }
 }
 
@@ -216,11 +347,11 @@ impl WriteBuf {
 
     /// Writes as much as `link` accepts (without blocking, if it does not block), descriptors
     /// included. Returns `true` when nothing is left.
-    pub fn flush_to_link(&mut self, link: &mut UnixStream) -> io::Result<bool> {
+    pub fn flush_to_link(&mut self, mut link: &UnixStream) -> io::Result<bool> {
         while let Some(&(at, _)) = self.attach.front() {
             if self.pos < at {
                 // write up to the attachment only: its descriptors must go with its first byte
-                let n = write_some(link, &self.buf[self.pos..at])?;
+                let n = write_some(&mut link, &self.buf[self.pos..at])?;
                 self.pos += n;
                 if self.pos < at {
                     return Ok(false);
@@ -249,7 +380,7 @@ impl WriteBuf {
                 Err(e) => return Err(e),
             }
         }
-        self.flush_to(link)
+        self.flush_to(&mut link)
     }
 
     /// Writes as much as `dst` accepts without blocking. Returns `true` when nothing is left.
@@ -321,7 +452,7 @@ mod tests {
             let mut reader = FrameReader::default();
             let mut frames = Vec::new();
             loop {
-                while let Some(f) = reader.next_frame() {
+                while let Some(f) = reader.next_frame().unwrap() {
                     frames.push(f);
                 }
                 if reader.read_from(&mut src).unwrap() == ReadOutcome::Eof {
@@ -346,19 +477,19 @@ mod tests {
     #[test]
     fn descriptors_travel_with_their_frames() {
         use std::fs::File;
-        let (mut a, b) = UnixStream::pair().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
         let files = |n: usize| -> Vec<OwnedFd> { (0..n).map(|_| File::open("/dev/null").unwrap().into()).collect() };
         let mut out = WriteBuf::default();
         encode(&mut out.buf, kind::READY, 0, 1, 0, &[b"plain"]);
         encode_fds(&mut out, kind::OK, 0, 2, 0, &[b"two"], files(2));
         encode_fds(&mut out, kind::OK, 0, 3, 0, &[b"many"], files(fdpass::MAX_FDS + 5));
         encode(&mut out.buf, kind::READY, 0, 4, 0, &[]);
-        while !out.flush_to_link(&mut a).unwrap() {}
+        while !out.flush_to_link(&a).unwrap() {}
         drop(a);
         let mut reader = FrameReader::default();
         let mut got = Vec::new();
         loop {
-            while let Some(f) = reader.next_frame() {
+            while let Some(f) = reader.next_frame().unwrap() {
                 got.push((f.id, f.fds.len(), f.body));
             }
             if reader.read_from_link(&b).unwrap() == ReadOutcome::Eof {
@@ -368,6 +499,91 @@ mod tests {
         let ids: Vec<_> = got.iter().map(|(id, n, _)| (*id, *n)).collect();
         assert_eq!(ids, [(1, 0), (2, 2), (3, fdpass::MAX_FDS + 5), (4, 0)]);
         assert_eq!(got[2].2, b"many");
+    }
+
+    fn header(len: u64, kind: u8, nfds: u8) -> Vec<u8> {
+        let mut h = len.to_le_bytes().to_vec();
+        h.extend_from_slice(&[kind, 0, nfds]);
+        h.extend_from_slice(&[0u8; 12]);
+        h
+    }
+
+    #[test]
+    fn hostile_lengths_are_refused_before_anything_is_sized_from_them() {
+        for len in [MAX_BODY_LEN + 1, 1 << 40, u64::MAX - 7, u64::MAX] {
+            let mut reader = FrameReader::default();
+            let mut src = &header(len, kind::OK, 0)[..];
+            reader.read_from(&mut src).unwrap();
+            assert_eq!(reader.next_frame().unwrap_err(), FrameError::TooLong(len));
+            assert!(reader.has_frame(), "a bad header is reported, not waited on");
+        }
+    }
+
+    #[test]
+    fn a_long_frame_costs_memory_only_as_its_bytes_arrive() {
+        let mut reader = FrameReader::default();
+        let mut bytes = header(1 << 30, kind::OK, 0);
+        bytes.extend_from_slice(&[7u8; 1000]);
+        reader.read_from(&mut &bytes[..]).unwrap();
+        assert!(reader.next_frame().unwrap().is_none());
+        assert!(reader.buf.len() <= READ_CHUNK, "{} bytes reserved", reader.buf.len());
+    }
+
+    #[test]
+    fn announced_descriptors_must_arrive() {
+        let mut reader = FrameReader::default();
+        let mut bytes = header(3, kind::OK, 2);
+        bytes.extend_from_slice(b"abc");
+        reader.read_from(&mut &bytes[..]).unwrap();
+        assert_eq!(
+            reader.next_frame().unwrap_err(),
+            FrameError::MissingFds {
+                announced: 2,
+                arrived: 0
+            }
+        );
+    }
+
+    #[test]
+    fn descriptors_without_a_frame_are_refused() {
+        use std::fs::File;
+        let (a, b) = UnixStream::pair().unwrap();
+        let null = File::open("/dev/null").unwrap();
+        let mut out = Vec::new();
+        encode(&mut out, kind::OK, 0, 1, 0, &[b"x"]);
+        // the descriptor rides on a frame that does not announce it
+        fdpass::send_with_fds(&a, &out, &[null.as_raw_fd()]).unwrap();
+        let mut reader = FrameReader::default();
+        reader.read_from_link(&b).unwrap();
+        assert_eq!(reader.next_frame().unwrap().map(|f| f.fds.len()), Some(0));
+        assert_eq!(reader.next_frame().unwrap_err(), FrameError::StrayFds(1));
+    }
+
+    #[test]
+    fn large_frames_arrive_whole_and_the_buffer_is_released() {
+        let body = vec![5u8; 3 * KEEP_BUFFER_MAX + 17];
+        let mut bytes = Vec::new();
+        encode(&mut bytes, kind::OK, 0, 9, 0, &[&body]);
+        encode(&mut bytes, kind::OK, 0, 10, 0, &[b"tail"]);
+        let mut src = Trickle {
+            data: bytes,
+            pos: 0,
+            step: 200_000,
+        };
+        let mut reader = FrameReader::default();
+        let mut got = Vec::new();
+        loop {
+            while let Some(f) = reader.next_frame().unwrap() {
+                got.push(f);
+            }
+            if reader.read_from(&mut src).unwrap() == ReadOutcome::Eof {
+                break;
+            }
+        }
+        assert_eq!(got.len(), 2);
+        assert!(got[0].body == body);
+        assert_eq!(got[1].body, b"tail");
+        assert!(reader.buf.len() <= KEEP_BUFFER_MAX);
     }
 
     #[test]

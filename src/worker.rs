@@ -22,6 +22,7 @@ use crate::wire::{self, kind, FrameReader, ReadOutcome, WriteBuf};
 const EXIT_OK: i32 = 0;
 const EXIT_INIT_FAILED: i32 = 3;
 const EXIT_ORPHANED: i32 = 4;
+const EXIT_BAD_FRAME: i32 = 5;
 
 /// Runs the worker until told to stop or until the parent goes away; returns the exit code.
 ///
@@ -41,13 +42,18 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
     let mut out = WriteBuf::default();
     let mut memory = MemoryWatch::default();
     loop {
-        let Some(frame) = reader.next_frame() else {
-            if !out.is_empty() {
-                flush(py, &mut link, &mut out)?;
-            }
-            match py.detach(|| reader.read_from_link(&link)) {
-                Ok(ReadOutcome::Data(_) | ReadOutcome::WouldBlock) => continue,
-                Ok(ReadOutcome::Eof) | Err(_) => return Ok(EXIT_OK), // the parent is gone
+        let frame = match reader.next_frame() {
+            Ok(Some(frame)) => frame,
+            // the parent wrote something that is not a frame: nothing after it can be trusted
+            Err(_) => return Ok(EXIT_BAD_FRAME),
+            Ok(None) => {
+                if !out.is_empty() {
+                    flush(py, &mut link, &mut out)?;
+                }
+                match py.detach(|| reader.read_from_link(&link)) {
+                    Ok(ReadOutcome::Data(_) | ReadOutcome::WouldBlock) => continue,
+                    Ok(ReadOutcome::Eof) | Err(_) => return Ok(EXIT_OK), // the parent is gone
+                }
             }
         };
         match frame.kind {

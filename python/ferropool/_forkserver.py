@@ -244,8 +244,26 @@ def _fork_worker(conn: socket.socket, statuses: dict[int, int], server_fds: list
     for fd in (link, *output):
         os.close(fd)
     statuses[pid] = status
-    conn.sendall(struct.pack("<I", pid))
+    _answer(conn, pid)
     return True
+
+
+def _answer(conn: socket.socket, pid: int) -> None:
+    """Sends an engine the pid of its new worker, with a pidfd of it.
+
+    Opened now, before this loop can reap the worker, the pidfd names that process and no other,
+    where the pid may name another process once the worker is reaped.
+    """
+    answer = struct.pack("<I", pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd_open in this kernel or Python
+        conn.sendall(answer)
+        return
+    try:
+        socket.send_fds(conn, [answer], [pidfd])
+    finally:
+        os.close(pidfd)
 
 
 # Descriptors (and their numbers) per message of a Process request: one recvmsg delivers the

@@ -79,8 +79,21 @@ class WorkerDiedError(BrokenProcessPool):
             return f"signal {self.signal}"
 
     @classmethod
-    def from_exit(cls, pid: int, exitcode: int | None, signal: int | None) -> WorkerDiedError:
-        """The error for a worker that ended with this status while running a task."""
+    def from_exit(
+        cls, pid: int, exitcode: int | None, signal: int | None, reason: str | None = None
+    ) -> WorkerDiedError:
+        """The error for a worker that ended with this status while running a task.
+
+        ``reason``: why the pool killed it, when it did (the worker broke the protocol).
+        """
+        if reason is not None:
+            message = (
+                f"the worker process (pid {pid}) running this task was killed because {reason}: "
+                "bytes that are not ferropool's protocol reached its link to the parent (the task "
+                "may have written to that descriptor). The pool has started a replacement; "
+                "resubmit the task if it is safe to run again."
+            )
+            return cls(message, pid, exitcode, signal)
         if signal is not None:
             try:
                 name = _signal.Signals(signal).name
