@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from tests.test_interrupt import ROOT, Child
+from tests.conftest import ROOT, Child
 from tests.test_process_exit import report, run_script
 
 CALLBACKS_DONE_AT_JOIN = """
@@ -358,8 +358,7 @@ def test_one_ctrl_c_ends_a_pool_block_promptly(tmp_path, gate, beacon, program):
     worker outlives it, instead of waiting for the running tasks."""
     script = tmp_path / "interrupted.py"
     header = CTRL_C_HEADER.format(root=ROOT, gate=gate.path, beacon=beacon.path)
-    script.write_text(header + textwrap.dedent(CTRL_C_PROGRAMS[program]) + 'print("not interrupted")\n')
-    child = Child(script)
+    child = Child(script, header + textwrap.dedent(CTRL_C_PROGRAMS[program]) + 'print("not interrupted")\n')
     try:
         beacon.wait()  # a task has started
         child.snapshot_descendants()
