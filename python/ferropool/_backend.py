@@ -37,6 +37,7 @@ from ._serialize import (
     loads,
 )
 from ._spawn import default_method, worker_argv
+from .context import START_METHODS
 from .errors import BrokenProcessPool, InvalidStateError, TimeoutError, WorkerDiedError
 
 
@@ -131,9 +132,6 @@ def check_positive_int(value: Any, what: str, message: str) -> None:
         raise TypeError(f"{what} must be an int or None, not {type(value).__name__!r}")
     if value <= 0:
         raise ValueError(message)
-
-
-START_METHODS = ("spawn", "forkserver", "fork")
 
 
 def start_method(context: Any, what: str = "mp_context") -> str:

@@ -127,6 +127,9 @@ class Process:
         _cleanup()
         inherited: dict[int, None] = {}
         connection._passing.fds = inherited
+        # the child's get_start_method(), as the stdlib's children learn the method they came by
+        self._started_by = self._start_method_name or _context_method()
+        self._log_config = _log_config()
         try:
             payload = dumps((self, sys.argv))
         finally:
@@ -331,12 +334,22 @@ class Process:
         _parent_process = _ParentProcess(self._parent_name, self._parent_pid)
         _current_process = self
         sys.argv[:] = argv
+        from . import context
+
+        context.set_start_method(self._started_by, force=True)
         from ._worker_start import name_this_process
 
         name_this_process(self.name)
         import logging
 
         log = logging.getLogger("ferropool")  # get_logger(), without loading the pools' machinery
+        level, to_stderr = self._log_config
+        if to_stderr:
+            from ._logs import log_to_stderr
+
+            log_to_stderr()
+        if level is not None:
+            log.setLevel(level)
         try:
             log.info("child process calling self.run()")
             self.run()
@@ -369,6 +382,22 @@ class SpawnProcess(Process):
     """A ``Process`` always started as a fresh interpreter (``get_context("spawn").Process``)."""
 
     _start_method_name = "spawn"
+
+
+class ForkServerProcess(Process):
+    """A ``Process`` of the ``"forkserver"`` context: forked from the fork server where there is one."""
+
+    _start_method_name = "forkserver"
+
+
+class ForkProcess(Process):
+    """A ``Process`` of the ``"fork"`` context.
+
+    Started as ``ForkServerProcess`` (ferropool never forks a threaded parent); its
+    ``get_start_method()`` says ``"fork"``.
+    """
+
+    _start_method_name = "fork"
 
 
 def _exitcode_name(exitcode: int) -> str:
@@ -498,6 +527,25 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _context_method() -> str:
+    from . import context
+
+    return context.get_start_method()  # type: ignore[return-value] # not None without allow_none
+
+
+def _log_config() -> tuple[int | None, bool]:
+    """The parent's logger level and ``log_to_stderr()``, for the child.
+
+    As the stdlib passes them: only once the logger exists (its effective level; whether it
+    writes to stderr).
+    """
+    logging = sys.modules.get("logging")
+    if logging is None or not isinstance(logging.Logger.manager.loggerDict.get("ferropool"), logging.Logger):
+        return None, False
+    logs = sys.modules.get("ferropool._logs")
+    return logging.getLogger("ferropool").getEffectiveLevel(), getattr(logs, "_stderr_handler", None) is not None
+
+
 def _child_main(fd: int) -> None:
     """Entry point of a child (see ``_spawn.process_argv``): reads its process object from ``fd``."""
     from ._worker import _loads
@@ -534,11 +582,20 @@ def _forked_child_main(fd: int) -> int:
     os.environ.clear()
     os.environ.update(environ)
     process, argv = _loads(memoryview(payload)[stream.tell() :])
+    import atexit
+
+    # the parent's atexit handlers came with the fork and are not the child's; the handlers the
+    # target registers run at its end, as in a spawned child (and the stdlib's, since 3.13)
+    atexit._clear()
+    queues = sys.modules.get("ferropool.queues")
+    if queues is not None:
+        atexit.register(queues._flush_all)
     code = process._bootstrap(argv)
     try:
         threading._shutdown()  # type: ignore[attr-defined]
     except BaseException:
         pass
+    atexit._run_exitfuncs()
     return int(code)
 
 
