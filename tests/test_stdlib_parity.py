@@ -63,12 +63,13 @@ def test_a_child_gets_the_loggers_level_and_runs_its_own_atexit_handlers(tmp_pat
             reader, writer = mp.Pipe(duplex=False)
             p = mp.Process(target=child, args=(writer,))
             p.start()
-            print("level", reader.recv(), flush=True)
-            p.join()
+            level = reader.recv()
+            p.join()  # the child's handler has written by now
+            print("level", level, flush=True)
         """,
     )
     assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == ["level 32", "child handler", "parent handler"]
+    assert result.stdout.splitlines() == ["child handler", "level 32", "parent handler"]
 
 
 def test_shareable_list_slots_hold_as_much_as_the_stdlibs(tmp_path):
