@@ -72,7 +72,7 @@ async def imap_next(it: IMapIterator[T]) -> T:
             it._tasks[0][0].add_done_callback(wake)
         else:
             it._on_arrival = wake
-            if not it._done.empty():  # arrived between the look above and the hook
+            if it._done:  # arrived between the look above and the hook
                 wake()
         try:
             await waiter

@@ -22,7 +22,6 @@ import functools
 import itertools
 import logging
 import multiprocessing.pool
-import queue
 import threading
 import time
 import warnings
@@ -264,7 +263,10 @@ class IMapIterator(Generic[T]):
         self._sizer = BatchSizer(chunksize, self._limit // (2 * workers))
         self._buffer: collections.deque[tuple[bool, Any]] = collections.deque()  # read, not returned
         self._tasks: collections.deque[tuple[Future[Any], int]] = collections.deque()  # ordered mode
-        self._done: queue.SimpleQueue[tuple[Future[Any], int]] = queue.SimpleQueue()  # unordered mode
+        # unordered mode: finished tasks in completion order. Not a queue.SimpleQueue: before 3.11
+        # its get(timeout=...) can block forever once the timeout has passed (a negative wait)
+        self._done: collections.deque[tuple[Future[Any], int]] = collections.deque()
+        self._arrived = threading.Condition(threading.Lock())
         self._in_flight_tasks = 0
         self._outstanding = 0  # items submitted whose results were not returned yet
         self._exhausted = False
@@ -313,7 +315,9 @@ class IMapIterator(Generic[T]):
             self._input_error = failed(exc)
 
     def _task_done(self, n: int, fut: Future[Any]) -> None:
-        self._done.put((fut, n))
+        with self._arrived:
+            self._done.append((fut, n))
+            self._arrived.notify()
         wake = self._on_arrival
         if wake is not None:
             wake()
@@ -372,10 +376,10 @@ class IMapIterator(Generic[T]):
         if self._input_error is not None and self._in_flight_tasks == 1:
             error, self._input_error = self._input_error, None
             return error, 1
-        try:
-            return self._done.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError() from None
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: self._done, timeout):
+                raise TimeoutError()
+            return self._done.popleft()
 
     def _unpack(self, fut: Future[Any], n: int) -> list[tuple[bool, Any]]:
         """The task's items as ``(ok, value or exception)``, learning the item time."""
