@@ -195,7 +195,8 @@ class SharedMemory:
         if name is not None:
             name = name.lstrip("/")
         while True:
-            block_name = name if name is not None else _PREFIX + os.urandom(8).hex()
+            # the creator's pid in the name says whose a block left in /dev/shm was
+            block_name = name if name is not None else f"{_PREFIX}{os.getpid()}_{os.urandom(6).hex()}"
             try:
                 self._seg = _core.NamedSegment(block_name, create, size)
                 break
