@@ -25,7 +25,39 @@ if TYPE_CHECKING:
     from multiprocessing import AuthenticationError, BufferTooShort
     from typing import Any
 
-__all__ = ["AuthenticationError", "BufferTooShort", "Connection", "Pipe", "wait"]
+    from ._listener import Client, Listener, SocketConnection, answer_challenge, deliver_challenge, families
+
+__all__ = [
+    "AuthenticationError",
+    "BufferTooShort",
+    "Client",
+    "Connection",
+    "Listener",
+    "Pipe",
+    "SocketConnection",
+    "answer_challenge",
+    "deliver_challenge",
+    "families",
+    "wait",
+]
+
+# Listener, Client and their stream connections (the stdlib's wire format) live in _listener,
+# imported on first use: a child process on its way to run() needs only Pipe's Connection
+_LISTENER_NAMES = frozenset(
+    {
+        "CHALLENGE",
+        "FAILURE",
+        "WELCOME",
+        "Client",
+        "Listener",
+        "SocketConnection",
+        "address_type",
+        "answer_challenge",
+        "arbitrary_address",
+        "deliver_challenge",
+        "families",
+    }
+)
 
 # .fds: the descriptors a Process being started will inherit (a thread-local from _thread, as
 # `threading` is not otherwise needed on a child's way to run())
@@ -137,4 +169,8 @@ def __getattr__(name: str) -> Any:
         import multiprocessing
 
         return getattr(multiprocessing, name)
+    if name in _LISTENER_NAMES:
+        from . import _listener
+
+        return getattr(_listener, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
