@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ._logs import get_logger, log_to_stderr
     from ._state import worker_state
     from ._stats import PoolStats
+    from .managers import Manager
     from .connection import AuthenticationError, BufferTooShort, Pipe
     from .context import (
         allow_connection_pickling,
@@ -67,6 +68,7 @@ __all__ = [
     "Event",
     "JoinableQueue",
     "Lock",
+    "Manager",
     "Queue",
     "RLock",
     "RawArray",
@@ -170,6 +172,7 @@ _LAZY = {
     "log_to_stderr": "_logs",
     "worker_state": "_state",
     "PoolStats": "_stats",
+    "Manager": "managers",
 }
 
 
