@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from ._logs import get_logger, log_to_stderr
     from ._state import worker_state
     from ._stats import PoolStats
-    from .managers import Manager
     from .connection import AuthenticationError, BufferTooShort, Pipe
     from .context import (
         allow_connection_pickling,
@@ -50,6 +49,7 @@ if TYPE_CHECKING:
         as_completed,
         wait,
     )
+    from .managers import Manager
     from .pool import AsyncResult, Pool, ThreadPool
     from .process import Process, ProcessError, active_children, current_process, parent_process
     from .queues import JoinableQueue, Queue, SimpleQueue
