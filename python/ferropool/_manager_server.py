@@ -27,7 +27,7 @@ import traceback
 import warnings
 
 from ._listener import Listener, SocketConnection
-from ._serialize import dumps
+from ._serialize import dumps, loads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -43,6 +43,35 @@ ALWAYS = frozenset({"#GETVALUE", "__repr__", "__str__"})
 _DEATH_GRACE = 2.0
 
 _VIEW_TYPES: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
+
+
+def _xml_dumps(obj: Any) -> bytes:
+    import xmlrpc.client
+
+    return xmlrpc.client.dumps((obj,), methodresponse=True, allow_none=True).encode("utf-8")
+
+
+def _xml_loads(data: Any) -> Any:
+    import xmlrpc.client
+
+    (obj,), _ = xmlrpc.client.loads(bytes(data).decode("utf-8"), use_builtin_types=True)
+    return obj
+
+
+#: serializer name -> (dumps, loads), as the stdlib's managers name them
+SERIALIZERS: dict[str, tuple[Callable[[Any], bytes], Callable[[Any], Any]]] = {
+    "pickle": (dumps, loads),
+    "xmlrpclib": (_xml_dumps, _xml_loads),
+}
+
+
+def codec(serializer: str) -> tuple[Callable[[Any], bytes], Callable[[Any], Any]]:
+    """The ``(dumps, loads)`` pair of ``serializer``; ``ValueError`` for an unknown one."""
+    try:
+        return SERIALIZERS[serializer]
+    except KeyError:
+        raise ValueError(f"unknown serializer {serializer!r}: use 'pickle' or 'xmlrpclib'") from None
+
 
 _serving = threading.local()  # .client: the _Client whose request this thread is serving
 
@@ -97,8 +126,7 @@ class Server:
     def __init__(self, registry: dict[str, Any], address: Any, authkey: bytes, serializer: str = "pickle") -> None:
         if not isinstance(authkey, bytes):
             raise TypeError(f"Authkey {authkey!r} is type {type(authkey)!s}, not bytes")
-        if serializer != "pickle":
-            raise ValueError(f"unsupported serializer {serializer!r}: ferropool's managers speak pickle")
+        self.dumps, self.loads = codec(serializer)
         self.registry = registry
         self.authkey = authkey
         self.listener = Listener(address=address, backlog=128)
@@ -180,13 +208,14 @@ class Server:
 
     def _serve_client(self, client: _Client) -> None:
         conn = client.conn
-        recv = conn.recv
+        recv_bytes = conn.recv_bytes
         send = conn.send_bytes
+        dumps, loads = self.dumps, self.loads
         objects = self.objects
         stop = self.stop_event
         while not stop.is_set():
             try:
-                ident, method, args, kwds = recv()
+                ident, method, args, kwds = loads(recv_bytes())
             except (EOFError, OSError):
                 return
             except Exception:
@@ -214,8 +243,10 @@ class Server:
         try:
             entry = objects[ident]
             if method not in entry.exposed and method not in ALWAYS:
-                raise AttributeError(
-                    f"method {method!r} of {type(entry.obj)!r} object is not in exposed={tuple(entry.exposed)!r}"
+                return (
+                    REMOTE,
+                    f"AttributeError: method {method!r} of {type(entry.obj)!r} object is not in "
+                    f"exposed={tuple(sorted(entry.exposed))!r}\n",
                 )
             result = entry.obj if method == "#GETVALUE" else getattr(entry.obj, method)(*args, **kwds)
         except KeyError:
@@ -257,9 +288,10 @@ class Server:
                 return (RETURN, self.debug_info())
             if method == "get_methods":
                 return (RETURN, sorted(self.objects[args[0]].exposed))
-            return (REMOTE, f"unknown manager operation {method!r}")
-        except Exception as exc:
-            return (ERROR, exc)
+            return (REMOTE, f"unknown manager operation {method!r}\n")
+        except Exception:
+            # as the stdlib's: a failure to create is reported with the server's traceback
+            return (REMOTE, traceback.format_exc())
 
     # --- the object table
 

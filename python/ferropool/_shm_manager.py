@@ -85,6 +85,12 @@ class SharedMemoryManager(BaseManager):
         super().connect()
         self._tracker = self._make_tracker()
 
+    def _started_tracker(self) -> Any:
+        tracker = getattr(self, "_tracker", None)
+        if tracker is None:
+            raise ValueError("the SharedMemoryManager is not started: call start() or use it in a with block")
+        return tracker
+
     def _make_tracker(self) -> Any:
         token, exposed = self._create(_TRACKER)
         from .managers import AutoProxy
@@ -97,9 +103,10 @@ class SharedMemoryManager(BaseManager):
         """A new shared-memory block of ``size`` bytes, unlinked when the manager shuts down."""
         from .shared_memory import SharedMemory
 
+        tracker = self._started_tracker()
         block = SharedMemory(None, create=True, size=size)
         try:
-            self._tracker.track_segment(block.name)
+            tracker.track_segment(block.name)
         except BaseException:
             block.unlink()
             block.close()
@@ -110,9 +117,10 @@ class SharedMemoryManager(BaseManager):
         """A new ``ShareableList`` of ``sequence``, unlinked when the manager shuts down."""
         from .shared_memory import ShareableList
 
+        tracker = self._started_tracker()
         shared = ShareableList(sequence)
         try:
-            self._tracker.track_segment(shared.shm.name)
+            tracker.track_segment(shared.shm.name)
         except BaseException:
             shared.shm.unlink()
             shared.shm.close()

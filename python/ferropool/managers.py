@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 import weakref
+from multiprocessing.managers import RemoteError as _StdlibRemoteError  # except clauses keep catching
 
 from . import _listener
 from ._manager_server import (
@@ -37,9 +38,10 @@ from ._manager_server import (
     TrackedLock,
     TrackedRLock,
     TrackedSemaphore,
+    codec,
     current_client,
 )
-from ._serialize import dumps, loads
+from ._serialize import dumps
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -95,7 +97,7 @@ class Token:
         return f"{type(self).__name__}(typeid={self.typeid!r}, address={self.address!r}, id={self.id!r})"
 
 
-class RemoteError(Exception):
+class RemoteError(_StdlibRemoteError):
     """A failure in the manager's server that is not the called method's own exception.
 
     The result could not be pickled, or the object is gone; ``args[0]`` holds the server's text.
@@ -149,7 +151,8 @@ def Array(typecode: str, sequence: Iterable[Any], lock: Any = True) -> array.arr
 
 class _ThreadConnections(threading.local):
     def __init__(self) -> None:
-        self.conns: dict[Any, tuple[int, _listener.SocketConnection]] = {}
+        # address -> (pid, connection, the dumps of its serializer)
+        self.conns: dict[Any, tuple[int, _listener.SocketConnection, Callable[[Any], bytes]]] = {}
 
 
 _local = _ThreadConnections()
@@ -157,19 +160,22 @@ _local = _ThreadConnections()
 _pending_decrefs: dict[Any, list[str]] = {}
 
 
-def _open(address: Any, authkey: bytes) -> _listener.SocketConnection:
+_PICKLE = codec("pickle")
+
+
+def _open(address: Any, authkey: bytes, dumps: Callable[[Any], bytes]) -> _listener.SocketConnection:
     conn = _listener.Client(address, authkey=authkey)
     conn.send_bytes(dumps((None, "hello", (os.getpid(),), {})))
     return conn
 
 
-def _connection(address: Any, authkey: bytes) -> _listener.SocketConnection:
+def _connection(address: Any, authkey: bytes, dumps: Callable[[Any], bytes] = dumps) -> _listener.SocketConnection:
     conns = _local.conns
     pid_conn = conns.get(address)
     if pid_conn is not None and pid_conn[0] == os.getpid():
         return pid_conn[1]
-    conn = _open(address, authkey)
-    conns[address] = (os.getpid(), conn)
+    conn = _open(address, authkey, dumps)
+    conns[address] = (os.getpid(), conn, dumps)
     return conn
 
 
@@ -179,9 +185,18 @@ def _drop_connection(address: Any) -> None:
         pid_conn[1].close()
 
 
-def _request(address: Any, authkey: bytes, ident: str | None, method: str, args: Any = (), kwds: Any = None) -> Any:
+def _request(
+    address: Any,
+    authkey: bytes,
+    ident: str | None,
+    method: str,
+    args: Any = (),
+    kwds: Any = None,
+    codec: tuple[Callable[[Any], bytes], Callable[[Any], Any]] = _PICKLE,
+) -> Any:
     """Sends one request to the manager at ``address`` and returns its ``(status, value)`` reply."""
-    conn = _connection(address, authkey)
+    dumps, loads = codec
+    conn = _connection(address, authkey, dumps)
     try:
         if _pending_decrefs:
             ids = _pending_decrefs.pop(address, None)
@@ -199,8 +214,10 @@ def _request(address: Any, authkey: bytes, ident: str | None, method: str, args:
         raise
 
 
-def _send_no_reply(address: Any, authkey: bytes, method: str, args: tuple[Any, ...]) -> None:
-    conn = _connection(address, authkey)
+def _send_no_reply(
+    address: Any, authkey: bytes, method: str, args: tuple[Any, ...], dumps: Callable[[Any], bytes] = dumps
+) -> None:
+    conn = _connection(address, authkey, dumps)
     try:
         conn.send_bytes(dumps((None, method, args, {})))
     except OSError:
@@ -242,7 +259,7 @@ def _flush_decrefs() -> None:
         if not ids or pid_conn is None or pid_conn[0] != os.getpid():
             continue
         try:
-            pid_conn[1].send_bytes(dumps((None, "decref", (ids,), {})))
+            pid_conn[1].send_bytes(pid_conn[2]((None, "decref", (ids,), {})))
         except OSError:
             pass
 
@@ -282,6 +299,7 @@ class BaseProxy:
         self._address = token.address
         self._manager = manager
         self._serializer = serializer
+        self._codec = codec(serializer)
         if authkey is None:
             authkey = manager._authkey if manager is not None else _current_authkey()
         self._authkey = bytes(authkey)
@@ -294,7 +312,7 @@ class BaseProxy:
 
     def _callmethod(self, methodname: str, args: Any = (), kwds: Any = None) -> Any:
         """Calls ``methodname(*args, **kwds)`` on the referent and returns the result."""
-        status, value = _request(self._address, self._authkey, self._id, methodname, args, kwds)
+        status, value = _request(self._address, self._authkey, self._id, methodname, args, kwds, self._codec)
         if status == RETURN:
             return value
         if status == PROXY:
@@ -323,7 +341,7 @@ class BaseProxy:
             server.incref(self._id)
         else:
             # no reply awaited: the next call on this thread's connection comes after it
-            _send_no_reply(self._address, self._authkey, "incref", (self._id,))
+            _send_no_reply(self._address, self._authkey, "incref", (self._id,), self._codec[0])
         self._adopt()
 
     def _adopt(self) -> None:
@@ -422,7 +440,7 @@ def AutoProxy(
     if authkey is None:
         authkey = manager._authkey if manager is not None else _current_authkey()
     if exposed is None:
-        status, value = _request(token.address, authkey, None, "get_methods", (token.id,))
+        status, value = _request(token.address, authkey, None, "get_methods", (token.id,), codec=codec(serializer))
         exposed = value if status == RETURN else _raise_reply(status, value)
     proxytype = MakeProxyType(f"AutoProxy[{token.typeid}]", exposed)
     proxy = proxytype(token, serializer, manager=manager, authkey=authkey, incref=incref, manager_owned=manager_owned)
@@ -746,7 +764,7 @@ class BaseManager:
             bound), a Unix socket path or abstract name; ``None``: a fresh abstract socket.
         authkey: The key clients must prove they know; by default the process's
             ``current_process().authkey``.
-        serializer: ``"pickle"`` (the only one ferropool speaks).
+        serializer: ``"pickle"`` (the default) or ``"xmlrpclib"``.
         ctx: Accepted for compatibility; the server is a ``ferropool.Process``.
         shutdown_timeout: Seconds ``shutdown()`` waits for the server before terminating it.
     """
@@ -763,8 +781,7 @@ class BaseManager:
         *,
         shutdown_timeout: float = 1.0,
     ) -> None:
-        if serializer != "pickle":
-            raise ValueError(f"unsupported serializer {serializer!r}: ferropool's managers speak pickle")
+        self._codec = codec(serializer)
         if authkey is None:
             authkey = _current_authkey()
         self._address = address
@@ -785,7 +802,7 @@ class BaseManager:
 
     def connect(self) -> None:
         """Connects to a server already running at ``address`` (started elsewhere)."""
-        status, value = _request(self._address, self._authkey, None, "dummy")
+        status, value = _request(self._address, self._authkey, None, "dummy", codec=self._codec)
         if status != RETURN:
             _raise_reply(status, value)
         self._state.value = State.STARTED
@@ -858,11 +875,11 @@ class BaseManager:
             self._finalizer()
 
     def _debug_info(self) -> str:
-        status, value = _request(self._address, self._authkey, None, "debug_info")
+        status, value = _request(self._address, self._authkey, None, "debug_info", codec=self._codec)
         return value if status == RETURN else _raise_reply(status, value)  # type: ignore[no-any-return]
 
     def _number_of_objects(self) -> int:
-        status, value = _request(self._address, self._authkey, None, "number_of_objects")
+        status, value = _request(self._address, self._authkey, None, "number_of_objects", codec=self._codec)
         return value if status == RETURN else _raise_reply(status, value)  # type: ignore[no-any-return]
 
     def _create(self, typeid: str, /, *args: Any, **kwds: Any) -> tuple[Token, tuple[str, ...]]:
@@ -873,7 +890,7 @@ class BaseManager:
             raise ProcessError(
                 "the manager is not started" if self._state.value == State.INITIAL else "Manager has shut down"
             )
-        status, value = _request(self._address, self._authkey, None, "create", (typeid, *args), kwds)
+        status, value = _request(self._address, self._authkey, None, "create", (typeid, *args), kwds, self._codec)
         if status != RETURN:
             _raise_reply(status, value)
         typeid, ident, exposed = value
