@@ -269,6 +269,76 @@ def _rebuild_socket_connection(fd: int, readable: bool, writable: bool) -> Socke
     return SocketConnection(socket.socket(fileno=fd), readable, writable)
 
 
+class BufferedSocketConnection(SocketConnection):
+    """A ``SocketConnection`` that reads ahead: one ``recv`` usually brings a whole message.
+
+    For connections nothing else watches (a manager's): bytes it has read ahead are invisible to
+    ``wait()`` on its descriptor, so it is not handed to users.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self, handle: int | socket.socket, readable: bool = True, writable: bool = True) -> None:
+        super().__init__(handle, readable, writable)
+        self._buf = b""
+
+    def _fill(self, buf: bytes, n: int) -> bytes:
+        """``buf`` with more bytes read until it holds at least ``n``."""
+        sock = self._open()
+        parts = [buf]
+        have = len(buf)
+        while have < n:
+            # at least a good read's worth, at most a chunk: a claimed length costs nothing up front
+            chunk = sock.recv(min(max(n - have, 65536), _CHUNK))
+            if not chunk:
+                self._buf = b""
+                if have:
+                    self.close()
+                    raise OSError("got end of file during message")
+                raise EOFError
+            parts.append(chunk)
+            have += len(chunk)
+        return b"".join(parts)
+
+    def _recv_message(self, maxlength: int | None) -> Any:
+        if not self._readable:
+            raise OSError("connection is write-only")
+        buf = self._buf
+        if len(buf) < 4:
+            buf = self._fill(buf, 4)
+        (size,) = _HEADER.unpack_from(buf)
+        start = 4
+        if size == -1:
+            if len(buf) < 12:
+                buf = self._fill(buf, 12)
+            (size,) = _LONG_HEADER.unpack_from(buf, 4)
+            start = 12
+        elif size < 0:
+            self.close()
+            raise OSError(f"bad message length {size}: the peer is not speaking this protocol")
+        if maxlength is not None and size > maxlength:
+            self.close()
+            raise OSError("bad message length")
+        end = start + size
+        if len(buf) < end:
+            self._buf = buf
+            buf = self._fill(buf, end)
+        self._buf = buf[end:]
+        return buf[start:end]
+
+    def recv_bytes(self, maxlength: int | None = None) -> bytes:
+        """Receives one message as bytes; blocks until one arrives."""
+        if maxlength is not None and maxlength < 0:
+            raise ValueError("negative maxlength")
+        return self._recv_message(maxlength)  # type: ignore[no-any-return]
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """Whether there is anything to read, waiting up to ``timeout`` seconds."""
+        if self._buf:
+            return True
+        return super().poll(timeout)
+
+
 # --- addresses
 
 
@@ -421,6 +491,11 @@ def Client(address: Any, family: str | None = None, authkey: Any = None) -> Sock
     With ``authkey`` the two sides prove to each other they know the key; a wrong key raises
     ``AuthenticationError``.
     """
+    return connect(address, family, authkey, SocketConnection)
+
+
+def connect(address: Any, family: str | None, authkey: Any, cls: type[SocketConnection]) -> SocketConnection:
+    """``Client()`` returning a connection of class ``cls``."""
     family = family or address_type(address)
     _check_family(family)
     _check_authkey(authkey)
@@ -431,7 +506,7 @@ def Client(address: Any, family: str | None = None, authkey: Any = None) -> Sock
     except BaseException:
         sock.close()
         raise
-    conn = SocketConnection(sock)
+    conn = cls(sock)
     if authkey is not None:
         try:
             answer_challenge(conn, authkey)

@@ -26,7 +26,7 @@ import threading
 import traceback
 import warnings
 
-from ._listener import Listener, SocketConnection
+from ._listener import BufferedSocketConnection, Listener, SocketConnection
 from ._serialize import dumps, loads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
@@ -177,7 +177,7 @@ class Server:
                 if self.stop_event.is_set():
                     return
                 continue
-            conn = SocketConnection(sock)
+            conn = BufferedSocketConnection(sock)
             # the handshake runs on the connection's own thread: a slow or silent peer holds up
             # no one else
             threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()

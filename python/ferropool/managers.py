@@ -164,7 +164,7 @@ _PICKLE = codec("pickle")
 
 
 def _open(address: Any, authkey: bytes, dumps: Callable[[Any], bytes]) -> _listener.SocketConnection:
-    conn = _listener.Client(address, authkey=authkey)
+    conn = _listener.connect(address, None, authkey, _listener.BufferedSocketConnection)
     conn.send_bytes(dumps((None, "hello", (os.getpid(),), {})))
     return conn
 
