@@ -240,17 +240,17 @@ class Server:
 
     def _call(self, objects: dict[str, _Entry], ident: str, method: str, args: Any, kwds: Any) -> Any:
         """One method call on a served object, as its reply."""
-        try:
-            entry = objects[ident]
-            if method not in entry.exposed and method not in ALWAYS:
-                return (
-                    REMOTE,
-                    f"AttributeError: method {method!r} of {type(entry.obj)!r} object is not in "
-                    f"exposed={tuple(sorted(entry.exposed))!r}\n",
-                )
-            result = entry.obj if method == "#GETVALUE" else getattr(entry.obj, method)(*args, **kwds)
-        except KeyError:
+        entry = objects.get(ident)
+        if entry is None:
             return (REMOTE, f"no object with id {ident!r} in the manager (it was released)\n")
+        if method not in entry.exposed and method not in ALWAYS:
+            return (
+                REMOTE,
+                f"AttributeError: method {method!r} of {type(entry.obj)!r} object is not in "
+                f"exposed={tuple(sorted(entry.exposed))!r}\n",
+            )
+        try:
+            result = entry.obj if method == "#GETVALUE" else getattr(entry.obj, method)(*args, **kwds)
         except Exception as exc:
             return (ERROR, exc)
         typeid = entry.method_to_typeid.get(method) if entry.method_to_typeid else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import array
 import itertools
 import os
+import pickle
 import queue
 import threading
 import time
@@ -151,7 +152,8 @@ def Array(typecode: str, sequence: Iterable[Any], lock: Any = True) -> array.arr
 
 class _ThreadConnections(threading.local):
     def __init__(self) -> None:
-        # address -> (pid, connection, the dumps of its serializer)
+        # (address, authkey) -> (pid, connection, the dumps of its serializer): a key of its own,
+        # so a connect() with another key is authenticated afresh
         self.conns: dict[Any, tuple[int, _listener.SocketConnection, Callable[[Any], bytes]]] = {}
 
 
@@ -171,18 +173,18 @@ def _open(address: Any, authkey: bytes, dumps: Callable[[Any], bytes]) -> _liste
 
 def _connection(address: Any, authkey: bytes, dumps: Callable[[Any], bytes] = dumps) -> _listener.SocketConnection:
     conns = _local.conns
-    pid_conn = conns.get(address)
+    pid_conn = conns.get((address, authkey))
     if pid_conn is not None and pid_conn[0] == os.getpid():
         return pid_conn[1]
     conn = _open(address, authkey, dumps)
-    conns[address] = (os.getpid(), conn, dumps)
+    conns[(address, authkey)] = (os.getpid(), conn, dumps)
     return conn
 
 
-def _drop_connection(address: Any) -> None:
-    pid_conn = _local.conns.pop(address, None)
-    if pid_conn is not None:
-        pid_conn[1].close()
+def _drop_connection(address: Any, authkey: bytes | None = None) -> None:
+    conns = _local.conns
+    for key in [key for key in conns if key[0] == address and (authkey is None or key[1] == authkey)]:
+        conns.pop(key)[1].close()
 
 
 def _request(
@@ -206,11 +208,11 @@ def _request(
         return loads(conn.recv_bytes())
     except (EOFError, OSError):
         # the server is gone or the stream is no longer in step: the next call reconnects
-        _drop_connection(address)
+        _drop_connection(address, authkey)
         raise
     except BaseException:
         # interrupted mid-call (Ctrl-C): the reply may still come, so this connection is done
-        _drop_connection(address)
+        _drop_connection(address, authkey)
         raise
 
 
@@ -221,7 +223,7 @@ def _send_no_reply(
     try:
         conn.send_bytes(dumps((None, method, args, {})))
     except OSError:
-        _drop_connection(address)
+        _drop_connection(address, authkey)
         raise
 
 
@@ -255,13 +257,14 @@ def _flush_decrefs() -> None:
     """Sends the pending releases (at interpreter exit: the server frees what nobody uses)."""
     for address in list(_pending_decrefs):
         ids = _pending_decrefs.pop(address, None)
-        pid_conn = _local.conns.get(address)
-        if not ids or pid_conn is None or pid_conn[0] != os.getpid():
-            continue
-        try:
-            pid_conn[1].send_bytes(pid_conn[2]((None, "decref", (ids,), {})))
-        except OSError:
-            pass
+        for (conn_address, _), pid_conn in list(_local.conns.items()):
+            if not ids or conn_address != address or pid_conn[0] != os.getpid():
+                continue
+            try:
+                pid_conn[1].send_bytes(pid_conn[2]((None, "decref", (ids,), {})))
+            except OSError:
+                pass
+            break
 
 
 # ----------------------------------------------------------------------------------------------
@@ -835,12 +838,25 @@ class BaseManager:
                 self._authkey,
                 self._serializer,
                 child_end,
+                os.getpid(),
                 initializer,
                 tuple(initargs),
             ),
             name=f"{type(self).__name__}-{next(_manager_numbers)}",
         )
-        process.start()
+        try:
+            process.start()
+        except Exception as exc:
+            parent_end.close()
+            child_end.close()
+            if isinstance(exc, (pickle.PicklingError, TypeError, AttributeError)):
+                raise TypeError(
+                    f"{type(self).__name__}.start(): the registered callables must be picklable, because "
+                    "the server is a fresh process (as with the stdlib's spawn start method). Register "
+                    "module-level functions or classes that make their objects, or run the server in "
+                    f"this process with get_server().serve_forever(). Pickling failed with: {exc}"
+                ) from exc
+            raise
         child_end.close()
         try:
             reply = parent_end.recv()
@@ -976,12 +992,31 @@ def _finalize_manager(process: Any, address: Any, parent_end: Any, state: State,
     state.value = State.SHUTDOWN
 
 
-def _watch_parent(pipe_end: Any, server: Server) -> None:
-    # the manager object's pipe end closes at shutdown(), or with the process that started it
+def _watch_parent(pipe_end: Any, parent_pid: int, server: Server) -> None:
+    """Stops ``server`` when its manager says so or when the process that started it dies.
+
+    The pipe alone cannot tell the death: a process forked while it was open (the fork server,
+    this server itself when forked from there) holds a copy of the manager's end.
+    """
+    import select
+
     try:
-        pipe_end.recv_bytes()
-    except (EOFError, OSError):
-        pass
+        pidfd = os.pidfd_open(parent_pid)
+    except ProcessLookupError:
+        server.stop_event.set()
+        return
+    try:
+        while True:
+            ready, _, _ = select.select([pipe_end.fileno(), pidfd], [], [])
+            if pidfd in ready:
+                break
+            try:
+                pipe_end.recv_bytes()
+            except (EOFError, OSError):
+                pass
+            break
+    finally:
+        os.close(pidfd)
     server.stop_event.set()
 
 
@@ -991,6 +1026,7 @@ def _run_server(
     authkey: bytes,
     serializer: str,
     pipe_end: Any,
+    parent_pid: int,
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
 ) -> None:
@@ -1012,7 +1048,7 @@ def _run_server(
         pipe_end.send(exc)
         return
     pipe_end.send(server.address)
-    threading.Thread(target=_watch_parent, args=(pipe_end, server), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(pipe_end, parent_pid, server), daemon=True).start()
     server.serve_forever()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -22,7 +22,6 @@ from multiprocessing.dummy import (
     Event,
     JoinableQueue,
     Lock,
-    Manager,
     Namespace,
     Pipe,
     Process,
@@ -37,6 +36,7 @@ from multiprocessing.dummy import (
 from typing import Any
 
 from ..pool import ThreadPool
+from ._manager import Manager
 
 __all__ = [
     "Array",
