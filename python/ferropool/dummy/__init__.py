@@ -36,6 +36,7 @@ from multiprocessing.dummy import (
 from typing import Any
 
 from ..pool import ThreadPool
+from . import connection
 from ._manager import Manager
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "Semaphore",
     "Value",
     "active_children",
+    "connection",
     "current_process",
     "freeze_support",
     "shutdown",
