@@ -520,3 +520,74 @@ class TrackedCondition(_Tracked):
 
     def locked(self) -> bool:
         return bool(self._holders)
+
+
+# --- the server process
+
+
+def _watch_parent(pipe_end: Any, parent_pid: int, server: Server) -> None:
+    """Stops ``server`` when its manager says so or when the process that started it dies.
+
+    The pipe alone cannot tell the death: a process forked while it was open (the fork server,
+    this server itself when forked from there) holds a copy of the manager's end.
+    """
+    import select
+
+    try:
+        pidfd = os.pidfd_open(parent_pid)
+    except ProcessLookupError:
+        server.stop_event.set()
+        return
+    try:
+        while True:
+            ready, _, _ = select.select([pipe_end.fileno(), pidfd], [], [])
+            if pidfd in ready:
+                break
+            try:
+                pipe_end.recv_bytes()
+            except (EOFError, OSError):
+                pass
+            break
+    finally:
+        os.close(pidfd)
+    server.stop_event.set()
+
+
+def run_server(
+    registry: dict[str, Any],
+    address: Any,
+    authkey: bytes,
+    serializer: str,
+    pipe_end: Any,
+    parent_pid: int,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+) -> None:
+    """The server process's main: listen, report the address, serve until told to stop."""
+    import signal
+    import sys
+
+    from .process import current_process
+
+    # Ctrl-C in a terminal reaches the whole process group: the manager stops when its owner
+    # says so, not in the middle of the owner's cleanup
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    current_process().authkey = authkey
+    try:
+        if initializer is not None:
+            initializer(*initargs)
+        server = Server(registry, address, authkey, serializer)
+    except BaseException as exc:
+        pipe_end.send(exc)
+        return
+    pipe_end.send(server.address)
+    threading.Thread(target=_watch_parent, args=(pipe_end, parent_pid, server), daemon=True).start()
+    server.serve_forever()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    # the served objects' threads (a Pool's, a blocked Queue's waiters) must not keep the
+    # process alive once its owner has let it go
+    os._exit(0)

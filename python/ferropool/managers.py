@@ -17,7 +17,6 @@ What differs from the stdlib, all in the user's favour (see docs/managers.md):
 
 from __future__ import annotations
 
-import array
 import itertools
 import os
 import pickle
@@ -25,7 +24,6 @@ import queue
 import threading
 import time
 import weakref
-from multiprocessing.managers import RemoteError as _StdlibRemoteError  # except clauses keep catching
 
 from . import _listener
 from ._manager_server import (
@@ -41,12 +39,15 @@ from ._manager_server import (
     TrackedSemaphore,
     codec,
     current_client,
+    run_server,
 )
+from ._manager_types import Array, JoinableQueue, Namespace, Value, make_pool
 from ._serialize import dumps
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
+    from multiprocessing.managers import RemoteError
     from typing import Any
 
 __all__ = [
@@ -98,52 +99,34 @@ class Token:
         return f"{type(self).__name__}(typeid={self.typeid!r}, address={self.address!r}, id={self.id!r})"
 
 
-class RemoteError(_StdlibRemoteError):
-    """A failure in the manager's server that is not the called method's own exception.
+def _remote_error_class() -> type[Exception]:
+    """``RemoteError``, made on first use.
 
-    The result could not be pickled, or the object is gone; ``args[0]`` holds the server's text.
+    A subclass of the stdlib's, so ``except`` clauses written for it keep catching; made late
+    because the stdlib's module (``multiprocessing.managers``) is slow to import.
     """
+    global _RemoteError
+    if _RemoteError is None:
+        import multiprocessing.managers
 
-    def __str__(self) -> str:
-        line = "-" * 75
-        return f"\n{line}\n{self.args[0]}{line}"
+        def __str__(self: Exception) -> str:
+            line = "-" * 75
+            return f"\n{line}\n{self.args[0]}{line}"
 
-
-class Namespace:
-    """A bag of attributes, shown as ``Namespace(a=1, b=2)`` (names starting with ``_`` hidden)."""
-
-    def __init__(self, /, **kwds: Any) -> None:
-        self.__dict__.update(kwds)
-
-    def __repr__(self) -> str:
-        items = sorted((k, v) for k, v in self.__dict__.items() if not k.startswith("_"))
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in items)})"
-
-
-class Value:
-    """The object behind ``SyncManager.Value``: a typecode and a value (no lock of its own)."""
-
-    def __init__(self, typecode: str, value: Any, lock: Any = True) -> None:
-        self._typecode = typecode
-        self._value = value
-
-    def get(self) -> Any:
-        """The value."""
-        return self._value
-
-    def set(self, value: Any) -> None:
-        """Replaces the value."""
-        self._value = value
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._typecode!r}, {self._value!r})"
-
-    value = property(get, set)
+        _RemoteError = type(
+            "RemoteError",
+            (multiprocessing.managers.RemoteError,),
+            {
+                "__module__": __name__,
+                "__str__": __str__,
+                "__doc__": "A failure in the manager's server that is not the called method's own exception.\n\n"
+                "The result could not be pickled, or the object is gone; ``args[0]`` holds the server's text.",
+            },
+        )
+    return _RemoteError
 
 
-def Array(typecode: str, sequence: Iterable[Any], lock: Any = True) -> array.array[Any]:
-    """The object behind ``SyncManager.Array``: an ``array.array``."""
-    return array.array(typecode, sequence)
+_RemoteError: type[Exception] | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,8 +214,8 @@ def _raise_reply(status: int, value: Any) -> Any:
     if status == ERROR:
         raise value
     if status == REMOTE:
-        raise RemoteError(value)
-    raise RemoteError(f"unexpected reply from the manager: status {status!r}\n")
+        raise _remote_error_class()(value)
+    raise _remote_error_class()(f"unexpected reply from the manager: status {status!r}\n")
 
 
 def _server_here(address: Any) -> Server | None:
@@ -831,9 +814,12 @@ class BaseManager:
             raise TypeError("initializer must be a callable")
         parent_end, child_end = Pipe()
         process = Process(
-            target=_run_server,
+            target=run_server,
             args=(
-                self._registry,
+                # the proxy types stay here: the server needs only the callables and what they
+                # expose (register() took those from the proxy types), and so does not import
+                # this module at all
+                {typeid: (entry[0], entry[1], entry[2], None) for typeid, entry in self._registry.items()},
                 self._address,
                 self._authkey,
                 self._serializer,
@@ -992,84 +978,6 @@ def _finalize_manager(process: Any, address: Any, parent_end: Any, state: State,
     state.value = State.SHUTDOWN
 
 
-def _watch_parent(pipe_end: Any, parent_pid: int, server: Server) -> None:
-    """Stops ``server`` when its manager says so or when the process that started it dies.
-
-    The pipe alone cannot tell the death: a process forked while it was open (the fork server,
-    this server itself when forked from there) holds a copy of the manager's end.
-    """
-    import select
-
-    try:
-        pidfd = os.pidfd_open(parent_pid)
-    except ProcessLookupError:
-        server.stop_event.set()
-        return
-    try:
-        while True:
-            ready, _, _ = select.select([pipe_end.fileno(), pidfd], [], [])
-            if pidfd in ready:
-                break
-            try:
-                pipe_end.recv_bytes()
-            except (EOFError, OSError):
-                pass
-            break
-    finally:
-        os.close(pidfd)
-    server.stop_event.set()
-
-
-def _run_server(
-    registry: dict[str, Any],
-    address: Any,
-    authkey: bytes,
-    serializer: str,
-    pipe_end: Any,
-    parent_pid: int,
-    initializer: Callable[..., object] | None,
-    initargs: tuple[Any, ...],
-) -> None:
-    """The server process's main: listen, report the address, serve until told to stop."""
-    import signal
-    import sys
-
-    from .process import current_process
-
-    # Ctrl-C in a terminal reaches the whole process group: the manager stops when its owner
-    # says so, not in the middle of the owner's cleanup
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    current_process().authkey = authkey
-    try:
-        if initializer is not None:
-            initializer(*initargs)
-        server = Server(registry, address, authkey, serializer)
-    except BaseException as exc:
-        pipe_end.send(exc)
-        return
-    pipe_end.send(server.address)
-    threading.Thread(target=_watch_parent, args=(pipe_end, parent_pid, server), daemon=True).start()
-    server.serve_forever()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    # the served objects' threads (a Pool's, a blocked Queue's waiters) must not keep the
-    # process alive once its owner has let it go
-    os._exit(0)
-
-
-def _pool(*args: Any, **kwds: Any) -> Any:
-    from .pool import Pool
-
-    return Pool(*args, **kwds)
-
-
-class _JoinableQueue(queue.Queue):  # type: ignore[type-arg]
-    """``queue.Queue`` already has ``task_done`` and ``join``; a distinct name for the registry."""
-
-
 class SyncManager(BaseManager):
     """A manager of the stdlib's shared types; ``manager.dict()`` returns a proxy to a new dict.
 
@@ -1079,7 +987,7 @@ class SyncManager(BaseManager):
 
 
 SyncManager.register("Queue", queue.Queue)
-SyncManager.register("JoinableQueue", _JoinableQueue)
+SyncManager.register("JoinableQueue", JoinableQueue)
 SyncManager.register("Event", threading.Event, EventProxy)
 SyncManager.register("Lock", TrackedLock, AcquirerProxy)
 SyncManager.register("RLock", TrackedRLock, AcquirerProxy)
@@ -1087,7 +995,7 @@ SyncManager.register("Semaphore", TrackedSemaphore, SemaphoreProxy)
 SyncManager.register("BoundedSemaphore", TrackedBoundedSemaphore, SemaphoreProxy)
 SyncManager.register("Condition", TrackedCondition, ConditionProxy)
 SyncManager.register("Barrier", threading.Barrier, BarrierProxy)
-SyncManager.register("Pool", _pool, PoolProxy)
+SyncManager.register("Pool", make_pool, PoolProxy)
 SyncManager.register("list", list, ListProxy)
 SyncManager.register("dict", dict, DictProxy)
 SyncManager.register("Value", Value, ValueProxy)
@@ -1105,6 +1013,8 @@ def Manager(ctx: Any = None) -> SyncManager:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "RemoteError":
+        return _remote_error_class()
     if name == "SharedMemoryManager":
         from ._shm_manager import SharedMemoryManager as shm_manager
 
