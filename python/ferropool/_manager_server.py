@@ -26,7 +26,7 @@ import threading
 import traceback
 import warnings
 
-from ._listener import BufferedSocketConnection, Listener, SocketConnection
+from ._listener import BufferedSocketConnection, Listener
 from ._serialize import dumps, loads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
@@ -106,7 +106,7 @@ class _Client:
 
     __slots__ = ("conn", "held", "pid")
 
-    def __init__(self, conn: SocketConnection) -> None:
+    def __init__(self, conn: BufferedSocketConnection) -> None:
         self.conn = conn
         self.pid: int | None = None
         self.held: dict[Any, int] = {}  # tracked lock -> times acquired by this connection
@@ -182,7 +182,7 @@ class Server:
             # no one else
             threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
 
-    def _serve_connection(self, conn: SocketConnection) -> None:
+    def _serve_connection(self, conn: BufferedSocketConnection) -> None:
         from ._listener import answer_challenge, deliver_challenge
 
         try:
@@ -209,7 +209,7 @@ class Server:
     def _serve_client(self, client: _Client) -> None:
         conn = client.conn
         recv_bytes = conn.recv_bytes
-        send = conn.send_bytes
+        send = conn.send_message
         dumps, loads = self.dumps, self.loads
         objects = self.objects
         stop = self.stop_event

@@ -137,7 +137,7 @@ class _ThreadConnections(threading.local):
     def __init__(self) -> None:
         # (address, authkey) -> (pid, connection, the dumps of its serializer): a key of its own,
         # so a connect() with another key is authenticated afresh
-        self.conns: dict[Any, tuple[int, _listener.SocketConnection, Callable[[Any], bytes]]] = {}
+        self.conns: dict[Any, tuple[int, _listener.BufferedSocketConnection, Callable[[Any], bytes]]] = {}
 
 
 _local = _ThreadConnections()
@@ -148,13 +148,15 @@ _pending_decrefs: dict[Any, list[str]] = {}
 _PICKLE = codec("pickle")
 
 
-def _open(address: Any, authkey: bytes, dumps: Callable[[Any], bytes]) -> _listener.SocketConnection:
+def _open(address: Any, authkey: bytes, dumps: Callable[[Any], bytes]) -> _listener.BufferedSocketConnection:
     conn = _listener.connect(address, None, authkey, _listener.BufferedSocketConnection)
     conn.send_bytes(dumps((None, "hello", (os.getpid(),), {})))
     return conn
 
 
-def _connection(address: Any, authkey: bytes, dumps: Callable[[Any], bytes] = dumps) -> _listener.SocketConnection:
+def _connection(
+    address: Any, authkey: bytes, dumps: Callable[[Any], bytes] = dumps
+) -> _listener.BufferedSocketConnection:
     conns = _local.conns
     pid_conn = conns.get((address, authkey))
     if pid_conn is not None and pid_conn[0] == os.getpid():
@@ -186,8 +188,8 @@ def _request(
         if _pending_decrefs:
             ids = _pending_decrefs.pop(address, None)
             if ids:
-                conn.send_bytes(dumps((None, "decref", (ids,), {})))
-        conn.send_bytes(dumps((ident, method, args, kwds or {})))
+                conn.send_message(dumps((None, "decref", (ids,), {})))
+        conn.send_message(dumps((ident, method, args, kwds or {})))
         return loads(conn.recv_bytes())
     except (EOFError, OSError):
         # the server is gone or the stream is no longer in step: the next call reconnects
