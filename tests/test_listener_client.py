@@ -339,3 +339,35 @@ def test_import_does_not_load_listener_until_used():
     code = "import ferropool.connection, sys; print('ferropool._listener' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------------------------
+# reduction.send_handle / recv_handle
+
+
+@pytest.mark.parametrize("make", ["pipe", "listener"])
+def test_send_handle_and_recv_handle(make, tmp_path):
+    from ferropool import reduction
+
+    if make == "pipe":
+        import ferropool
+
+        a, b = ferropool.Pipe()
+    else:
+        with connection.Listener() as listener:
+            peer = Peer(lambda: connection.Client(listener.address))
+            a = listener.accept()
+            b = peer.result()
+    path = tmp_path / "f"
+    with a, b, open(path, "wb") as f:
+        reduction.send_handle(a, f.fileno(), os.getpid())
+        a.send("after the handle")  # messages after it are read as usual
+        fd = reduction.recv_handle(b)
+        assert fd != f.fileno()
+        os.write(fd, b"via SCM_RIGHTS")
+        os.close(fd)
+        assert b.recv() == "after the handle"
+        a.send_bytes(b"x")  # a message with no descriptor
+        with pytest.raises(RuntimeError):
+            reduction.recv_handle(b)
+    assert path.read_bytes() == b"via SCM_RIGHTS"

@@ -26,7 +26,6 @@ RULES: list[tuple[str, str, str] | tuple[str, str, str, bool]] = [
     # --- Manager, Listener/Client: what is still to come (issue 14)
     ("TestManagerExceptions.*", "pending-manager", "not yet checked against ferropool's manager"),
     ("*TestPicklingConnections.*", "pending-manager", "connection pickling (descriptors by SCM_RIGHTS)"),
-    ("*TestConnection.test_*fd_transfer", "pending-manager", "reduction.send_handle/recv_handle"),
     (
         "TestSyncManagerTypes.test_lock",
         "difference",

@@ -36,6 +36,7 @@ from typing import Any
 import ferropool
 import ferropool.connection
 import ferropool.dummy
+import ferropool.reduction
 import ferropool.shared_memory
 import ferropool.sharedctypes
 import test._test_multiprocessing as std  # CPython's test package, installed with the interpreter
@@ -197,7 +198,7 @@ def _rebind_module() -> None:
     std.multiprocessing = MULTIPROCESSING
     std.wait = ferropool.connection.wait
     std.util = Strict("multiprocessing.util")
-    std.reduction = Strict("multiprocessing.reduction")
+    std.reduction = Strict("multiprocessing.reduction", ferropool.reduction)
     std.shared_memory = ferropool.shared_memory
     std.Value = lookup(ferropool.sharedctypes, "multiprocessing.sharedctypes", "Value")
     std.copy = lookup(ferropool.sharedctypes, "multiprocessing.sharedctypes", "copy")
