@@ -326,15 +326,6 @@ def test_connection_passes_into_a_process():
             assert p.exitcode == 0
 
 
-def test_connection_pickled_elsewhere_says_how():
-    import pickle
-
-    with connection.Listener() as listener:
-        peer = Peer(lambda: connection.Client(listener.address))
-        with listener.accept(), peer.result() as b, pytest.raises(TypeError, match="ferropool.Process"):
-            pickle.dumps(b)
-
-
 def test_import_does_not_load_listener_until_used():
     code = "import ferropool.connection, sys; print('ferropool._listener' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

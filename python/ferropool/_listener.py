@@ -256,12 +256,13 @@ class SocketConnection:
         from .connection import _passing
 
         fds: dict[int, None] | None = getattr(_passing, "fds", None)
-        if fds is None:
-            raise TypeError(
-                "a ferropool SocketConnection can be pickled only into a ferropool.Process being "
-                "started (as an argument or an attribute of the process object)"
-            )
         fd = self.fileno()
+        if fds is None:
+            from ._fd_sharing import share
+            from .connection import _take_shared
+
+            address, key = share(fd)
+            return _take_shared, (SocketConnection, address, key, self._readable, self._writable)
         fds[fd] = None
         return _rebuild_socket_connection, (fd, self._readable, self._writable)
 
