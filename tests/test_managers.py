@@ -601,3 +601,42 @@ def test_proxy_str_repr_deepcopy_and_getvalue():
         assert len(lst) == 6
         d = m.dict(a=1)
         assert d.keys() == ["a"] and d.items() == [("a", 1)] and list(d) == ["a"]
+
+
+def test_connections_travel_through_pool_tasks_and_manager_queues(tmp_path):
+    out = _ok(
+        run_program(
+            tmp_path,
+            """
+            import ferropool
+
+            def answer(conn):
+                conn.send(("task", conn.recv()))
+                return True
+
+            def relay(q):
+                conn = q.get()
+                conn.send(("process", conn.recv()))
+
+            if __name__ == "__main__":
+                a, b = ferropool.Pipe()
+                with ferropool.Pool(1) as pool:
+                    # a worker first: pickling a connection starts a thread here (the sharer), and
+                    # a worker spawned from a threaded parent does not get its authkey yet
+                    pool.apply(abs, (1,))
+                    result = pool.apply_async(answer, (b,))
+                    a.send(1)
+                    print(a.recv(), result.get(30))
+                with ferropool.Manager() as m:
+                    q = m.Queue()
+                    c, d = ferropool.Pipe()
+                    q.put(d)
+                    p = ferropool.Process(target=relay, args=(q,))
+                    p.start()
+                    c.send(2)
+                    print(c.recv())
+                    p.join()
+            """,
+        )
+    )
+    assert out.split("\n")[:2] == ["('task', 1) True", "('process', 2)"]
