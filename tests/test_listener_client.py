@@ -362,3 +362,39 @@ def test_send_handle_and_recv_handle(make, tmp_path):
         with pytest.raises(RuntimeError):
             reduction.recv_handle(b)
     assert path.read_bytes() == b"via SCM_RIGHTS"
+
+
+class _Scripted:
+    """A connection whose peer's messages are given; what is sent is kept."""
+
+    def __init__(self, *incoming: bytes) -> None:
+        self.incoming = list(incoming)
+        self.sent: list[bytes] = []
+
+    def recv_bytes(self, maxlength=None) -> bytes:
+        return self.incoming.pop(0)
+
+    def send_bytes(self, data) -> None:
+        self.sent.append(bytes(data))
+
+
+@pytest.mark.parametrize("first", [b"{", b"x"])
+def test_legacy_challenge_is_told_by_its_length_not_its_first_byte(first):
+    # Python 3.11's challenge is 20 random bytes, which may start with "{"
+    import hmac
+
+    challenge = first + b"}" + os.urandom(18)
+    conn = _Scripted(connection.CHALLENGE + challenge, connection.WELCOME)
+    connection.answer_challenge(conn, b"key")
+    assert conn.sent == [hmac.new(b"key", challenge, "md5").digest()]
+
+
+def test_legacy_answer_starting_with_a_brace_is_read_as_legacy():
+    # a 16-byte HMAC-MD5 answer may start with "{"; the digest protocol's answers are longer
+    from ferropool import _listener
+
+    answer = b"{sha256}" + os.urandom(8)
+    assert _listener._digest_and_payload(answer) == ("md5", answer)
+    assert _listener._digest_and_payload(b"{sha256}" + b"m" * 32) == ("sha256", b"m" * 32)
+    with pytest.raises(multiprocessing.AuthenticationError):
+        _listener._digest_and_payload(b"{md4}" + b"m" * 32)

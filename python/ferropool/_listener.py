@@ -53,7 +53,10 @@ _HANDSHAKE_MAX = 256
 _CHALLENGE_BYTES = 40
 _DIGESTS = {b"sha256": 32, b"sha384": 48, b"sha512": 64, b"sha3_256": 32, b"sha3_384": 48, b"sha3_512": 64}
 _DEFAULT_DIGEST = "sha256"
-_LEGACY_MD5_LENGTH = 16
+#: a bare HMAC-MD5 answer (16 bytes) or challenge (20 random bytes) of Python 3.11 and older;
+#: a message of the digest protocol is longer than either, so its length tells them apart
+#: (a legacy message's random bytes may well start with "{")
+_LEGACY_LENGTHS = (16, 20)
 
 _HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!Q")
@@ -550,18 +553,17 @@ def _connect(sock: socket.socket, address: Any) -> None:
 def _digest_and_payload(message: bytes) -> tuple[str, bytes]:
     """``(digest name, rest)`` of a ``{digest}payload`` message.
 
-    ``("md5", message)`` for a bare 16-byte legacy answer.
+    ``("md5", message)`` for a legacy message (16 or 20 bytes, no prefix).
     """
+    if len(message) in _LEGACY_LENGTHS:
+        return "md5", message
     if message[:1] == b"{":
         end = message.find(b"}", 1, 20)
         if end > 0:
             name = message[1:end]
             if name in _DIGESTS:
                 return name.decode("ascii"), message[end + 1 :]
-        raise _authentication_error("unsupported message digest in the peer's authentication message")
-    if len(message) == _LEGACY_MD5_LENGTH:
-        return "md5", message
-    raise _authentication_error("the peer's authentication answer has no recognizable digest")
+    raise _authentication_error("the peer's authentication message has an unsupported length or digest")
 
 
 def _mac(authkey: bytes, message: bytes, digest: str) -> bytes:
@@ -603,11 +605,13 @@ def answer_challenge(connection: Any, authkey: bytes) -> None:
     if not message.startswith(CHALLENGE):
         raise _authentication_error(f"Protocol error, expected challenge: {message[:40]!r}")
     message = message[len(CHALLENGE) :]
-    if message[:1] == b"{":
-        digest, _ = _digest_and_payload(message)
-        answer = b"{" + digest.encode("ascii") + b"}" + _mac(authkey, message, digest)
-    else:
+    if len(message) < _LEGACY_LENGTHS[1]:
+        raise _authentication_error(f"challenge too short: {len(message)} bytes")
+    digest, _ = _digest_and_payload(message)
+    if digest == "md5":
         answer = _mac(authkey, message, "md5")  # a peer of Python 3.11 or older
+    else:
+        answer = b"{" + digest.encode("ascii") + b"}" + _mac(authkey, message, digest)
     connection.send_bytes(answer)
     response = connection.recv_bytes(_HANDSHAKE_MAX)
     if response != WELCOME:
