@@ -640,3 +640,33 @@ def test_connections_travel_through_pool_tasks_and_manager_queues(tmp_path):
         )
     )
     assert out.split("\n")[:2] == ["('task', 1) True", "('process', 2)"]
+
+
+def test_raised_exceptions_are_not_in_reference_cycles():
+    import gc
+    import queue
+    import weakref
+
+    class FakeConnection:
+        def send(self, payload):
+            pass
+
+        def recv(self):
+            return "#ERROR", queue.Empty()
+
+    with ferropool.Manager() as m:
+        q = m.Queue()
+        gc.disable()
+        try:
+            try:
+                q.get_nowait()
+            except queue.Empty as exc:
+                ref = weakref.ref(exc)
+            assert ref() is None
+            try:
+                managers.dispatch(FakeConnection(), None, "get")
+            except queue.Empty as exc:
+                ref = weakref.ref(exc)
+            assert ref() is None
+        finally:
+            gc.enable()

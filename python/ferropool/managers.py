@@ -72,6 +72,7 @@ __all__ = [
     "Token",
     "Value",
     "ValueProxy",
+    "dispatch",
 ]
 
 
@@ -212,12 +213,36 @@ def _send_no_reply(
         raise
 
 
-def _raise_reply(status: int, value: Any) -> Any:
-    if status == ERROR:
-        raise value
-    if status == REMOTE:
-        raise _remote_error_class()(value)
-    raise _remote_error_class()(f"unexpected reply from the manager: status {status!r}\n")
+def _error_of(status: Any, value: Any) -> BaseException:
+    """The exception a reply that is not a result stands for (the stdlib's kinds understood too)."""
+    if status in (ERROR, "#ERROR") and isinstance(value, BaseException):
+        return value
+    if status in (REMOTE, "#TRACEBACK", "#UNSERIALIZABLE"):
+        return _remote_error_class()(value)
+    return _remote_error_class()(f"unexpected reply from the manager: {status!r}\n")
+
+
+def _raise_reply(status: Any, value: Any) -> Any:
+    try:
+        raise _error_of(status, value)
+    finally:
+        # no reference cycle through this frame: the exception's traceback holds it
+        del value
+
+
+def dispatch(c: Any, id: Any, methodname: str, args: Any = (), kwds: Any = None) -> Any:
+    """Sends the request ``(id, methodname, args, kwds)`` on connection ``c``; returns the result.
+
+    The stdlib's helper, for code that talks to a manager's server on a connection of its own.
+    """
+    c.send((id, methodname, args, kwds or {}))
+    kind, result = c.recv()
+    if kind in (RETURN, "#RETURN"):
+        return result
+    try:
+        raise _error_of(kind, result)
+    finally:
+        del result
 
 
 def _server_here(address: Any) -> Server | None:
@@ -317,7 +342,10 @@ class BaseProxy:
             )
             proxy._adopt()
             return proxy
-        return _raise_reply(status, value)
+        try:
+            raise _error_of(status, value)
+        finally:
+            del value  # the exception's traceback holds this frame: no cycle through it
 
     def _getvalue(self) -> Any:
         """A copy of the referent."""

@@ -24,7 +24,6 @@ RUN = {"not-applicable": False, "pending-manager": True, "difference": True, "fa
 
 RULES: list[tuple[str, str, str] | tuple[str, str, str, bool]] = [
     # --- Manager, Listener/Client: what is still to come (issue 14)
-    ("TestManagerExceptions.*", "pending-manager", "not yet checked against ferropool's manager"),
     (
         "*TestPicklingConnections.test_pickling",
         "pending-manager",
