@@ -670,3 +670,39 @@ def test_raised_exceptions_are_not_in_reference_cycles():
             assert ref() is None
         finally:
             gc.enable()
+
+
+def test_references_of_ended_client_processes_are_released(tmp_path):
+    out = _ok(
+        run_program(
+            tmp_path,
+            """
+            import os, signal, time
+            import ferropool
+
+            def use(d, l, done):
+                d["seen"] = len(l)
+                done.set()
+                if os.environ.get("KILL_SELF"):
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            if __name__ == "__main__":
+                with ferropool.Manager() as m:
+                    d = m.dict()
+                    for kill in ("", "1"):
+                        os.environ["KILL_SELF"] = kill
+                        l, done = m.list([1, 2]), m.Event()
+                        p = ferropool.Process(target=use, args=(d, l, done))
+                        p.start()
+                        done.wait(30)
+                        p.join()
+                        del l, done
+                        # the child's references go when the server sees it dead; ours at our next call
+                        deadline = time.monotonic() + 30
+                        while m._number_of_objects() != 1 and time.monotonic() < deadline:
+                            d.get("seen")  # a call: sends our pending releases
+                        print(m._number_of_objects(), d["seen"])
+            """,
+        )
+    )
+    assert out.split("\n")[:2] == ["1 2", "1 2"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import sys
 import threading
 import traceback
@@ -104,12 +105,15 @@ class _Entry:
 class _Client:
     """What the server knows of one client connection."""
 
-    __slots__ = ("conn", "held", "pid")
+    __slots__ = ("conn", "held", "local", "pid")
 
     def __init__(self, conn: BufferedSocketConnection) -> None:
         self.conn = conn
         self.pid: int | None = None
         self.held: dict[Any, int] = {}  # tracked lock -> times acquired by this connection
+        # a client on this machine, whose pid can be watched: a Unix socket's peer (a TCP peer
+        # may be another host, where the same pid is another process)
+        self.local = conn._sock is not None and conn._sock.family == socket.AF_UNIX
 
 
 def current_client() -> _Client | None:
@@ -132,6 +136,10 @@ class Server:
         self.listener = Listener(address=address, backlog=128)
         self.address = self.listener.address
         self.objects: dict[str, _Entry] = {}
+        # references held by each local client process (pid -> id -> count), released when the
+        # process dies, and how many connections each such process has open
+        self.owned: dict[int, dict[str, int]] = {}
+        self.open_connections: dict[int, int] = {}
         self.mutex = threading.Lock()
         self.stop_event = threading.Event()
         self._ids = iter(range(1, sys.maxsize))
@@ -201,8 +209,7 @@ class Server:
         finally:
             _serving.client = None
             conn.close()
-            if client.held:
-                self._release_dead(client)
+            self._connection_closed(client)
 
     # --- one client's requests
 
@@ -255,28 +262,32 @@ class Server:
             return (ERROR, exc)
         typeid = entry.method_to_typeid.get(method) if entry.method_to_typeid else None
         if typeid is not None:
-            return (PROXY, self._new_entry(typeid, result))
+            return (PROXY, self._new_entry(typeid, result, current_client()))
         if type(result) in _VIEW_TYPES:
             return (RETURN, list(result))
         return (RETURN, result)
 
     def _no_reply_op(self, client: _Client, method: str, args: tuple[Any, ...]) -> None:
         if method == "hello":
-            client.pid = args[0]
+            if client.pid is None and isinstance(args[0], int):
+                client.pid = args[0]
+                if client.local:
+                    with self.mutex:
+                        self.open_connections[client.pid] = self.open_connections.get(client.pid, 0) + 1
         elif method == "incref":
             try:
-                self.incref(args[0])
+                self.incref(args[0], client)
             except KeyError:
                 pass  # the proxy's calls will say the object is gone
         else:
             for ident in args[0]:
-                self.decref(ident)
+                self.decref(ident, client)
 
     def _server_op(self, client: _Client, method: str, args: tuple[Any, ...], kwds: dict[str, Any]) -> Any:
         try:
             if method == "create":
                 typeid, *rest = args
-                return (RETURN, self.create(typeid, *rest, **kwds))
+                return (RETURN, self.create(typeid, *rest, _owner=client, **kwds))
             if method == "shutdown":
                 self.stop_event.set()
                 return (RETURN, None)
@@ -295,8 +306,13 @@ class Server:
 
     # --- the object table
 
-    def create(self, typeid: str, *args: Any, **kwds: Any) -> tuple[str, str, tuple[str, ...]]:
-        """Makes a new object of ``typeid``; returns ``(typeid, id, exposed)``, one reference held."""
+    def create(
+        self, typeid: str, /, *args: Any, _owner: _Client | None = None, **kwds: Any
+    ) -> tuple[str, str, tuple[str, ...]]:
+        """Makes a new object of ``typeid``; returns ``(typeid, id, exposed)``.
+
+        One reference is held, by ``_owner``'s process when given.
+        """
         try:
             callable_ = self.registry[typeid][0]
         except KeyError:
@@ -307,9 +323,9 @@ class Server:
             obj = args[0]
         else:
             obj = callable_(*args, **kwds)
-        return self._new_entry(typeid, obj)
+        return self._new_entry(typeid, obj, _owner)
 
-    def _new_entry(self, typeid: str, obj: Any) -> tuple[str, str, tuple[str, ...]]:
+    def _new_entry(self, typeid: str, obj: Any, owner: _Client | None) -> tuple[str, str, tuple[str, ...]]:
         _, exposed, method_to_typeid, proxytype = self.registry[typeid]
         if exposed is None:
             exposed = getattr(proxytype, "_exposed_", None)
@@ -321,22 +337,36 @@ class Server:
         with self.mutex:
             ident = f"{next(self._ids):x}"
             self.objects[ident] = _Entry(obj, typeid, frozenset(exposed), method_to_typeid)
+            self._own(owner, ident, 1)
         return (typeid, ident, exposed)
 
-    def incref(self, ident: str) -> None:
-        """Adds a reference to object ``ident``."""
+    def _own(self, owner: _Client | None, ident: str, delta: int) -> None:
+        # under the mutex: the references a local client process holds, to release at its death
+        if owner is None or owner.pid is None or not owner.local:
+            return
+        refs = self.owned.setdefault(owner.pid, {})
+        count = refs.get(ident, 0) + delta
+        if count > 0:
+            refs[ident] = count
+        else:
+            refs.pop(ident, None)
+
+    def incref(self, ident: str, owner: _Client | None = None) -> None:
+        """Adds a reference to object ``ident`` (held by ``owner``'s process when given)."""
         with self.mutex:
             try:
                 self.objects[ident].refs += 1
             except KeyError:
                 raise KeyError(f"no object with id {ident!r} in the manager (it was released)") from None
+            self._own(owner, ident, 1)
 
-    def decref(self, ident: str) -> None:
+    def decref(self, ident: str, owner: _Client | None = None) -> None:
         """Drops a reference to object ``ident``; the last one releases the object."""
         with self.mutex:
             entry = self.objects.get(ident)
             if entry is None:
                 return
+            self._own(owner, ident, -1)
             entry.refs -= 1
             if entry.refs > 0:
                 return
@@ -352,12 +382,24 @@ class Server:
 
     # --- dead clients
 
-    def _release_dead(self, client: _Client) -> None:
-        if client.pid is None or not _process_died(client.pid):
+    def _connection_closed(self, client: _Client) -> None:
+        """After a client connection ends: if its process died, release what it held."""
+        pid = client.pid
+        if pid is None or not client.local:
             return
+        with self.mutex:
+            left = self.open_connections.get(pid, 1) - 1
+            if left > 0:
+                self.open_connections[pid] = left
+            else:
+                self.open_connections.pop(pid, None)
+        if not client.held and (left > 0 or pid not in self.owned):
+            return
+        if not _process_died(pid):
+            return  # a thread of a live process ended: the stdlib's semantics stand
         for tracked, times in list(client.held.items()):
             warnings.warn(
-                f"ferropool manager: process {client.pid} died holding a {tracked.kind}; "
+                f"ferropool manager: process {pid} died holding a {tracked.kind}; "
                 "released so that the other processes can go on",
                 RuntimeWarning,
                 stacklevel=1,
@@ -368,6 +410,12 @@ class Server:
                 except Exception:
                     break
         client.held.clear()
+        if left <= 0:
+            with self.mutex:
+                refs = self.owned.pop(pid, {})
+            for ident, count in refs.items():
+                for _ in range(count):
+                    self.decref(ident)
 
 
 def _process_died(pid: int) -> bool:

@@ -378,10 +378,11 @@ class BaseProxy:
             kwds["exposed"] = self._exposed_
             return (RebuildProxy, (AutoProxy, self._token, self._serializer, kwds))
         server = _server_here(self._address)
-        if server is not None and current_client() is not None:
+        client = current_client() if server is not None else None
+        if server is not None and client is not None:
             # a reply to a client: the reference travels with it, so the object cannot be
             # released between this pickle and the client's proxy
-            server.incref(self._id)
+            server.incref(self._id, client)
             kwds["_adopted"] = True
         return (RebuildProxy, (type(self), self._token, self._serializer, kwds))
 
