@@ -48,7 +48,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy rea
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
     from multiprocessing.managers import RemoteError
-    from typing import Any
+    from typing import Any, Self
 
 __all__ = [
     "AcquirerProxy",
@@ -934,7 +934,7 @@ class BaseManager:
         """The server's address."""
         return self._address
 
-    def __enter__(self) -> BaseManager:
+    def __enter__(self) -> Self:
         from .process import ProcessError
 
         if self._state.value == State.INITIAL:
@@ -1015,6 +1015,55 @@ class SyncManager(BaseManager):
     Types: ``list``, ``dict``, ``Namespace``, ``Value``, ``Array``, ``Queue``, ``JoinableQueue``,
     ``Lock``, ``RLock``, ``Semaphore``, ``BoundedSemaphore``, ``Condition``, ``Event``, ``Barrier`` and ``Pool``.
     """
+
+    if TYPE_CHECKING:  # made by register() below; declared for type checkers
+
+        def Queue(self, maxsize: int = 0) -> Any:
+            """A proxy to a new ``Queue`` in the server."""
+
+        def JoinableQueue(self, maxsize: int = 0) -> Any:
+            """A proxy to a new ``JoinableQueue`` in the server."""
+
+        def Event(self) -> EventProxy:
+            """A proxy to a new ``Event`` in the server."""
+
+        def Lock(self) -> AcquirerProxy:
+            """A proxy to a new ``Lock`` in the server."""
+
+        def RLock(self) -> AcquirerProxy:
+            """A proxy to a new ``RLock`` in the server."""
+
+        def Semaphore(self, value: int = 1) -> SemaphoreProxy:
+            """A proxy to a new ``Semaphore`` in the server."""
+
+        def BoundedSemaphore(self, value: int = 1) -> SemaphoreProxy:
+            """A proxy to a new ``BoundedSemaphore`` in the server."""
+
+        def Condition(self, lock: Any = None) -> ConditionProxy:
+            """A proxy to a new ``Condition`` in the server."""
+
+        def Barrier(
+            self, parties: int, action: Callable[[], object] | None = None, timeout: float | None = None
+        ) -> BarrierProxy:
+            """A proxy to a new ``Barrier`` in the server."""
+
+        def Pool(self, *args: Any, **kwds: Any) -> PoolProxy:
+            """A proxy to a new ``Pool`` in the server."""
+
+        def list(self, sequence: Iterable[Any] = ()) -> ListProxy:
+            """A proxy to a new ``list`` in the server."""
+
+        def dict(self, *args: Any, **kwds: Any) -> Any:
+            """A proxy to a new ``dict`` in the server."""
+
+        def Value(self, typecode: str, value: Any, lock: Any = True) -> ValueProxy:
+            """A proxy to a new ``Value`` in the server."""
+
+        def Array(self, typecode: str, sequence: Iterable[Any], lock: Any = True) -> Any:
+            """A proxy to a new ``Array`` in the server."""
+
+        def Namespace(self, **kwds: Any) -> NamespaceProxy:
+            """A proxy to a new ``Namespace`` in the server."""
 
 
 SyncManager.register("Queue", queue.Queue)
