@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import array
 import os
-import pickle
 import socket
 import threading
 
@@ -245,10 +244,40 @@ def test_close_twice_and_context_manager():
     assert "closed" in repr(b)
 
 
-def test_connection_cannot_be_pickled_outside_a_process_start(duplex):
-    a, _ = duplex
-    with pytest.raises(TypeError, match="only into a ferropool.Process"):
-        pickle.dumps(a)
+def test_connection_pickled_outside_a_process_start_loads_once_elsewhere(tmp_path):
+    # the sharer thread and its socket live for the rest of the process: a script of its own
+    from tests.conftest import program_report, run_program
+
+    result = run_program(
+        tmp_path,
+        """
+        import pickle, ferropool
+
+        def relay(q):
+            conn = q.get()
+            conn.send(("relayed", conn.recv()))
+
+        if __name__ == "__main__":
+            a, b = ferropool.Pipe()
+            q = ferropool.Queue()
+            p = ferropool.Process(target=relay, args=(q,))
+            p.start()
+            q.put(b)
+            b.close()
+            a.send("via a Queue")
+            print(a.recv())
+            p.join()
+            data = pickle.dumps(a)
+            twin = pickle.loads(data)
+            twin.send_bytes(b"x")
+            try:
+                pickle.loads(data)
+            except OSError as exc:
+                print("second load:", "loads once" in str(exc))
+        """,
+    )
+    assert result.returncode == 0, program_report(result)
+    assert result.stdout.split("\n")[:2] == ["('relayed', 'via a Queue')", "second load: True"]
 
 
 def test_connection_constructor_rejects_bad_arguments():

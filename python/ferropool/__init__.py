@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         as_completed,
         wait,
     )
+    from .managers import Manager
     from .pool import AsyncResult, Pool, ThreadPool
     from .process import Process, ProcessError, active_children, current_process, parent_process
     from .queues import JoinableQueue, Queue, SimpleQueue
@@ -67,6 +68,7 @@ __all__ = [
     "Event",
     "JoinableQueue",
     "Lock",
+    "Manager",
     "Queue",
     "RLock",
     "RawArray",
@@ -170,6 +172,7 @@ _LAZY = {
     "log_to_stderr": "_logs",
     "worker_state": "_state",
     "PoolStats": "_stats",
+    "Manager": "managers",
 }
 
 

@@ -124,6 +124,10 @@ def start_process(conn_fd: int, payload_fd: int, inherit: list[int]) -> tuple[in
 
 
 def _start() -> tuple[int, socket.socket]:
+    # the process module draws this process's random authkey when first imported: imported
+    # here first, the server's forks share the parent's key (a manager's, a connection's)
+    from . import process  # noqa: F401
+
     ours, theirs = socket.socketpair()
     for stream in (sys.stdout, sys.stderr):
         try:

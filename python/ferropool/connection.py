@@ -8,8 +8,9 @@ another ferropool connection.
 
 Connections pass into a ``ferropool.Process`` as arguments or attributes of the process object:
 the child inherits the descriptor at the same number (``pass_fds``), as ``multiprocessing``'s
-spawn start method duplicates it. They cannot be pickled anywhere else (sent over another
-connection, say).
+spawn start method duplicates it. Pickled anywhere else (sent through a ``Queue``, another
+connection, a pool task's arguments), a connection travels by its sender's descriptor sharer
+(``_fd_sharing``): the pickle must be loaded, once, while the sender lives.
 """
 
 from __future__ import annotations
@@ -25,7 +26,39 @@ if TYPE_CHECKING:
     from multiprocessing import AuthenticationError, BufferTooShort
     from typing import Any
 
-__all__ = ["AuthenticationError", "BufferTooShort", "Connection", "Pipe", "wait"]
+    from ._listener import Client, Listener, SocketConnection, answer_challenge, deliver_challenge, families
+
+__all__ = [
+    "AuthenticationError",
+    "BufferTooShort",
+    "Client",
+    "Connection",
+    "Listener",
+    "Pipe",
+    "SocketConnection",
+    "answer_challenge",
+    "deliver_challenge",
+    "families",
+    "wait",
+]
+
+# Listener, Client and their stream connections (the stdlib's wire format) live in _listener,
+# imported on first use: a child process on its way to run() needs only Pipe's Connection
+_LISTENER_NAMES = frozenset(
+    {
+        "CHALLENGE",
+        "FAILURE",
+        "WELCOME",
+        "Client",
+        "Listener",
+        "SocketConnection",
+        "address_type",
+        "answer_challenge",
+        "arbitrary_address",
+        "deliver_challenge",
+        "families",
+    }
+)
 
 # .fds: the descriptors a Process being started will inherit (a thread-local from _thread, as
 # `threading` is not otherwise needed on a child's way to run())
@@ -72,14 +105,15 @@ class Connection(_core.Connection):
         mode = "duplex" if self.readable and self.writable else "read-only" if self.readable else "write-only"
         return f"<{type(self).__module__}.{type(self).__qualname__} {state} {mode}>"
 
-    def __reduce__(self) -> tuple[Any, tuple[int, bool, bool]]:
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         fds: dict[int, None] | None = getattr(_passing, "fds", None)
-        if fds is None:
-            raise TypeError(
-                "a ferropool Connection can be pickled only into a ferropool.Process being started "
-                "(as an argument or an attribute of the process object)"
-            )
         fd = self.fileno()
+        if fds is None:
+            # anywhere else (a Queue, another Pipe, a pool task): by this process's fd sharer
+            from ._fd_sharing import share
+
+            address, key = share(fd)
+            return _take_shared, (Connection, address, key, self.readable, self.writable)
         fds[fd] = None
         return _rebuild_connection, (fd, self.readable, self.writable)
 
@@ -87,6 +121,13 @@ class Connection(_core.Connection):
 def _rebuild_connection(fd: int, readable: bool, writable: bool) -> Connection:
     """In a child: the inherited descriptor ``fd`` as a Connection again."""
     return Connection(fd, readable, writable)
+
+
+def _take_shared(cls: Any, address: Any, key: bytes, readable: bool, writable: bool) -> Any:
+    """Loads a connection pickled outside a process start: its descriptor from the sender's sharer."""
+    from ._fd_sharing import take
+
+    return cls(take(address, key), readable, writable)
 
 
 def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
@@ -137,4 +178,8 @@ def __getattr__(name: str) -> Any:
         import multiprocessing
 
         return getattr(multiprocessing, name)
+    if name in _LISTENER_NAMES:
+        from . import _listener
+
+        return getattr(_listener, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,9 +16,13 @@ import pickle
 from collections import ChainMap
 from typing import Any
 
+from ._handles import recv_handle, send_handle
 from ._serialize import extra_reducers
 
-__all__ = ["ForkingPickler", "dump", "register"]
+__all__ = ["HAVE_SEND_HANDLE", "ForkingPickler", "dump", "recv_handle", "register", "send_handle"]
+
+#: file descriptors travel between processes (``send_handle``/``recv_handle``), as on the stdlib's POSIX
+HAVE_SEND_HANDLE = True
 
 
 class ForkingPickler(pickle.Pickler):

@@ -23,23 +23,30 @@ import fnmatch
 RUN = {"not-applicable": False, "pending-manager": True, "difference": True, "fail": True}
 
 RULES: list[tuple[str, str, str] | tuple[str, str, str, bool]] = [
-    # --- Manager, Listener/Client, connection pickling (issue 14)
-    ("WithManager*", "pending-manager", "Manager() is not in ferropool yet"),
-    ("TestSyncManagerTypes.*", "pending-manager", "Manager() is not in ferropool yet"),
-    ("TestInitializers.*", "pending-manager", "Manager() is not in ferropool yet"),
-    ("*TestManagerRestart.*", "pending-manager", "managers.BaseManager"),
-    ("TestManagerExceptions.*", "pending-manager", "Manager() is not in ferropool yet"),
-    ("*TestSharedMemory.test_shared_memory_SharedMemory*", "pending-manager", "managers.SharedMemoryManager"),
-    ("*TestListener.*", "pending-manager", "connection.Listener/Client"),
-    ("*TestListenerClient.*", "pending-manager", "connection.Listener/Client"),
-    ("TestInvalidFamily.*", "pending-manager", "connection.Listener/Client"),
-    ("TestTimeouts.*", "pending-manager", "connection.Listener/Client"),
-    ("TestIgnoreEINTR.test_ignore_listener", "pending-manager", "connection.Listener/Client"),
-    ("OtherTest.*", "pending-manager", "connection.deliver_challenge/answer_challenge"),
-    ("*TestPicklingConnections.*", "pending-manager", "connection pickling and Listener/Client"),
-    ("*TestConnection.test_*fd_transfer", "pending-manager", "reduction.send_handle/recv_handle"),
+    # --- Manager, Listener/Client: what is still to come (issue 14)
+    (
+        "*TestPicklingConnections.test_pickling",
+        "pending-manager",
+        "sends a raw socket.socket through a Pipe: ferropool pickles connections, not sockets",
+    ),
+    (
+        "TestSyncManagerTypes.test_lock",
+        "difference",
+        "a child acquires a manager Lock and exits; ferropool's manager releases what a dead process held "
+        "(with a warning), so the parent's release() that the test makes next raises (or not: a race "
+        "between the two, hence not run)",
+        False,
+    ),
+    (
+        "TestSyncManagerTypes.test_bounded_semaphore",
+        "difference",
+        "a child acquires a manager BoundedSemaphore and exits; ferropool's manager releases what a dead "
+        "process held (with a warning), so the parent's release() that the test makes next raises (or "
+        "not: a race between the two, hence not run)",
+        False,
+    ),
     # --- not applicable: CPython's private state and machinery
-    ("*TestPool.test_make_pool", "not-applicable", "reads Pool._pool, the stdlib's list of worker processes"),
+    ("With[PT]*TestPool.test_make_pool", "not-applicable", "reads Pool._pool, the stdlib's list of worker processes"),
     ("*TestPoolWorkerLifetime.test_pool_worker_lifetime", "not-applicable", "reads and repopulates Pool._pool"),
     ("*TestPool.test_resource_warning", "not-applicable", "sets the private Pool._state to fake a running pool"),
     (

@@ -36,6 +36,7 @@ from typing import Any
 import ferropool
 import ferropool.connection
 import ferropool.dummy
+import ferropool.reduction
 import ferropool.shared_memory
 import ferropool.sharedctypes
 import test._test_multiprocessing as std  # CPython's test package, installed with the interpreter
@@ -197,7 +198,7 @@ def _rebind_module() -> None:
     std.multiprocessing = MULTIPROCESSING
     std.wait = ferropool.connection.wait
     std.util = Strict("multiprocessing.util")
-    std.reduction = Strict("multiprocessing.reduction")
+    std.reduction = Strict("multiprocessing.reduction", ferropool.reduction)
     std.shared_memory = ferropool.shared_memory
     std.Value = lookup(ferropool.sharedctypes, "multiprocessing.sharedctypes", "Value")
     std.copy = lookup(ferropool.sharedctypes, "multiprocessing.sharedctypes", "copy")
@@ -219,9 +220,42 @@ def _rebind_module() -> None:
             globals()[name] = rebuilt  # children unpickle it from here, which rebinds their module too
             continue
         stdlib_base = next((b for b in value.__mro__[1:] if _stdlib(b)), None)
+        if stdlib_base is not None and stdlib_base.__module__ == "multiprocessing.managers":
+            continue  # rebuilt below, once every proxy class is
         if stdlib_base is not None:
             label = f"{stdlib_base.__module__}.{stdlib_base.__qualname__}"
             setattr(std, name, Lacks(f"{label} (base of the suite's {name})"))
+    _rebuild_managers()
+
+
+def _rebuild_managers() -> None:
+    """The suite's managers and proxies (``MyManager``, ``QueueManager``, its ``IteratorProxy``)
+    derived again from ferropool's ``BaseManager``/``BaseProxy``, with their registrations."""
+    import multiprocessing.managers
+
+    import ferropool.managers
+
+    std.BaseManager = ferropool.managers.BaseManager
+    std.BaseProxy = ferropool.managers.BaseProxy
+    std.RemoteError = ferropool.managers.RemoteError
+    rebuilt: dict[type, type] = {}
+    for base in (multiprocessing.managers.BaseProxy, multiprocessing.managers.BaseManager):
+        for name, value in list(vars(std).items()):
+            if not isinstance(value, type) or value.__module__ != std.__name__ or not issubclass(value, base):
+                continue
+            twin = getattr(ferropool.managers, value.__mro__[1].__name__)
+            attrs = {k: v for k, v in vars(value).items() if k not in ("__dict__", "__weakref__", "_registry")}
+            attrs["__module__"] = __name__
+            new = type(name, (twin,), attrs)
+            rebuilt[value] = new
+            registry = vars(value).get("_registry", {})
+            for typeid, (callable_, exposed, method_to_typeid, proxytype) in registry.items():
+                proxytype = rebuilt.get(proxytype, proxytype)
+                if proxytype is multiprocessing.managers.AutoProxy:
+                    proxytype = None
+                new.register(typeid, callable_, proxytype, exposed, method_to_typeid, create_method=typeid in attrs)  # type: ignore[attr-defined]
+            setattr(std, name, new)
+            globals()[name] = new
 
 
 def _stdlib(obj: object) -> bool:

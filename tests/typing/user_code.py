@@ -97,7 +97,29 @@ def logs() -> None:
     assert ferropool.get_logger() is log
 
 
+def managers() -> None:
+    from ferropool.connection import Client, Listener
+    from ferropool.managers import BaseManager, SharedMemoryManager, SyncManager
+
+    with ferropool.Manager() as manager:
+        shared = manager.dict()
+        shared["k"] = manager.list([1])
+        lock = manager.Lock()
+        with lock:
+            print(shared["k"], manager.address)
+    sync: SyncManager = SyncManager(address=("127.0.0.1", 0), authkey=b"key")
+    server = sync.get_server()
+    print(server.address, isinstance(sync, BaseManager))
+    with SharedMemoryManager() as smm:
+        smm.SharedMemory(16).close()
+    with Listener(authkey=b"key") as listener:
+        print(listener.address)
+        if listener.address is None:
+            Client(listener.address, authkey=b"key").close()
+
+
 if __name__ == "__main__":
+    managers()
     pools()
     executors()
     print(asyncio.run(with_asyncio()))

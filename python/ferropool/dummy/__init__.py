@@ -22,7 +22,6 @@ from multiprocessing.dummy import (
     Event,
     JoinableQueue,
     Lock,
-    Manager,
     Namespace,
     Pipe,
     Process,
@@ -37,6 +36,8 @@ from multiprocessing.dummy import (
 from typing import Any
 
 from ..pool import ThreadPool
+from . import connection
+from ._manager import Manager
 
 __all__ = [
     "Array",
@@ -57,6 +58,7 @@ __all__ = [
     "Semaphore",
     "Value",
     "active_children",
+    "connection",
     "current_process",
     "freeze_support",
     "shutdown",
