@@ -14,6 +14,7 @@ A test that needs a whole program (Ctrl-C, a killed parent, interpreter exit) ru
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import pty
@@ -29,7 +30,7 @@ import ferropool
 import psutil
 import pytest
 
-KINDS = ("process", "thread")
+KINDS = ("process", "thread", "cluster")  # cluster: a Dask LocalCluster (tests/cluster_support.py)
 EXECUTORS = {"process": ferropool.ProcessPoolExecutor, "thread": ferropool.ThreadPoolExecutor}
 LEAK_DEADLINE = 5.0
 WAIT = 30.0  # generous timeout for results that should come quickly
@@ -90,6 +91,9 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(autouse=True)
 def no_leaks(request):
     """Fails the test if it left child processes, file descriptors or /dev/shm entries."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and "cluster" in callspec.params.values():
+        request.getfixturevalue("local_cluster")  # the session's cluster is not this test's leak
     children_before = set(_children())
     fd_count_before = len(os.listdir("/proc/self/fd"))
     fds_before = _fds()
@@ -166,8 +170,26 @@ def kind(request) -> str:
 
 
 @pytest.fixture
-def executor_cls(kind):
+def executor_cls(kind, request):
+    if kind == "cluster":
+        client = request.getfixturevalue("local_cluster")
+        return functools.partial(ferropool.ProcessPoolExecutor, cluster=client)
     return EXECUTORS[kind]
+
+
+# --- the cluster kind: one Dask LocalCluster for the session ---
+@pytest.fixture(scope="session")
+def local_cluster():
+    """A client of a ``LocalCluster(processes=True, n_workers=2)`` with one thread per worker."""
+    from tests import cluster_support
+
+    lc, client = cluster_support.start_local_cluster()
+    yield client
+    client.close()
+    lc.close()
+
+
+# ---
 
 
 @pytest.fixture
