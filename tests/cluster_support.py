@@ -27,6 +27,7 @@ distributed = pytest.importorskip("distributed", reason="the dask extra is not i
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 DASK = str(Path(sys.executable).with_name("dask"))
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 class CliCluster:
@@ -39,7 +40,9 @@ class CliCluster:
         self.address = ""
 
     def start(self) -> None:
-        common = {"cwd": self.directory, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        # the workers import the tests' task modules by name, as a user's workers import theirs
+        env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        common = {"cwd": self.directory, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
         self.procs.append(
             subprocess.Popen(
                 [
@@ -121,7 +124,7 @@ def cli_cluster(directory: Path) -> Iterator[CliCluster]:
 def start_local_cluster() -> tuple[object, distributed.Client]:
     """A ``LocalCluster`` of two worker processes with one thread each, and a client of it."""
     lc = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1"
     )
     client = distributed.Client(lc, set_as_default=False)
     warm_up(client)

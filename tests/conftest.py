@@ -92,8 +92,10 @@ def pytest_runtest_makereport(item, call):
 def no_leaks(request):
     """Fails the test if it left child processes, file descriptors or /dev/shm entries."""
     callspec = getattr(request.node, "callspec", None)
+    dask_client = None
     if callspec is not None and "cluster" in callspec.params.values():
-        request.getfixturevalue("local_cluster")  # the session's cluster is not this test's leak
+        dask_client = request.getfixturevalue("local_cluster")  # the session's cluster is no leak
+    pooled_before = 0 if dask_client is None else _dask_connections(dask_client)
     children_before = set(_children())
     fd_count_before = len(os.listdir("/proc/self/fd"))
     fds_before = _fds()
@@ -104,6 +106,8 @@ def no_leaks(request):
         gc.collect()  # garbage in a reference cycle is not a leak
         new_children = [p for pid, p in _children().items() if pid not in children_before]
         fd_count = len(os.listdir("/proc/self/fd"))
+        if dask_client is not None:  # connections the session's Dask cluster keeps open
+            fd_count -= max(0, _dask_connections(dask_client) - pooled_before)
         new_shm = {e for e in _shm() - shm_before if _ours(e)}
         fds_ok = fd_count <= fd_count_before or getattr(request.node, "ferro_call_failed", False)
         if (not new_children and fds_ok and not new_shm) or time.monotonic() > deadline:
@@ -123,6 +127,14 @@ def no_leaks(request):
         problems.append(f"new /dev/shm entries: {sorted(new_shm)}")
     if problems:
         pytest.fail("resource leak after the test:\n" + "\n".join(problems), pytrace=False)
+
+
+def _dask_connections(client) -> int:
+    """Connections the session's cluster keeps open in this process: its client's pool, and
+    those its in-process scheduler accepted (from its workers, for later calls)."""
+    port = int(client.scheduler.address.rsplit(":", 1)[1])
+    accepted = sum(1 for c in psutil.Process().net_connections("tcp") if c.laddr and c.laddr.port == port and c.raddr)
+    return client.rpc.open + accepted
 
 
 def live_processes(pids):
@@ -187,6 +199,11 @@ def local_cluster():
     yield client
     client.close()
     lc.close()
+
+
+def cluster_pool(request):
+    """``Pool`` on the session's Dask cluster, for a ``pool_cls`` fixture's ``"cluster"`` param."""
+    return functools.partial(ferropool.Pool, cluster=request.getfixturevalue("local_cluster"))
 
 
 # ---

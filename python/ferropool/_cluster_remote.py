@@ -244,6 +244,20 @@ def _install() -> None:
         logging.getLogger().addHandler(_RecordHandler())
 
 
+def _merged(output: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``output`` with consecutive writes to one stream joined.
+
+    ``print`` writes a line and its end apart; joined, each line gets one prefix.
+    """
+    merged: list[tuple[str, str]] = []
+    for stream, text in output:
+        if merged and merged[-1][0] == stream:
+            merged[-1] = (stream, merged[-1][1] + text)
+        else:
+            merged.append((stream, text))
+    return merged
+
+
 class _Capture:
     """Captures this thread's output and records while one call runs."""
 
@@ -265,7 +279,7 @@ class _Capture:
     def taken(self) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
         if not self.active:
             return [], []
-        output, records = _capturing.output or [], _capturing.records or []
+        output, records = _merged(_capturing.output or []), _capturing.records or []
         _capturing.output, _capturing.records = (
             ([] if _capturing.output is not None else None),
             ([] if _capturing.records is not None else None),
