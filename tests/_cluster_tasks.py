@@ -12,3 +12,8 @@ def start_then_wait(log, gate, beacon):
     with open(log, "a") as f:
         f.write(f"{os.getpid()}\n")
     return _tasks.wait_gate(gate, None, beacon)
+
+
+def print_and_return_pid(text):
+    print(text)
+    return os.getpid()

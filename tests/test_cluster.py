@@ -133,10 +133,11 @@ def test_task_timeout_stops_the_call_on_the_worker_and_the_pool_goes_on(local_cl
 
 def test_worker_prints_and_log_records_reach_the_caller(local_cluster, capsys, caplog):
     caplog.set_level(logging.INFO)
-    with ferropool.Pool(cluster=local_cluster, worker_output="[w] ", worker_logs=logging.INFO) as pool:
-        pool.apply(print, ("hello from a Dask worker",))
+    with ferropool.Pool(cluster=local_cluster, worker_output="[{name} {pid}] ", worker_logs=logging.INFO) as pool:
+        pid = pool.apply(_cluster_tasks.print_and_return_pid, ("hello from a Dask worker",))
         pool.apply(logging.getLogger("cluster-test").info, ("a record from %s", "a worker"))
-    assert "[w] hello from a Dask worker\n" in capsys.readouterr().out
+    names = {w["name"] for w in local_cluster.scheduler_info()["workers"].values()}
+    assert capsys.readouterr().out in {f"[{name} {pid}] hello from a Dask worker\n" for name in names}
     assert [r.getMessage() for r in caplog.records if r.name == "cluster-test"] == ["a record from a worker"]
 
 

@@ -7,7 +7,8 @@ runs in a Dask worker's task thread and returns ``(kind, payload, output, record
 
 - ``kind`` says what ``payload`` holds: the pickled value, the pickled exception with its
   traceback, the time limit that stopped the call, or the initializer's exception;
-- ``output`` is what the call printed, ``[(stream, text), ...]``, when the pool forwards output;
+- ``output`` is what the call printed, ``[(stream, text), ...]``, when the pool forwards output,
+  each line with the pool's prefix (``{name}``: the Dask worker's name; ``{pid}``: its pid);
 - ``records`` are the log records the call emitted at or above the pool's level.
 
 The pool's initializer runs once per Dask worker process and pool (keyed by the pool's token),
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
 import threading
 import time
@@ -66,13 +68,17 @@ class _Expired(BaseException):
 
 
 def run(
-    spec: tuple[str, bytes | None, bool, int | None], fn_bytes: bytes, flags: int, payload: bytes, limit: float | None
+    spec: tuple[str, bytes | None, str | None, int | None],
+    fn_bytes: bytes,
+    flags: int,
+    payload: bytes,
+    limit: float | None,
 ) -> tuple[int, Any, list[tuple[str, str]], list[dict[str, Any]]]:
     """Runs one call or chunk in this Dask worker; see the module docstring."""
-    token, init, capture_output, log_level = spec
+    token, init, output_prefix, log_level = spec
     if not _by_value.installed:
         _by_value.install()  # before the first function shipped by value is rebuilt
-    capture = _Capture(capture_output, log_level)
+    capture = _Capture(output_prefix, log_level)
     try:
         state = _MISSING
         if init is not None:
@@ -244,10 +250,10 @@ def _install() -> None:
         logging.getLogger().addHandler(_RecordHandler())
 
 
-def _merged(output: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _merged(output: list[tuple[str, str]], prefix: str | None) -> list[tuple[str, str]]:
     """``output`` with consecutive writes to one stream joined.
 
-    ``print`` writes a line and its end apart; joined, each line gets one prefix.
+    ``print`` writes a line and its end apart; joined, each line gets one ``prefix``.
     """
     merged: list[tuple[str, str]] = []
     for stream, text in output:
@@ -255,13 +261,27 @@ def _merged(output: list[tuple[str, str]]) -> list[tuple[str, str]]:
             merged[-1] = (stream, merged[-1][1] + text)
         else:
             merged.append((stream, text))
-    return merged
+    if not prefix:
+        return merged
+    start = prefix.format(name=_worker_name(), pid=os.getpid())
+    return [(stream, "".join(start + line for line in text.splitlines(keepends=True))) for stream, text in merged]
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except Exception:  # not in a Dask worker (called directly)
+        return "dask-worker"
 
 
 class _Capture:
     """Captures this thread's output and records while one call runs."""
 
-    def __init__(self, output: bool, level: int | None) -> None:
+    def __init__(self, prefix: str | None, level: int | None) -> None:
+        output = prefix is not None
+        self.prefix = prefix
         self.active = output or level is not None
         if not self.active:
             return
@@ -279,7 +299,7 @@ class _Capture:
     def taken(self) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
         if not self.active:
             return [], []
-        output, records = _merged(_capturing.output or []), _capturing.records or []
+        output, records = _merged(_capturing.output or [], self.prefix), _capturing.records or []
         _capturing.output, _capturing.records = (
             ([] if _capturing.output is not None else None),
             ([] if _capturing.records is not None else None),
