@@ -209,3 +209,12 @@ def test_a_task_that_ends_its_dask_worker_fails_with_worker_died(cli, task):
         with pytest.raises(ferropool.WorkerDiedError):
             pool.apply(task)
         assert pool.map(_tasks.square, range(4)) == [0, 1, 4, 9]
+
+
+def test_losing_the_scheduler_fails_pending_futures_with_broken_process_pool(cli, gate, beacon):
+    with ferropool.ProcessPoolExecutor(cluster=cli.scheduler_file) as ex, gate:
+        fut = ex.submit(_tasks.wait_gate, gate.path, None, beacon.path)
+        beacon.wait()
+        cli.procs[0].kill()  # the scheduler
+        with pytest.raises(ferropool.BrokenProcessPool, match="lost this task"):
+            fut.result(timeout=WAIT)
