@@ -93,7 +93,7 @@ def no_leaks(request):
     """Fails the test if it left child processes, file descriptors or /dev/shm entries."""
     callspec = getattr(request.node, "callspec", None)
     dask_client = None
-    if callspec is not None and "cluster" in callspec.params.values():
+    if "local_cluster" in request.fixturenames or (callspec is not None and "cluster" in callspec.params.values()):
         dask_client = request.getfixturevalue("local_cluster")  # the session's cluster is no leak
     pooled_before = 0 if dask_client is None else _dask_connections(dask_client)
     children_before = set(_children())

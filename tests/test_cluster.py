@@ -218,3 +218,20 @@ def test_losing_the_scheduler_fails_pending_futures_with_broken_process_pool(cli
         cli.procs[0].kill()  # the scheduler
         with pytest.raises(ferropool.BrokenProcessPool, match="lost this task"):
             fut.result(timeout=WAIT)
+
+
+def test_a_script_that_exits_without_shutdown_still_runs_its_calls(tmp_path, local_cluster):
+    result = run_program(
+        tmp_path,
+        f"""
+        import ferropool
+
+        ex = ferropool.ProcessPoolExecutor(cluster={local_cluster.scheduler.address!r})
+        for i in range(3):
+            ex.submit(print, "ran", i)
+        print("leaving")
+        """,
+    )
+    assert result.returncode == 0, program_report(result)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "leaving" and sorted(lines[1:]) == ["ran 0", "ran 1", "ran 2"], program_report(result)
