@@ -92,9 +92,10 @@ def pytest_runtest_makereport(item, call):
 def no_leaks(request):
     """Fails the test if it left child processes, file descriptors or /dev/shm entries."""
     callspec = getattr(request.node, "callspec", None)
-    dask_client = None
     if "local_cluster" in request.fixturenames or (callspec is not None and "cluster" in callspec.params.values()):
-        dask_client = request.getfixturevalue("local_cluster")  # the session's cluster is no leak
+        request.getfixturevalue("local_cluster")  # the session's cluster is no leak
+    # once made, the session's cluster opens connections in the background during any test
+    dask_client = _session_cluster[0] if _session_cluster else None
     pooled_before = 0 if dask_client is None else _dask_connections(dask_client)
     children_before = set(_children())
     fd_count_before = len(os.listdir("/proc/self/fd"))
@@ -196,9 +197,14 @@ def local_cluster():
     from tests import cluster_support
 
     lc, client = cluster_support.start_local_cluster()
+    _session_cluster.append(client)
     yield client
+    _session_cluster.clear()
     client.close()
     lc.close()
+
+
+_session_cluster: list = []  # the client of local_cluster, while it exists
 
 
 def cluster_pool(request):

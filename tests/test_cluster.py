@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import uuid
 
 import ferropool
@@ -129,6 +130,16 @@ def test_task_timeout_stops_the_call_on_the_worker_and_the_pool_goes_on(local_cl
         with pytest.raises(ferropool.TimeoutError):
             pool.options(timeout=0.5).apply(_tasks.wait_gate, (never,))
         assert pool.apply(_tasks.square, (5,)) == 25
+
+
+def test_a_call_stuck_in_c_code_still_times_out_for_the_caller(local_cluster, monkeypatch):
+    import ferropool._cluster
+
+    monkeypatch.setattr(ferropool._cluster, "TIMEOUT_GRACE_S", 0.2)
+    with ferropool.ProcessPoolExecutor(cluster=local_cluster, task_timeout=0.3) as ex:
+        stuck = ex.submit(time.sleep, 2)  # in C: the exception raised into the thread waits for it
+        with pytest.raises(ferropool.TimeoutError, match="could not interrupt"):
+            stuck.result(timeout=1.5)
 
 
 def test_worker_prints_and_log_records_reach_the_caller(local_cluster, capsys, caplog):

@@ -250,7 +250,11 @@ class ClusterBackend:
                 continue
             self._sent[key] = (fut, dfut)
             if limit is not None:
+                if len(self._deadlines) > 2 * len(self._sent) + 64:  # drop those of finished tasks
+                    self._deadlines = [d for d in self._deadlines if d[1] in self._sent]
+                    heapq.heapify(self._deadlines)
                 heapq.heappush(self._deadlines, (time.monotonic() + limit + TIMEOUT_GRACE_S, key))
+                self._lock.notify_all()  # the result thread may be waiting without a deadline
             if _WATCHABLE:
                 self.client.loop.add_callback(self._watch, dfut)
             else:
@@ -351,6 +355,7 @@ class ClusterBackend:
                 while not self._arrived and not self._done_and_closed():
                     self._lock.wait(self._next_deadline())
                     self._expire_overdue()
+                self._expire_overdue()  # also while results keep arriving
                 if not self._arrived and self._done_and_closed():
                     break
                 self._coalesce()
@@ -379,6 +384,8 @@ class ClusterBackend:
 
     def _expire_overdue(self) -> None:
         """Fails the timed tasks whose worker could not stop them (with the lock held)."""
+        if not self._deadlines or self._deadlines[0][0] > time.monotonic():
+            return
         now = time.monotonic()
         while self._deadlines and self._deadlines[0][0] <= now:
             _, key = heapq.heappop(self._deadlines)
