@@ -113,12 +113,19 @@ class CliCluster:
 
 @contextlib.contextmanager
 def cli_cluster(directory: Path) -> Iterator[CliCluster]:
+    """A started ``CliCluster``; its processes count as the cluster's, not a test's, in the leak
+    check (a nanny restarts a worker a test killed), and are all stopped on exit."""
+    from tests.conftest import cluster_pids
+
     cluster = CliCluster(directory)
     try:
         cluster.start()
+        pids = {proc.pid for proc in cluster.procs}
+        cluster_pids.update(pids)
         yield cluster
     finally:
         cluster.stop()
+        cluster_pids.difference_update(proc.pid for proc in cluster.procs)
 
 
 def start_local_cluster() -> tuple[object, distributed.Client]:

@@ -105,11 +105,11 @@ def no_leaks(request):
     deadline = time.monotonic() + LEAK_DEADLINE
     while True:
         gc.collect()  # garbage in a reference cycle is not a leak
-        new_children = [p for pid, p in _children().items() if pid not in children_before]
+        new_children = [p for pid, p in _children().items() if pid not in children_before and not _in_cluster(p)]
         fd_count = len(os.listdir("/proc/self/fd"))
         if dask_client is not None:  # connections the session's Dask cluster keeps open
             fd_count -= max(0, _dask_connections(dask_client) - pooled_before)
-        new_shm = {e for e in _shm() - shm_before if _ours(e)}
+        new_shm = {e for e in _shm() - shm_before if _ours(e)} - _cluster_shm()
         fds_ok = fd_count <= fd_count_before or getattr(request.node, "ferro_call_failed", False)
         if (not new_children and fds_ok and not new_shm) or time.monotonic() > deadline:
             break
@@ -130,12 +130,49 @@ def no_leaks(request):
         pytest.fail("resource leak after the test:\n" + "\n".join(problems), pytrace=False)
 
 
+#: pids of the processes of Dask clusters a module's fixture started (tests/cluster_support.py):
+#: a worker their nanny restarts after a test killed one is the cluster's, stopped with it
+cluster_pids: set[int] = set()
+
+
+def _in_cluster(p: psutil.Process) -> bool:
+    if not cluster_pids:
+        return False
+    try:
+        return any(parent.pid in cluster_pids for parent in p.parents())
+    except psutil.Error:
+        return False
+
+
+def _cluster_shm() -> set[str]:
+    """The /dev/shm entries the processes of those clusters have mapped (their semaphores)."""
+    names: set[str] = set()
+    for pid in cluster_pids:
+        try:
+            tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            continue
+        for p in tree:
+            try:
+                with open(f"/proc/{p.pid}/maps") as maps:
+                    names.update(line.rsplit("/dev/shm/", 1)[1].strip() for line in maps if "/dev/shm/" in line)
+            except OSError:
+                pass
+    return names
+
+
 def _dask_connections(client) -> int:
     """Connections the session's cluster keeps open in this process: its client's pool, and
     those its in-process scheduler accepted (from its workers, for later calls)."""
     port = int(client.scheduler.address.rsplit(":", 1)[1])
     accepted = sum(1 for c in psutil.Process().net_connections("tcp") if c.laddr and c.laddr.port == port and c.raddr)
     return client.rpc.open + accepted
+
+
+def fd_count() -> int:
+    """Open descriptors of this process, less the connections the session's Dask cluster keeps."""
+    count = len(os.listdir("/proc/self/fd"))
+    return count - _dask_connections(_session_cluster[0]) if _session_cluster else count
 
 
 def live_processes(pids):

@@ -24,9 +24,17 @@ from tests.cluster_support import cli_cluster, distributed
 from tests.conftest import WAIT, program_report, run_program
 
 
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """A scheduler and two workers started with ``dask scheduler`` / ``dask worker``, for the
+    module: tests that kill its workers leave it to the nannies to restart them."""
+    with cli_cluster(tmp_path_factory.mktemp("dask-cli")) as cluster:
+        yield cluster
+
+
 @pytest.fixture
-def cli(tmp_path):
-    """A scheduler and two workers started with ``dask scheduler`` / ``dask worker`` for this test."""
+def own_cli(tmp_path):
+    """A CLI cluster for one test that stops part of it (its scheduler)."""
     with cli_cluster(tmp_path) as cluster:
         yield cluster
 
@@ -222,11 +230,11 @@ def test_a_task_that_ends_its_dask_worker_fails_with_worker_died(cli, task):
         assert pool.map(_tasks.square, range(4)) == [0, 1, 4, 9]
 
 
-def test_losing_the_scheduler_fails_pending_futures_with_broken_process_pool(cli, gate, beacon):
-    with ferropool.ProcessPoolExecutor(cluster=cli.scheduler_file) as ex, gate:
+def test_losing_the_scheduler_fails_pending_futures_with_broken_process_pool(own_cli, gate, beacon):
+    with ferropool.ProcessPoolExecutor(cluster=own_cli.scheduler_file) as ex, gate:
         fut = ex.submit(_tasks.wait_gate, gate.path, None, beacon.path)
         beacon.wait()
-        cli.procs[0].kill()  # the scheduler
+        own_cli.procs[0].kill()  # the scheduler
         with pytest.raises(ferropool.BrokenProcessPool, match="lost this task"):
             fut.result(timeout=WAIT)
 
