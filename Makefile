@@ -12,8 +12,8 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip maturin
 
 .PHONY: install
-install: $(PY) ## venv + editable install with test and lint extras
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -E test
+install: $(PY) ## venv + editable install with the test, lint and dask (cluster tests) extras
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -E test,dask
 
 .PHONY: install-bench
 install-bench: $(PY) ## install + the bench extra (loky, mpire, pebble, psutil, matplotlib)

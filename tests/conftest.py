@@ -14,6 +14,7 @@ A test that needs a whole program (Ctrl-C, a killed parent, interpreter exit) ru
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import pty
@@ -29,7 +30,7 @@ import ferropool
 import psutil
 import pytest
 
-KINDS = ("process", "thread")
+KINDS = ("process", "thread", "cluster")  # cluster: a Dask LocalCluster (tests/cluster_support.py)
 EXECUTORS = {"process": ferropool.ProcessPoolExecutor, "thread": ferropool.ThreadPoolExecutor}
 LEAK_DEADLINE = 5.0
 WAIT = 30.0  # generous timeout for results that should come quickly
@@ -93,6 +94,12 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(autouse=True)
 def no_leaks(request):
     """Fails the test if it left child processes, file descriptors or /dev/shm entries."""
+    callspec = getattr(request.node, "callspec", None)
+    if "local_cluster" in request.fixturenames or (callspec is not None and "cluster" in callspec.params.values()):
+        request.getfixturevalue("local_cluster")  # the session's cluster is no leak
+    # once made, the session's cluster opens connections in the background during any test
+    dask_client = _session_cluster[0] if _session_cluster else None
+    pooled_before = 0 if dask_client is None else _dask_connections(dask_client)
     children_before = set(_children())
     fd_count_before = len(os.listdir("/proc/self/fd"))
     fds_before = _fds()
@@ -101,9 +108,11 @@ def no_leaks(request):
     deadline = time.monotonic() + LEAK_DEADLINE
     while True:
         gc.collect()  # garbage in a reference cycle is not a leak
-        new_children = [p for pid, p in _children().items() if pid not in children_before]
+        new_children = [p for pid, p in _children().items() if pid not in children_before and not _in_cluster(p)]
         fd_count = len(os.listdir("/proc/self/fd"))
-        new_shm = {e for e in _shm() - shm_before if _ours(e)}
+        if dask_client is not None:  # connections the session's Dask cluster keeps open
+            fd_count -= max(0, _dask_connections(dask_client) - pooled_before)
+        new_shm = {e for e in _shm() - shm_before if _ours(e)} - _cluster_shm()
         fds_ok = fd_count <= fd_count_before or getattr(request.node, "ferro_call_failed", False)
         if (not new_children and fds_ok and not new_shm) or time.monotonic() > deadline:
             break
@@ -122,6 +131,51 @@ def no_leaks(request):
         problems.append(f"new /dev/shm entries: {sorted(new_shm)}")
     if problems:
         pytest.fail("resource leak after the test:\n" + "\n".join(problems), pytrace=False)
+
+
+#: pids of the processes of Dask clusters a module's fixture started (tests/cluster_support.py):
+#: a worker their nanny restarts after a test killed one is the cluster's, stopped with it
+cluster_pids: set[int] = set()
+
+
+def _in_cluster(p: psutil.Process) -> bool:
+    if not cluster_pids:
+        return False
+    try:
+        return any(parent.pid in cluster_pids for parent in p.parents())
+    except psutil.Error:
+        return False
+
+
+def _cluster_shm() -> set[str]:
+    """The /dev/shm entries the processes of those clusters have mapped (their semaphores)."""
+    names: set[str] = set()
+    for pid in cluster_pids:
+        try:
+            tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            continue
+        for p in tree:
+            try:
+                with open(f"/proc/{p.pid}/maps") as maps:
+                    names.update(line.rsplit("/dev/shm/", 1)[1].strip() for line in maps if "/dev/shm/" in line)
+            except OSError:
+                pass
+    return names
+
+
+def _dask_connections(client) -> int:
+    """Connections the session's cluster keeps open in this process: its client's pool, and
+    those its in-process scheduler accepted (from its workers, for later calls)."""
+    port = int(client.scheduler.address.rsplit(":", 1)[1])
+    accepted = sum(1 for c in psutil.Process().net_connections("tcp") if c.laddr and c.laddr.port == port and c.raddr)
+    return client.rpc.open + accepted
+
+
+def fd_count() -> int:
+    """Open descriptors of this process, less the connections the session's Dask cluster keeps."""
+    count = len(os.listdir("/proc/self/fd"))
+    return count - _dask_connections(_session_cluster[0]) if _session_cluster else count
 
 
 def live_processes(pids):
@@ -169,8 +223,36 @@ def kind(request) -> str:
 
 
 @pytest.fixture
-def executor_cls(kind):
+def executor_cls(kind, request):
+    if kind == "cluster":
+        client = request.getfixturevalue("local_cluster")
+        return functools.partial(ferropool.ProcessPoolExecutor, cluster=client)
     return EXECUTORS[kind]
+
+
+# --- the cluster kind: one Dask LocalCluster for the session ---
+@pytest.fixture(scope="session")
+def local_cluster():
+    """A client of a ``LocalCluster(processes=True, n_workers=2)`` with one thread per worker."""
+    from tests import cluster_support
+
+    lc, client = cluster_support.start_local_cluster()
+    _session_cluster.append(client)
+    yield client
+    _session_cluster.clear()
+    client.close()
+    lc.close()
+
+
+_session_cluster: list = []  # the client of local_cluster, while it exists
+
+
+def cluster_pool(request):
+    """``Pool`` on the session's Dask cluster, for a ``pool_cls`` fixture's ``"cluster"`` param."""
+    return functools.partial(ferropool.Pool, cluster=request.getfixturevalue("local_cluster"))
+
+
+# ---
 
 
 @pytest.fixture

@@ -12,7 +12,11 @@ import pytest
 from tests import _tasks
 from tests.conftest import WAIT
 
-BROKEN = {"process": ferropool.BrokenProcessPool, "thread": ferropool.BrokenThreadPool}
+BROKEN = {
+    "process": ferropool.BrokenProcessPool,
+    "thread": ferropool.BrokenThreadPool,
+    "cluster": ferropool.BrokenProcessPool,
+}
 
 
 def test_initializer_runs_before_tasks(make_executor):

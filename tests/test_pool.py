@@ -19,14 +19,16 @@ import psutil
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT
+from tests.conftest import WAIT, cluster_pool
 
-POOLS = {"process": ferropool.Pool, "thread": ferropool.ThreadPool}
+POOLS = {"process": ferropool.Pool, "thread": ferropool.ThreadPool, "cluster": cluster_pool}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(params=sorted(POOLS))
 def pool_cls(request):
+    if request.param == "cluster":
+        return cluster_pool(request)
     return POOLS[request.param]
 
 

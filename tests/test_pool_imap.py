@@ -10,13 +10,15 @@ import ferropool
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT
+from tests.conftest import WAIT, cluster_pool
 
-POOLS = {"process": ferropool.Pool, "thread": ferropool.ThreadPool}
+POOLS = {"process": ferropool.Pool, "thread": ferropool.ThreadPool, "cluster": cluster_pool}
 
 
 @pytest.fixture(params=sorted(POOLS))
 def pool_cls(request):
+    if request.param == "cluster":
+        return cluster_pool(request)
     return POOLS[request.param]
 
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT
+from tests.conftest import WAIT, fd_count
 
 
 def test_shutdown_wait_finishes_pending_work(make_executor):
@@ -148,12 +148,12 @@ def test_shutdown_releases_file_descriptors_while_executor_is_referenced(executo
     """The stdlib's executors close their pipes in shutdown(); code that keeps a reference to a
     shut-down executor must not keep its descriptors."""
     gc.collect()
-    before = len(os.listdir("/proc/self/fd"))
+    before = fd_count()
     ex = executor_cls(max_workers=2)
     assert ex.submit(_tasks.square, 3).result(timeout=WAIT) == 9
     ex.shutdown(wait=True)
     gc.collect()
-    after = len(os.listdir("/proc/self/fd"))
+    after = fd_count()
     assert after <= before, f"{after - before} descriptors still open after shutdown(wait=True)"
     del ex
 

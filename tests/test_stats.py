@@ -50,6 +50,8 @@ def test_busy_time_is_measured_in_the_worker():
 
 
 def test_queue_depth_and_in_flight(kind, make_executor, gate):
+    if kind == "cluster":
+        pytest.skip("stats() raises NotImplementedError on a Dask cluster (tests/test_cluster.py)")
     ex = make_executor(max_workers=1)
     with gate:
         fs = [ex.submit(_tasks.wait_gate, gate.path, i) for i in range(6)]
@@ -101,7 +103,9 @@ def test_a_timed_out_task_is_recorded(gate):
     assert [e.signal for e in st.exits if e.cause == "timeout"] == [9]
 
 
-def test_stats_as_dict_is_json_ready(make_executor):
+def test_stats_as_dict_is_json_ready(kind, make_executor):
+    if kind == "cluster":
+        pytest.skip("stats() raises NotImplementedError on a Dask cluster (tests/test_cluster.py)")
     with make_executor() as ex:
         ex.submit(_tasks.square, 2).result(timeout=WAIT)
         data = ex.stats().as_dict()

@@ -29,7 +29,7 @@ from concurrent.futures import process as _process
 from concurrent.futures import thread as _thread
 from concurrent.futures import wait as _stdlib_wait
 from concurrent.futures._base import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _aio, _core, _progress, _setup, _state, _stats
 from ._backend import (
@@ -44,6 +44,9 @@ from ._backend import (
 from ._batching import EagerMap
 from ._future import Future
 from .errors import TimeoutError
+
+if TYPE_CHECKING:
+    from ._cluster import ClusterBackend
 
 __all__ = [
     "ALL_COMPLETED",
@@ -99,7 +102,7 @@ def as_completed(
 class _Executor(Executor):
     """What both executors share: ``submit``, ``map`` and the context-manager protocol."""
 
-    _backend: ProcessBackend | ThreadBackend
+    _backend: ProcessBackend | ThreadBackend | ClusterBackend
     #: the time limit of each call submitted through this object (process pools only)
     _task_timeout: float | None = None
 
@@ -198,7 +201,7 @@ class _Executor(Executor):
                 raise ValueError("buffersize must be None or > 0")
         _progress.check(progress)
         end_time = None if timeout is None else timeout + time.monotonic()
-        process = isinstance(self._backend, ProcessBackend)
+        process = not isinstance(self._backend, ThreadBackend)  # process pools and clusters chunk
         single = len(iterables) == 1
         if adaptive and buffersize is None and process and self._task_timeout is None:
             items_list = list(iterables[0]) if single else list(zip(*iterables, strict=False))
@@ -296,6 +299,11 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
             ``{name}`` and ``{pid}``; ``False``: workers write to the inherited descriptors).
         limit_blas_threads: start workers with ``OMP_NUM_THREADS`` and the like set to
             ``cpu_count() // max_workers`` unless already set (see docs/tuning.md).
+        cluster: run the calls on a Dask cluster instead of local processes: a
+            ``distributed.Client``, a scheduler address (``"tcp://host:8786"``) or a scheduler
+            file. ``max_workers`` then limits the calls sent to the cluster at a time (default:
+            its worker threads). Needs ``pip install 'ferropool[dask]'``; see docs/scale-out.md
+            for what maps to what and what a cluster cannot do.
 
     The value ``initializer`` returns is kept in each worker for ``ferropool.worker_state()``.
 
@@ -304,9 +312,10 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
             ``max_memory_per_child`` is not positive, or ``mp_context`` is not one of the
             accepted values.
         TypeError: ``initializer`` is not callable.
+        ImportError: ``cluster`` is given and Dask distributed is not installed.
     """
 
-    _backend: ProcessBackend
+    _backend: ProcessBackend | ClusterBackend
 
     def __init__(
         self,
@@ -322,7 +331,26 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
         worker_logs: bool | int | str | None = True,
         worker_output: bool | str = True,
         limit_blas_threads: bool = True,
+        cluster: Any = None,
     ) -> None:
+        if cluster is not None:  # --- a Dask cluster runs the calls (_cluster.py) ---
+            from . import _cluster
+
+            _cluster.refuse(
+                "ProcessPoolExecutor",
+                mp_context=mp_context,
+                max_tasks_per_child=max_tasks_per_child,
+                max_memory_per_child=max_memory_per_child,
+                cancel_running=cancel_running,
+            )
+            if initializer is not None:
+                check_callable(initializer, "initializer")
+            self._task_timeout = check_timeout(task_timeout, "task_timeout")
+            self._backend = _cluster.ClusterBackend(
+                cluster, max_workers, initializer, tuple(initargs), False, worker_output, worker_logs
+            )
+            self._max_workers = self._backend.workers
+            return  # ---
         if max_workers is None:
             max_workers = _core.cpu_count()
         check_positive_int(max_workers, "max_workers", "max_workers must be greater than 0")

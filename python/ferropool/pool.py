@@ -26,7 +26,7 @@ import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _aio, _core, _progress, _setup, _state, _stats
 from ._backend import (
@@ -41,6 +41,9 @@ from ._backend import (
 from ._batching import BatchSizer, EagerMap, unpack_outcomes
 from ._future import Future
 from .errors import CancelledError, MaybeEncodingError, TimeoutError
+
+if TYPE_CHECKING:
+    from ._cluster import ClusterBackend
 
 __all__ = [
     "ApplyResult",
@@ -469,6 +472,10 @@ class Pool:
             ``{name}`` and ``{pid}``; ``False``: workers write to the inherited descriptors).
         limit_blas_threads: start workers with ``OMP_NUM_THREADS`` and the like set to
             ``cpu_count() // processes`` unless already set (see docs/tuning.md).
+        cluster: run the tasks on a Dask cluster instead of local processes: a
+            ``distributed.Client``, a scheduler address (``"tcp://host:8786"``) or a scheduler
+            file. ``processes`` then limits the tasks sent to the cluster at a time (default:
+            its worker threads). Needs ``pip install 'ferropool[dask]'``; see docs/scale-out.md.
 
     The value ``initializer`` returns is kept in each worker for ``ferropool.worker_state()``.
 
@@ -476,9 +483,10 @@ class Pool:
         ValueError: ``processes``, ``maxtasksperchild``, ``task_timeout`` or
             ``max_memory_per_child`` is not positive, or ``context`` is unknown.
         TypeError: ``initializer`` is not callable.
+        ImportError: ``cluster`` is given and Dask distributed is not installed.
     """
 
-    _backend: ProcessBackend | ThreadBackend
+    _backend: ProcessBackend | ThreadBackend | ClusterBackend
     #: the time limit of each call or chunk submitted through this object (process pools only)
     _task_timeout: float | None = None
     _runner: _CallbackRunner | None = None
@@ -508,8 +516,25 @@ class Pool:
         worker_logs: bool | int | str | None = True,
         worker_output: bool | str = True,
         limit_blas_threads: bool = True,
+        cluster: Any = None,
     ) -> None:
         self._state = RUN
+        if cluster is not None:  # --- a Dask cluster runs the tasks (_cluster.py) ---
+            from . import _cluster
+
+            _cluster.refuse(
+                "Pool", maxtasksperchild=maxtasksperchild, context=context, max_memory_per_child=max_memory_per_child
+            )
+            if processes is not None:
+                _check_pool_size(processes)
+            if initializer is not None and not callable(initializer):
+                raise TypeError("initializer must be a callable")
+            self._task_timeout = check_timeout(task_timeout, "task_timeout")
+            self._backend = _cluster.ClusterBackend(
+                cluster, processes, initializer, tuple(initargs), True, worker_output, worker_logs
+            )
+            self._processes = self._backend.workers
+            return  # ---
         processes = _check_pool_size(processes)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -663,7 +688,7 @@ class Pool:
         # other iterable is consumed into a list first, as the stdlib does
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         runner = self._callbacks if callback is not None or error_callback is not None else None
-        if chunksize is None and self._task_timeout is None and isinstance(self._backend, ProcessBackend):
+        if chunksize is None and self._task_timeout is None and not isinstance(self._backend, ThreadBackend):
             submit_timed = self._backend.chunk_submitter(func, star, timed=True)
             eager = EagerMap(submit_timed, items, self._processes, False, self._backend, progress)
             return MapResult(eager, callback, error_callback, runner)

@@ -91,6 +91,14 @@ async def with_asyncio() -> int:
         return a + b + c + d + total
 
 
+def on_a_cluster(scheduler: str) -> list[int]:
+    """Type-checked only: the same calls on a Dask cluster (docs/scale-out.md)."""
+    with ProcessPoolExecutor(max_workers=8, cluster=scheduler, task_timeout=60) as ex:
+        first: int = ex.submit(square, 2).result()
+    with Pool(cluster=scheduler, initializer=load_table, initargs=(10,)) as pool:
+        return [first, *pool.map(square, range(10))]
+
+
 def logs() -> None:
     log: logging.Logger = ferropool.log_to_stderr(logging.DEBUG)
     log.info("%s CPUs", ferropool.cpu_count())

@@ -1,0 +1,174 @@
+"""ferropool on a Dask cluster against Dask's own API, side by side, on one local cluster.
+
+Starts ``dask scheduler`` and ``dask worker --nworkers 2 --nthreads 1`` on 127.0.0.1 (as
+tests/test_cluster.py does), then measures, each ``--repeat`` times, reporting the median:
+
+- ``map``: Dask's ``client.map`` + ``gather`` of 2,000 trivial tasks, and
+  ``Pool(cluster=...).map`` of 100,000 no-op items (adaptive chunking): items per second;
+- ``submit``: 2,000 trivial calls, ``client.submit`` + ``gather`` against
+  ``ProcessPoolExecutor(cluster=...).submit`` + ``result``: microseconds per call;
+- ``cpu``: 16 x fib(30), serially, on a local ``Pool(2)`` and on ``Pool(cluster=...)``: speedup;
+- ``connect``: a new client (or pool) on the scheduler address until the first result arrives.
+
+    python benches/cluster.py [--repeat 5] [--out FILE]
+
+Needs the dask extra (``pip install -e '.[dask]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import distributed
+import ferropool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_tasks import fib, noop
+
+DASK = str(Path(sys.executable).with_name("dask"))
+ROOT = str(Path(__file__).resolve().parent)
+
+
+def start_cluster(directory: str) -> tuple[list[subprocess.Popen[bytes]], str]:
+    scheduler_file = os.path.join(directory, "scheduler.json")
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env, "cwd": directory}
+    procs = [
+        subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+            + ["--scheduler-file", scheduler_file],
+            **quiet,  # type: ignore[call-overload]
+        ),
+        subprocess.Popen(
+            [DASK, "worker", "--nthreads", "1", "--nworkers", "2", "--no-dashboard", "--host", "127.0.0.1"]
+            + ["--scheduler-file", scheduler_file],
+            **quiet,  # type: ignore[call-overload]
+        ),
+    ]
+    deadline = time.monotonic() + 60
+    while not os.path.exists(scheduler_file):
+        if time.monotonic() > deadline:
+            raise RuntimeError("dask scheduler did not start")
+        time.sleep(0.05)  # polling for the file the scheduler writes
+    with distributed.Client(scheduler_file=scheduler_file, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=60)
+        address = client.scheduler.address
+    return procs, address
+
+
+def stop_cluster(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in reversed(procs):
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def measure(address: str, repeat: int) -> dict[str, list[float]]:
+    r: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        r.setdefault(name, []).append(value)
+
+    with distributed.Client(address, set_as_default=False) as client:
+        pool = ferropool.Pool(cluster=client)
+        ex = ferropool.ProcessPoolExecutor(cluster=client)
+        local = ferropool.Pool(2)
+        try:
+            pool.map(noop, range(1000))  # warm: functions cached on the workers
+            local.map(noop, range(1000))
+            for _ in range(repeat):
+                s = timed(lambda: client.gather(client.map(noop, range(2000), pure=False)))
+                add("dask client.map+gather, items/s", 2000 / s)
+                s = timed(lambda: pool.map(noop, range(100_000)))
+                add("Pool(cluster=).map, items/s", 100_000 / s)
+
+                s = timed(lambda: client.gather([client.submit(noop, i, pure=False) for i in range(2000)]))
+                add("dask client.submit+gather, us/call", s / 2000 * 1e6)
+                s = timed(lambda: [f.result() for f in [ex.submit(noop, i) for i in range(2000)]])
+                add("Executor(cluster=).submit, us/call", s / 2000 * 1e6)
+
+                serial = timed(lambda: [fib(30) for _ in range(16)])
+                add("cpu serial, s", serial)
+                add("cpu local Pool(2) speedup", serial / timed(lambda: local.map(fib, [30] * 16)))
+                add("cpu Pool(cluster=) speedup", serial / timed(lambda: pool.map(fib, [30] * 16)))
+
+                def dask_first() -> None:
+                    with distributed.Client(address, set_as_default=False) as c:
+                        c.submit(noop, 1, pure=False).result()
+
+                def ours_first() -> None:
+                    with ferropool.ProcessPoolExecutor(cluster=address) as e:
+                        e.submit(noop, 1).result()
+
+                add("connect+first result, dask, s", timed(dask_first))
+                add("connect+first result, ferropool, s", timed(ours_first))
+        finally:
+            pool.close()
+            pool.join()
+            ex.shutdown()
+            local.close()
+            local.join()
+    return r
+
+
+def report(results: dict[str, list[float]], repeat: int) -> str:
+    lines = [
+        f"Dask cluster: `dask scheduler` + `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1, "
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, distributed {distributed.__version__}; "
+        f"median of {repeat}.",
+        "",
+        "| measure | median | min | max |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, values in results.items():
+        lines.append(f"| {name} | {statistics.median(values):,.3g} | {min(values):,.3g} | {max(values):,.3g} |")
+    med = {k: statistics.median(v) for k, v in results.items()}
+    submit_ratio = med["Executor(cluster=).submit, us/call"] / med["dask client.submit+gather, us/call"]
+    lines += [
+        "",
+        f"- map: ferropool {med['Pool(cluster=).map, items/s'] / med['dask client.map+gather, items/s']:.0f}x "
+        "Dask's items/s",
+        f"- submit: ferropool {submit_ratio:.2f}x Dask's time per call",
+        f"- cpu: cluster speedup {med['cpu Pool(cluster=) speedup'] / med['cpu local Pool(2) speedup']:.2f}x "
+        "the local pool's",
+        f"- connect: ferropool {med['connect+first result, ferropool, s'] / med['connect+first result, dask, s']:.2f}x "
+        "Dask's time",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--out", help="write the markdown here (default: stdout)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        procs, address = start_cluster(directory)
+        try:
+            text = report(measure(address, args.repeat), args.repeat)
+        finally:
+            stop_cluster(procs)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,591 @@
+"""``Pool(cluster=...)`` and ``ProcessPoolExecutor(cluster=...)``: a Dask cluster as one more backend.
+
+A :class:`ClusterBackend` offers what ``_backend.ProcessBackend`` offers the front ends (submit a
+call, submitters for chunks, shutdown, terminate, join), so ``Pool`` and the executor keep one
+task model: every call, or chunk of a map, is one task with one ``ferropool.Future``. Here a
+task is one Dask task, ``_cluster_remote.run``, submitted with ``pure=False`` (identical calls are
+never merged) under a key starting ``ferropool-``.
+
+Life of a task::
+
+    submit ──▶ queue (here) ──▶ client.submit ──▶ Dask scheduler ──▶ Dask worker: run()
+                 │ at most `workers` tasks sent and unfinished                    │
+                 ▼                                                                ▼
+    cancel() of a queued task: never sent          done-callback (Dask's thread) ─┘
+                                                         │
+    future.set_result / set_exception ◀── gather thread: one client.gather per batch
+
+Only ``window`` tasks are with Dask at a time (``max_workers``/``processes`` when given), so a
+queued task is still ours to cancel, and the pool's size keeps its meaning. Results are fetched
+by one thread in batches: one ``gather`` round trip serves every task that finished meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _cluster_remote as remote
+from . import _logs
+from ._backend import broken_error, check_positive_int, failed
+from ._batching import flush_all
+from ._future import Future
+from ._serialize import (
+    FLAG_ITEM_CHUNK,
+    FLAG_OUTCOMES,
+    FLAG_POOL_ERRORS,
+    FLAG_STAR_CHUNK,
+    FLAG_TIMED,
+    dump_function,
+    dumps,
+    load_exception,
+    loads,
+)
+from .errors import BrokenProcessPool, InvalidStateError, TimeoutError, WorkerDiedError
+
+INSTALL_HINT = "pip install 'ferropool[dask]'"
+#: Seconds past a task's time limit after which the caller stops waiting for a call that the
+#: worker could not interrupt (it was in C code): the future fails with TimeoutError anyway.
+TIMEOUT_GRACE_S = 5.0
+#: Tasks sent to Dask per worker thread when the pool has no explicit size (see ``window``).
+SEND_AHEAD = 16
+#: Pickled functions or arguments at least this large are scattered to the cluster once and
+#: handed to the tasks as a Dask future, instead of travelling inside each task's graph.
+SCATTER_MIN = 1 << 20
+#: Seconds the result thread waits for more results to fetch with the first (see ``_coalesce``).
+COALESCE_S = 0.002
+#: Seconds to wait for the Dask workers to connect when the cluster has none yet.
+CONNECT_TIMEOUT_S = 30.0
+
+_live: weakref.WeakSet[ClusterBackend] = weakref.WeakSet()
+_WATCHABLE: bool | None = None  # see _watchable
+
+
+def _distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ImportError(
+            f"cluster= needs Dask distributed, which is not installed: {INSTALL_HINT}", name="distributed"
+        ) from exc
+    return distributed
+
+
+def refuse(front_end: str, **options: Any) -> None:
+    """Raises ``ValueError`` for options a pool on a cluster cannot honour (given, not default)."""
+    for name, value in options.items():
+        if value is not None and value is not False:
+            raise ValueError(
+                f"{front_end}(cluster=...) does not support {name}={value!r}: Dask runs the workers, "
+                "so ferropool cannot start, recycle or watch them (see docs/scale-out.md)"
+            )
+
+
+def connect(cluster: Any) -> tuple[Any, bool]:
+    """A ``distributed.Client`` for ``cluster``, and whether it is ours to close.
+
+    ``cluster``: a ``Client``; a scheduler address (``"tcp://host:8786"``); or the path of a
+    scheduler file (``dask scheduler --scheduler-file``).
+    """
+    distributed = _distributed()
+    if isinstance(cluster, distributed.Client):
+        return cluster, False
+    if isinstance(cluster, os.PathLike):
+        cluster = os.fspath(cluster)
+    if not isinstance(cluster, str):
+        raise TypeError(
+            "cluster must be a distributed.Client, a scheduler address ('tcp://host:8786') or the path "
+            f"of a scheduler file, not {type(cluster).__name__!r}"
+        )
+    if "://" in cluster:
+        return distributed.Client(cluster, set_as_default=False), True
+    if os.path.exists(cluster):
+        return distributed.Client(scheduler_file=cluster, set_as_default=False), True
+    raise ValueError(
+        f"cluster={cluster!r} is neither a scheduler address (it has no '://', as in 'tcp://host:8786') "
+        "nor an existing scheduler file"
+    )
+
+
+class ClusterBackend:
+    """Runs a pool's tasks on a Dask cluster; the front ends' view is ``ProcessBackend``'s.
+
+    Args:
+        cluster: see :func:`connect`.
+        workers: tasks sent to Dask at a time; ``None``: ``SEND_AHEAD`` per thread of the
+            workers connected now (waiting up to ``CONNECT_TIMEOUT_S`` for a first worker).
+            A task sent is running as far as its future goes: ``cancel()`` no longer stops it.
+        initializer, initargs: run once per Dask worker process, before its first task of this
+            pool (see ``_cluster_remote``).
+        pool_errors: ``Pool``'s errors (``MaybeEncodingError``, its remote traceback class).
+        worker_output: forward what calls print (see ``_logs.output_prefix``).
+        worker_logs: forward log records at or above this level (``None``: none).
+    """
+
+    def __init__(
+        self,
+        cluster: Any,
+        workers: int | None,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
+        pool_errors: bool = False,
+        worker_output: object = True,
+        worker_logs: object = True,
+    ) -> None:
+        if workers is not None:
+            check_positive_int(workers, "max_workers", "max_workers must be greater than 0")
+        prefix = _logs.output_prefix(worker_output)
+        level = _logs.worker_logs_level(worker_logs)
+        init = None if initializer is None else dumps((initializer, tuple(initargs)))
+        limited = workers is not None
+        self.client, self._own_client = connect(cluster)
+        try:
+            if workers is None:
+                workers = self._cluster_threads()
+            self._register_plugin()
+        except BaseException:
+            if self._own_client:
+                self.client.close()
+            raise
+        self.workers = workers
+        # an explicit limit is kept exactly; else tasks are sent ahead, so that each worker
+        # thread finds its next task waiting instead of a round trip to this process away
+        self.window = workers if limited else workers * SEND_AHEAD
+        self.token = uuid.uuid4().hex[:16]
+        self._spec = (self.token, None if init is None else self._shipped(init), prefix, level)
+        self.call_flags = FLAG_POOL_ERRORS if pool_errors else 0
+        self.pool_errors = pool_errors
+        self.closed = False
+        self.broken: str | None = None
+        self._broken_cause: bytes | None = None
+        self._ids = itertools.count(1)
+        self._lock = threading.Condition()
+        self._queue: deque[tuple[Future[Any], Any, int, Any, float | None]] = deque()
+        self._sent: dict[str, tuple[Future[Any], Any]] = {}  # key -> (our future, Dask's future)
+        self._arrived: deque[Any] = deque()  # Dask futures done, not yet gathered
+        self._deadlines: list[tuple[float, str]] = []  # (monotonic deadline, key) of timed tasks
+        self._stopping = False
+        global _WATCHABLE
+        if _WATCHABLE is None:
+            _WATCHABLE = _watchable()
+        self._thread = threading.Thread(target=self._gather_loop, name="ferropool-cluster-results", daemon=True)
+        self._thread.start()
+        _live.add(self)
+
+    def _cluster_threads(self) -> int:
+        nthreads = self.client.nthreads()
+        if not nthreads:
+            self.client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+            nthreads = self.client.nthreads()
+        return max(1, int(sum(nthreads.values())))
+
+    def _register_plugin(self) -> None:
+        plugin = remote.no_retry_plugin()
+        try:
+            self.client.register_plugin(plugin, name=plugin.name)
+        except Exception as exc:  # a scheduler that refuses pickled plugins
+            raise RuntimeError(
+                "could not register ferropool's scheduler plugin (it fails a task at the first death of its "
+                f"worker instead of letting Dask run it again): {type(exc).__name__}: {exc}"
+            ) from exc
+
+    @property
+    def engine(self) -> Any:
+        raise NotImplementedError(
+            "stats() is not available for a pool on a Dask cluster: the Dask dashboard shows its workers"
+        )
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def check_open(self) -> None:
+        """Raises what a submit to this pool would raise now, if anything."""
+        if self.broken is not None:
+            raise broken_error(self.broken, self._broken_cause)
+        if self.closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _shipped(self, data: bytes) -> Any:
+        """``data``, or for large data a Dask future of it: sent once, fetched by the workers."""
+        if len(data) < SCATTER_MIN:
+            return data
+        return self.client.scatter(data, hash=False, direct=False)
+
+    def submit_call(self, fn_bytes: Any, flags: int, payload: bytes, timeout: float | None = None) -> Future[Any]:
+        """Queues an already pickled call; it is sent to Dask once fewer than ``window`` are there."""
+        self.check_open()
+        payload = self._shipped(payload)
+        fut: Future[Any] = _QueuedFuture()
+        with self._lock:
+            self._queue.append((fut, fn_bytes, flags | self.call_flags, payload, timeout))
+            self._send_queued()
+        return fut
+
+    def _send_queued(self) -> None:
+        """Sends queued tasks while there is room (with the lock held)."""
+        while self._queue and len(self._sent) < self.window:
+            fut, fn_bytes, flags, payload, limit = self._queue.popleft()
+            try:
+                if not fut.set_running_or_notify_cancel():
+                    continue  # cancelled while queued: it never runs
+            except RuntimeError:  # cancelled, and its waiters told, by _QueuedFuture.cancel
+                continue
+            key = f"{remote.KEY_PREFIX}{self.token}-{next(self._ids)}"
+            try:
+                dfut = self.client.submit(
+                    remote.run, self._spec, fn_bytes, flags, payload, limit, key=key, pure=False, retries=0
+                )
+            except BaseException as exc:  # the client is closed, say
+                _settle(fut, exc)
+                continue
+            self._sent[key] = (fut, dfut)
+            if limit is not None:
+                if len(self._deadlines) > 2 * len(self._sent) + 64:  # drop those of finished tasks
+                    self._deadlines = [d for d in self._deadlines if d[1] in self._sent]
+                    heapq.heapify(self._deadlines)
+                heapq.heappush(self._deadlines, (time.monotonic() + limit + TIMEOUT_GRACE_S, key))
+                self._lock.notify_all()  # the result thread may be waiting without a deadline
+            if _WATCHABLE:
+                self.client.loop.add_callback(self._watch, dfut)
+            else:
+                dfut.add_done_callback(self._on_done)
+
+    async def _watch(self, dfut: Any) -> None:
+        # on the client's event loop: what add_done_callback does, without handing each
+        # completion to Dask's callback thread first (a fifth of the caller's CPU per task)
+        while dfut.status == "pending":
+            await dfut._state.wait()
+        self._on_done(dfut)
+
+    def _on_done(self, dfut: Any) -> None:
+        # on Dask's callback thread: hand over to the gather thread, which batches the fetches
+        with self._lock:
+            self._arrived.append(dfut)
+            self._lock.notify()
+
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None = None
+    ) -> Future[Any]:
+        """Queues ``fn(*args, **kwargs)``; a pickling error fails only the returned future."""
+        try:
+            fn_bytes, flags = dump_function(fn)
+            payload = dumps((args, kwargs))
+        except Exception as exc:
+            self.check_open()
+            return failed(exc)
+        return self.submit_call(self._shipped(fn_bytes), flags, payload, timeout)
+
+    def chunk_submitter(
+        self,
+        fn: Callable[..., Any],
+        star: bool,
+        outcomes: bool = False,
+        timeout: float | None = None,
+        timed: bool = False,
+    ) -> Callable[[Sequence[Any]], Future[Any]]:
+        """A function that queues one chunk (see ``ProcessBackend.chunk_submitter``)."""
+        try:
+            fn_bytes, flags = dump_function(fn)
+            shipped = self._shipped(fn_bytes)
+        except Exception as exc:
+            error = exc
+
+            def fail(_: Sequence[Any]) -> Future[Any]:
+                self.check_open()
+                return failed(error)
+
+            return fail
+        flags |= FLAG_STAR_CHUNK if star else FLAG_ITEM_CHUNK
+        if outcomes:
+            flags |= FLAG_OUTCOMES
+        elif timed:
+            flags |= FLAG_TIMED
+
+        def submit_chunk(chunk: Sequence[Any]) -> Future[Any]:
+            try:
+                payload = dumps(list(chunk))
+            except Exception as exc:
+                self.check_open()
+                return failed(exc)
+            return self.submit_call(shipped, flags, payload, timeout)
+
+        return submit_chunk
+
+    def outcome_submitter(
+        self, fn: Callable[..., Any], timeout: float | None = None, star: bool = False
+    ) -> Callable[[Sequence[Any]], Future[Any]]:
+        """Like ``chunk_submitter``, but each item keeps its own outcome."""
+        return self.chunk_submitter(fn, star, outcomes=True, timeout=timeout)
+
+    def one_submitter(
+        self, fn: Callable[..., Any], timeout: float | None = None
+    ) -> Callable[[tuple[Any, ...]], Future[Any]]:
+        """A function that queues ``fn(*args)`` for each args tuple, ``fn`` pickled once."""
+        try:
+            fn_bytes, flags = dump_function(fn)
+            shipped = self._shipped(fn_bytes)
+        except Exception:
+            return lambda args: self.submit(fn, args, {}, timeout)
+
+        def submit_one(args: tuple[Any, ...]) -> Future[Any]:
+            try:
+                payload = dumps((args, {}))
+            except Exception as exc:
+                self.check_open()
+                return failed(exc)
+            return self.submit_call(shipped, flags, payload, timeout)
+
+        return submit_one
+
+    # -- results ----------------------------------------------------------------------------
+
+    def _gather_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._arrived and not self._done_and_closed():
+                    self._lock.wait(self._next_deadline())
+                    self._expire_overdue()
+                self._expire_overdue()  # also while results keep arriving
+                if not self._arrived and self._done_and_closed():
+                    break
+                self._coalesce()
+                batch = list(self._arrived)
+                self._arrived.clear()
+            self._settle_batch(batch)
+        self._finish()
+
+    def _coalesce(self) -> None:
+        """Waits briefly for more tasks to finish, so one ``gather`` fetches them together.
+
+        Each fetch is a round trip through the scheduler, whose cost hardly depends on how many
+        results it carries; short tasks finish in bursts (with the lock held).
+        """
+        deadline = time.monotonic() + COALESCE_S
+        while len(self._arrived) < len(self._sent) // 2 and (left := deadline - time.monotonic()) > 0:
+            self._lock.wait(left)
+
+    def _done_and_closed(self) -> bool:
+        return (self.closed or self._stopping) and not self._queue and not self._sent
+
+    def _next_deadline(self) -> float | None:
+        if not self._deadlines:
+            return None
+        return max(0.0, self._deadlines[0][0] - time.monotonic())
+
+    def _expire_overdue(self) -> None:
+        """Fails the timed tasks whose worker could not stop them (with the lock held)."""
+        if not self._deadlines or self._deadlines[0][0] > time.monotonic():
+            return
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, key = heapq.heappop(self._deadlines)
+            sent = self._sent.pop(key, None)
+            if sent is None:
+                continue
+            fut, dfut = sent
+            dfut.release()
+            _settle(
+                fut,
+                TimeoutError(
+                    f"the task ran past its time limit and the Dask worker could not interrupt it (key {key}); "
+                    "its thread there stays busy until the call returns"
+                ),
+            )
+        self._send_queued()
+
+    def _settle_batch(self, batch: list[Any]) -> None:
+        finished = [d for d in batch if d.status == "finished"]
+        outcomes: dict[str, Any] = {}
+        if finished:
+            try:  # one round trip for the whole batch
+                outcomes = dict(zip((d.key for d in finished), self.client.gather(finished), strict=True))
+            except BaseException:  # one of them was lost meanwhile: each on its own
+                outcomes = {d.key: _gather_one(d) for d in finished}
+        for dfut in batch:
+            with self._lock:
+                sent = self._sent.pop(dfut.key, None)
+            if sent is None:
+                continue  # timed out here already, or terminated
+            fut = sent[0]
+            if dfut.key in outcomes:
+                self._deliver(fut, outcomes[dfut.key])
+            else:
+                _settle(fut, self._failure(dfut))
+            dfut.release()
+        with self._lock:
+            self._send_queued()
+            self._lock.notify_all()
+
+    def _deliver(self, fut: Future[Any], outcome: Any) -> None:
+        if isinstance(outcome, BaseException):
+            _settle(fut, outcome)
+            return
+        try:
+            kind, payload, output, records = outcome
+            self._forward(output, records)
+            if kind == remote.KIND_OK:
+                _settle(fut, None, loads(payload))
+            elif kind == remote.KIND_ERR:
+                _settle(fut, load_exception(payload, self.pool_errors))
+            elif kind == remote.KIND_TIMED_OUT:
+                _settle(fut, TimeoutError(f"the task ran longer than its {payload:g} s limit and was stopped"))
+            else:
+                self._break(payload)
+                _settle(fut, broken_error(self.broken or "", payload))
+        except BaseException as exc:  # the value itself could not be unpickled here
+            _settle(fut, exc)
+
+    def _failure(self, dfut: Any) -> BaseException:
+        """The error for a Dask task that did not finish."""
+        distributed = _distributed()
+        if dfut.status == "error":
+            try:
+                exc = dfut.exception(timeout=5)
+            except Exception as err:
+                exc = err
+            if isinstance(exc, distributed.KilledWorker):
+                return WorkerDiedError(
+                    f"the Dask worker running this task ({exc.last_worker.address}) died before the task "
+                    "finished; ferropool does not let Dask run it again. Resubmit it if it is safe to run again."
+                )
+            return exc if isinstance(exc, BaseException) else BrokenProcessPool(repr(exc))
+        return BrokenProcessPool(
+            f"the Dask cluster lost this task (status {dfut.status!r}): the client was closed or lost its scheduler"
+        )
+
+    def _break(self, cause: bytes) -> None:
+        with self._lock:
+            if self.broken is not None:
+                return
+            self.broken = "A worker's initializer failed: the pool on the Dask cluster cannot run tasks"
+            self._broken_cause = cause
+            queued = list(self._queue)
+            self._queue.clear()
+        for fut, *_ in queued:
+            with contextlib.suppress(RuntimeError):  # cancelled already
+                if fut.set_running_or_notify_cancel():
+                    _settle(fut, broken_error(self.broken, cause))
+
+    def _forward(self, output: list[tuple[str, str]], records: list[dict[str, Any]]) -> None:
+        for stream_name, text in output:
+            stream = sys.stdout if stream_name == "stdout" else sys.stderr
+            stream.write(text)
+        if output:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+        for data in records:
+            record = logging.makeLogRecord(data)
+            logging.getLogger(record.name).handle(record)
+
+    # -- ending -----------------------------------------------------------------------------
+
+    def shutdown(self, cancel_pending: bool) -> None:
+        """Stops accepting work; queued work is sent (or cancelled), then the client closes."""
+        flush_all(self)
+        with self._lock:
+            self.closed = True
+            queued = list(self._queue) if cancel_pending else []
+            self._lock.notify_all()
+        for fut, *_ in queued:
+            fut.cancel()  # skipped when its turn comes
+        with self._lock:
+            self._send_queued()
+            self._lock.notify_all()
+
+    def terminate(self) -> None:
+        """Cancels queued work and fails the work Dask has (its threads finish their calls)."""
+        with self._lock:
+            self.closed = True
+            queued = list(self._queue)
+            self._queue.clear()
+            sent = list(self._sent.values())
+            self._sent.clear()
+            self._lock.notify_all()
+        for fut, *_ in queued:
+            fut.cancel()
+        if sent:
+            try:
+                self.client.cancel([dfut for _, dfut in sent], force=True)
+            except Exception:
+                pass
+        for fut, _ in sent:
+            _settle(fut, BrokenProcessPool("the pool was terminated while this task ran on the Dask cluster"))
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Waits until every task has finished and the client is closed."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _finish(self) -> None:
+        _live.discard(self)
+        if self._own_client:
+            try:
+                self.client.close()
+            except Exception:
+                pass
+
+
+class _QueuedFuture(Future[Any]):
+    """A cluster task's future: ``cancel()`` of a queued task tells its waiters at once.
+
+    (``wait()`` and ``as_completed()`` learn of a cancellation only from
+    ``set_running_or_notify_cancel``, which an executor calls when it dequeues the task.)
+    """
+
+    __slots__ = ()
+
+    def cancel(self) -> bool:
+        """Cancels the call if it has not been sent to the cluster yet."""
+        if not super().cancel():
+            return False
+        with self._condition:
+            if self._state == "CANCELLED":
+                self.set_running_or_notify_cancel()
+        return True
+
+
+def _watchable() -> bool:
+    """Whether Dask's futures have the state ``_watch`` waits on (a private attribute)."""
+    state = getattr(_distributed().client, "FutureState", None)
+    return callable(getattr(state, "wait", None))
+
+
+def _gather_one(dfut: Any) -> Any:
+    try:
+        return dfut.result()
+    except BaseException as exc:
+        return exc
+
+
+def _settle(fut: Future[Any], exc: BaseException | None, value: Any = None) -> None:
+    try:
+        if exc is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(exc)
+    except InvalidStateError:
+        pass
+
+
+def _at_exit() -> None:
+    # as a local pool at exit: queued work runs, then the pools end
+    backends = list(_live)
+    for backend in backends:
+        backend.shutdown(cancel_pending=False)
+    for backend in backends:
+        backend.join()
+
+
+# the hook ``concurrent.futures`` and ``_exit.py`` use: it runs before ``atexit`` callbacks, among
+# them Dask's, which close every client
+threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
