@@ -165,17 +165,45 @@ def _cluster_shm() -> set[str]:
 
 
 def _dask_connections(client) -> int:
-    """Connections the session's cluster keeps open in this process: its client's pool, and
-    those its in-process scheduler accepted (from its workers, for later calls)."""
-    port = int(client.scheduler.address.rsplit(":", 1)[1])
-    accepted = sum(1 for c in psutil.Process().net_connections("tcp") if c.laddr and c.laddr.port == port and c.raddr)
-    return client.rpc.open + accepted
+    """Connections the session's cluster keeps open in this process, which it opens and closes
+    as it likes: its client's pool, those its in-process scheduler accepted, and the scheduler's
+    own to its workers (any connected TCP socket with an end at the scheduler or a worker)."""
+    addresses = [client.scheduler.address, *client.scheduler_info().get("workers", {})]
+    ports = {int(address.rsplit(":", 1)[1]) for address in addresses}
+    return sum(
+        1
+        for c in psutil.Process().net_connections("tcp")
+        if c.raddr and (c.laddr.port in ports or c.raddr.port in ports)
+    )
+
+
+def _tcp_inodes() -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                inodes.update(row.split()[9] for row in f)
+        except (FileNotFoundError, StopIteration):
+            pass
+    return inodes
 
 
 def fd_count() -> int:
-    """Open descriptors of this process, less the connections the session's Dask cluster keeps."""
-    count = len(os.listdir("/proc/self/fd"))
-    return count - _dask_connections(_session_cluster[0]) if _session_cluster else count
+    """Open descriptors of this process; once the session's Dask cluster exists, less every TCP
+    socket (the cluster opens and closes connections in the background; ferropool's own
+    descriptors are never TCP)."""
+    if not _session_cluster:
+        return len(os.listdir("/proc/self/fd"))
+    tcp = _tcp_inodes()
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:
+            pass  # closed while we looked
+    tcp |= _tcp_inodes()  # a socket made between the two reads is still known
+    return sum(1 for t in targets if not (t.startswith("socket:[") and t[8:-1] in tcp))
 
 
 def live_processes(pids):
