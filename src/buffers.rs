@@ -1,5 +1,5 @@
 //! Two memory operations the shared-memory buffer path needs and Python cannot do
-//! (`python/ferropool/_buffers.py`): where a buffer lives, and un-sharing a mapping in place.
+//! (`python/ferropool/_runtime/buffers.py`): where a buffer lives, and un-sharing a mapping in place.
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyValueError};

@@ -25,7 +25,7 @@ use crate::supervisor::WorkerSpec;
 use crate::task::{attach_handle, Completion, Outcome, PyTaskHandle, Task, TaskState};
 use crate::wire;
 
-/// Outcome kinds as the Python side sees them. Must match `python/ferropool/_serialize.py`.
+/// Outcome kinds as the Python side sees them. Must match `python/ferropool/_runtime/serialize.py`.
 const OUT_OK: u8 = 0;
 const OUT_ERR: u8 = 1;
 const OUT_DIED: u8 = 2;
@@ -72,7 +72,7 @@ impl PyProcessEngine {
         let forkserver_fd = forkserver_fd.map(crate::errors::fd_arg).transpose();
         let output_fd = output_fd.map(crate::errors::fd_arg).transpose();
         // SAFETY: the caller hands over connected socket descriptors it no longer uses
-        // (`socket.detach()` in `_forkserver.py` and `_logs.py`); from here on this engine owns
+        // (`socket.detach()` in `_runtime/forkserver.py` and `_pool/logs.py`); from here on this engine owns
         // them (the valid ones, even when the other is not: they close on the error).
         let own = |fd: &crate::errors::Result<Option<RawFd>>| {
             fd.as_ref()
@@ -332,7 +332,7 @@ fn next_batch(rx: &Receiver<Vec<Completion>>) -> Option<Vec<Completion>> {
     Some(batch)
 }
 
-/// `[(id, kind, payload), ...]` with the payloads described in `_serialize.py`.
+/// `[(id, kind, payload), ...]` with the payloads described in `_runtime/serialize.py`.
 fn to_python(py: Python<'_>, batch: Vec<Completion>) -> PyResult<Bound<'_, PyList>> {
     let items = batch.into_iter().map(|c| -> PyResult<Bound<'_, PyTuple>> {
         let id = c.id;
@@ -406,7 +406,7 @@ fn take_fds(fds: Vec<i32>) -> PyResult<Vec<OwnedFd>> {
         return Err(PyValueError::new_err("too many shared-memory buffers in one call"));
     }
     let bad = fds.iter().find_map(|&fd| crate::errors::fd_arg(fd).err());
-    // SAFETY: the caller (ProcessBackend, via _buffers.py) created each descriptor for this call
+    // SAFETY: the caller (ProcessBackend, via _runtime/buffers.py) created each descriptor for this call
     // and gives up ownership here; nothing else closes them. Only open ones are taken.
     let owned: Vec<OwnedFd> = fds
         .into_iter()

@@ -182,7 +182,7 @@ fn dumps<'py>(py: Python<'py>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, P
             return Ok(data);
         }
     }
-    let slow = import_attr(py, &FALLBACK_DUMPS, "ferropool._serialize", "dumps")?;
+    let slow = import_attr(py, &FALLBACK_DUMPS, "ferropool._runtime.serialize", "dumps")?;
     Ok(slow.bind(py).call1((obj,))?.cast_into::<PyBytes>()?)
 }
 

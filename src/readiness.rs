@@ -1,7 +1,7 @@
 //! A readiness check that keeps the GIL: for callers that must not let another thread in.
 //!
 //! A process pool's result thread asks, before each batch of results, whether workers' output
-//! is waiting to be written first (`python/ferropool/_logs.py`). A Python-level `poll` would
+//! is waiting to be written first (`python/ferropool/_pool/logs.py`). A Python-level `poll` would
 //! release the GIL for the system call, and on a busy interpreter getting it back can take a
 //! whole switch interval: per batch, that was most of the cost of forwarding output. A
 //! zero-timeout `poll` never blocks, so holding the GIL through it costs nothing.

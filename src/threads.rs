@@ -45,7 +45,7 @@ struct Shared {
     max_workers: usize,
     name_prefix: String,
     initializer: Option<(Py<PyAny>, Py<PyTuple>)>,
-    /// Python helpers in `python/ferropool/_threads.py`: thread_started, thread_finished,
+    /// Python helpers in `python/ferropool/_pool/threads.py`: thread_started, thread_finished,
     /// initializer_failed.
     hooks: Py<PyAny>,
     broken: Mutex<Option<String>>,

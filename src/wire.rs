@@ -4,7 +4,7 @@
 //! [len: u64][kind: u8][flags: u8][nfds: u8][id: u64][aux: u32][body: len bytes]   little-endian, 23-byte header
 //! ```
 //! The core never looks inside `body`: it is a pickled call or result, produced and consumed by
-//! `python/ferropool/_serialize.py`. `aux` carries the function's length inside a call body and
+//! `python/ferropool/_runtime/serialize.py`. `aux` carries the function's length inside a call body and
 //! the task's run time (µs) in a result, so neither needs a second frame. `nfds` descriptors
 //! (memfd segments holding the large buffers of the body, see `fdpass.rs`) travel with the
 //! frame's first bytes.

@@ -1,5 +1,5 @@
 //! The loop inside a worker process: read frames, run each call through the Python handler
-//! (`python/ferropool/_worker.py`), write each result back as soon as its call returns.
+//! (`python/ferropool/_worker/main.py`), write each result back as soon as its call returns.
 //!
 //! The GIL is released while the worker waits for frames and while it writes results; it is held
 //! only for the handler, which unpickles, calls and pickles. Frames are read in batches, but

@@ -111,7 +111,7 @@ SCRIPT = """
 import json, os, sys
 sys.path.insert(0, {root!r})
 import ferropool
-from ferropool import _forkserver
+from ferropool._runtime import forkserver
 from tests import _tasks
 
 front, where, cls = {front!r}, {where!r}, getattr(_tasks, {cls!r})
@@ -121,7 +121,7 @@ if front == "submit":
 else:
     pool = ferropool.Pool(2)
     pids = set(pool.map(_tasks.get_pid, range(20), chunksize=1))
-print("PIDS " + json.dumps({{"workers": sorted(pids), "server": _forkserver.server_pid()}}), flush=True)
+print("PIDS " + json.dumps({{"workers": sorted(pids), "server": forkserver.server_pid()}}), flush=True)
 if front == "submit":
     if where == "arg":
         fut = pool.submit(_tasks.identity, cls())

@@ -10,7 +10,8 @@ import threading
 
 import ferropool
 import pytest
-from ferropool import _logs, _worker_output
+from ferropool._pool import logs
+from ferropool._worker import forwarding
 
 from tests.conftest import WAIT, Child
 
@@ -58,7 +59,7 @@ def flood(nbytes: int) -> int:
 
 
 def print_after_backlog_is_sent(text: str) -> int:
-    _worker_output._link.finish(WAIT)  # type: ignore[union-attr]
+    forwarding._link.finish(WAIT)  # type: ignore[union-attr]
     print(text)
     return os.getpid()
 
@@ -304,12 +305,12 @@ def test_recycled_workers_are_logged_at_info(caplog):
 @pytest.fixture
 def fresh_logger():
     log = logging.getLogger("ferropool")
-    saved = (log.level, log.propagate, list(log.handlers), _logs._stderr_handler)
+    saved = (log.level, log.propagate, list(log.handlers), logs._stderr_handler)
     yield log
     log.setLevel(saved[0])
     log.propagate = saved[1]
     log.handlers[:] = saved[2]
-    _logs._stderr_handler = saved[3]
+    logs._stderr_handler = saved[3]
 
 
 def test_get_logger_is_the_ferropool_logger():

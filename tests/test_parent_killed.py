@@ -27,7 +27,7 @@ INTERRUPT_BOUND = 3.0  # the requirement is 1 s; slack for a loaded 2-core machi
 HEADER = """
 import functools, json
 import ferropool
-from ferropool import _forkserver
+from ferropool._runtime import forkserver
 from tests import _tasks
 
 method, front, beacon = {method!r}, {front!r}, {beacon!r}
@@ -44,7 +44,7 @@ if front == "executor":
     results = [pool.submit(task, 30).result for _ in range(2)]
 else:
     results = [pool.apply_async(task, (30,)).get for _ in range(2)]
-print("PIDS " + json.dumps({{"server": _forkserver.server_pid()}}), flush=True)
+print("PIDS " + json.dumps({{"server": forkserver.server_pid()}}), flush=True)
 results[0]()
 print("the wait returned", flush=True)
 """

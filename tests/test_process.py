@@ -352,16 +352,17 @@ def test_set_start_method_once_unless_forced():
 
 
 def test_set_start_method_spawn_reaches_pools_made_without_a_context():
-    from ferropool import _backend, context
+    from ferropool import context
+    from ferropool._pool import backend
 
     saved = context._chosen
     try:
         ferropool.set_start_method("spawn", force=True)
-        assert _backend.start_method(None) == "spawn"
+        assert backend.start_method(None) == "spawn"
         with ferropool.ProcessPoolExecutor(1) as ex:
             assert ex.submit(abs, -2).result() == 2
         ferropool.set_start_method("fork", force=True)
-        assert _backend.start_method(None) == "forkserver"
+        assert backend.start_method(None) == "forkserver"
     finally:
         context._chosen = saved
 

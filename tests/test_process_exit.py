@@ -199,18 +199,18 @@ def test_children_forked_by_the_fork_server_see_the_parent_as_it_is_at_start(tmp
     result = run_script(
         tmp_path,
         f"""
-        from ferropool import _forkserver
+        from ferropool._runtime import forkserver
         first = ferropool.Process(target=time.sleep, args=(0,))
         first.start()  # makes the fork server: this program has one thread
         first.join(30)
-        assert _forkserver.server_pid() is not None
+        assert forkserver.server_pid() is not None
         os.chdir({str(tmp_path / "later")!r})
         os.environ["FERRO_LATE"] = "set after the server"
         sys.path.append({str(tmp_path / "extra")!r})
         a, b = ferropool.Pipe()
         p = ferropool.Process(target=tasks.report_surroundings, args=(b,))
         p.start()
-        print(a.recv() == (os.getcwd(), "set after the server", 42, os.getpgrp(), _forkserver.server_pid()))
+        print(a.recv() == (os.getcwd(), "set after the server", 42, os.getpgrp(), forkserver.server_pid()))
         p.join(30)
         killed = ferropool.Process(target=time.sleep, args=(60,))
         killed.start()

@@ -45,9 +45,9 @@ print("DONE", flush=True)
 
 def own_link(parent: int) -> int:
     """In a worker: the descriptor of its link to the pool's process ``parent``."""
-    from ferropool import _worker_start
+    from ferropool._worker import start
 
-    output = getattr(_worker_start, "connection", None)
+    output = getattr(start, "connection", None)
     skip = os.fstat(output.fileno()).st_ino if output is not None else None
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -138,7 +138,7 @@ beacon = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
 keep = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
 with ferropool.ProcessPoolExecutor(max_workers=2) as ex:
     assert list(ex.map(abs, range(-4, 0))) == [4, 3, 2, 1]
-    server = ferropool._forkserver.server_pid()
+    server = ferropool._runtime.forkserver.server_pid()
     assert server is not None, "no fork server"
     workers = [w.pid for w in ex.stats().workers]
     assert all(psutil.Process(pid).ppid() == server for pid in workers), workers

@@ -17,7 +17,7 @@ from __future__ import annotations
 import _thread
 
 from . import _core
-from ._serialize import dumps, loads
+from ._runtime.serialize import dumps, loads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ A context is ferropool itself seen through one start method: ``ctx.Process``, ``
 
 from __future__ import annotations
 
-from ._backend import START_METHODS
+from ._pool.backend import START_METHODS
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def set_executable(executable: Any) -> None:
     That is pool workers and processes started by ``"spawn"``, or when there is no fork server.
     Children forked from the fork server are copies of this interpreter and are not affected.
     """
-    from ._spawn import set_executable as set_in_spawn
+    from ._runtime.spawn import set_executable as set_in_spawn
 
     set_in_spawn(executable)
 
@@ -147,7 +147,7 @@ def set_forkserver_preload(module_names: Any) -> None:
     Raises:
         TypeError: ``module_names`` is not a list of strings.
     """
-    from . import _forkserver
+    from ._runtime import forkserver
 
     try:
         names = None if isinstance(module_names, str) else list(module_names)
@@ -155,7 +155,7 @@ def set_forkserver_preload(module_names: Any) -> None:
         names = None
     if names is None or not all(type(name) is str for name in names):
         raise TypeError("module_names must be a list of strings")
-    _forkserver.preload = names
+    forkserver.preload = names
 
 
 def allow_connection_pickling() -> None:

@@ -31,8 +31,12 @@ from concurrent.futures import wait as _stdlib_wait
 from concurrent.futures._base import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import Any, TypeVar
 
-from . import _aio, _core, _progress, _setup, _state, _stats
-from ._backend import (
+from . import _core
+from ._pool import aio as _aio
+from ._pool import progress as _progress
+from ._pool import setup as _setup
+from ._pool import stats as _stats
+from ._pool.backend import (
     ProcessBackend,
     ThreadBackend,
     check_callable,
@@ -41,8 +45,9 @@ from ._backend import (
     chunks,
     start_method,
 )
-from ._batching import EagerMap
-from ._future import Future
+from ._pool.batching import EagerMap
+from ._pool.future import Future
+from ._worker import state as _state
 from .errors import TimeoutError
 
 __all__ = [

@@ -29,8 +29,12 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from . import _aio, _core, _progress, _setup, _state, _stats
-from ._backend import (
+from . import _core
+from ._pool import aio as _aio
+from ._pool import progress as _progress
+from ._pool import setup as _setup
+from ._pool import stats as _stats
+from ._pool.backend import (
     ProcessBackend,
     ThreadBackend,
     check_callable,
@@ -39,8 +43,9 @@ from ._backend import (
     failed,
     start_method,
 )
-from ._batching import BatchSizer, EagerMap, unpack_outcomes
-from ._future import Future
+from ._pool.batching import BatchSizer, EagerMap, unpack_outcomes
+from ._pool.future import Future
+from ._worker import state as _state
 from .errors import CancelledError, MaybeEncodingError, TimeoutError
 
 __all__ = [

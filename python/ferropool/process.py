@@ -2,7 +2,7 @@
 
 The names and semantics of ``multiprocessing``'s, on ferropool's safe start: never a ``fork()``
 of the (threaded) parent. A child is forked by ferropool's fork server when there is one (see
-``_forkserver.start_process``; the payload then starts with the parent's working directory,
+``forkserver.start_process``; the payload then starts with the parent's working directory,
 ``sys.path`` and environment), else it is a fresh interpreter. The life of a spawned one::
 
  parent                                          child: python -S -c ... (parent's sys.path)
@@ -17,7 +17,7 @@ of the (threaded) parent. A child is forked by ferropool's fork server when ther
  join() / is_alive() / sentinel                  interpreter exit (joins its own children)
    wait on a pidfd, GIL released ◀───────────── exit status (minus the signal if killed)
 
-At the parent's interpreter exit (``_exit.py``), daemonic children are terminated and the others
+At the parent's interpreter exit (``lifecycle.py``), daemonic children are terminated and the others
 joined, as ``multiprocessing`` does.
 """
 
@@ -29,7 +29,7 @@ import sys
 import time
 
 from . import _core, connection
-from ._serialize import dumps
+from ._runtime.serialize import dumps
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -121,8 +121,8 @@ class Process:
         _require(self._popen is None, "cannot start a process twice")
         _require(self._parent_pid == os.getpid(), "can only start a process object created by current process")
         _require(not _current_process._config.get("daemon"), "daemonic processes are not allowed to have children")
-        from . import _exit  # noqa: F401 - its exit hook finishes the children (_finish_children)
-        from ._spawn import process_argv
+        from ._runtime import lifecycle  # noqa: F401 - its exit hook finishes the children (_finish_children)
+        from ._runtime.spawn import process_argv
 
         _cleanup()
         inherited: dict[int, None] = {}
@@ -133,14 +133,14 @@ class Process:
             del connection._passing.fds
         server = None
         if self._start_method() != "spawn":
-            from . import _forkserver
+            from ._runtime import forkserver
 
-            server = _forkserver.connect()  # before the pipe: a server made now must not hold it
+            server = forkserver.connect()  # before the pipe: a server made now must not hold it
         read_end, write_end = os.pipe()
         try:
             forked = None
             if server is not None:
-                forked = _forkserver.start_process(server, read_end, list(inherited))
+                forked = forkserver.start_process(server, read_end, list(inherited))
             if forked is not None:
                 self._popen = _core.ChildProcess.adopt(*forked)
                 # a fork of the server: it has the server's cwd, path and environment, not ours
@@ -167,7 +167,7 @@ class Process:
     def _start_method(self) -> str:
         if self._start_method_name is not None:
             return self._start_method_name
-        from ._spawn import default_method
+        from ._runtime.spawn import default_method
 
         return default_method()
 
@@ -331,7 +331,7 @@ class Process:
         _parent_process = _ParentProcess(self._parent_name, self._parent_pid)
         _current_process = self
         sys.argv[:] = argv
-        from ._worker_start import name_this_process
+        from ._worker.start import name_this_process
 
         name_this_process(self.name)
         import logging
@@ -391,7 +391,7 @@ class _MainProcess(Process):
         self._parent_name = ""
         self._popen = None
         self._closed = False
-        start = sys.modules.get("ferropool._worker_start")  # in a pool's worker: PoolWorker-<n>
+        start = sys.modules.get("ferropool._worker.start")  # in a pool's worker: PoolWorker-<n>
         self._name = getattr(start, "worker_name", None) or "MainProcess"
 
     def close(self) -> None:
@@ -458,7 +458,7 @@ def active_children() -> list[Process]:
 
 
 def _finish_children(interrupted: bool = False) -> None:
-    """At interpreter exit (``_exit.py``): stops daemonic children and joins the others.
+    """At interpreter exit (``lifecycle.py``): stops daemonic children and joins the others.
 
     A program ending with Ctrl-C (``interrupted``) stops every child, so an interrupted program
     never waits for its children; so does a second Ctrl-C during the join (the stdlib would leave
@@ -500,7 +500,7 @@ def __getattr__(name: str) -> Any:
 
 def _child_main(fd: int) -> None:
     """Entry point of a child (see ``_spawn.process_argv``): reads its process object from ``fd``."""
-    from ._worker import _loads
+    from ._worker.main import _loads
 
     with open(fd, "rb") as pipe:
         payload = pipe.read()
@@ -520,7 +520,7 @@ def _forked_child_main(fd: int) -> int:
     import io
     import threading
 
-    from ._worker import _loads
+    from ._worker.main import _loads
 
     with open(fd, "rb") as pipe:
         payload = pipe.read()

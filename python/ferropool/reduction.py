@@ -16,7 +16,7 @@ import pickle
 from collections import ChainMap
 from typing import Any
 
-from ._serialize import extra_reducers
+from ._runtime.serialize import extra_reducers
 
 __all__ = ["ForkingPickler", "dump", "register"]
 

@@ -13,9 +13,10 @@ import os
 import sys
 import time
 
-from . import _by_value, _core
-from ._buffers import from_segments, pack, pack_outcomes, release_received
-from ._serialize import (
+from .. import _core
+from .._runtime import by_value
+from .._runtime.buffers import from_segments, pack, pack_outcomes, release_received
+from .._runtime.serialize import (
     FLAG_CACHEABLE,
     FLAG_ITEM_CHUNK,
     FLAG_OUTCOMES,
@@ -78,8 +79,8 @@ class Handler:
             release_received()
 
     def _call(self, body: bytes, fn_len: int, flags: int, fds: list[int] | None) -> Result:
-        if not _by_value.installed and ("cloudpickle" in sys.modules or body.find(b"cloudpickle") >= 0):
-            _by_value.install()  # before the first function shipped by value is rebuilt
+        if not by_value.installed and ("cloudpickle" in sys.modules or body.find(b"cloudpickle") >= 0):
+            by_value.install()  # before the first function shipped by value is rebuilt
         try:
             buffers = from_segments(fds, keep=True) if fds else None
             fn = self._function(body, fn_len, flags)
@@ -125,13 +126,13 @@ def _outcomes(fn: Any, items: Any, star: bool, pool: bool) -> tuple[bytes, list[
 
 def main(parent_pid: int) -> None:
     """Entry point of a worker process."""
-    from ._worker_start import name_worker
+    from .start import name_worker
 
     name_worker()
     code = _core.worker_main(Handler(), parent_pid)
-    output = sys.modules.get("ferropool._worker_output")
-    if output is not None:  # output forwarded to the parent: send what is still queued
-        output.finish_in_worker()
+    forwarding = sys.modules.get("ferropool._worker.forwarding")
+    if forwarding is not None:  # output forwarded to the parent: send what is still queued
+        forwarding.finish_in_worker()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -29,7 +29,7 @@ def worker_state() -> Any:
         LookupError: this is not a pool worker, or its pool has no initializer.
     """
     value = getattr(_thread, "value", _MISSING)
-    start = sys.modules.get("ferropool._worker_start")
+    start = sys.modules.get("ferropool._worker.start")
     if value is _MISSING and start is not None and start.state is not start.NO_STATE:
         value = start.state
     if value is _MISSING:

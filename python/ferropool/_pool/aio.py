@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import TimeoutError
+from ..errors import TimeoutError
 
 if TYPE_CHECKING:
     import asyncio
 
-    from ._future import Future
-    from .pool import IMapIterator
+    from ..pool import IMapIterator
+    from .future import Future
 
 T = TypeVar("T")
 

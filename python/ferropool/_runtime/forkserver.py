@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import _core
+from .. import _core
 
 _lock = threading.Lock()
 #: modules a fork server imports as it starts (``set_forkserver_preload``)
@@ -336,7 +336,7 @@ def _become_process(
         os.dup2(devnull, 0)
         os.close(devnull)
         gc.unfreeze()
-        from .process import _forked_child_main
+        from ..process import _forked_child_main
 
         code = _forked_child_main(payload)
     except BaseException:
@@ -395,7 +395,7 @@ def _become_worker(link: int, status: int, output: list[int], number: int, serve
     try:
         os.setpgid(0, 0)
         _leave_server(status, server_fds)
-        from ._worker_start import NUMBER_VAR, OUTPUT_FD_VAR
+        from .._worker.start import NUMBER_VAR, OUTPUT_FD_VAR
 
         os.environ[NUMBER_VAR] = str(number)  # as a spawned worker learns them
         if output:
@@ -403,7 +403,7 @@ def _become_worker(link: int, status: int, output: list[int], number: int, serve
         os.dup2(link, 0)  # the worker loop takes its link from stdin, as a spawned worker does
         os.close(link)
         # inherited objects stay frozen: a collection in the worker never walks the parent's heap
-        from ._worker import main
+        from .._worker.main import main
 
         main(server)
     finally:

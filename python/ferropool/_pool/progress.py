@@ -199,7 +199,7 @@ class Tracker:
 
         Cancelling the relay cancels ``inner`` (an abandoned map cancels what it submitted).
         """
-        from ._future import Future
+        from .future import Future
 
         outer: Future[Any] = Future()
 

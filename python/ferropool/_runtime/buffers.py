@@ -17,8 +17,8 @@ from __future__ import annotations
 import mmap
 import os
 
-from . import _core
-from ._serialize import dump_outcomes, dumps, loads, wrap_large
+from .. import _core
+from .serialize import dump_outcomes, dumps, loads, wrap_large
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from . import _core
+from .. import _core
 
 #: The variables set in each worker (OpenMP, OpenBLAS, MKL, Apple Accelerate, numexpr).
 BLAS_VARS = (

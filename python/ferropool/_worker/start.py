@@ -9,7 +9,7 @@
 3. run the user's initializer and keep its value for ``ferropool.worker_state()``.
 
 Start-up time is a pool's start-up time, and under ``spawn`` every worker pays it again, so this
-module is small and imports nothing a bare worker lacks. The machinery (``_worker_output.py``)
+module is small and imports nothing a bare worker lacks. The machinery (``output.py``)
 loads at the first print or log record; a worker that does neither never loads it. The parent's
 side, and the design, are in ``_logs.py``.
 """
@@ -117,9 +117,9 @@ def _take_output_socket(fd: int, level: int | None, output: bool) -> None:
         sys.stderr = _text_stream(STDERR, sys.stderr, 2)
     if level is not None:
         if "logging" in sys.modules:
-            from . import _worker_output
+            from . import forwarding
 
-            _worker_output.forward_records(sys.modules["logging"], level)
+            forwarding.forward_records(sys.modules["logging"], level)
         else:
             # importing logging now would cost most of a fresh worker's start-up, and tasks
             # that never log never need it: set it up when something imports it
@@ -169,9 +169,9 @@ class _Sink:
         if target is None:
             with _make_lock:
                 if self._target is None:
-                    from . import _worker_output
+                    from . import forwarding
 
-                    self._target = _worker_output.line_sink(self._kind) or _FdWriter(self._fd)
+                    self._target = forwarding.line_sink(self._kind) or _FdWriter(self._fd)
                 target = self._target
         return target
 
@@ -246,9 +246,9 @@ def _forget_after_fork() -> None:
     if connection is not None:
         connection.close()
         connection = None
-    output = sys.modules.get("ferropool._worker_output")
-    if output is not None:
-        output.forget_after_fork()
+    forwarding = sys.modules.get("ferropool._worker.forwarding")
+    if forwarding is not None:
+        forwarding.forget_after_fork()
     for sink in _sinks:
         sink._target = _FdWriter(sink._fd)
 
@@ -274,9 +274,9 @@ class _WhenLoggingIsImported:
 
         def exec_module(module: Any) -> None:
             run_module(module)
-            from . import _worker_output
+            from . import forwarding
 
-            _worker_output.forward_records(module, level)
+            forwarding.forward_records(module, level)
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec

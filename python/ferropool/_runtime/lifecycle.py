@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 
-from . import _core
+from .. import _core
 
 shutting_down = False
 
@@ -32,7 +32,7 @@ def _python_exit() -> None:
     Ctrl-C during the wait terminates them too. Either way no pool thread outlives this call.
     """
     global shutting_down
-    batching = sys.modules.get("ferropool._batching")  # importing anything now is too late
+    batching = sys.modules.get("ferropool._pool.batching")  # importing anything now is too late
     if batching is not None and not _dying_of_interrupt():
         batching.flush_all()  # a map nobody read still runs every item, as the stdlib's does
     shutting_down = True

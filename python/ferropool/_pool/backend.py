@@ -14,11 +14,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from . import _core, _exit, _forkserver, _threads
-from ._batching import flush_all
-from ._buffers import close_all, pack_call, pack_chunk, unpack
-from ._future import Future
-from ._serialize import (
+from .. import _core
+from .._runtime import forkserver, lifecycle
+from .._runtime.buffers import close_all, pack_call, pack_chunk, unpack
+from .._runtime.serialize import (
     FLAG_ITEM_CHUNK,
     FLAG_OUTCOMES,
     FLAG_POOL_ERRORS,
@@ -36,8 +35,11 @@ from ._serialize import (
     load_exception,
     loads,
 )
-from ._spawn import default_method, worker_argv
-from .errors import BrokenProcessPool, InvalidStateError, TimeoutError, WorkerDiedError
+from .._runtime.spawn import default_method, worker_argv
+from ..errors import BrokenProcessPool, InvalidStateError, TimeoutError, WorkerDiedError
+from . import threads
+from .batching import flush_all
+from .future import Future
 
 
 class ResultSink:
@@ -198,7 +200,7 @@ class ProcessBackend:
         self.sink = ResultSink(pool_errors)
         self._ids = itertools.count(1)
         self.closed = False
-        server = _forkserver.connect() if method == "forkserver" else None
+        server = forkserver.connect() if method == "forkserver" else None
         self.engine = _core.ProcessEngine(
             worker_argv(),
             workers,
@@ -221,7 +223,7 @@ class ProcessBackend:
             raise BrokenProcessPool(broken)
         if self.closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        if _exit.shutting_down:
+        if lifecycle.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def submit_call(
@@ -247,7 +249,7 @@ class ProcessBackend:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None = None
     ) -> Future[Any]:
         """Queues ``fn(*args, **kwargs)``; a pickling error fails only the returned future."""
-        if _exit.shutting_down:
+        if lifecycle.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         try:
             fn_bytes, flags = dump_function(fn)
@@ -385,7 +387,7 @@ class ThreadBackend:
         self.workers = max_workers
         self.closed = False
         self._lock = threading.Lock()
-        self.engine = _core.ThreadEngine(max_workers, name_prefix, _threads, initializer, tuple(initargs))
+        self.engine = _core.ThreadEngine(max_workers, name_prefix, threads, initializer, tuple(initargs))
 
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None = None
@@ -394,7 +396,7 @@ class ThreadBackend:
 
         ``timeout`` is not supported (a thread cannot be stopped); the front ends refuse it.
         """
-        if _exit.shutting_down:
+        if lifecycle.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         fut: Future[Any] = Future()
         self.engine.submit(fut, fn, args, kwargs or None)

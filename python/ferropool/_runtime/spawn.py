@@ -38,7 +38,7 @@ def interpreter_argv(code: str) -> list[str]:
 
 def worker_argv() -> list[str]:
     """The command line of a pool worker."""
-    return interpreter_argv(f"from ferropool._worker import main; main({os.getpid()})")
+    return interpreter_argv(f"from ferropool._worker.main import main; main({os.getpid()})")
 
 
 def process_argv(payload_fd: int) -> list[str]:

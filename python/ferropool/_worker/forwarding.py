@@ -12,7 +12,7 @@ import _thread
 import collections
 import sys
 
-from ._worker_start import DROPPED, PENDING_MAX, PIECE, RECORD, RECORD_MAX, connection
+from .start import DROPPED, PENDING_MAX, PIECE, RECORD, RECORD_MAX, connection
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:

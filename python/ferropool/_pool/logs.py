@@ -46,8 +46,8 @@ import threading
 import weakref
 from collections.abc import Callable
 
-from . import _core
-from ._worker_start import DROPPED, MESSAGE_MAX, RECORD, STDERR, STDOUT
+from .. import _core
+from .._worker.start import DROPPED, MESSAGE_MAX, RECORD, STDERR, STDOUT
 
 __all__ = ["get_logger", "log_to_stderr"]
 

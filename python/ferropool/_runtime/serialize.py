@@ -213,7 +213,7 @@ def encoding_error(pickling_error: BaseException, value: Any) -> BaseException:
 
     The pickling error is its ``__cause__``, so its traceback travels with it.
     """
-    from .errors import MaybeEncodingError
+    from ..errors import MaybeEncodingError
 
     err = MaybeEncodingError(pickling_error, value)
     err.__cause__ = pickling_error

@@ -21,10 +21,10 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from . import _progress
-from ._future import Future
-from ._serialize import attach_traceback
-from .errors import CancelledError, TimeoutError
+from .._runtime.serialize import attach_traceback
+from ..errors import CancelledError, TimeoutError
+from . import progress as _progress
+from .future import Future
 
 #: Work one task should carry once item times are known.
 TARGET_S = 0.001
