@@ -72,6 +72,11 @@ pub mod _core {
             .replace("-alpha.", "a")
             .replace("-beta.", "b")
             .replace("-rc.", "rc");
-        m.add("__version__", version)
+        m.add("__version__", version)?;
+        // the protocol constants Rust owns, so that Python never restates them
+        for (name, value) in crate::process_pool::OUTCOME_KINDS {
+            m.add(name, value)?;
+        }
+        Ok(())
     }
 }

@@ -25,15 +25,29 @@ use crate::supervisor::WorkerSpec;
 use crate::task::{attach_handle, Completion, Outcome, PyTaskHandle, Task, TaskState};
 use crate::wire;
 
-/// Outcome kinds as the Python side sees them. Must match `python/ferropool/_runtime/serialize.py`.
-const OUT_OK: u8 = 0;
-const OUT_ERR: u8 = 1;
-const OUT_DIED: u8 = 2;
-const OUT_CANCELLED: u8 = 3;
-const OUT_BROKEN: u8 = 4;
-const OUT_TIMED_OUT: u8 = 5;
-const OUT_KILLED: u8 = 6;
-const OUT_OK_BUFFERS: u8 = 7;
+/// Outcome kinds: the second field of each `(id, kind, payload)` the completion thread hands to
+/// Python. Defined here only; `lib.rs` exports each as `ferropool._core.<NAME>`, which is what
+/// `ResultSink.deliver` (`python/ferropool/_pool/backend.py`) compares against.
+pub const OUT_OK: u8 = 0;
+pub const OUT_ERR: u8 = 1;
+pub const OUT_DIED: u8 = 2;
+pub const OUT_CANCELLED: u8 = 3;
+pub const OUT_BROKEN: u8 = 4;
+pub const OUT_TIMED_OUT: u8 = 5;
+pub const OUT_KILLED: u8 = 6;
+pub const OUT_OK_BUFFERS: u8 = 7;
+
+/// The outcome kinds by the names Python reads them under.
+pub const OUTCOME_KINDS: [(&str, u8); 8] = [
+    ("OUT_OK", OUT_OK),
+    ("OUT_ERR", OUT_ERR),
+    ("OUT_DIED", OUT_DIED),
+    ("OUT_CANCELLED", OUT_CANCELLED),
+    ("OUT_BROKEN", OUT_BROKEN),
+    ("OUT_TIMED_OUT", OUT_TIMED_OUT),
+    ("OUT_KILLED", OUT_KILLED),
+    ("OUT_OK_BUFFERS", OUT_OK_BUFFERS),
+];
 
 /// A process pool's engine as Python sees it.
 #[pyclass(name = "ProcessEngine", module = "ferropool._core", frozen)]

@@ -165,25 +165,18 @@ fn wait_slices(
 
 static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static FALLBACK_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn import_attr(py: Python<'_>, cell: &'static PyOnceLock<Py<PyAny>>, module: &str, name: &str) -> PyResult<Py<PyAny>> {
     cell.get_or_try_init(py, || Ok(py.import(module)?.getattr(name)?.unbind()))
         .map(|f| f.clone_ref(py))
 }
 
-/// Pickles with the C pickler; objects it cannot ship to a fresh interpreter (lambdas, things
-/// defined in `__main__`) go through `_serialize.dumps`, which uses cloudpickle.
+/// Pickles `obj` by ferropool's one pickling policy (`_runtime/serialize.py`'s `dumps`: plain
+/// pickle, cloudpickle for what a fresh interpreter could not load, `reduction.register`'s
+/// reducers), so that a queue ships exactly what a pool or a `Connection` would.
 fn dumps<'py>(py: Python<'py>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-    let fast = import_attr(py, &DUMPS, "_pickle", "dumps")?;
-    if let Ok(data) = fast.bind(py).call1((obj, 5)) {
-        let data = data.cast_into::<PyBytes>()?;
-        if !data.as_bytes().windows(8).any(|w| w == b"__main__") {
-            return Ok(data);
-        }
-    }
-    let slow = import_attr(py, &FALLBACK_DUMPS, "ferropool._runtime.serialize", "dumps")?;
-    Ok(slow.bind(py).call1((obj,))?.cast_into::<PyBytes>()?)
+    let dumps = import_attr(py, &DUMPS, "ferropool._runtime.serialize", "dumps")?;
+    Ok(dumps.bind(py).call1((obj,))?.cast_into::<PyBytes>()?)
 }
 
 impl Ring {
@@ -674,7 +667,7 @@ impl PyQueue {
         }
         let result = self.ring.read_message(py, deadline);
         head.lock.unlock();
-        let loads = import_attr(py, &LOADS, "_pickle", "loads")?;
+        let loads = import_attr(py, &LOADS, "ferropool._runtime.serialize", "loads")?;
         match result? {
             Some(bytes) => loads.bind(py).call1((bytes,)),
             None => Err(Error::QueueEmpty.into()),

@@ -332,9 +332,7 @@ def test_get_context_rejects_unknown_methods():
 
 
 def test_set_start_method_once_unless_forced():
-    from ferropool import context
-
-    saved = context._chosen
+    saved = ferropool.get_start_method(allow_none=True)
     try:
         ferropool.set_start_method(None, force=True)
         assert ferropool.get_start_method(allow_none=True) is None
@@ -348,23 +346,22 @@ def test_set_start_method_once_unless_forced():
         with pytest.raises(ValueError):
             ferropool.set_start_method("nope", force=True)
     finally:
-        context._chosen = saved
+        ferropool.set_start_method(saved, force=True)
 
 
 def test_set_start_method_spawn_reaches_pools_made_without_a_context():
-    from ferropool import context
-    from ferropool._pool import backend
+    from ferropool._runtime import start_methods
 
-    saved = context._chosen
+    saved = ferropool.get_start_method(allow_none=True)
     try:
         ferropool.set_start_method("spawn", force=True)
-        assert backend.start_method(None) == "spawn"
+        assert start_methods.for_pool(None) == "spawn"
         with ferropool.ProcessPoolExecutor(1) as ex:
             assert ex.submit(abs, -2).result() == 2
         ferropool.set_start_method("fork", force=True)
-        assert backend.start_method(None) == "forkserver"
+        assert start_methods.for_pool(None) == "forkserver"
     finally:
-        context._chosen = saved
+        ferropool.set_start_method(saved, force=True)
 
 
 def test_all_start_methods_default_first_and_freeze_support_is_a_no_op():

@@ -8,6 +8,16 @@ from typing import Any, final
 from typing_extensions import Buffer, Self, disjoint_base
 
 __version__: str
+
+# outcome kinds of (id, kind, payload) delivered to ProcessEngine's on_results (src/process_pool.rs)
+OUT_OK: int
+OUT_ERR: int
+OUT_DIED: int
+OUT_CANCELLED: int
+OUT_BROKEN: int
+OUT_TIMED_OUT: int
+OUT_KILLED: int
+OUT_OK_BUFFERS: int
 __all__ = [
     "Barrier",
     "ChildProcess",

@@ -15,7 +15,7 @@ A context is ferropool itself seen through one start method: ``ctx.Process``, ``
 
 from __future__ import annotations
 
-from ._pool.backend import START_METHODS
+from ._runtime import start_methods
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -31,9 +31,6 @@ __all__ = [
     "set_forkserver_preload",
     "set_start_method",
 ]
-
-_DEFAULT = "forkserver"
-_chosen: str | None = None  # the method fixed by set_start_method() or a first get_start_method()
 
 
 class Context:
@@ -76,32 +73,18 @@ class Context:
         return f"<ferropool.context.Context {self._method!r}>"
 
 
-def _check(method: str) -> str:
-    if method not in START_METHODS:
-        raise ValueError(f"cannot find context for {method!r}")
-    return method
-
-
 def get_context(method: str | None = None) -> Context:
     """The context for ``method`` (``"forkserver"``, ``"spawn"`` or ``"fork"``), or the current one.
 
     Raises:
         ValueError: ``method`` is not a start method.
     """
-    return Context(_current() if method is None else _check(method))
-
-
-def _current() -> str:
-    """The start method in use, fixing the default if none was chosen (as the stdlib does)."""
-    global _chosen
-    if _chosen is None:
-        _chosen = _DEFAULT
-    return _chosen
+    return Context(start_methods.current() if method is None else start_methods.check(method))
 
 
 def get_start_method(allow_none: bool = False) -> str | None:
     """The start method in use; fixes the default (``"forkserver"``) unless ``allow_none``."""
-    return _chosen if allow_none else _current()
+    return start_methods.chosen() if allow_none else start_methods.current()
 
 
 def set_start_method(method: str | None, force: bool = False) -> None:
@@ -111,15 +94,13 @@ def set_start_method(method: str | None, force: bool = False) -> None:
         RuntimeError: A method was already set (or used) and ``force`` is false.
         ValueError: ``method`` is not a start method.
     """
-    global _chosen
-    if _chosen is not None and not force:
-        raise RuntimeError("context has already been set")
-    _chosen = None if method is None else _check(method)
+    start_methods.choose(method, force)
 
 
 def get_all_start_methods() -> list[str]:
     """The start methods ferropool accepts, the default first."""
-    return [_DEFAULT, *(m for m in START_METHODS if m != _DEFAULT)]
+    default = start_methods.DEFAULT
+    return [default, *(m for m in start_methods.METHODS if m != default)]
 
 
 def freeze_support() -> None:

@@ -43,10 +43,10 @@ from ._pool.backend import (
     check_positive_int,
     check_timeout,
     chunks,
-    start_method,
 )
 from ._pool.batching import EagerMap
 from ._pool.future import Future
+from ._runtime import start_methods
 from ._worker import state as _state
 from .errors import TimeoutError
 
@@ -331,7 +331,7 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
         if max_workers is None:
             max_workers = _core.cpu_count()
         check_positive_int(max_workers, "max_workers", "max_workers must be greater than 0")
-        method = start_method(mp_context)
+        method = start_methods.for_pool(mp_context)
         if initializer is not None:
             check_callable(initializer, "initializer")
         if max_tasks_per_child is not None:

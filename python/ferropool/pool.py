@@ -41,10 +41,10 @@ from ._pool.backend import (
     check_positive_int,
     check_timeout,
     failed,
-    start_method,
 )
 from ._pool.batching import BatchSizer, EagerMap, unpack_outcomes
 from ._pool.future import Future
+from ._runtime import start_methods
 from ._worker import state as _state
 from .errors import CancelledError, MaybeEncodingError, TimeoutError
 
@@ -506,7 +506,7 @@ class Pool:
             not isinstance(maxtasksperchild, int) or isinstance(maxtasksperchild, bool) or maxtasksperchild <= 0
         ):
             raise ValueError("maxtasksperchild must be a positive int or None")
-        method = start_method(context, "context")
+        method = start_methods.for_pool(context, "context")
         if max_memory_per_child is not None:
             check_positive_int(max_memory_per_child, "max_memory_per_child", "max_memory_per_child must be >= 1 byte")
         self._task_timeout = check_timeout(task_timeout, "task_timeout")

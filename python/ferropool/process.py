@@ -29,6 +29,7 @@ import sys
 import time
 
 from . import _core, connection
+from ._runtime import lifecycle, start_methods
 from ._runtime.serialize import dumps
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
@@ -121,7 +122,6 @@ class Process:
         _require(self._popen is None, "cannot start a process twice")
         _require(self._parent_pid == os.getpid(), "can only start a process object created by current process")
         _require(not _current_process._config.get("daemon"), "daemonic processes are not allowed to have children")
-        from ._runtime import lifecycle  # noqa: F401 - its exit hook finishes the children (_finish_children)
         from ._runtime.spawn import process_argv
 
         _cleanup()
@@ -132,7 +132,7 @@ class Process:
         finally:
             del connection._passing.fds
         server = None
-        if self._start_method() != "spawn":
+        if start_methods.how_to_start(self._start_method) != "spawn":
             from ._runtime import forkserver
 
             server = forkserver.connect()  # before the pipe: a server made now must not hold it
@@ -162,14 +162,7 @@ class Process:
 
     #: ``"spawn"`` for a fresh interpreter; ``None`` follows ``set_start_method()``: a fork of
     #: ferropool's fork server when there is one or one can be made, else a fresh interpreter
-    _start_method_name: str | None = None
-
-    def _start_method(self) -> str:
-        if self._start_method_name is not None:
-            return self._start_method_name
-        from ._runtime.spawn import default_method
-
-        return default_method()
+    _start_method: str | None = None
 
     def terminate(self) -> None:
         """Terminates the process with SIGTERM (``exitcode`` becomes ``-15``)."""
@@ -368,7 +361,7 @@ class Process:
 class SpawnProcess(Process):
     """A ``Process`` always started as a fresh interpreter (``get_context("spawn").Process``)."""
 
-    _start_method_name = "spawn"
+    _start_method = "spawn"
 
 
 def _exitcode_name(exitcode: int) -> str:
@@ -543,4 +536,5 @@ def _forked_child_main(fd: int) -> int:
 
 
 # a child of os.fork() has no children yet; the parent's are not its to join at exit
-os.register_at_fork(after_in_child=_children.clear)
+lifecycle.finish_at_exit(_finish_children)
+lifecycle.after_fork_in_child(_children.clear)

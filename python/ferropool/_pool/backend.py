@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .. import _core
+from .._core import OUT_CANCELLED, OUT_DIED, OUT_ERR, OUT_KILLED, OUT_OK, OUT_OK_BUFFERS, OUT_TIMED_OUT
 from .._runtime import forkserver, lifecycle
 from .._runtime.buffers import close_all, pack_call, pack_chunk, unpack
 from .._runtime.serialize import (
@@ -23,19 +23,13 @@ from .._runtime.serialize import (
     FLAG_POOL_ERRORS,
     FLAG_STAR_CHUNK,
     FLAG_TIMED,
-    OUT_CANCELLED,
-    OUT_DIED,
-    OUT_ERR,
-    OUT_KILLED,
-    OUT_OK,
-    OUT_OK_BUFFERS,
-    OUT_TIMED_OUT,
     dump_function,
     dumps,
     load_exception,
     loads,
 )
-from .._runtime.spawn import default_method, worker_argv
+from .._runtime.spawn import worker_argv
+from .._worker import chunk
 from ..errors import BrokenProcessPool, InvalidStateError, TimeoutError, WorkerDiedError
 from . import threads
 from .batching import flush_all
@@ -133,29 +127,6 @@ def check_positive_int(value: Any, what: str, message: str) -> None:
         raise TypeError(f"{what} must be an int or None, not {type(value).__name__!r}")
     if value <= 0:
         raise ValueError(message)
-
-
-START_METHODS = ("spawn", "forkserver", "fork")
-
-
-def start_method(context: Any, what: str = "mp_context") -> str:
-    """How workers start: ``"spawn"`` (always a fresh interpreter) or ``"forkserver"``.
-
-    ferropool never forks a threaded parent. ``"fork"`` and ``"forkserver"`` (and ``None``) mean
-    "fork from ferropool's fork server when this process allows one, else spawn".
-    """
-    if context is None:
-        return default_method()
-    method = context if isinstance(context, str) else None
-    get = getattr(context, "get_start_method", None)
-    if method is None and callable(get):
-        method = get()
-    if method not in START_METHODS:
-        raise ValueError(
-            f"{what} must be None, one of {', '.join(map(repr, START_METHODS))}, or a "
-            f"multiprocessing context (multiprocessing.get_context(...)), not {context!r}"
-        )
-    return "spawn" if method == "spawn" else "forkserver"
 
 
 def chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -351,29 +322,6 @@ class ProcessBackend:
         return done
 
 
-def _run_chunk(fn: Callable[..., Any], chunk: Sequence[Any], star: bool) -> list[Any]:
-    return [fn(*item) for item in chunk] if star else list(map(fn, chunk))
-
-
-def _run_timed(fn: Callable[..., Any], chunk: Sequence[Any], star: bool) -> tuple[float, list[Any]]:
-    started = time.perf_counter()
-    values = _run_chunk(fn, chunk, star)
-    return time.perf_counter() - started, values
-
-
-def _run_outcomes(
-    fn: Callable[..., Any], chunk: Sequence[Any], star: bool = False
-) -> tuple[float, list[tuple[bool, Any]]]:
-    started = time.perf_counter()
-    outcomes: list[tuple[bool, Any]] = []
-    for item in chunk:
-        try:
-            outcomes.append((True, fn(*item) if star else fn(item)))
-        except BaseException as exc:
-            outcomes.append((False, (exc, None)))
-    return time.perf_counter() - started, outcomes
-
-
 class ThreadBackend:
     """One thread pool (``_core.ThreadEngine``)."""
 
@@ -411,7 +359,7 @@ class ThreadBackend:
         timed: bool = False,
     ) -> Callable[[Sequence[Any]], Future[Any]]:
         """A function that queues one chunk, whose future holds the list of results."""
-        run = _run_outcomes if outcomes else _run_timed if timed else _run_chunk
+        run = chunk.per_item if outcomes else chunk.timed if timed else chunk.values
         return lambda chunk: self.submit(run, (fn, chunk, star), {})
 
     def outcome_submitter(

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from .._runtime import lifecycle
 from .._runtime.serialize import attach_traceback
 from ..errors import CancelledError, TimeoutError
 from . import progress as _progress
@@ -238,3 +239,6 @@ def flush_all(owner: object = None) -> None:
     for eager in list(_live):
         if owner is None or eager.owner is owner:
             eager.flush()
+
+
+lifecycle.flush_at_exit(flush_all)

@@ -47,6 +47,7 @@ import weakref
 from collections.abc import Callable
 
 from .. import _core
+from .._runtime import lifecycle
 from .._worker.start import DROPPED, MESSAGE_MAX, RECORD, STDERR, STDOUT
 
 __all__ = ["get_logger", "log_to_stderr"]
@@ -507,4 +508,4 @@ def _forget_collectors_after_fork() -> None:
     _collectors.clear()
 
 
-os.register_at_fork(after_in_child=_forget_collectors_after_fork)
+lifecycle.after_fork_in_child(_forget_collectors_after_fork)

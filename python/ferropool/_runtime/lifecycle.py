@@ -1,19 +1,70 @@
-"""Interpreter exit and fork: finish every child process and pool before the interpreter finalizes.
+"""Interpreter exit and fork: every hook ferropool registers with the interpreter, in one place.
 
-Registered with ``threading._register_atexit``, the hook ``concurrent.futures`` uses, which runs
-before ``atexit`` callbacks and before finalization: the pools' threads must be gone before the
-interpreter they attach to is.
+Other modules never call ``os.register_at_fork``, ``atexit.register`` or
+``threading._register_atexit`` themselves; they hand their step to this module, which keeps
+the order explicit.
+
+**Exit.** One hook, registered with ``threading._register_atexit`` (the hook
+``concurrent.futures`` uses, which runs before ``atexit`` callbacks and before finalization: the
+pools' threads must be gone before the interpreter they attach to is). Its steps, in order:
+
+1. ``flush_at_exit`` steps: maps nobody read submit what they still hold back, so they run
+   every item as the stdlib's do (skipped when the program dies of Ctrl-C);
+2. ``shutting_down`` becomes true: no pool takes new work;
+3. ``finish_at_exit`` steps, told whether the program dies of Ctrl-C: ``Process`` children
+   are joined (daemonic ones terminated; every one when interrupted);
+4. every pool shuts down (``_core.shutdown_all``; terminated when interrupted, or on a second
+   Ctrl-C).
+
+Then, among the ``atexit`` callbacks in their usual last-registered-first order,
+``after_exit`` steps (queue backlogs written to their rings, as the stdlib joins its feeders).
+
+**Fork.** One ``os.register_at_fork(after_in_child=...)`` hook: in a child of ``os.fork()``
+the parent's pools are marked unusable first (``_core.after_fork_in_child``), then each
+``after_fork_in_child`` step runs in the order registered (the fork server connection, output
+collectors, ``Process`` children, a worker's output socket). The Rust side's own
+``pthread_atfork`` handler (``src/sync/mod.rs``) covers cross-process locks below Python.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
 
 from .. import _core
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+#: True once the interpreter is exiting: pools refuse new work.
 shutting_down = False
+
+_flush_steps: list[Callable[[], object]] = []
+_finish_steps: list[Callable[[bool], object]] = []
+_fork_steps: list[Callable[[], object]] = [_core.after_fork_in_child]
+
+
+def flush_at_exit(step: Callable[[], object]) -> None:
+    """Runs ``step`` first at exit, unless the program dies of Ctrl-C (step 1)."""
+    _flush_steps.append(step)
+
+
+def finish_at_exit(step: Callable[[bool], object]) -> None:
+    """Runs ``step(interrupted)`` at exit, before the pools shut down (step 3)."""
+    _finish_steps.append(step)
+
+
+def after_exit(step: Callable[[], object]) -> None:
+    """Runs ``step`` among the ``atexit`` callbacks, after every pool has shut down."""
+    atexit.register(step)
+
+
+def after_fork_in_child(step: Callable[[], object]) -> None:
+    """Runs ``step`` in the child of each ``os.fork()`` from now on."""
+    _fork_steps.append(step)
 
 
 def _dying_of_interrupt() -> bool:
@@ -25,26 +76,22 @@ def _dying_of_interrupt() -> bool:
 def _python_exit() -> None:
     """Finishes every child process and every pool, as the stdlib does at exit.
 
-    Daemonic ``Process`` children are terminated and the others joined
-    (``process._finish_children``); queued pool work runs.
-
     A program ending with Ctrl-C does not wait for its work: its pools are terminated. A second
     Ctrl-C during the wait terminates them too. Either way no pool thread outlives this call.
     """
     global shutting_down
-    batching = sys.modules.get("ferropool._pool.batching")  # importing anything now is too late
-    if batching is not None and not _dying_of_interrupt():
-        batching.flush_all()  # a map nobody read still runs every item, as the stdlib's does
+    interrupted = _dying_of_interrupt()
+    if not interrupted:
+        for flush in _flush_steps:
+            flush()
     shutting_down = True
-    # processes first, as multiprocessing does at exit: daemonic ones terminated, others joined
-    processes = sys.modules.get("ferropool.process")
-    if processes is not None:
-        try:
-            processes._finish_children(_dying_of_interrupt())
-        except KeyboardInterrupt:
-            _core.shutdown_all(terminate=True)
-            raise
-    if _dying_of_interrupt():
+    try:
+        for finish in _finish_steps:
+            finish(interrupted)
+    except KeyboardInterrupt:
+        _core.shutdown_all(terminate=True)
+        raise
+    if interrupted:
         _core.shutdown_all(terminate=True)
         return
     try:
@@ -54,6 +101,10 @@ def _python_exit() -> None:
         raise
 
 
+def _after_fork_in_child() -> None:
+    for step in _fork_steps:
+        step()
+
+
 threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
-# in a child of os.fork(), the parent's pools are not ours to use, wait for or shut down
-os.register_at_fork(after_in_child=_core.after_fork_in_child)
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -5,8 +5,11 @@ cannot ship to a fresh interpreter (lambdas, closures, anything defined in ``__m
 notebook) travel by value with ``cloudpickle``; that is why a script needs no
 ``if __name__ == "__main__":`` guard: workers never re-run the main module.
 
-The frame flags and outcome kinds below are read by ``_worker.py`` and produced by
-``src/process_pool.rs``; the Rust core treats flags as opaque.
+This module is the pickling policy of every path that ships Python objects: pool calls and
+results, ``Connection``, and ``Queue`` (whose Rust ring calls ``dumps`` here). The call flags
+below are written by the parent (``_pool/backend.py``) and read by the worker
+(``_worker/main.py``); the Rust core carries them without reading them. The outcome kinds
+the core delivers are Rust's, exported as ``ferropool._core.OUT_*``.
 """
 
 from __future__ import annotations
@@ -35,9 +38,6 @@ FLAG_ITEM_CHUNK = 4  # the arguments are a list of items: return [fn(x) for x in
 FLAG_OUTCOMES = 8  # with a chunk flag: return (seconds, [(True, value) | (False, (exc, tb))])
 FLAG_TIMED = 16  # with a chunk flag: return (seconds, [values]), for adaptive chunking
 FLAG_POOL_ERRORS = 32  # a result that cannot be pickled fails with MaybeEncodingError (Pool's)
-
-# Outcome kinds delivered by the core. Must match src/process_pool.rs.
-OUT_OK, OUT_ERR, OUT_DIED, OUT_CANCELLED, OUT_BROKEN, OUT_TIMED_OUT, OUT_KILLED, OUT_OK_BUFFERS = range(8)
 
 loads = pickle.loads
 _plain_dumps = pickle.dumps

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 from .. import _core
 from .._runtime import by_value
@@ -28,6 +27,7 @@ from .._runtime.serialize import (
     exception_with_traceback,
     loads,
 )
+from . import chunk
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 
@@ -86,16 +86,18 @@ class Handler:
             fn = self._function(body, fn_len, flags)
             args = _loads(memoryview(body)[fn_len:], buffers)
             del buffers
+            star = bool(flags & FLAG_STAR_CHUNK)
             if flags & FLAG_OUTCOMES:
-                return (True, *_outcomes(fn, args, bool(flags & FLAG_STAR_CHUNK), bool(flags & FLAG_POOL_ERRORS)))
-            started = time.perf_counter()
-            if flags & FLAG_ITEM_CHUNK:
-                value: Any = list(map(fn, args))
-            elif flags & FLAG_STAR_CHUNK:
-                value = [fn(*a) for a in args]
+                seconds, outcomes = chunk.per_item(fn, args, star, exception_with_traceback)
+                return (True, *pack_outcomes(seconds, outcomes, bool(flags & FLAG_POOL_ERRORS)))
+            result: Any
+            if not flags & (FLAG_ITEM_CHUNK | FLAG_STAR_CHUNK):
+                result = value = fn(*args[0], **args[1])
+            elif flags & FLAG_TIMED:
+                result = chunk.timed(fn, args, star)
+                value = result[1]
             else:
-                value = fn(*args[0], **args[1])
-            result = (time.perf_counter() - started, value) if flags & FLAG_TIMED else value
+                result = value = chunk.values(fn, args, star)
         except BaseException as exc:
             return False, dump_exception(exc, bool(flags & FLAG_POOL_ERRORS)), None
         try:
@@ -107,21 +109,6 @@ class Handler:
             return False, dump_exception(exc), None
 
     init = call
-
-
-def _outcomes(fn: Any, items: Any, star: bool, pool: bool) -> tuple[bytes, list[int] | None]:
-    """Calls ``fn`` on each item, keeping each item's value or exception apart.
-
-    ``star`` calls ``fn(*item)``; ``pool``: see ``dump_outcomes``.
-    """
-    started = time.perf_counter()
-    outcomes: list[tuple[bool, Any]] = []
-    for item in items:
-        try:
-            outcomes.append((True, fn(*item) if star else fn(item)))
-        except BaseException as exc:
-            outcomes.append((False, exception_with_traceback(exc)))
-    return pack_outcomes(time.perf_counter() - started, outcomes, pool)
 
 
 def main(parent_pid: int) -> None:

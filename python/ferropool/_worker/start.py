@@ -111,7 +111,9 @@ def _take_output_socket(fd: int, level: int | None, output: bool) -> None:
     os.set_inheritable(fd, False)
     sock.setblocking(False)
     connection = sock
-    os.register_at_fork(after_in_child=_forget_after_fork)
+    from .._runtime import lifecycle
+
+    lifecycle.after_fork_in_child(_forget_after_fork)
     if output:
         sys.stdout = _text_stream(STDOUT, sys.stdout, 1)
         sys.stderr = _text_stream(STDERR, sys.stderr, 2)
