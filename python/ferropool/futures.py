@@ -208,7 +208,9 @@ class _Executor(Executor):
         if adaptive and buffersize is None and process and self._task_timeout is None:
             items_list = list(iterables[0]) if single else list(zip(*iterables, strict=False))
             submit_batch = self._backend.outcome_submitter(fn, star=not single)
-            eager = EagerMap(submit_batch, items_list, self._backend.workers, True, self._backend, progress)
+            eager = EagerMap(
+                submit_batch, items_list, self._backend.workers, per_item=True, owner=self._backend, progress=progress
+            )
             return eager.results(end_time)
         chunked = chunksize > 1 and process
         items: Iterator[Any]
@@ -346,9 +348,9 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
             method,
             initializer,
             tuple(initargs),
-            max_tasks_per_child,
-            max_memory_per_child,
-            bool(cancel_running),
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child,
+            cancel_running=bool(cancel_running),
             setup=setup,
         )
 

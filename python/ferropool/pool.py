@@ -381,11 +381,6 @@ class IMapIterator(Generic[T]):
         return unpack_outcomes(outcomes, pool=True)
 
 
-def _chunked(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
-
-
 class _CallbackRunner:
     """The one thread that runs a pool's callbacks, in completion order.
 
@@ -517,8 +512,8 @@ class Pool:
             method,
             initializer,
             tuple(initargs),
-            maxtasksperchild,
-            max_memory_per_child,
+            max_tasks_per_child=maxtasksperchild,
+            max_memory_per_child=max_memory_per_child,
             setup=setup,
             pool_errors=True,
         )
@@ -654,7 +649,9 @@ class Pool:
         runner = self._callbacks if callback is not None or error_callback is not None else None
         if chunksize is None and self._task_timeout is None and isinstance(self._backend, ProcessBackend):
             submit_timed = self._backend.chunk_submitter(func, star, timed=True)
-            eager = EagerMap(submit_timed, items, self._processes, False, self._backend, progress)
+            eager = EagerMap(
+                submit_timed, items, self._processes, per_item=False, owner=self._backend, progress=progress
+            )
             return MapResult(eager, callback, error_callback, runner)
         if chunksize is None:
             chunksize = _default_chunksize(len(items), self._processes)

@@ -29,8 +29,8 @@ import sys
 import time
 
 from . import _core, connection
-from ._runtime import lifecycle, start_methods
-from ._runtime.serialize import dumps
+from ._runtime import lifecycle, naming, start_methods
+from ._runtime.serialize import dumps, load_in_child
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -324,9 +324,7 @@ class Process:
         _parent_process = _ParentProcess(self._parent_name, self._parent_pid)
         _current_process = self
         sys.argv[:] = argv
-        from ._worker.start import name_this_process
-
-        name_this_process(self.name)
+        naming.rename(self.name)
         import logging
 
         log = logging.getLogger("ferropool")  # get_logger(), without loading the pools' machinery
@@ -384,8 +382,7 @@ class _MainProcess(Process):
         self._parent_name = ""
         self._popen = None
         self._closed = False
-        start = sys.modules.get("ferropool._worker.start")  # in a pool's worker: PoolWorker-<n>
-        self._name = getattr(start, "worker_name", None) or "MainProcess"
+        self._name = naming.name or "MainProcess"  # in a pool's worker: PoolWorker-<n>
 
     def close(self) -> None:
         pass
@@ -493,11 +490,9 @@ def __getattr__(name: str) -> Any:
 
 def _child_main(fd: int) -> None:
     """Entry point of a child (see ``_spawn.process_argv``): reads its process object from ``fd``."""
-    from ._worker.main import _loads
-
     with open(fd, "rb") as pipe:
         payload = pipe.read()
-    process, argv = _loads(payload)
+    process, argv = load_in_child(payload)
     sys.exit(process._bootstrap(argv))
 
 
@@ -513,8 +508,6 @@ def _forked_child_main(fd: int) -> int:
     import io
     import threading
 
-    from ._worker.main import _loads
-
     with open(fd, "rb") as pipe:
         payload = pipe.read()
     stream = io.BytesIO(payload)
@@ -526,7 +519,7 @@ def _forked_child_main(fd: int) -> int:
     sys.path[:] = path
     os.environ.clear()
     os.environ.update(environ)
-    process, argv = _loads(memoryview(payload)[stream.tell() :])
+    process, argv = load_in_child(memoryview(payload)[stream.tell() :])
     code = process._bootstrap(argv)
     try:
         threading._shutdown()  # type: ignore[attr-defined]
@@ -537,4 +530,16 @@ def _forked_child_main(fd: int) -> int:
 
 # a child of os.fork() has no children yet; the parent's are not its to join at exit
 lifecycle.finish_at_exit(_finish_children)
+
+
+def _renamed(name: str) -> None:
+    """A pool worker named itself: the main process object takes the name.
+
+    A ``Process`` child is its own process object, which already has its name.
+    """
+    if type(_current_process) is _MainProcess:
+        _current_process.name = name
+
+
+naming.on_rename(_renamed)
 lifecycle.after_fork_in_child(_children.clear)

@@ -9,7 +9,6 @@ return types (one task model, DESIGN.md principle 1).
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -151,6 +150,7 @@ class ProcessBackend:
         method: str,
         initializer: Callable[..., object] | None,
         initargs: tuple[Any, ...],
+        *,
         max_tasks_per_child: int | None,
         max_memory_per_child: int | None = None,
         cancel_running: bool = False,
@@ -175,12 +175,12 @@ class ProcessBackend:
         self.engine = _core.ProcessEngine(
             worker_argv(),
             workers,
-            self.sink.deliver if setup is None else setup.results_hook(self.sink.deliver),
-            init,
-            max_tasks_per_child,
-            server,
-            max_memory_per_child,
-            cancel_running,
+            on_results=self.sink.deliver if setup is None else setup.results_hook(self.sink.deliver),
+            init=init,
+            max_tasks_per_child=max_tasks_per_child,
+            forkserver_fd=server,
+            max_memory_per_child=max_memory_per_child,
+            cancel_running=cancel_running,
             # last: the engine owns the descriptor from here on, even if it then fails to start
             output_fd=None if setup is None else setup.output_fd(),
         )
@@ -334,7 +334,6 @@ class ThreadBackend:
     ) -> None:
         self.workers = max_workers
         self.closed = False
-        self._lock = threading.Lock()
         self.engine = _core.ThreadEngine(max_workers, name_prefix, threads, initializer, tuple(initargs))
 
     def submit(

@@ -81,6 +81,7 @@ class EagerMap:
         submit: Callable[[Sequence[Any]], Future[Any]],
         items: Sequence[Any],
         workers: int,
+        *,
         per_item: bool,
         owner: object,
         progress: Any = False,
@@ -103,7 +104,6 @@ class EagerMap:
         self._feeding = False
         self._stopped = False
         self.whole: Future[list[Any]] | None = None  # Pool.map's result (see deliver_to)
-        self._errors = 0
         _live.add(self)
         self._feed()
 

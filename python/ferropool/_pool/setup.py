@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._runtime import env
-from .._worker.start import start_worker
+from .._worker.start import WorkerConfig, start_worker
 from . import logs
 
 
@@ -49,14 +49,14 @@ class WorkerSetup:
         if self.level is None and self.prefix is None and not self.env:
             if initializer is None:
                 return None, initargs
-            return functools.partial(start_worker, ({}, None, False), initializer), initargs
+            return functools.partial(start_worker, WorkerConfig({}, None, False), initializer), initargs
         if self.level is not None or self.prefix is not None:
             lookup = self._exit_lookup
             self.collector = logs.Collector(self.prefix or None, lambda pid: lookup[0](pid))
             # this object lives as long as its pool (or dies at once if making the pool failed):
             # then the output thread stops once the engine has finished
             weakref.finalize(self, self.collector.close)
-        config = (self.env, self.level, self.prefix is not None)
+        config = WorkerConfig(self.env, log_level=self.level, forward_output=self.prefix is not None)
         return functools.partial(start_worker, config, initializer), initargs
 
     def output_fd(self) -> int | None:

@@ -14,6 +14,7 @@ the core delivers are Rust's, exported as ``ferropool._core.OUT_*``.
 
 from __future__ import annotations
 
+import sys
 import types
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
@@ -40,6 +41,25 @@ FLAG_TIMED = 16  # with a chunk flag: return (seconds, [values]), for adaptive c
 FLAG_POOL_ERRORS = 32  # a result that cannot be pickled fails with MaybeEncodingError (Pool's)
 
 loads = pickle.loads
+
+
+def load_in_child(data: Any, buffers: list[Any] | None = None) -> Any:
+    """``loads`` in a child started with ``python -S`` (a pool worker, a ``Process`` child).
+
+    If the data names a module only ``site`` would have made importable (an editable install's
+    import hook, say), ``site`` runs once and the load is tried again.
+    """
+    try:
+        return loads(data, buffers=buffers)
+    except ModuleNotFoundError:
+        if "site" in sys.modules:
+            raise
+        import site
+
+        site.main()
+        return loads(data, buffers=buffers)
+
+
 _plain_dumps = pickle.dumps
 PickleError = pickle.PickleError
 _MAIN = b"__main__"

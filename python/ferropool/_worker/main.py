@@ -25,7 +25,7 @@ from .._runtime.serialize import (
     dump_exception,
     encoding_error,
     exception_with_traceback,
-    loads,
+    load_in_child,
 )
 from . import chunk
 
@@ -40,18 +40,6 @@ if TYPE_CHECKING:
 _FN_CACHE_MAX = 1024
 
 
-def _loads(data: Any, buffers: list[Any] | None = None) -> Any:
-    try:
-        return loads(data, buffers=buffers)
-    except ModuleNotFoundError:
-        if "site" in sys.modules:
-            raise
-        import site
-
-        site.main()
-        return loads(data, buffers=buffers)
-
-
 class Handler:
     """Runs calls for ``worker_main``; each method returns ``(ok, payload)``."""
 
@@ -61,10 +49,10 @@ class Handler:
     def _function(self, body: bytes, fn_len: int, flags: int) -> Any:
         fn_bytes = body[:fn_len]
         if not flags & FLAG_CACHEABLE:
-            return _loads(fn_bytes)
+            return load_in_child(fn_bytes)
         fn = self._functions.get(fn_bytes)
         if fn is None:
-            fn = _loads(fn_bytes)
+            fn = load_in_child(fn_bytes)
             if len(self._functions) >= _FN_CACHE_MAX:
                 self._functions.clear()
             self._functions[fn_bytes] = fn
@@ -84,7 +72,7 @@ class Handler:
         try:
             buffers = from_segments(fds, keep=True) if fds else None
             fn = self._function(body, fn_len, flags)
-            args = _loads(memoryview(body)[fn_len:], buffers)
+            args = load_in_child(memoryview(body)[fn_len:], buffers)
             del buffers
             star = bool(flags & FLAG_STAR_CHUNK)
             if flags & FLAG_OUTCOMES:
@@ -113,13 +101,11 @@ class Handler:
 
 def main(parent_pid: int) -> None:
     """Entry point of a worker process."""
-    from .start import name_worker
+    from .start import finish_output, name_worker
 
     name_worker()
     code = _core.worker_main(Handler(), parent_pid)
-    forwarding = sys.modules.get("ferropool._worker.forwarding")
-    if forwarding is not None:  # output forwarded to the parent: send what is still queued
-        forwarding.finish_in_worker()
+    finish_output()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -23,6 +23,9 @@ import sys
 # the C module: the `socket` wrapper imports enum and selectors, a start-up cost in every worker
 from _socket import socket as _Socket
 
+from .._runtime import naming
+from . import state as worker_state
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
     from typing import Any
@@ -44,60 +47,52 @@ OUTPUT_FD_VAR = "FERROPOOL_OUTPUT_FD"
 #: The variable holding a worker's number in its pool, set where the worker starts.
 NUMBER_VAR = "FERROPOOL_WORKER_NUMBER"
 
-#: This worker's name, ``PoolWorker-<n>`` (its number in its pool, in start order), as
-#: ``current_process().name`` and the parent's records of it give it.
-worker_name: str | None = None
-
-#: ``state`` before any initializer ran.
-NO_STATE: Any = object()
-#: What this worker's initializer returned (``ferropool.worker_state()``).
-state: Any = NO_STATE
 #: The non-blocking socket to the pool's output thread, once taken over.
 connection: _Socket | None = None
 
 
 def name_worker() -> None:
-    """Gives this worker its name (``worker_name``), first thing in the worker."""
-    global worker_name
+    """Names this worker ``PoolWorker-<n>`` (its number in its pool), first thing in the worker."""
     number = os.environ.pop(NUMBER_VAR, None)
     if number is not None:
-        worker_name = f"PoolWorker-{number}"
-        name_this_process(worker_name)
+        naming.rename(f"PoolWorker-{number}")
 
 
-def name_this_process(name: str) -> None:
-    """Makes ``name`` what ``current_process().name`` gives, ferropool's and the stdlib's.
+class WorkerConfig:
+    """What a pool asks of each of its workers at start-up; pickled to the worker.
 
-    ``logging`` labels each record (``processName``) with the stdlib's
-    ``multiprocessing.current_process().name``, and only if ``multiprocessing`` is loaded, so
-    it is loaded here if need be (the fork server has it loaded already).
+    ``env``: variables to set (the BLAS thread limits); ``log_level``: forward log records at
+    this level and above to the parent (``None``: none); ``forward_output``: send what the
+    worker prints to the parent.
     """
-    ours = sys.modules.get("ferropool.process")
-    if ours is not None and type(ours._current_process).__name__ == "_MainProcess":
-        ours._current_process.name = name  # else a Process child, which is its own process object
-    import multiprocessing.process
 
-    multiprocessing.process.current_process().name = name
+    __slots__ = ("env", "forward_output", "log_level")
+
+    def __init__(self, env: dict[str, str], log_level: int | None, forward_output: bool) -> None:
+        self.env = env
+        self.log_level = log_level
+        self.forward_output = forward_output
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return WorkerConfig, (self.env, self.log_level, self.forward_output)
 
 
-def start_worker(config: tuple[Any, ...], initializer: Any, *initargs: Any) -> None:
+def start_worker(config: WorkerConfig, initializer: Any, *initargs: Any) -> None:
     """Runs in each worker at start-up, as its pool's initializer (see the module docstring).
 
     Steps 1 and 2 never fail the worker: at worst output stays where it was. If the user's
     initializer raises, the pool is broken, as in the stdlib.
     """
-    global state
-    env, level, output = config
-    if env:
-        os.environ.update(env)
+    if config.env:
+        os.environ.update(config.env)
     fd = os.environ.pop(OUTPUT_FD_VAR, None)  # not for the processes the worker's tasks start
     if fd is not None:
         try:
-            _take_output_socket(int(fd), level, output)
+            _take_output_socket(int(fd), config.log_level, config.forward_output)
         except Exception:
             pass  # output stays where it was; the pool's work matters more
     if initializer is not None:
-        state = initializer(*initargs)
+        worker_state.set_for_process(initializer(*initargs))
 
 
 def _take_output_socket(fd: int, level: int | None, output: bool) -> None:
@@ -119,9 +114,7 @@ def _take_output_socket(fd: int, level: int | None, output: bool) -> None:
         sys.stderr = _text_stream(STDERR, sys.stderr, 2)
     if level is not None:
         if "logging" in sys.modules:
-            from . import forwarding
-
-            forwarding.forward_records(sys.modules["logging"], level)
+            _load_forwarding().forward_records(sys.modules["logging"], level)
         else:
             # importing logging now would cost most of a fresh worker's start-up, and tasks
             # that never log never need it: set it up when something imports it
@@ -145,6 +138,25 @@ def _text_stream(kind: bytes, old: Any, fd: int) -> Any:
     encoding = getattr(old, "encoding", None) or "utf-8"
     # write_through: every write reaches the sink at once, which keeps whole lines together
     return io.TextIOWrapper(_Sink(kind, fd), encoding=encoding, errors="backslashreplace", write_through=True)
+
+
+#: ``forwarding.py`` once loaded: at the first print or log record, never before.
+_forwarding: Any = None
+
+
+def _load_forwarding() -> Any:
+    global _forwarding
+    if _forwarding is None:
+        from . import forwarding
+
+        _forwarding = forwarding
+    return _forwarding
+
+
+def finish_output() -> None:
+    """At the worker's end: sends what it printed or logged and is still queued, if anything."""
+    if _forwarding is not None:
+        _forwarding.finish_in_worker()
 
 
 _sinks: list[_Sink] = []
@@ -171,9 +183,7 @@ class _Sink:
         if target is None:
             with _make_lock:
                 if self._target is None:
-                    from . import forwarding
-
-                    self._target = forwarding.line_sink(self._kind) or _FdWriter(self._fd)
+                    self._target = _load_forwarding().line_sink(self._kind) or _FdWriter(self._fd)
                 target = self._target
         return target
 
@@ -248,9 +258,8 @@ def _forget_after_fork() -> None:
     if connection is not None:
         connection.close()
         connection = None
-    forwarding = sys.modules.get("ferropool._worker.forwarding")
-    if forwarding is not None:
-        forwarding.forget_after_fork()
+    if _forwarding is not None:
+        _forwarding.forget_after_fork()
     for sink in _sinks:
         sink._target = _FdWriter(sink._fd)
 
@@ -276,9 +285,7 @@ class _WhenLoggingIsImported:
 
         def exec_module(module: Any) -> None:
             run_module(module)
-            from . import forwarding
-
-            forwarding.forward_records(module, level)
+            _load_forwarding().forward_records(module, level)
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
