@@ -12,6 +12,7 @@ import builtins
 import functools
 import math
 import multiprocessing
+import threading
 
 import ferropool
 import pytest
@@ -357,3 +358,33 @@ def test_thread_pool_options_is_refused():
             pool.options(timeout=1)
         with pytest.raises(TypeError):
             pool.options()
+
+
+def test_an_options_view_shares_the_pools_callback_thread_and_its_end():
+    with ferropool.Pool(1) as pool:
+        view = pool.options(timeout=WAIT)
+        threads: list[int] = []
+        done = threading.Event()
+
+        def record(_):
+            threads.append(threading.get_ident())
+            if len(threads) == 2:
+                done.set()
+
+        pool.apply_async(_tasks.square, (2,), callback=record)
+        view.apply_async(_tasks.square, (3,), callback=record)
+        assert done.wait(WAIT)
+        assert threads[0] == threads[1]
+        view.close()
+        with pytest.raises(ValueError, match="Pool not running"):
+            pool.apply_async(_tasks.square, (4,))
+        pool.join()
+
+
+def test_an_executor_view_shut_down_shuts_down_the_executor():
+    ex = ferropool.ProcessPoolExecutor(1)
+    view = ex.options(timeout=WAIT)
+    assert view.submit(_tasks.square, 5).result(timeout=WAIT) == 25
+    view.shutdown(wait=True)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        ex.submit(_tasks.square, 6)

@@ -381,6 +381,34 @@ class IMapIterator(Generic[T]):
         return unpack_outcomes(outcomes, pool=True)
 
 
+class _PoolCommon:
+    """What a ``Pool`` and its ``options()`` views share besides the backend.
+
+    Its state (closing a view closes the pool) and its one callback thread (a callback of a
+    call made through a view runs on the pool's thread, after the pool's earlier callbacks).
+    """
+
+    __slots__ = ("_lock", "runner", "state")
+
+    def __init__(self) -> None:
+        self.state = RUN
+        self.runner: _CallbackRunner | None = None
+        self._lock = threading.Lock()
+
+    def callbacks(self) -> _CallbackRunner:
+        """The callback thread, started on first use."""
+        if self.runner is None:
+            with self._lock:
+                if self.runner is None:
+                    self.runner = _CallbackRunner()
+        return self.runner
+
+    def close_callbacks(self) -> None:
+        """Runs the callbacks handed over so far, then ends the thread (see ``_CallbackRunner``)."""
+        if self.runner is not None:
+            self.runner.close()
+
+
 class _CallbackRunner:
     """The one thread that runs a pool's callbacks, in completion order.
 
@@ -463,21 +491,26 @@ class Pool:
     """
 
     _backend: ProcessBackend | ThreadBackend
+    #: what this pool and every view of it (``options()``) share: its state and callback thread
+    _common: _PoolCommon
     #: the time limit of each call or chunk submitted through this object (process pools only)
     _task_timeout: float | None = None
-    _runner: _CallbackRunner | None = None
     #: made by options(): its end is the pool's, so it warns of nothing when collected
     _is_view = False
-    _runner_lock = threading.Lock()
+
+    @property
+    def _state(self) -> str:
+        """``RUN``, ``CLOSE`` or ``TERMINATE``: the pool's, for the pool and each of its views."""
+        return self._common.state
+
+    @_state.setter
+    def _state(self, state: str) -> None:
+        self._common.state = state
 
     @property
     def _callbacks(self) -> _CallbackRunner:
         """The pool's callback thread, started on first use."""
-        if self._runner is None:
-            with self._runner_lock:
-                if self._runner is None:
-                    self._runner = _CallbackRunner()
-        return self._runner
+        return self._common.callbacks()
 
     def __init__(
         self,
@@ -493,7 +526,7 @@ class Pool:
         worker_output: bool | str = True,
         limit_blas_threads: bool = True,
     ) -> None:
-        self._state = RUN
+        self._common = _PoolCommon()
         processes = _check_pool_size(processes)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -753,8 +786,7 @@ class Pool:
         if self._state == RUN:
             raise ValueError("Pool is still running")
         self._backend.join()
-        if self._runner is not None:
-            self._runner.close()
+        self._common.close_callbacks()
 
     def __enter__(self) -> Pool:
         self._check_running()
@@ -776,7 +808,8 @@ class Pool:
     def __del__(self) -> None:
         # the stdlib's warning; the pool itself still finishes its queued work (see _exit.py).
         # A constructor that raised made no pool: nothing to warn of.
-        made = self.__dict__.get("_state") == RUN and "_backend" in self.__dict__
+        common = self.__dict__.get("_common")
+        made = common is not None and common.state == RUN and "_backend" in self.__dict__
         if made and not self._is_view:
             warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, stacklevel=2, source=self)
 
@@ -806,7 +839,7 @@ class ThreadPool(Pool):
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
     ) -> None:
-        self._state = RUN
+        self._common = _PoolCommon()
         processes = _check_pool_size(processes)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
