@@ -9,14 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 
 import psutil
-import pytest
 
-from tests.conftest import wait_gone
+from tests.conftest import program_report, run_program, start_child, wait_gone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,10 +57,8 @@ def _script(tmp_path, body: str) -> str:
 
 
 def _run(tmp_path, body: str, allow_stderr: bool = False) -> dict:
-    proc = subprocess.run(
-        [sys.executable, _script(tmp_path, body)], capture_output=True, text=True, timeout=60, cwd=tmp_path
-    )
-    detail = f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    proc = run_program(tmp_path, HEADER + textwrap.dedent(body), name="script.py")
+    detail = program_report(proc)
     assert proc.returncode == 0, detail
     if not allow_stderr:
         assert proc.stderr == "", detail
@@ -252,33 +247,15 @@ if __name__ == "__main__":
 
 
 def test_server_and_workers_die_with_the_parent(tmp_path):
-    proc = subprocess.Popen(
-        [sys.executable, _script(tmp_path, PARENT_KILLED)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
-        line = proc.stdout.readline()  # the script prints its report, or ends (empty line)
-        if not line.startswith("REPORT "):
-            proc.kill()
-            _, err = proc.communicate(timeout=30)
-            pytest.fail(f"the script did not report:\n{line}{err}")
-        out = json.loads(line[len("REPORT ") :])
+    with start_child(tmp_path / "script.py", HEADER + PARENT_KILLED, marker="REPORT ", cwd=tmp_path) as child:
+        out = json.loads(child.line("REPORT "))
         procs = _processes([out["server"], *out["workers"]])
         assert out["busy"] in out["workers"]
         assert len(procs) >= 2, out
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        os.kill(child.proc.pid, signal.SIGKILL)
+        child.proc.wait(timeout=30)
         leftover = wait_gone(procs, 5)
         assert not leftover, f"{[p.pid for p in leftover]} outlived their killed parent ({out})"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 USER_FORK = """
@@ -506,8 +483,7 @@ if __name__ == "__main__":
 def test_inherited_pool_gives_a_clear_error_in_a_forked_child(tmp_path):
     """Using the parent's pool in a forked child raises RuntimeError saying to make a new pool;
     shutting it down there is a no-op; the parent's pools keep working."""
-    script = _script(tmp_path, INHERITED_POOL)
-    proc = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60)
+    proc = run_program(tmp_path, HEADER + textwrap.dedent(INHERITED_POOL), name="script.py")
     detail = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     child_line = next(line for line in proc.stdout.splitlines() if line.startswith("CHILD "))
     errors = json.loads(child_line[len("CHILD ") :])

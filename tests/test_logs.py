@@ -13,7 +13,7 @@ import pytest
 from ferropool._pool import logs
 from ferropool._worker import forwarding
 
-from tests.conftest import WAIT, Child
+from tests.conftest import WAIT, Child, run_program
 
 LINES_PER_TASK = 50
 
@@ -224,19 +224,18 @@ def test_the_parents_level_filters_again(caplog):
 
 
 def test_one_basic_config_shows_worker_records(tmp_path):
-    import subprocess
-
-    script = tmp_path / "main.py"
-    script.write_text(
+    run = run_program(
+        tmp_path,
         "import logging, ferropool\n"
         "logging.basicConfig(level=logging.INFO, format='%(processName)s %(process)d %(message)s')\n"
         "def work(x):\n"
         "    logging.getLogger('app').info('working on %s', x)\n"
         "    return x\n"
         "with ferropool.Pool(2) as pool:\n"
-        "    print(sum(pool.map(work, range(4))))\n"
+        "    print(sum(pool.map(work, range(4))))\n",
+        timeout=WAIT,
+        name="main.py",
     )
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=WAIT)
     assert run.returncode == 0, run.stderr
     assert run.stdout == "6\n"
     lines = sorted(line for line in run.stderr.splitlines() if "working on" in line)

@@ -12,8 +12,7 @@ import warnings
 import ferropool
 import pytest
 
-from tests.conftest import WAIT, start_child
-from tests.test_process_exit import run_script
+from tests.conftest import WAIT, run_script, start_child
 
 CTX = multiprocessing.get_context("spawn")
 

@@ -17,8 +17,7 @@ import ferropool
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT
-from tests.test_process_exit import report, run_script
+from tests.conftest import WAIT, program_report, run_script
 
 SCRIPT = """
 from tests.test_wire_hardening import write_junk
@@ -89,9 +88,9 @@ OK, UNKNOWN = 11, 0xEE
 )
 def test_junk_header_fails_only_its_task(tmp_path, cases):
     result = run_script(tmp_path, SCRIPT.replace("{CASES}", repr(cases)))
-    assert result.returncode == 0, report(result)
-    assert "DONE" in result.stdout, report(result)
-    assert "killed because" in result.stdout, report(result)
+    assert result.returncode == 0, program_report(result)
+    assert "DONE" in result.stdout, program_report(result)
+    assert "killed because" in result.stdout, program_report(result)
 
 
 def big_str_while_sending(parent: int, beacon: str, mib: int) -> str:
@@ -181,5 +180,5 @@ def test_fork_server_workers_are_held_by_pidfd(tmp_path):
     # opened before it could reap it. (A fresh interpreter: the fork server is only made while
     # the process has a single thread.)
     result = run_script(tmp_path, PIDFD_SCRIPT)
-    assert result.returncode == 0, report(result)
-    assert "DONE" in result.stdout, report(result)
+    assert result.returncode == 0, program_report(result)
+    assert "DONE" in result.stdout, program_report(result)
