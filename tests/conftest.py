@@ -255,6 +255,25 @@ def beacon(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# the one place tests look inside a pool (everything else goes through the public API)
+
+
+def engine_of(pool: Any) -> Any:
+    """The ``_core.ProcessEngine`` behind a process ``Pool`` or ``ProcessPoolExecutor``."""
+    return pool._backend.engine
+
+
+def worker_pids(pool: Any) -> list[int]:
+    """The pids of a process pool's live workers."""
+    return list(engine_of(pool).pids)
+
+
+def broken_reason(pool: Any) -> str | None:
+    """Why a process pool is broken, or ``None`` while it is not."""
+    return engine_of(pool).broken  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------------------------
 # user programs
 
 

@@ -18,7 +18,7 @@ import ferropool
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT, live_processes, wait_gone
+from tests.conftest import WAIT, live_processes, wait_gone, worker_pids
 
 LIMIT = 0.5  # seconds: far above what a quick call takes, far below a slow call
 # A slow call lasts SLOW seconds: long past LIMIT, yet short enough that a limit the pool fails
@@ -275,7 +275,7 @@ def test_view_shares_the_workers_and_shutting_it_down_shuts_the_pool():
     ex = ferropool.ProcessPoolExecutor(max_workers=2)
     view = ex.options(timeout=5)
     pid = view.submit(_tasks.get_pid).result(timeout=WAIT)
-    assert pid in ex._backend.engine.pids
+    assert pid in worker_pids(ex)
     view.shutdown(wait=True)
     with pytest.raises(RuntimeError):
         ex.submit(_tasks.square, 2)
@@ -285,7 +285,7 @@ def test_pool_view_shares_the_workers_and_closing_it_closes_the_pool():
     pool = ferropool.Pool(2)
     try:
         view = pool.options(timeout=5)
-        assert view.apply(_tasks.get_pid) in pool._backend.engine.pids
+        assert view.apply(_tasks.get_pid) in worker_pids(pool)
         view.close()
         view.join()
         with pytest.raises(ValueError):
