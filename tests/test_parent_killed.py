@@ -177,7 +177,7 @@ def test_ctrl_c_reaches_the_script_and_ends_the_workers(tmp_path, beacon, method
         stderr = script.stderr
         assert stderr.count("Traceback (most recent call last)") == 1, script.report()
         assert stderr.rstrip().endswith("KeyboardInterrupt"), script.report()
-        for worker_frame in ("_tasks.py", "_worker.py", "beacon_then_sleep", "worker_main"):
+        for worker_frame in ("_tasks.py", "_worker/main.py", "beacon_then_sleep", "worker_main"):
             assert worker_frame not in stderr, f"a worker printed a traceback:\n{script.report()}"
     finally:
         script.close()

@@ -14,7 +14,7 @@ Life of a task in a ``ProcessPoolExecutor``::
 
 A ``ThreadPoolExecutor`` hands ``(future, fn, args, kwargs)`` to Rust-owned threads, which call
 ``fn`` and complete the future themselves. Both executors are thin adapters over the backends in
-``_backend.py``, which ``Pool`` and ``ThreadPool`` use too.
+``_pool/backend.py``, which ``Pool`` and ``ThreadPool`` use too.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``multiprocessing.pool`` on ferropool's engine: Pool, ThreadPool and their results.
 
-A ``Pool`` drives the same backend as ``ProcessPoolExecutor`` (``_backend.ProcessBackend``), a
+A ``Pool`` drives the same backend as ``ProcessPoolExecutor`` (``_pool.backend.ProcessBackend``), a
 ``ThreadPool`` the same one as ``ThreadPoolExecutor``: each call or chunk becomes one task with
 one ``Future``, and the result objects here wrap those futures.
 
@@ -240,7 +240,7 @@ class IMapIterator(Generic[T]):
     together, so a reader that is the bottleneck costs the pool one wake-up per batch.
 
     Short calls travel several to a task: the worker reports how long the items took, and each
-    task is made to carry about ``_batching.TARGET_S`` of work (never fewer items than
+    task is made to carry about ``_pool.batching.TARGET_S`` of work (never fewer items than
     ``chunksize``, and few enough to keep every worker busy). Every item keeps its own outcome, so
     an exception is raised at that item's place and iteration can go on after it, as with
     ``chunksize=1``. If the input itself raises, ``next()`` raises that exception where the chunk
@@ -806,7 +806,7 @@ class Pool:
         return view
 
     def __del__(self) -> None:
-        # the stdlib's warning; the pool itself still finishes its queued work (see _exit.py).
+        # the stdlib's warning; the pool itself still finishes its queued work (see _runtime/lifecycle.py).
         # A constructor that raised made no pool: nothing to warn of.
         common = self.__dict__.get("_common")
         made = common is not None and common.state == RUN and "_backend" in self.__dict__

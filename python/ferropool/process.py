@@ -489,7 +489,7 @@ def __getattr__(name: str) -> Any:
 
 
 def _child_main(fd: int) -> None:
-    """Entry point of a child (see ``_spawn.process_argv``): reads its process object from ``fd``."""
+    """Entry point of a child (see ``_runtime/spawn.process_argv``): reads its process object from ``fd``."""
     with open(fd, "rb") as pipe:
         payload = pipe.read()
     process, argv = load_in_child(payload)

@@ -205,7 +205,7 @@ class ProcessBackend:
         timeout: float | None = None,
         fds: list[int] | None = None,
     ) -> Future[Any]:
-        """Queues an already pickled call; the engine takes over ``fds`` (see ``_buffers.py``)."""
+        """Queues an already pickled call; the engine takes over ``fds`` (see ``_runtime/buffers.py``)."""
         fut: Future[Any] = Future()
         tid = next(self._ids)
         self.sink.pending[tid] = fut

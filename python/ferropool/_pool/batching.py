@@ -60,7 +60,7 @@ class BatchSizer:
 def unpack_outcomes(outcomes: list[tuple[bool, Any]], pool: bool = False) -> list[tuple[bool, Any]]:
     """A worker's per-item outcomes as ``(ok, value or exception with its remote traceback)``.
 
-    ``pool``: see ``_serialize.attach_traceback``.
+    ``pool``: see ``_runtime/serialize.attach_traceback``.
     """
     return [
         (True, v) if ok else (False, v[0] if v[1] is None else attach_traceback(v[0], v[1], pool)) for ok, v in outcomes

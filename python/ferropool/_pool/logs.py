@@ -2,7 +2,7 @@
 
 ::
 
-    worker process (_worker_start.py, _worker_output.py)  parent (here)
+    worker process (_worker/start.py, forwarding.py)    parent (here)
     ────────────────────────────────────────────────────  ─────────────
     print() ─▶ sys.stdout (_LineSink: whole lines) ─┐
     logging ─▶ forwarding handler (record as JSON) ─┴─▶ socket ─▶ output thread ─▶ sys.stdout /

@@ -2,11 +2,11 @@
 
 ``Pool`` and ``ProcessPoolExecutor`` turn their ``worker_logs``, ``worker_output`` and
 ``limit_blas_threads`` arguments into a :class:`WorkerSetup`. The backend hands it the user's
-initializer and gets back ``_worker_start.start_worker`` bound to this pool's settings, which
+initializer and gets back ``_worker/start.start_worker`` bound to this pool's settings, which
 each worker runs at start-up: BLAS thread variables, output forwarding to the pool's output
 thread, then the user's initializer, whose value ``ferropool.worker_state()`` returns.
 
-This module runs in the parent only; the worker's side is ``_worker_start.py``.
+This module runs in the parent only; the worker's side is ``_worker/start.py``.
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ def _serve(master: socket.socket, parent: int) -> None:
         except ImportError:
             pass
     # loaded once here rather than in each child: logging names a child's records after
-    # multiprocessing.current_process(), but only if multiprocessing is loaded (_worker_start)
+    # multiprocessing.current_process(), but only if multiprocessing is loaded (_runtime/naming.py)
     import multiprocessing.process  # noqa: F401
 
     gc.freeze()  # inherited objects stay put: no collection, no copy-on-write churn

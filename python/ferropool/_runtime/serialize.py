@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 PROTOCOL = 5
 
-# Flags of a CALL frame (opaque to the core; read in _worker.py).
+# Flags of a CALL frame (opaque to the core; read in _worker/main.py).
 FLAG_CACHEABLE = 1  # the function bytes name an importable function: a worker may keep it
 FLAG_STAR_CHUNK = 2  # the arguments are a list of tuples: return [fn(*a) for a in them]
 FLAG_ITEM_CHUNK = 4  # the arguments are a list of items: return [fn(x) for x in them]
@@ -80,7 +80,7 @@ def dumps(obj: Any, buffers: list[memoryview] | None = None) -> bytes:
     Plain pickle first; cloudpickle when plain pickle fails or would refer to ``__main__``,
     which a worker does not share with the parent. With ``buffers``, the large buffers pickle
     protocol 5 can move out of band (``bytearray``, numpy arrays, ``LargeBytes``) are left out
-    of the bytes and appended there instead (see ``_buffers.py``).
+    of the bytes and appended there instead (see ``_runtime/buffers.py``).
     """
     callback = None if buffers is None else _out_of_band(buffers)
     try:

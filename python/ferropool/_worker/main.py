@@ -2,7 +2,7 @@
 
 The loop around it (reading frames, batching results, exiting with the parent) is Rust:
 ``worker_main`` in ``src/worker.rs``. A worker is started as ``python -S -c ...`` by
-``_spawn.worker_argv()`` with the parent's ``sys.path``; skipping ``site`` halves start-up time.
+``_runtime/spawn.worker_argv()`` with the parent's ``sys.path``; skipping ``site`` halves start-up time.
 If an unpickle then fails for a module only ``site`` would have made importable (an editable
 install's import hook, say), the worker runs ``site`` once and tries again.
 """

@@ -1,6 +1,6 @@
 """What a process worker does at start-up, before its first task (``start_worker``).
 
-1. set the BLAS/OpenMP thread variables the parent chose (``_env.py``);
+1. set the BLAS/OpenMP thread variables the parent chose (``_runtime/env.py``);
 2. take the output socket the worker was started with (its other end is the pool's output
    thread; see ``OUTPUT_FD_VAR``) and let what the worker prints and logs go there:
    ``sys.stdout``/``sys.stderr`` become text streams that stay for the worker's life and set
@@ -11,7 +11,7 @@
 Start-up time is a pool's start-up time, and under ``spawn`` every worker pays it again, so this
 module is small and imports nothing a bare worker lacks. The machinery (``output.py``)
 loads at the first print or log record; a worker that does neither never loads it. The parent's
-side, and the design, are in ``_logs.py``.
+side, and the design, are in ``_pool/logs.py``.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class _Sink:
     """The binary stream under a worker's ``sys.stdout``/``sys.stderr``.
 
     Its target, made at the first write, is the forwarding ``_LineSink`` of
-    ``_worker_output``; in a process a task forked, it is the original descriptor, as it would
+    ``forwarding.py``; in a process a task forked, it is the original descriptor, as it would
     be without ferropool.
     """
 

@@ -2,7 +2,7 @@
 
 ``Pool(initializer=load_model)`` runs ``load_model()`` once in each worker; a task then reaches
 the model with ``ferropool.worker_state()``. A worker process keeps one value (stored by
-``_worker_start.start_worker``); in a thread pool each thread keeps its own (the initializer
+``_worker/start.start_worker``); in a thread pool each thread keeps its own (the initializer
 runs once per thread), so the value never needs a lock of its own.
 """
 
