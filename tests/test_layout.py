@@ -36,3 +36,32 @@ def test_a_fresh_worker_loads_neither_the_pool_machinery_nor_logging_futures_or_
         if name in FORBIDDEN_PUBLIC or any(name == p or name.startswith(p + ".") for p in FORBIDDEN_PREFIXES)
     ]
     assert offending == [], f"a spawned worker imported {offending}"
+
+
+def test_the_worker_side_and_the_runtime_never_import_the_pool_machinery():
+    # the static half of the rule, lazy imports included: a module under _worker/ or
+    # _runtime/ names nothing under _pool/ and none of the parent's front ends
+    import ast
+    from pathlib import Path
+
+    import ferropool
+
+    package = Path(ferropool.__file__).parent
+    parent_side = ("ferropool._pool", "ferropool.pool", "ferropool.futures", "ferropool.context")
+    offending = []
+    for folder in ("_worker", "_runtime"):
+        for path in sorted((package / folder).glob("*.py")):
+            here = f"ferropool.{folder}"
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    base = here.rsplit(".", node.level - 1)[0] if node.level else ""
+                    module = ".".join(filter(None, [base, node.module or ""]))
+                    names = [f"{module}.{alias.name}" for alias in node.names] + [module]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                else:
+                    continue
+                for name in names:
+                    if any(name == p or name.startswith(p + ".") for p in parent_side):
+                        offending.append(f"{path.relative_to(package)}:{node.lineno} imports {name}")
+    assert offending == []
