@@ -137,6 +137,9 @@ pub struct PyQueue {
     backlog: Arc<Backlog>,
     /// `close()` was called in this process (the stdlib's `close` is per process).
     closed: AtomicBool,
+    /// This process has put an item: as with the stdlib's, `close()` then closes the reading
+    /// side for `empty()` too (an unused queue's `close()` changes nothing there).
+    used: AtomicBool,
 }
 
 /// Waits in slices: interruptibly with the GIL released when called from Python (`py`), plainly
@@ -508,6 +511,7 @@ impl PyQueue {
         timeout: Option<f64>,
     ) -> PyResult<()> {
         let deadline = deadline(block, timeout)?;
+        self.used.store(true, Ordering::Relaxed);
         let ring = &*self.ring;
         let (tail, head) = (&ring.rec.tail.0, &ring.rec.head.0);
         let maxsize = ring.rec.maxsize.load(Ordering::Relaxed);
@@ -583,6 +587,7 @@ impl PyQueue {
             ring: Arc::new(Ring { rec, bytes: ring, cap }),
             backlog: Arc::default(),
             closed: AtomicBool::new(false),
+            used: AtomicBool::new(false),
         })
     }
 
@@ -693,8 +698,11 @@ impl PyQueue {
         self.in_ring() + self.backlog_len()
     }
 
-    fn empty(&self) -> bool {
-        self.qsize() == 0
+    fn empty(&self) -> PyResult<bool> {
+        if self.closed.load(Ordering::Relaxed) && self.used.load(Ordering::Relaxed) {
+            return Err(Error::ConnectionClosed.into());
+        }
+        Ok(self.qsize() == 0)
     }
 
     fn full(&self) -> bool {

@@ -64,7 +64,10 @@ def _shm() -> set[str]:
 
 def _ours(entry: str) -> bool:
     """False for a /dev/shm entry that names, as libraries do (``sem.loky-<pid>-...``), a live
-    process outside this test process's tree: other programs on the machine create those."""
+    process outside this test process's tree, or that is the stdlib's: other programs on the
+    machine create those."""
+    if entry.startswith("sem.mp-"):
+        return False  # the stdlib's semaphores (random names): other programs', never ferropool's
     mine = {os.getpid(), *_children()}
     for token in re.findall(r"(?<![0-9A-Za-z])\d{2,}(?![0-9A-Za-z])", entry):
         pid = int(token)

@@ -289,3 +289,14 @@ def test_loop_run_in_executor_with_a_ferropool_executor(make_executor):
 
     with make_executor() as ex:
         assert isinstance(asyncio.run(main(ex)), int)
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_async_for_raises_a_tasks_timeout_error(pool, method):
+    """A task's own ``TimeoutError`` is its result, not the iterator's "nothing yet"."""
+
+    async def main():
+        return [x async for x in getattr(pool, method)(_tasks.raise_exc, [TimeoutError("mine")])]
+
+    with pytest.raises(TimeoutError, match="mine"):
+        asyncio.run(main())

@@ -88,11 +88,17 @@ def _unprivileged() -> list[str]:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("SKIPPED LOUDLY: setpriv (util-linux) is missing; cannot run the attacker as another user")
-    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    as_nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    # the attacker needs only the stdlib; this interpreter may live where uid 65534 cannot
+    # reach it (a pyenv build under /root, its libpython beside it), so take the first that runs
+    for python in dict.fromkeys([sys.executable, "/usr/bin/python3", shutil.which("python3")]):
+        if python and subprocess.run([*as_nobody, python, "-I", "-c", "pass"], capture_output=True).returncode == 0:
+            return [*as_nobody, python]
+    pytest.skip("SKIPPED LOUDLY: no Python interpreter that uid 65534 can run; cannot run the attacker")
 
 
 def test_another_user_cannot_reach_the_output_thread(tmp_path):
-    as_nobody = _unprivileged()
+    python_as_nobody = _unprivileged()
     (tmp_path / "victim.py").write_text(textwrap.dedent(VICTIM))
     victim = subprocess.Popen(
         [sys.executable, "victim.py"],
@@ -111,7 +117,7 @@ def test_another_user_cannot_reach_the_output_thread(tmp_path):
         pids = json.loads(first.splitlines()[-1][len("PIDS ") :])
         names = _named_unix_sockets(_socket_inodes(pids))
         attack = subprocess.run(
-            [*as_nobody, sys.executable, "-I", "-c", ATTACKER, json.dumps(names)],
+            [*python_as_nobody, "-I", "-c", ATTACKER, json.dumps(names)],
             capture_output=True,
             text=True,
             timeout=WAIT,

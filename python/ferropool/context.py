@@ -34,18 +34,29 @@ __all__ = [
 
 
 class Context:
-    """ferropool under one start method; the object ``get_context()`` returns."""
+    """ferropool under one start method; the object ``get_context()`` returns.
 
-    def __init__(self, method: str) -> None:
-        self._method = method
+    There is one context per method (``ForkServerContext``, ``SpawnContext``, ``ForkContext``),
+    as in the stdlib, so ``get_context("spawn") is get_context("spawn")``.
+    """
+
+    _name = ""
+
+    @property
+    def _method(self) -> str:
+        return self._name
 
     def get_start_method(self, allow_none: bool = False) -> str:
         """The context's start method."""
-        return self._method
+        return self._name
 
     def get_context(self, method: str | None = None) -> Context:
-        """Same as ``ferropool.get_context()``."""
-        return get_context(method)
+        """This context, or the one for ``method``."""
+        return self if method is None else get_context(method)
+
+    def set_start_method(self, method: str | None, force: bool = False) -> None:
+        """Raises ``ValueError``: a context's start method is fixed; use ``ferropool.set_start_method()``."""
+        raise ValueError("cannot set start method of concrete context")
 
     def Pool(self, *args: Any, **kwargs: Any) -> Any:
         """``ferropool.Pool`` whose workers start by this context's method."""
@@ -57,9 +68,13 @@ class Context:
     @property
     def Process(self) -> type:
         """``ferropool.Process``, started by this context's method."""
-        from .process import Process, SpawnProcess
+        from . import process
 
-        return SpawnProcess if self._method == "spawn" else Process
+        return {
+            "spawn": process.SpawnProcess,
+            "fork": process.ForkProcess,
+            "forkserver": process.ForkServerProcess,
+        }[self._name]
 
     def __getattr__(self, name: str) -> Any:
         import ferropool
@@ -70,7 +85,28 @@ class Context:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}") from None
 
     def __repr__(self) -> str:
-        return f"<ferropool.context.Context {self._method!r}>"
+        return f"<ferropool.context.{type(self).__name__} {self._name!r}>"
+
+
+class ForkServerContext(Context):
+    """The ``"forkserver"`` context (the default): workers forked from ferropool's fork server."""
+
+    _name = "forkserver"
+
+
+class SpawnContext(Context):
+    """The ``"spawn"`` context: children are fresh interpreters."""
+
+    _name = "spawn"
+
+
+class ForkContext(Context):
+    """The ``"fork"`` context: as ``"forkserver"``, since ferropool never forks a threaded parent."""
+
+    _name = "fork"
+
+
+_CONTEXTS: dict[str, Context] = {c._name: c() for c in (SpawnContext, ForkServerContext, ForkContext)}
 
 
 def get_context(method: str | None = None) -> Context:
@@ -79,7 +115,7 @@ def get_context(method: str | None = None) -> Context:
     Raises:
         ValueError: ``method`` is not a start method.
     """
-    return Context(start_methods.current() if method is None else start_methods.check(method))
+    return _CONTEXTS[start_methods.current() if method is None else start_methods.check(method)]
 
 
 def get_start_method(allow_none: bool = False) -> str | None:

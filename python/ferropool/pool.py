@@ -341,11 +341,25 @@ class IMapIterator(Generic[T]):
             TimeoutError: the next result did not arrive in time.
             Exception: whatever the call raised for this item.
         """
+        return self._take(timeout, None)
+
+    __next__ = next
+
+    def _take(self, timeout: float | None, not_ready: Any) -> T:
+        """``next()``, returning ``not_ready`` (when not None) instead of raising ``TimeoutError``.
+
+        A caller polling with ``timeout=0`` can so tell a task that raised ``TimeoutError`` apart.
+        """
         with self._lock:
             if not self._buffer:
                 if self._in_flight_tasks == 0:
                     raise StopIteration
-                fut, n = self._next_task(timeout)
+                try:
+                    fut, n = self._next_task(timeout)
+                except TimeoutError:
+                    if not_ready is None:
+                        raise
+                    return not_ready  # type: ignore[no-any-return]
                 self._in_flight_tasks -= 1
                 self._buffer.extend(self._unpack(fut, n))
             ok, value = self._buffer.popleft()
@@ -355,8 +369,6 @@ class IMapIterator(Generic[T]):
         if ok:
             return value  # type: ignore[no-any-return]
         raise value
-
-    __next__ = next
 
     def _next_task(self, timeout: float | None) -> tuple[Future[Any], int]:
         if self._ordered:

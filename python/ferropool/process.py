@@ -127,6 +127,9 @@ class Process:
         _cleanup()
         inherited: dict[int, None] = {}
         connection._passing.fds = inherited
+        # the child's get_start_method(), as the stdlib's children learn the method they came by
+        self._started_by = self._start_method or start_methods.current()
+        self._log_config = _log_config()
         try:
             payload = dumps((self, sys.argv))
         finally:
@@ -324,10 +327,18 @@ class Process:
         _parent_process = _ParentProcess(self._parent_name, self._parent_pid)
         _current_process = self
         sys.argv[:] = argv
+        start_methods.choose(self._started_by, force=True)
         naming.rename(self.name)
         import logging
 
         log = logging.getLogger("ferropool")  # get_logger(), without loading the pools' machinery
+        level, to_stderr = self._log_config
+        if to_stderr:
+            from ._pool.logs import log_to_stderr
+
+            log_to_stderr()
+        if level is not None:
+            log.setLevel(level)
         try:
             log.info("child process calling self.run()")
             self.run()
@@ -360,6 +371,22 @@ class SpawnProcess(Process):
     """A ``Process`` always started as a fresh interpreter (``get_context("spawn").Process``)."""
 
     _start_method = "spawn"
+
+
+class ForkServerProcess(Process):
+    """A ``Process`` of the ``"forkserver"`` context: forked from the fork server where there is one."""
+
+    _start_method = "forkserver"
+
+
+class ForkProcess(Process):
+    """A ``Process`` of the ``"fork"`` context.
+
+    Started as ``ForkServerProcess`` (ferropool never forks a threaded parent); its
+    ``get_start_method()`` says ``"fork"``.
+    """
+
+    _start_method = "fork"
 
 
 def _exitcode_name(exitcode: int) -> str:
@@ -488,6 +515,19 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _log_config() -> tuple[int | None, bool]:
+    """The parent's logger level and ``log_to_stderr()``, for the child.
+
+    As the stdlib passes them: only once the logger exists (its effective level; whether it
+    writes to stderr).
+    """
+    logging = sys.modules.get("logging")
+    if logging is None or not isinstance(logging.Logger.manager.loggerDict.get("ferropool"), logging.Logger):
+        return None, False
+    logs = sys.modules.get("ferropool._pool.logs")  # loaded if log_to_stderr() was called
+    return logging.getLogger("ferropool").getEffectiveLevel(), getattr(logs, "_stderr_handler", None) is not None
+
+
 def _child_main(fd: int) -> None:
     """Entry point of a child (see ``_runtime/spawn.process_argv``): reads its process object from ``fd``."""
     with open(fd, "rb") as pipe:
@@ -520,11 +560,15 @@ def _forked_child_main(fd: int) -> int:
     os.environ.clear()
     os.environ.update(environ)
     process, argv = load_in_child(memoryview(payload)[stream.tell() :])
+    # the parent's atexit handlers came with the fork and are not the child's; the handlers the
+    # target registers run at its end, as in a spawned child (and the stdlib's, since 3.13)
+    lifecycle.forget_inherited_atexit()
     code = process._bootstrap(argv)
     try:
         threading._shutdown()  # type: ignore[attr-defined]
     except BaseException:
         pass
+    lifecycle.run_atexit_in_forked_child()
     return int(code)
 
 

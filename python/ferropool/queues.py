@@ -173,6 +173,12 @@ class SimpleQueue(_core.Queue):
         """Puts ``obj`` into the queue."""
         super().put(obj)
 
+    def empty(self) -> bool:
+        """Whether the queue is empty; ``OSError`` after ``close()``, used or not (as the stdlib's)."""
+        if self._closed:
+            raise OSError("handle is closed")
+        return super().empty()
+
     def get(self) -> Any:  # type: ignore[override]
         """Removes and returns an item, waiting for one."""
         return super().get()

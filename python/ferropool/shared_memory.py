@@ -261,21 +261,26 @@ class SharedMemory:
     def unlink(self) -> None:
         """Removes the block's name now; processes that hold it keep their mapping.
 
-        A no-op if this process already removed it by closing last.
+        A no-op once every holder has closed it (the last ``close()`` removed the name).
         """
         if self._unlinked:
             return
-        self._seg.unlink()
+        try:
+            self._seg.unlink()
+        except FileNotFoundError:
+            if not self._seg.closed:
+                raise
+            # every holder has closed it, another handle last, and that close removed the name
         self._unlinked = True
         if self._created and self._seg.closed:
             _watchdog.closed(self.name, True)
 
 
-# ShareableList layout: a header (item count), one 8-byte record per item (kind, slot size),
-# then one slot per item, each a multiple of 8 bytes. str and bytes slots start with the length.
+# ShareableList layout: a header (item count), one record per item (kind, slot size, length of a
+# str or bytes item), then one slot per item, each a multiple of 8 bytes. The length lives in the
+# record so that a slot holds as many bytes as the stdlib's does (an int's 8 bytes take "shorter").
 _HEADER = struct.Struct("<q")
-_RECORD = struct.Struct("<B3xI")
-_LEN = struct.Struct("<I")
+_RECORD = struct.Struct("<B3xII")
 _NONE, _INT, _FLOAT, _BOOL, _STR, _BYTES = range(6)
 _FIXED = {_INT: struct.Struct("<q"), _FLOAT: struct.Struct("<d"), _BOOL: struct.Struct("<?")}
 _FORMAT = {_NONE: "x", _INT: "q", _FLOAT: "d", _BOOL: "?", _STR: "s", _BYTES: "s"}
@@ -299,8 +304,7 @@ def _kind(value: object) -> int:
 
 def _encode(kind: int, value: Any) -> bytes:
     if kind in (_STR, _BYTES):
-        data = value.encode() if kind == _STR else value
-        return _LEN.pack(len(data)) + data  # type: ignore[no-any-return]
+        return value.encode() if kind == _STR else value  # type: ignore[no-any-return]
     if kind == _NONE:
         return b""
     return _FIXED[kind].pack(value)
@@ -330,17 +334,17 @@ class ShareableList:
                 raise ValueError("ShareableList needs a sequence or the name of an existing list")
             self.shm = SharedMemory(name)
             (count,) = _HEADER.unpack_from(self.shm.buf, 0)
-            records = [_RECORD.unpack_from(self.shm.buf, _HEADER.size + i * 8) for i in range(count)]
-            self._sizes = [size for _, size in records]
+            records = [_RECORD.unpack_from(self.shm.buf, _HEADER.size + i * _RECORD.size) for i in range(count)]
+            self._sizes = [size for _, size, _ in records]
         else:
             items = list(sequence)
             encoded = [_encode(_kind(v), v) for v in items]
             self._sizes = [_slot_size(e) for e in encoded]
-            total = _HEADER.size + 8 * len(items) + sum(self._sizes)
+            total = _HEADER.size + _RECORD.size * len(items) + sum(self._sizes)
             self.shm = SharedMemory(name, create=True, size=total)
             _HEADER.pack_into(self.shm.buf, 0, len(items))
         self._offsets = []
-        offset = _HEADER.size + 8 * len(self._sizes)
+        offset = _HEADER.size + _RECORD.size * len(self._sizes)
         for size in self._sizes:
             self._offsets.append(offset)
             offset += size
@@ -351,7 +355,7 @@ class ShareableList:
     def _write(self, i: int, kind: int, encoded: bytes) -> None:
         if len(encoded) > self._sizes[i]:
             raise ValueError("bytes/str item exceeds available storage")
-        _RECORD.pack_into(self.shm.buf, _HEADER.size + i * 8, kind, self._sizes[i])
+        _RECORD.pack_into(self.shm.buf, _HEADER.size + i * _RECORD.size, kind, self._sizes[i], len(encoded))
         offset = self._offsets[i]
         self.shm.buf[offset : offset + len(encoded)] = encoded
 
@@ -368,13 +372,12 @@ class ShareableList:
     def __getitem__(self, i: int) -> Any:
         i = self._index(i)
         buf = self.shm.buf
-        kind, _ = _RECORD.unpack_from(buf, _HEADER.size + i * 8)
+        kind, _, length = _RECORD.unpack_from(buf, _HEADER.size + i * _RECORD.size)
         offset = self._offsets[i]
         if kind == _NONE:
             return None
         if kind in (_STR, _BYTES):
-            (length,) = _LEN.unpack_from(buf, offset)
-            data = bytes(buf[offset + 4 : offset + 4 + length])
+            data = bytes(buf[offset : offset + length])
             return data.decode() if kind == _STR else data
         return _FIXED[kind].unpack_from(buf, offset)[0]
 
@@ -400,7 +403,7 @@ class ShareableList:
         """The items' storage formats, in the ``struct`` module's letters."""
         out = []
         for i in range(len(self)):
-            kind, size = _RECORD.unpack_from(self.shm.buf, _HEADER.size + i * 8)
+            kind, size, _ = _RECORD.unpack_from(self.shm.buf, _HEADER.size + i * _RECORD.size)
             out.append(f"{size}s" if kind in (_STR, _BYTES) else _FORMAT[kind])
         return "".join(out)
 

@@ -115,22 +115,6 @@ RULES: list[tuple[str, str, str] | tuple[str, str, str, bool]] = [
         "a fresh interpreter importing the stdlib's multiprocessing.spawn",
     ),
     ("SemLockTests.*", "not-applicable", "_multiprocessing.SemLock, the stdlib's C semaphore"),
-    # --- known intermittent failures (bugs to fix, not differences)
-    (
-        "WithProcessesTestCondition.test_waitfor",
-        "fail",
-        "intermittent: hangs in Condition.wait now and then (a lost wake-up, issue 11 item 6)",
-    ),
-    (
-        "WithProcessesTestPoolWorkerErrors.test_async_error_callback",
-        "fail",
-        "intermittent: get() can return before error_callback has run (issue 11 items 2 and 5)",
-    ),
-    (
-        "With*TestPool.test_map_async_callbacks",
-        "fail",
-        "intermittent: join() can return before the callbacks have run (issue 11 item 2)",
-    ),
     # --- intended differences (docs/migration.md, "CPython's own test suite")
     (
         "*TestQueue.test_queue_feeder_donot_stop_onexc",
@@ -141,6 +125,11 @@ RULES: list[tuple[str, str, str] | tuple[str, str, str, bool]] = [
         "TestInvalidHandle.test_invalid_handles",
         "difference",
         "Connection(fd) checks the descriptor at once: OSError from the constructor, not from poll()",
+    ),
+    (
+        "*TestPoolWorkerErrors.test_unpickleable_result",
+        "difference",
+        "a result that is a lambda is returned (pickled by value), so there is no MaybeEncodingError",
     ),
     (
         "TestStartMethod.test_get_all",

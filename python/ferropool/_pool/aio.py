@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import TimeoutError
-
 if TYPE_CHECKING:
     import asyncio
 
@@ -59,13 +57,14 @@ async def imap_next(it: IMapIterator[T]) -> T:
     import asyncio
 
     loop = asyncio.get_running_loop()
+    not_ready = object()
     while True:
         try:
-            return it.next(timeout=0)
+            got = it._take(0, not_ready)
         except StopIteration:
             raise StopAsyncIteration from None
-        except TimeoutError:
-            pass
+        if got is not not_ready:
+            return got
         waiter: asyncio.Future[None] = loop.create_future()
         wake = _waker(loop, waiter)
         if it._ordered:

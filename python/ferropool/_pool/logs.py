@@ -460,8 +460,9 @@ _FIELD_TYPES = {
 def _record(fields: object) -> logging.LogRecord | None:
     """The log record a worker sent, or ``None`` if it is not one.
 
-    A standard attribute of the wrong type is left at its default, so no handler or formatter
-    meets a type it does not expect; ``args`` and ``exc_info`` are always empty (the worker
+    A standard attribute of the wrong type, or a number no formatter can print (NaN, infinite,
+    huge, a ``created`` before 1970), is left at its default, so no handler or formatter meets
+    a value it does not expect; ``args`` and ``exc_info`` are always empty (the worker
     formatted both).
     """
     if not isinstance(fields, dict):
@@ -470,8 +471,13 @@ def _record(fields: object) -> logging.LogRecord | None:
     if not isinstance(name, str) or isinstance(levelno, bool) or not isinstance(levelno, int):
         return None
     for key, types in _FIELD_TYPES.items():
-        value = fields.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+        value = fields.get(key, "")
+        if key in fields and (
+            value is None
+            or isinstance(value, bool)
+            or not isinstance(value, types)
+            or (isinstance(value, (int, float)) and not _plain_number(key, value))
+        ):
             del fields[key]
     for key in ("msg", "exc_text", "stack_info", "funcName"):
         if not isinstance(fields.get(key), (str, type(None))):
@@ -479,6 +485,24 @@ def _record(fields: object) -> logging.LogRecord | None:
     fields["args"] = None
     fields["exc_info"] = None
     return logging.makeLogRecord(fields)
+
+
+#: The largest number a record's numeric field may hold (``%d`` and ``%f`` take it, as does
+#: ``time.localtime`` for ``created``, up to the year 2286)
+_NUMBER_MAX = 1e10
+
+
+def _plain_number(key: str, value: float) -> bool:
+    """Whether a formatter can print ``value``.
+
+    It must be finite and not huge; ``created`` and ``msecs`` not negative, ``msecs`` under a
+    second.
+    """
+    if not -_NUMBER_MAX <= value <= _NUMBER_MAX:  # NaN fails both comparisons
+        return key in ("thread", "process") and isinstance(value, int) and 0 <= value < 2**64
+    if key in ("created", "msecs"):
+        return 0 <= value < (1000 if key == "msecs" else _NUMBER_MAX)
+    return True
 
 
 #: Longest logger name looked up part by part; a longer one reaches the root logger.

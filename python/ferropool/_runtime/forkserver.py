@@ -337,6 +337,10 @@ def _become_process(
 
 def _leave_server(status: int, server_fds: list[int]) -> None:
     """In a fresh fork of the server: the server's signal handling and descriptors go."""
+    # os.fork() gives the main thread its new ident but (before 3.12) keeps the old native_id
+    set_native_id = getattr(threading.main_thread(), "_set_native_id", None)
+    if set_native_id is not None:
+        set_native_id()
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, _child_sigint)

@@ -16,8 +16,10 @@ pools' threads must be gone before the interpreter they attach to is). Its steps
 4. every pool shuts down (``_core.shutdown_all``; terminated when interrupted, or on a second
    Ctrl-C).
 
-Then, among the ``atexit`` callbacks in their usual last-registered-first order,
-``after_exit`` steps (queue backlogs written to their rings, as the stdlib joins its feeders).
+Then, among the ``atexit`` callbacks in their usual last-registered-first order (from where the
+first step was registered), the ``after_exit`` steps: queue backlogs written to their rings, as
+the stdlib joins its feeders. A ``Process`` child forked from the fork server drops the
+``atexit`` callbacks it inherited but keeps these (``forget_inherited_atexit``).
 
 **Fork.** One ``os.register_at_fork(after_in_child=...)`` hook: in a child of ``os.fork()``
 the parent's pools are marked unusable first (``_core.after_fork_in_child``), then each
@@ -45,6 +47,7 @@ shutting_down = False
 _flush_steps: list[Callable[[], object]] = []
 _finish_steps: list[Callable[[bool], object]] = []
 _fork_steps: list[Callable[[], object]] = [_core.after_fork_in_child]
+_after_exit_steps: list[Callable[[], object]] = []
 
 
 def flush_at_exit(step: Callable[[], object]) -> None:
@@ -59,7 +62,31 @@ def finish_at_exit(step: Callable[[bool], object]) -> None:
 
 def after_exit(step: Callable[[], object]) -> None:
     """Runs ``step`` among the ``atexit`` callbacks, after every pool has shut down."""
-    atexit.register(step)
+    if not _after_exit_steps:
+        atexit.register(_run_after_exit)
+    _after_exit_steps.append(step)
+
+
+def _run_after_exit() -> None:
+    for step in _after_exit_steps:
+        step()
+
+
+def forget_inherited_atexit() -> None:
+    """In a ``Process`` child forked from the fork server, before its target runs.
+
+    The parent's ``atexit`` callbacks came with the fork and are not the child's; ferropool's
+    own ``after_exit`` steps stay, and what the target registers runs at its end, as in a
+    spawned child (and in the stdlib's forked children since 3.13).
+    """
+    atexit._clear()
+    if _after_exit_steps:
+        atexit.register(_run_after_exit)
+
+
+def run_atexit_in_forked_child() -> None:
+    """At the end of such a child, which leaves with ``os._exit``: runs its ``atexit`` callbacks."""
+    atexit._run_exitfuncs()
 
 
 def after_fork_in_child(step: Callable[[], object]) -> None:
