@@ -400,7 +400,7 @@ impl PyConnection {
             *broken = cut_short;
             result
         });
-        sent?.map_err(|e| Error::Connection(e).into())
+        sent?.map_err(|e| Error::Io(e).into())
     }
 
     fn recv_vec(&self, py: Python<'_>, maxlength: Option<usize>) -> PyResult<Vec<u8>> {
@@ -414,7 +414,7 @@ impl PyConnection {
         result.map_err(|err| match err {
             RecvError::Eof => Error::Eof.into(),
             RecvError::TooLong => Error::MessageTooLong.into(),
-            RecvError::Io(e) => Error::Connection(e).into(),
+            RecvError::Io(e) => Error::Io(e).into(),
         })
     }
 }
@@ -441,7 +441,7 @@ impl PyConnection {
         if !readable && !writable {
             return Err(Error::InvalidArgument("at least one of `readable` and `writable` must be True".into()).into());
         }
-        set_slice_timeouts(fd).map_err(Error::Connection)?;
+        set_slice_timeouts(fd).map_err(Error::Io)?;
         Ok(PyConnection {
             fd: AtomicI32::new(fd),
             readable,
@@ -532,9 +532,7 @@ impl PyConnection {
             .call_method1("cast", ("B",))?;
         let target = PyBuffer::<u8>::get(&view)?;
         if target.readonly() {
-            return Err(pyo3::exceptions::PyTypeError::new_err(
-                "recv_bytes_into() needs a writable buffer",
-            ));
+            return Err(Error::WrongType("recv_bytes_into() needs a writable buffer".into()).into());
         }
         let len = target.item_count() as isize;
         if offset < 0 {

@@ -26,7 +26,9 @@ pub mod worker;
 
 use pyo3::prelude::*;
 
-#[pymodule(gil_used = false)]
+// No `gil_used = false`: the module is not tested on a free-threaded build, and parts of it rely
+// on the GIL (docs/ARCHITECTURE.md, "What a free-threaded port needs").
+#[pymodule]
 pub mod _core {
     #[pymodule_export]
     use crate::buffers::{buffer_span, detach_mapping};

@@ -13,7 +13,6 @@ use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
@@ -102,10 +101,10 @@ impl PyProcessEngine {
             registrar.set_nonblocking(true).map_err(Error::from)?;
         }
         if workers == 0 {
-            return Err(PyValueError::new_err("max_workers must be greater than 0"));
+            return Err(Error::InvalidArgument("max_workers must be greater than 0".into()).into());
         }
         if max_tasks_per_child == Some(0) {
-            return Err(PyValueError::new_err("max_tasks_per_child must be >= 1"));
+            return Err(Error::InvalidArgument("max_tasks_per_child must be >= 1".into()).into());
         }
         let (tx, rx) = unbounded();
         let cfg = EngineConfig {
@@ -173,7 +172,8 @@ impl PyProcessEngine {
         if !registry::is_ours(self.epoch) {
             return Err(registry::inherited_pool_error());
         }
-        let fn_len = u32::try_from(fn_bytes.len()).map_err(|_| PyValueError::new_err("pickled function too large"))?;
+        let fn_len = u32::try_from(fn_bytes.len())
+            .map_err(|_| PyErr::from(Error::InvalidArgument("pickled function too large".into())))?;
         let mut body = Vec::with_capacity(fn_bytes.len() + args.len());
         body.extend_from_slice(fn_bytes);
         body.extend_from_slice(args);
@@ -188,9 +188,9 @@ impl PyProcessEngine {
         attach_handle(py, future, handle)?;
         let timeout = match timeout {
             Some(t) if !(t > 0.0 && t.is_finite()) => {
-                return Err(PyValueError::new_err(format!(
-                    "timeout must be a positive number of seconds, not {t}"
-                )))
+                return Err(
+                    Error::InvalidArgument(format!("timeout must be a positive number of seconds, not {t}")).into(),
+                )
             }
             t => t.map(Duration::from_secs_f64),
         };
@@ -399,7 +399,7 @@ impl Received {
     ) -> PyResult<()> {
         let bytes = &slf.get().0;
         let len = pyo3::ffi::Py_ssize_t::try_from(bytes.len())
-            .map_err(|_| PyValueError::new_err("result too large for a buffer"))?;
+            .map_err(|_| PyErr::from(Error::InvalidArgument("result too large for a buffer".into())))?;
         // SAFETY: the object is frozen, so the bytes never move or change while it lives, and
         // PyBuffer_FillInfo makes the view hold a reference to it (read-only: writable requests
         // fail with BufferError).
@@ -417,7 +417,7 @@ impl Received {
 /// Takes ownership of descriptors handed over by Python.
 fn take_fds(fds: Vec<i32>) -> PyResult<Vec<OwnedFd>> {
     if fds.len() > wire::MAX_FRAME_FDS {
-        return Err(PyValueError::new_err("too many shared-memory buffers in one call"));
+        return Err(Error::InvalidArgument("too many shared-memory buffers in one call".into()).into());
     }
     let bad = fds.iter().find_map(|&fd| crate::errors::fd_arg(fd).err());
     // SAFETY: the caller (ProcessBackend, via _runtime/buffers.py) created each descriptor for this call

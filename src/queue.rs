@@ -29,7 +29,6 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 use std::time::Instant;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyBytes;
@@ -389,7 +388,7 @@ impl Ring {
             let len = (word & LEN_MASK) as usize;
             let frame = HEADER + padded(len);
             if len > self.chunk_max() || published > self.cap as usize || frame > published {
-                return Err(PyValueError::new_err("the queue's shared memory is corrupt"));
+                return Err(Error::InvalidState("the queue's shared memory is corrupt".into()).into());
             }
             let start = pos(h).wrapping_add(HEADER as u32);
             let advance = |done: u32| {
@@ -421,7 +420,7 @@ impl Ring {
                     // a message is as long as its writer makes it: running out of memory for
                     // one is an error, not an abort
                     buf.try_reserve(len)
-                        .map_err(|_| pyo3::exceptions::PyMemoryError::new_err("no memory for a queue message"))?;
+                        .map_err(|_| PyErr::from(Error::OutOfMemory("no memory for a queue message")))?;
                     buf.resize(at + len, 0);
                     self.copy_out(start, &mut buf[at..]);
                     advance(u32::from(last));
@@ -457,7 +456,7 @@ pub fn decode_ring(cap: usize, tail: u64, head: u64, bytes: &[u8]) -> PyResult<V
             None => return Ok(out),
         }
     }
-    Err(PyValueError::new_err("the ring never emptied"))
+    Err(Error::InvalidState("the ring never emptied".into()).into())
 }
 
 fn deadline(block: bool, timeout: Option<f64>) -> PyResult<Option<Instant>> {
@@ -581,7 +580,7 @@ impl PyQueue {
         let (ring, len) = rec.extra();
         let cap = rec.capacity.load(Ordering::Acquire);
         if cap as usize > len || !cap.is_power_of_two() || cap < 64 {
-            return Err(PyValueError::new_err("not a ferropool queue segment"));
+            return Err(Error::InvalidArgument("not a ferropool queue segment".into()).into());
         }
         Ok(PyQueue {
             ring: Arc::new(Ring { rec, bytes: ring, cap }),
@@ -593,7 +592,7 @@ impl PyQueue {
 
     fn check_open(&self) -> PyResult<()> {
         if self.closed.load(Ordering::Relaxed) {
-            return Err(PyValueError::new_err("Queue is closed"));
+            return Err(Error::InvalidState("Queue is closed".into()).into());
         }
         Ok(())
     }
@@ -736,7 +735,7 @@ impl PyQueue {
         let left = rec
             .unfinished
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| u.checked_sub(1))
-            .map_err(|_| PyValueError::new_err("task_done() called too many times"))?;
+            .map_err(|_| PyErr::from(Error::InvalidState("task_done() called too many times".into())))?;
         if left == 1 && rec.joiners.load(Ordering::SeqCst) > 0 {
             futex::wake_all(&rec.unfinished);
         }

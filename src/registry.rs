@@ -27,10 +27,7 @@ pub fn is_ours(epoch: u64) -> bool {
 
 /// The error for using a pool inherited through `fork()`.
 pub fn inherited_pool_error() -> pyo3::PyErr {
-    pyo3::exceptions::PyRuntimeError::new_err(
-        "this pool was created by the parent process before os.fork(); its workers and threads \
-         belong to the parent. Create a new pool in the child process.",
-    )
+    crate::errors::Error::InheritedPool.into()
 }
 
 /// Called in the child after `os.fork()` (registered by `python/ferropool/_runtime/lifecycle.py`).

@@ -13,12 +13,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::errors::{BrokenThreadPool, Error};
+use crate::errors::Error;
 use crate::registry;
 use crate::signals::{timeout_from_secs, wait_interruptible, CountLatch};
 use crate::task::{attach_handle, PyTaskHandle, TaskState};
@@ -92,7 +91,7 @@ impl PyThreadEngine {
         initargs: Option<Py<PyTuple>>,
     ) -> PyResult<Self> {
         if max_workers == 0 {
-            return Err(PyValueError::new_err("max_workers must be greater than 0"));
+            return Err(Error::InvalidArgument("max_workers must be greater than 0".into()).into());
         }
         let (tx, rx) = unbounded();
         let initargs = initargs.unwrap_or_else(|| PyTuple::empty(py).unbind());
@@ -183,9 +182,10 @@ impl PyThreadEngine {
         }
         if wait {
             if SERVING.with(std::cell::Cell::get) == Arc::as_ptr(sh) as usize {
-                return Err(PyRuntimeError::new_err(
+                return Err(Error::WouldDeadlock(
                     "cannot join current thread: shutdown(wait=True) called from a task of the same pool",
-                ));
+                )
+                .into());
             }
             wait_interruptible(py, None, |slice| sh.live.wait_for(slice))?;
         }
@@ -394,7 +394,7 @@ fn fail_job(py: Python<'_>, job: Job, why: &str) {
         return;
     }
     let future = job.future.bind(py);
-    let exc = BrokenThreadPool::new_err(why.to_owned()).into_value(py);
+    let exc = PyErr::from(Error::BrokenThreads(why.to_owned())).into_value(py);
     if let Err(e) = future.call_method1(intern!(py, "set_exception"), (exc,)) {
         e.write_unraisable(py, Some(future));
     }

@@ -423,3 +423,21 @@ def test_unpicklable_func():
         with pytest.raises(TypeError):
             p.map(_tasks.UnpicklableCallable(), [1, 2])
         _check_pool_works(p)
+
+
+def test_os_errors_from_the_core_keep_their_errno_and_subclass():
+    # every Rust error reaches Python through src/errors.rs, as OSError(errno, strerror[, name])
+    import errno
+
+    from ferropool import shared_memory
+
+    with pytest.raises(FileNotFoundError) as info:
+        shared_memory.SharedMemory(name="ferropool_no_such_segment_anywhere")
+    assert info.value.errno == errno.ENOENT
+    assert info.value.filename == "/ferropool_no_such_segment_anywhere"
+    reader, writer = ferropool.Pipe(duplex=False)
+    reader.close()
+    with pytest.raises(BrokenPipeError) as info:
+        writer.send_bytes(b"x")
+    assert info.value.errno == errno.EPIPE
+    writer.close()

@@ -8,7 +8,6 @@
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::time::Instant;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::lock::MutexRecord;
@@ -104,7 +103,7 @@ impl PyBarrier {
             });
         }
         if parties < 1 || parties > i64::from(u32::MAX) {
-            return Err(PyValueError::new_err("parties must be >= 1"));
+            return Err(Error::InvalidArgument("parties must be >= 1".into()).into());
         }
         let rec: Shared<BarrierRecord> = Shared::create(0)?;
         rec.parties.store(parties as u32, Ordering::SeqCst);

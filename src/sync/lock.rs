@@ -5,10 +5,10 @@
 //! whether the owner is alive; if not, one compare-and-swap from the dead owner's exact word to
 //! its own pid takes the lock over (two waiters cannot both win it).
 
+use crate::errors::Error;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyAssertionError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -190,7 +190,7 @@ impl PyLock {
     /// Releases the lock; any process or thread may release it.
     fn release(&self) -> PyResult<()> {
         if self.rec.owner_pid() == 0 || !self.rec.unlock() {
-            return Err(PyValueError::new_err(RELEASED_TOO_MANY));
+            return Err(Error::InvalidState(RELEASED_TOO_MANY.into()).into());
         }
         Ok(())
     }
@@ -263,9 +263,7 @@ impl PyRLock {
     /// Undoes one acquisition by the owning thread.
     fn release(&self) -> PyResult<()> {
         if !self.rec.is_mine() {
-            return Err(PyAssertionError::new_err(
-                "attempt to release recursive lock not owned by thread",
-            ));
+            return Err(Error::NotOwner("attempt to release recursive lock not owned by thread").into());
         }
         if self.rec.count.load(Ordering::Relaxed) <= 1 {
             self.rec.unlock();
@@ -303,9 +301,7 @@ impl PyRLock {
     /// Releases every level for `Condition.wait`; returns the count to restore.
     fn _release_save(&self) -> PyResult<u32> {
         if !self.rec.is_mine() {
-            return Err(PyAssertionError::new_err(
-                "attempt to release recursive lock not owned by thread",
-            ));
+            return Err(Error::NotOwner("attempt to release recursive lock not owned by thread").into());
         }
         let count = self.rec.count.load(Ordering::Relaxed);
         self.rec.unlock();

@@ -9,10 +9,10 @@
 //! a release, and giving a dead process's units back can never raise the count above what it
 //! would be had that process released them.
 
+use crate::errors::Error;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -182,11 +182,11 @@ impl PySemaphore {
             });
         }
         if value < 0 {
-            return Err(PyValueError::new_err("semaphore initial value must be >= 0"));
+            return Err(Error::InvalidArgument("semaphore initial value must be >= 0".into()).into());
         }
         let limit = i64::from(u32::MAX - 1);
         if value > limit || maxvalue.is_some_and(|m| m > limit) {
-            return Err(PyValueError::new_err(format!("semaphore value must be <= {limit}")));
+            return Err(Error::InvalidArgument(format!("semaphore value must be <= {limit}")).into());
         }
         let rec: Shared<SemRecord> = Shared::create(0)?;
         rec.value.store(value as u32, Ordering::Relaxed);
@@ -226,7 +226,7 @@ impl PySemaphore {
         if self.rec.give() {
             Ok(())
         } else {
-            Err(PyValueError::new_err("semaphore or lock released too many times"))
+            Err(Error::InvalidState("semaphore or lock released too many times".into()).into())
         }
     }
 
