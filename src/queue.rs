@@ -34,7 +34,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyBytes;
 
 use crate::errors::Error;
-use crate::shm::{Handle, Shared};
+use crate::shm::{Handle, SharedRecord};
 use crate::signals::{timeout_from_secs, wait_interruptible};
 use crate::sync::lock::MutexRecord;
 use crate::sync::{current_pid, futex, park, process_alive, slice_end};
@@ -107,7 +107,7 @@ fn padded(len: usize) -> usize {
 
 /// This process's view of a queue's shared record and ring.
 struct Ring {
-    rec: Shared<QueueRecord>,
+    rec: SharedRecord<QueueRecord>,
     /// The first byte after the record.
     bytes: *mut u8,
     cap: u32,
@@ -439,7 +439,7 @@ impl Ring {
 /// until it is empty or reported corrupt. For the fuzz target (`fuzz/`) and the tests.
 #[doc(hidden)]
 pub fn decode_ring(cap: usize, tail: u64, head: u64, bytes: &[u8]) -> PyResult<Vec<Vec<u8>>> {
-    let rec: Shared<QueueRecord> = Shared::create(cap)?;
+    let rec: SharedRecord<QueueRecord> = SharedRecord::create(cap)?;
     rec.capacity.store(cap as u32, Ordering::Release);
     let (ring_bytes, len) = rec.extra();
     let n = bytes.len().min(len).min(cap);
@@ -576,7 +576,7 @@ impl PyQueue {
         Ok(())
     }
 
-    fn build(rec: Shared<QueueRecord>) -> PyResult<Self> {
+    fn build(rec: SharedRecord<QueueRecord>) -> PyResult<Self> {
         let (ring, len) = rec.extra();
         let cap = rec.capacity.load(Ordering::Acquire);
         if cap as usize > len || !cap.is_power_of_two() || cap < 64 {
@@ -615,7 +615,7 @@ impl PyQueue {
     #[pyo3(signature = (maxsize=0, joinable=false, capacity=None, handle=None))]
     fn new(maxsize: i64, joinable: bool, capacity: Option<usize>, handle: Option<Handle>) -> PyResult<Self> {
         if let Some(h) = handle {
-            return Self::build(Shared::attach(h)?);
+            return Self::build(SharedRecord::attach(h)?);
         }
         let maxsize = if maxsize <= 0 {
             0
@@ -626,7 +626,7 @@ impl PyQueue {
             .unwrap_or(DEFAULT_CAPACITY)
             .clamp(4096, 1 << 30)
             .next_power_of_two();
-        let rec: Shared<QueueRecord> = Shared::create(cap)?;
+        let rec: SharedRecord<QueueRecord> = SharedRecord::create(cap)?;
         rec.maxsize.store(maxsize, Ordering::Relaxed);
         rec.joinable.store(u32::from(joinable), Ordering::Relaxed);
         rec.capacity.store(cap as u32, Ordering::Release);
@@ -780,7 +780,7 @@ mod tests {
     use super::*;
 
     fn ring(cap: usize) -> Ring {
-        let rec: Shared<QueueRecord> = Shared::create(cap).unwrap();
+        let rec: SharedRecord<QueueRecord> = SharedRecord::create(cap).unwrap();
         rec.capacity.store(cap as u32, Ordering::SeqCst);
         let (bytes, _) = rec.extra();
         Ring {

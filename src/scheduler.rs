@@ -116,7 +116,7 @@ struct Sched {
 }
 
 /// The state shared by the engine thread and the pool's handle.
-pub struct Shared {
+pub struct EngineState {
     sched: Mutex<Sched>,
     /// Opens when the engine thread has ended.
     pub finished: CountLatch,
@@ -124,7 +124,7 @@ pub struct Shared {
 
 /// The handle a front end holds. Dropping it shuts the pool down gracefully in the background.
 pub struct Engine {
-    shared: Arc<Shared>,
+    shared: Arc<EngineState>,
     /// The fork epoch it was made in: in a forked child it is left alone (see `registry.rs`).
     epoch: u64,
 }
@@ -135,7 +135,7 @@ impl Engine {
         let (wake_rx, wake_tx) = UnixStream::pair()?;
         wake_rx.set_nonblocking(true)?;
         wake_tx.set_nonblocking(true)?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(EngineState {
             sched: Mutex::new(Sched {
                 cfg,
                 phase: Phase::Running,
@@ -274,7 +274,7 @@ impl Drop for Engine {
     }
 }
 
-impl crate::task::Stopper for Shared {
+impl crate::task::Stopper for EngineState {
     fn stop(&self, id: u64) -> bool {
         let mut s = self.lock();
         let found = s.kill_task(id);
@@ -284,7 +284,7 @@ impl crate::task::Stopper for Shared {
     }
 }
 
-impl registry::Pool for Shared {
+impl registry::Pool for EngineState {
     fn begin_shutdown(&self) {
         self.shutdown(false);
     }
@@ -303,7 +303,7 @@ impl registry::Pool for Shared {
     }
 }
 
-impl Shared {
+impl EngineState {
     fn lock(&self) -> MutexGuard<'_, Sched> {
         self.sched.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -591,15 +591,8 @@ impl Sched {
         // every worker gets an INIT first (empty without an initializer): it answers READY after it
         let limit = self.cfg.max_memory_per_child;
         match &self.cfg.init {
-            Some(init) => wire::encode(
-                &mut w.out.buf,
-                kind::INIT,
-                init.flags,
-                limit,
-                init.fn_len,
-                &[&init.body],
-            ),
-            None => wire::encode(&mut w.out.buf, kind::INIT, 0, limit, 0, &[]),
+            Some(init) => wire::encode_init(&mut w.out.buf, init.flags, limit, init.fn_len, &init.body),
+            None => wire::encode_init(&mut w.out.buf, 0, limit, 0, &[]),
         }
         self.workers.push(w);
         Ok(())
@@ -752,10 +745,10 @@ impl Sched {
                     w.reject(why);
                     return;
                 }
-                let us = f64::from(frame.aux);
+                let us = f64::from(frame.run_micros());
                 self.ewma_us = Some(self.ewma_us.map_or(us, |e| 0.8 * e + 0.2 * us));
                 let w = &mut self.workers[idx];
-                w.counters.task_done(frame.aux);
+                w.counters.task_done(frame.run_micros());
                 if let Some(pos) = w.inflight.iter().position(|t| t.id == frame.id) {
                     w.inflight.remove(pos);
                 }
@@ -951,7 +944,7 @@ enum Watch {
 }
 
 /// The engine thread: maintain, wait for any event, handle it, repeat until `Done`.
-fn run(shared: &Shared) {
+fn run(shared: &EngineState) {
     let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut watch: Vec<Watch> = Vec::new();
     loop {
@@ -1078,7 +1071,11 @@ type LinkToRead = (usize, Arc<UnixStream>, wire::FrameReader, Option<Vec<u64>>);
 /// Reads the links in `to_read` without the lock: a large result takes a while to arrive, and
 /// submitters, `stats()` and the other workers must not wait for it. Indices stay valid
 /// meanwhile, as only this thread removes workers. Returns the lock, taken again.
-fn read_links<'a>(shared: &'a Shared, s: MutexGuard<'a, Sched>, mut to_read: Vec<LinkToRead>) -> MutexGuard<'a, Sched> {
+fn read_links<'a>(
+    shared: &'a EngineState,
+    s: MutexGuard<'a, Sched>,
+    mut to_read: Vec<LinkToRead>,
+) -> MutexGuard<'a, Sched> {
     drop(s);
     let pulled: Vec<_> = to_read
         .iter_mut()

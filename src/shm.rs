@@ -290,12 +290,12 @@ impl Region {
 
 /// A region whose start holds a `T` made only of atomics (all-zero is its initial state).
 #[derive(Debug)]
-pub struct Shared<T> {
+pub struct SharedRecord<T> {
     region: Region,
     _t: std::marker::PhantomData<T>,
 }
 
-impl<T> Shared<T> {
+impl<T> SharedRecord<T> {
     /// A new zeroed `T` with `extra` bytes after it.
     pub fn create(extra: usize) -> io::Result<Self> {
         let len = std::mem::size_of::<T>()
@@ -316,7 +316,7 @@ impl<T> Shared<T> {
         if region.len() < std::mem::size_of::<T>() || region.as_ptr() as usize % std::mem::align_of::<T>() != 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "shared region misplaced"));
         }
-        Ok(Shared {
+        Ok(SharedRecord {
             region,
             _t: std::marker::PhantomData,
         })
@@ -344,7 +344,7 @@ impl<T> Shared<T> {
     }
 }
 
-impl<T> std::ops::Deref for Shared<T> {
+impl<T> std::ops::Deref for SharedRecord<T> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the region is at least `size_of::<T>()` long and aligned for `T` (checked on
@@ -592,9 +592,9 @@ mod tests {
 
     #[test]
     fn attach_sees_the_same_memory() {
-        let a: Shared<AtomicU32> = Shared::create(0).unwrap();
+        let a: SharedRecord<AtomicU32> = SharedRecord::create(0).unwrap();
         a.store(7, Ordering::SeqCst);
-        let b: Shared<AtomicU32> = Shared::attach(a.handle()).unwrap();
+        let b: SharedRecord<AtomicU32> = SharedRecord::attach(a.handle()).unwrap();
         assert_eq!(b.load(Ordering::SeqCst), 7);
         b.store(9, Ordering::SeqCst);
         assert_eq!(a.load(Ordering::SeqCst), 9);

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use super::{current_pid, current_thread, futex, park, process_alive, slice_end, spin_until, warn_took_over};
-use crate::shm::{Handle, Shared};
+use crate::shm::{Handle, SharedRecord};
 use crate::signals::{timeout_from_secs, wait_interruptible};
 
 /// Set in the lock word when a waiter may be parked on it.
@@ -165,7 +165,7 @@ const RELEASED_TOO_MANY: &str = "semaphore or lock released too many times";
 /// `multiprocessing.Lock`: a non-recursive lock any process can hold.
 #[pyclass(name = "Lock", module = "ferropool._core", frozen, subclass)]
 pub struct PyLock {
-    rec: Shared<MutexRecord>,
+    rec: SharedRecord<MutexRecord>,
 }
 
 #[pymethods]
@@ -173,7 +173,7 @@ impl PyLock {
     #[new]
     #[pyo3(signature = (handle=None))]
     fn new(handle: Option<Handle>) -> PyResult<Self> {
-        let rec = Shared::open(handle)?;
+        let rec = SharedRecord::open(handle)?;
         Ok(PyLock { rec })
     }
 
@@ -234,7 +234,7 @@ impl PyLock {
 /// `multiprocessing.RLock`: a lock its owning thread may acquire again.
 #[pyclass(name = "RLock", module = "ferropool._core", frozen, subclass)]
 pub struct PyRLock {
-    rec: Shared<MutexRecord>,
+    rec: SharedRecord<MutexRecord>,
 }
 
 #[pymethods]
@@ -242,7 +242,7 @@ impl PyRLock {
     #[new]
     #[pyo3(signature = (handle=None))]
     fn new(handle: Option<Handle>) -> PyResult<Self> {
-        let rec = Shared::open(handle)?;
+        let rec = SharedRecord::open(handle)?;
         Ok(PyRLock { rec })
     }
 
@@ -347,7 +347,7 @@ mod tests {
 
     #[test]
     fn threads_exclude_each_other() {
-        let rec: Arc<Shared<MutexRecord>> = Arc::new(Shared::create(0).unwrap());
+        let rec: Arc<SharedRecord<MutexRecord>> = Arc::new(SharedRecord::create(0).unwrap());
         let counter = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..4)
             .map(|_| {
