@@ -6,12 +6,12 @@ pub mod arena;
 pub mod buffers;
 pub mod connection;
 pub mod errors;
+pub mod fd;
 pub mod fdpass;
 pub mod forkserver;
 pub mod process;
 pub mod process_pool;
 pub mod queue;
-pub mod readiness;
 pub mod registry;
 pub mod scheduler;
 pub mod shm;
@@ -33,15 +33,15 @@ pub mod _core {
     #[pymodule_export]
     use crate::buffers::{buffer_span, detach_mapping};
     #[pymodule_export]
-    use crate::connection::{socket_pair, wait_readable, PyConnection};
+    use crate::connection::{socket_pair, PyConnection};
+    #[pymodule_export]
+    use crate::fd::{any_readable, wait_readable};
     #[pymodule_export]
     use crate::process::PyChildProcess;
     #[pymodule_export]
     use crate::process_pool::PyProcessEngine;
     #[pymodule_export]
     use crate::queue::PyQueue;
-    #[pymodule_export]
-    use crate::readiness::any_readable;
     #[pymodule_export]
     use crate::registry::{after_fork_in_child, shutdown_all};
     #[pymodule_export]

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 
-use crate::connection::wait_ready;
 use crate::errors::Error;
+use crate::fd::wait_ready;
 use crate::forkserver::decode_status;
 use crate::signals::{timeout_from_secs, wait_interruptible};
 

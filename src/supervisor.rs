@@ -294,7 +294,7 @@ fn exit_info(pid: u32, status: ExitStatus) -> ExitInfo {
 
 /// Whether the process behind `pidfd` has exited (its pidfd is readable).
 fn has_exited(pidfd: &OwnedFd) -> bool {
-    crate::connection::wait_ready(pidfd.as_raw_fd(), libc::POLLIN, Some(Duration::ZERO)).unwrap_or(true)
+    crate::fd::wait_ready(pidfd.as_raw_fd(), libc::POLLIN, Some(Duration::ZERO)).unwrap_or(true)
 }
 
 /// Sends `signal` to the process behind `pidfd`, which names that process and no other;
