@@ -395,6 +395,8 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
     def _interrupted(self) -> None:
         self.terminate_workers()
 
+    # Python 3.14 sends SIGTERM for terminate_workers() and SIGKILL for kill_workers(); both
+    # SIGKILL here, since a task can ignore SIGTERM (docs/ARCHITECTURE.md, last section)
     kill_workers = terminate_workers
 
 
