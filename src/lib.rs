@@ -79,6 +79,8 @@ pub mod _core {
         for (name, value) in crate::process_pool::OUTCOME_KINDS {
             m.add(name, value)?;
         }
+        m.add("WORKER_NUMBER_VAR", crate::supervisor::NUMBER_VAR)?;
+        m.add("WORKER_OUTPUT_FD_VAR", crate::supervisor::OUTPUT_FD_VAR)?;
         Ok(())
     }
 }

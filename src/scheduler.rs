@@ -529,10 +529,7 @@ impl Sched {
 
     /// Tasks one worker may hold, from the measured task time.
     fn window(&self) -> usize {
-        match self.ewma_us {
-            None => WINDOW_INITIAL,
-            Some(us) => ((WINDOW_TARGET_US / us.max(1.0)).ceil() as usize).clamp(1, WINDOW_MAX),
-        }
+        window_for(self.ewma_us)
     }
 
     /// Workers that count toward the pool's size (not on their way out).
@@ -836,13 +833,12 @@ impl Sched {
                 continue;
             };
             let Some(limit) = head.timeout else { continue };
-            let deadline = started + limit;
-            if now >= deadline {
-                let pid = w.pid;
-                self.stop_running(idx, Outcome::TimedOut { limit, pid });
-            } else {
-                let left = deadline - now;
-                next = Some(next.map_or(left, |n| n.min(left)));
+            match time_left(started, limit, now) {
+                None => {
+                    let pid = w.pid;
+                    self.stop_running(idx, Outcome::TimedOut { limit, pid });
+                }
+                Some(left) => next = Some(next.map_or(left, |n| n.min(left))),
             }
         }
         next
@@ -1091,6 +1087,21 @@ fn read_links<'a>(
     s
 }
 
+/// Tasks one worker may hold when tasks take `ewma_us` µs on average (`None`: not measured yet):
+/// enough for about [`WINDOW_TARGET_US`] of work, at least 1, at most [`WINDOW_MAX`].
+fn window_for(ewma_us: Option<f64>) -> usize {
+    match ewma_us {
+        None => WINDOW_INITIAL,
+        Some(us) => ((WINDOW_TARGET_US / us.max(1.0)).ceil() as usize).clamp(1, WINDOW_MAX),
+    }
+}
+
+/// How long a task that started at `started` may still run under `limit`; `None` once it is due.
+fn time_left(started: Instant, limit: Duration, now: Instant) -> Option<Duration> {
+    let deadline = started + limit;
+    (now < deadline).then(|| deadline - now)
+}
+
 fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
     libc::pollfd { fd, events, revents: 0 }
 }
@@ -1119,6 +1130,38 @@ mod tests {
         assert!(decode_link(&frames(&[(kind::OK, 9)]), Some(&[])).unwrap().1.is_none());
         // a worker on its way out is not checked
         assert!(decode_link(&frames(&[(kind::OK, 9)]), None).unwrap().1.is_none());
+    }
+
+    #[test]
+    fn windows_cover_about_two_milliseconds_of_work() {
+        assert_eq!(window_for(None), WINDOW_INITIAL);
+        assert_eq!(window_for(Some(1.0)), WINDOW_MAX, "tiny tasks: as many as allowed");
+        assert_eq!(
+            window_for(Some(0.0)),
+            WINDOW_MAX,
+            "a zero measurement is not a division by zero"
+        );
+        assert_eq!(window_for(Some(100.0)), 20);
+        assert_eq!(
+            window_for(Some(1500.0)),
+            2,
+            "rounded up: never less work than the target"
+        );
+        assert_eq!(window_for(Some(2000.0)), 1);
+        assert_eq!(window_for(Some(5e6)), 1, "long tasks: one at a time");
+    }
+
+    #[test]
+    fn a_deadline_is_due_at_its_instant_and_not_before() {
+        let started = Instant::now();
+        let limit = Duration::from_millis(500);
+        assert_eq!(time_left(started, limit, started), Some(limit));
+        assert_eq!(
+            time_left(started, limit, started + Duration::from_millis(200)),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(time_left(started, limit, started + limit), None);
+        assert_eq!(time_left(started, limit, started + Duration::from_secs(9)), None);
     }
 
     #[test]

@@ -18,6 +18,9 @@ OUT_BROKEN: int
 OUT_TIMED_OUT: int
 OUT_KILLED: int
 OUT_OK_BUFFERS: int
+# the environment variables that tell a worker its number and its output socket (src/supervisor.rs)
+WORKER_NUMBER_VAR: str
+WORKER_OUTPUT_FD_VAR: str
 __all__ = [
     "Barrier",
     "ChildProcess",
@@ -41,6 +44,8 @@ __all__ = [
     "Semaphore",
     "TaskHandle",
     "ThreadEngine",
+    "WORKER_NUMBER_VAR",
+    "WORKER_OUTPUT_FD_VAR",
     "__version__",
     "after_fork_in_child",
     "any_readable",

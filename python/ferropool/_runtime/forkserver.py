@@ -383,11 +383,9 @@ def _become_worker(link: int, status: int, output: list[int], number: int, serve
     try:
         os.setpgid(0, 0)
         _leave_server(status, server_fds)
-        from .._worker.start import NUMBER_VAR, OUTPUT_FD_VAR
-
-        os.environ[NUMBER_VAR] = str(number)  # as a spawned worker learns them
+        os.environ[_core.WORKER_NUMBER_VAR] = str(number)  # as a spawned worker learns them
         if output:
-            os.environ[OUTPUT_FD_VAR] = str(output[0])
+            os.environ[_core.WORKER_OUTPUT_FD_VAR] = str(output[0])
         os.dup2(link, 0)  # the worker loop takes its link from stdin, as a spawned worker does
         os.close(link)
         # inherited objects stay frozen: a collection in the worker never walks the parent's heap

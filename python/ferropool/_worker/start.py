@@ -2,7 +2,7 @@
 
 1. set the BLAS/OpenMP thread variables the parent chose (``_runtime/env.py``);
 2. take the output socket the worker was started with (its other end is the pool's output
-   thread; see ``OUTPUT_FD_VAR``) and let what the worker prints and logs go there:
+   thread; see ``_core.WORKER_OUTPUT_FD_VAR``) and let what the worker prints and logs go there:
    ``sys.stdout``/``sys.stderr`` become text streams that stay for the worker's life and set
    up their forwarding at the first write, and
    ``logging`` gets a forwarding handler (now if it is loaded, else when a task imports it);
@@ -23,6 +23,7 @@ import sys
 # the C module: the `socket` wrapper imports enum and selectors, a start-up cost in every worker
 from _socket import socket as _Socket
 
+from .._core import WORKER_NUMBER_VAR, WORKER_OUTPUT_FD_VAR
 from .._runtime import naming
 from . import state as worker_state
 
@@ -40,12 +41,7 @@ MESSAGE_MAX = RECORD_MAX + 64
 PENDING_MAX = 4 * 1024 * 1024
 #: Message kinds: the first byte of each message.
 STDOUT, STDERR, RECORD, DROPPED = b"o", b"e", b"r", b"d"
-#: The variable naming the descriptor of a worker's output socket, set where the worker starts
-#: (the engine for a fresh interpreter, the fork server for a fork).
-OUTPUT_FD_VAR = "FERROPOOL_OUTPUT_FD"
 
-#: The variable holding a worker's number in its pool, set where the worker starts.
-NUMBER_VAR = "FERROPOOL_WORKER_NUMBER"
 
 #: The non-blocking socket to the pool's output thread, once taken over.
 connection: _Socket | None = None
@@ -53,7 +49,7 @@ connection: _Socket | None = None
 
 def name_worker() -> None:
     """Names this worker ``PoolWorker-<n>`` (its number in its pool), first thing in the worker."""
-    number = os.environ.pop(NUMBER_VAR, None)
+    number = os.environ.pop(WORKER_NUMBER_VAR, None)
     if number is not None:
         naming.rename(f"PoolWorker-{number}")
 
@@ -85,7 +81,7 @@ def start_worker(config: WorkerConfig, initializer: Any, *initargs: Any) -> None
     """
     if config.env:
         os.environ.update(config.env)
-    fd = os.environ.pop(OUTPUT_FD_VAR, None)  # not for the processes the worker's tasks start
+    fd = os.environ.pop(WORKER_OUTPUT_FD_VAR, None)  # not for the processes the worker's tasks start
     if fd is not None:
         try:
             _take_output_socket(int(fd), config.log_level, config.forward_output)
