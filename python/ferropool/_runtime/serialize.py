@@ -60,7 +60,11 @@ def load_in_child(data: Any, buffers: list[Any] | None = None) -> Any:
         return loads(data, buffers=buffers)
 
 
-_plain_dumps = pickle.dumps
+#: The policy's first step: the C pickler, protocol ``PROTOCOL``. ``Queue.put``
+#: (``src/queue/binding.rs``) takes this step itself while ``extra_reducers`` is empty and keeps
+#: the bytes unless they name ``__main__``, exactly as ``dumps`` does, and calls ``dumps`` for
+#: everything else.
+plain_dumps = _plain_dumps = pickle.dumps
 PickleError = pickle.PickleError
 _MAIN = b"__main__"
 _FN_CACHE_MAX = 1024
@@ -82,12 +86,13 @@ def dumps(obj: Any, buffers: list[memoryview] | None = None) -> bytes:
     protocol 5 can move out of band (``bytearray``, numpy arrays, ``LargeBytes``) are left out
     of the bytes and appended there instead (see ``_runtime/buffers.py``).
     """
-    callback = None if buffers is None else _out_of_band(buffers)
     try:
-        if extra_reducers:
-            data = _with_reducers(pickle.Pickler, obj, callback)
+        if buffers is None and not extra_reducers:  # the common case, kept short: Queue.put
+            data = _plain_dumps(obj, PROTOCOL)
+        elif extra_reducers:
+            data = _with_reducers(pickle.Pickler, obj, None if buffers is None else _out_of_band(buffers))
         else:
-            data = _plain_dumps(obj, PROTOCOL, buffer_callback=callback)
+            data = _plain_dumps(obj, PROTOCOL, buffer_callback=_out_of_band(buffers))  # type: ignore[arg-type]
     except Exception as plain_error:
         try:
             return _cloud_dumps(obj, buffers)
