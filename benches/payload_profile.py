@@ -23,7 +23,7 @@ from typing import Any
 
 import ferropool
 import numpy as np
-from ferropool import _buffers
+from ferropool._runtime import buffers
 
 SIZE = 64 * 1024 * 1024
 REPEAT = 7
@@ -55,14 +55,14 @@ def main() -> int:
     gbps("reference: ndarray.copy() into fresh memory", _median_seconds(array.copy))
 
     def to_segment() -> None:
-        _buffers.close_all(_buffers.to_segments([memoryview(data)]))
+        buffers.close_all(buffers.to_segments([memoryview(data)]))
 
     gbps("copy into a new memfd segment (pwrite)", _median_seconds(to_segment))
 
     def read_back(buffer: Any) -> float:
-        fds = _buffers.to_segments([memoryview(buffer)])
+        fds = buffers.to_segments([memoryview(buffer)])
         start = time.perf_counter()
-        (contents,) = _buffers.from_segments(fds)
+        (contents,) = buffers.from_segments(fds)
         bytes(contents)
         return time.perf_counter() - start
 

@@ -52,8 +52,8 @@ def measure(run: Callable[[], list[object]], expected: int) -> float:
 
 def cost_per_update(n: int = 100_000) -> float:
     """Seconds the bar adds per finished task: one done-callback and one ``update``."""
-    from ferropool._future import Future
-    from ferropool._progress import tracker
+    from ferropool._pool.future import Future
+    from ferropool._pool.progress import tracker
 
     futures: list[Future[object]] = [Future() for _ in range(n)]
     with open(os.devnull, "w") as devnull:

@@ -1,8 +1,8 @@
 //! Two memory operations the shared-memory buffer path needs and Python cannot do
-//! (`python/ferropool/_buffers.py`): where a buffer lives, and un-sharing a mapping in place.
+//! (`python/ferropool/_runtime/buffers.py`): where a buffer lives, and un-sharing a mapping in place.
 
+use crate::errors::Error;
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 /// `(address, length)` of a contiguous buffer (a `memoryview`, an `mmap`, a numpy array).
@@ -19,16 +19,15 @@ fn check_mapped(address: usize, length: usize) -> PyResult<()> {
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     let end = address.checked_add(length).filter(|&end| isize::try_from(end).is_ok());
     if end.is_none() || address % page != 0 {
-        return Err(PyValueError::new_err(format!(
-            "invalid mapping: {length} bytes at {address:#x}"
-        )));
+        return Err(Error::InvalidArgument(format!("invalid mapping: {length} bytes at {address:#x}")).into());
     }
     // SAFETY: msync with MS_ASYNC writes nothing back for anonymous or shared memory that needs
     // none; it fails with ENOMEM when part of the range is not mapped, which is all we ask.
     if unsafe { libc::msync(address as *mut libc::c_void, length, libc::MS_ASYNC) } != 0 {
-        return Err(PyValueError::new_err(format!(
+        return Err(Error::InvalidArgument(format!(
             "invalid mapping: {length} bytes at {address:#x} are not all mapped"
-        )));
+        ))
+        .into());
     }
     Ok(())
 }
@@ -60,7 +59,7 @@ pub fn detach_mapping(address: usize, length: usize) -> PyResult<()> {
             0,
         );
         if tmp == libc::MAP_FAILED {
-            return Err(PyOSError::new_err(std::io::Error::last_os_error().to_string()));
+            return Err(Error::Io(std::io::Error::last_os_error()).into());
         }
         std::ptr::copy_nonoverlapping(address as *const u8, tmp.cast::<u8>(), length);
         let moved = libc::mremap(
@@ -73,7 +72,7 @@ pub fn detach_mapping(address: usize, length: usize) -> PyResult<()> {
         if moved == libc::MAP_FAILED {
             let err = std::io::Error::last_os_error();
             libc::munmap(tmp, length);
-            return Err(PyOSError::new_err(err.to_string()));
+            return Err(Error::Io(err).into());
         }
     }
     Ok(())

@@ -26,6 +26,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PySlice};
 
 use crate::errors::Error;
+use crate::fd::wait_ready;
 use crate::signals::{timeout_from_secs, wait_interruptible};
 
 /// The largest packet sent; a message's first packet holds the header and up to
@@ -78,30 +79,6 @@ pub fn set_slice_timeouts(fd: RawFd) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Waits up to `timeout` (`None`: forever) for `fd` to report one of `events`; a hang-up or error
-/// counts as ready, since the next call on it will not block. An interrupted wait reports
-/// not ready, so the caller can look at signals.
-pub fn wait_ready(fd: RawFd, events: libc::c_short, timeout: Option<Duration>) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd, events, revents: 0 };
-    Ok(poll_fds(std::slice::from_mut(&mut pfd), timeout)? > 0)
-}
-
-/// `poll(2)` on `fds`, rounding the timeout up to whole milliseconds (never a busy loop).
-fn poll_fds(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
-    let ms = timeout.map_or(-1, |t| i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX));
-    // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        return if err.kind() == io::ErrorKind::Interrupted {
-            Ok(0)
-        } else {
-            Err(err)
-        };
-    }
-    Ok(rc as usize)
 }
 
 /// Sends one packet made of `parts`: `Ok(false)` when the socket stayed full for its send timeout
@@ -309,22 +286,6 @@ pub fn decode_first_packet(packet: &[u8], n: usize) -> io::Result<(usize, &[u8])
     Ok((total, first))
 }
 
-/// Descriptors of `fds` ready to read (or hung up) within `timeout`; empty on timeout.
-pub fn ready_to_read(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<RawFd>> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    if poll_fds(&mut pfds, timeout)? == 0 {
-        return Ok(Vec::new());
-    }
-    Ok(pfds.iter().filter(|p| p.revents != 0).map(|p| p.fd).collect())
-}
-
 /// One end of a pipe: the native half of `ferropool.connection.Connection`.
 #[pyclass(name = "Connection", module = "ferropool._core", subclass, frozen)]
 pub struct PyConnection {
@@ -400,7 +361,7 @@ impl PyConnection {
             *broken = cut_short;
             result
         });
-        sent?.map_err(|e| Error::Connection(e).into())
+        sent?.map_err(|e| Error::Io(e).into())
     }
 
     fn recv_vec(&self, py: Python<'_>, maxlength: Option<usize>) -> PyResult<Vec<u8>> {
@@ -414,7 +375,7 @@ impl PyConnection {
         result.map_err(|err| match err {
             RecvError::Eof => Error::Eof.into(),
             RecvError::TooLong => Error::MessageTooLong.into(),
-            RecvError::Io(e) => Error::Connection(e).into(),
+            RecvError::Io(e) => Error::Io(e).into(),
         })
     }
 }
@@ -441,7 +402,7 @@ impl PyConnection {
         if !readable && !writable {
             return Err(Error::InvalidArgument("at least one of `readable` and `writable` must be True".into()).into());
         }
-        set_slice_timeouts(fd).map_err(Error::Connection)?;
+        set_slice_timeouts(fd).map_err(Error::Io)?;
         Ok(PyConnection {
             fd: AtomicI32::new(fd),
             readable,
@@ -532,9 +493,7 @@ impl PyConnection {
             .call_method1("cast", ("B",))?;
         let target = PyBuffer::<u8>::get(&view)?;
         if target.readonly() {
-            return Err(pyo3::exceptions::PyTypeError::new_err(
-                "recv_bytes_into() needs a writable buffer",
-            ));
+            return Err(Error::WrongType("recv_bytes_into() needs a writable buffer".into()).into());
         }
         let len = target.item_count() as isize;
         if offset < 0 {
@@ -580,35 +539,6 @@ impl Drop for PyConnection {
 pub fn socket_pair() -> PyResult<(RawFd, RawFd)> {
     let (a, b) = seqpacket_pair().map_err(Error::Io)?;
     Ok((a.into_raw_fd(), b.into_raw_fd()))
-}
-
-/// The descriptors of `fds` ready to read within `timeout` seconds (`None`: wait until one is);
-/// the GIL is released and Ctrl-C honoured while waiting.
-#[pyfunction]
-#[pyo3(signature = (fds, timeout = None))]
-pub fn wait_readable(py: Python<'_>, fds: Vec<RawFd>, timeout: Option<f64>) -> PyResult<Vec<RawFd>> {
-    let timeout = timeout_from_secs(timeout)?;
-    // poll would skip a negative number forever and call a closed one ready: neither is a wait
-    for &fd in &fds {
-        crate::errors::fd_arg(fd)?;
-    }
-    let mut ready = Vec::new();
-    let mut failure: Option<io::Error> = None;
-    wait_interruptible(py, timeout, |slice| match ready_to_read(&fds, Some(slice)) {
-        Ok(r) if r.is_empty() => false,
-        Ok(r) => {
-            ready = r;
-            true
-        }
-        Err(e) => {
-            failure = Some(e);
-            true
-        }
-    })?;
-    match failure {
-        Some(e) => Err(Error::Io(e).into()),
-        None => Ok(ready),
-    }
 }
 
 #[cfg(test)]
@@ -713,17 +643,5 @@ mod tests {
             "a packet that was cut off"
         );
         assert!(decode_first_packet(b"abc", 3).is_err(), "no header");
-    }
-
-    #[test]
-    fn ready_to_read_reports_only_ready_descriptors() {
-        let (a, b) = pair();
-        let (c, d) = pair();
-        send_message(a.as_raw_fd(), b"x", &mut never_wait, &mut false).unwrap();
-        let ready = ready_to_read(&[b.as_raw_fd(), d.as_raw_fd()], Some(Duration::ZERO)).unwrap();
-        assert_eq!(ready, vec![b.as_raw_fd()]);
-        drop(c);
-        let ready = ready_to_read(&[d.as_raw_fd()], Some(Duration::ZERO)).unwrap();
-        assert_eq!(ready, vec![d.as_raw_fd()]);
     }
 }

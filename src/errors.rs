@@ -6,7 +6,9 @@
 
 use std::io;
 
-use pyo3::exceptions::{PyEOFError, PyOSError, PyRuntimeError, PyTimeoutError, PyValueError};
+use pyo3::exceptions::{
+    PyAssertionError, PyBufferError, PyEOFError, PyMemoryError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::types::PyBytes;
 use pyo3::{Py, PyErr};
 
@@ -22,18 +24,30 @@ pyo3::import_exception!(queue, Full);
 pub enum Error {
     /// The pool no longer accepts work (`shutdown()` was called).
     ShutDown,
-    /// Work was submitted during interpreter exit.
-    InterpreterShutDown,
     /// The process pool cannot run work any more; the text says why.
     BrokenProcess(String),
     /// The thread pool cannot run work any more; the text says why.
     BrokenThreads(String),
-    /// A bounded wait ran out.
-    Timeout,
-    /// An argument the caller can fix.
+    /// An argument the caller can fix (`ValueError`).
     InvalidArgument(String),
-    /// An operating-system call failed.
+    /// An argument of the wrong kind (`TypeError`).
+    WrongType(String),
+    /// The object is in no state for the call: closed, corrupt, released too often (`ValueError`).
+    InvalidState(String),
+    /// A pool made by the parent process before `os.fork()`, used in the child.
+    InheritedPool,
+    /// A call that only a thread of another pool may make (joining the pool from its own task).
+    WouldDeadlock(&'static str),
+    /// Releasing a recursive lock this thread does not hold (`AssertionError`, as the stdlib's).
+    NotOwner(&'static str),
+    /// Memory that cannot be given back while views of it exist (`BufferError`).
+    BufferExported(&'static str),
+    /// No memory for a message of this size (`MemoryError`).
+    OutOfMemory(&'static str),
+    /// An operating-system call failed: the `OSError` subclass of its errno, with the errno.
     Io(io::Error),
+    /// As `Io`, about a named object (a shared memory segment), whose name goes in `filename`.
+    IoAbout(io::Error, String),
     /// A barrier was aborted, reset, or timed out while this process waited on it.
     BrokenBarrier,
     /// `get()` found nothing within its timeout (`queue.Empty`).
@@ -52,10 +66,6 @@ pub enum Error {
     MessageTooLong,
     /// The message did not fit `recv_bytes_into`'s buffer; it travels in the exception.
     BufferTooShort(Py<PyBytes>),
-    /// An OS error on a pipe connection, raised as its `OSError` subclass (`BrokenPipeError`...).
-    Connection(io::Error),
-    /// A descriptor number from Python that names nothing open (`OSError` with `EBADF`).
-    BadDescriptor(io::Error),
 }
 
 /// The core's result type.
@@ -69,7 +79,7 @@ pub fn fd_arg(fd: i32) -> Result<std::os::fd::RawFd> {
     }
     // SAFETY: F_GETFD only reads the descriptor's flags; any number is safe to ask about.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(Error::BadDescriptor(io::Error::last_os_error()));
+        return Err(Error::Io(io::Error::last_os_error()));
     }
     Ok(fd)
 }
@@ -91,14 +101,20 @@ impl From<Error> for PyErr {
         match err {
             // the stdlib's exact words, so code matching on them keeps working
             Error::ShutDown => PyRuntimeError::new_err("cannot schedule new futures after shutdown"),
-            Error::InterpreterShutDown => {
-                PyRuntimeError::new_err("cannot schedule new futures after interpreter shutdown")
-            }
             Error::BrokenProcess(why) => BrokenProcessPool::new_err(why),
             Error::BrokenThreads(why) => BrokenThreadPool::new_err(why),
-            Error::Timeout => PyTimeoutError::new_err("the wait timed out"),
-            Error::InvalidArgument(why) => PyValueError::new_err(why),
-            Error::Io(e) => PyOSError::new_err(e.to_string()),
+            Error::InvalidArgument(why) | Error::InvalidState(why) => PyValueError::new_err(why),
+            Error::WrongType(why) => PyTypeError::new_err(why),
+            Error::InheritedPool => PyRuntimeError::new_err(
+                "this pool was created by the parent process before os.fork(); its workers and threads \
+                 belong to the parent. Create a new pool in the child process.",
+            ),
+            Error::WouldDeadlock(why) => PyRuntimeError::new_err(why),
+            Error::NotOwner(why) => PyAssertionError::new_err(why),
+            Error::BufferExported(why) => PyBufferError::new_err(why),
+            Error::OutOfMemory(why) => PyMemoryError::new_err(why),
+            Error::Io(e) => os_error(&e, None),
+            Error::IoAbout(e, name) => os_error(&e, Some(name)),
             Error::BrokenBarrier => BrokenBarrierError::new_err(()),
             Error::QueueEmpty => Empty::new_err(()),
             Error::QueueFull => Full::new_err(()),
@@ -110,7 +126,22 @@ impl From<Error> for PyErr {
                 PyOSError::new_err("bad message length: the message is longer than maxlength; it is still unread")
             }
             Error::BufferTooShort(message) => BufferTooShort::new_err((message,)),
-            Error::Connection(e) | Error::BadDescriptor(e) => e.into(),
         }
+    }
+}
+
+/// `OSError(errno, strerror[, filename])`: Python's constructor picks the subclass the errno
+/// names (`FileNotFoundError`, `BrokenPipeError`...) and keeps `errno`, as `os` functions raise.
+fn os_error(err: &io::Error, filename: Option<String>) -> PyErr {
+    let Some(code) = err.raw_os_error() else {
+        // no errno: an error Rust made (an unexpected end of a stream, say); its kind still
+        // picks the subclass
+        return PyErr::from(io::Error::new(err.kind(), err.to_string()));
+    };
+    let text = err.to_string();
+    let strerror = text.split(" (os error").next().unwrap_or(&text).to_owned();
+    match filename {
+        Some(name) => PyOSError::new_err((code, strerror, name)),
+        None => PyOSError::new_err((code, strerror)),
     }
 }

@@ -1,7 +1,7 @@
 //! Descriptors that travel with the bytes of a worker link (`SCM_RIGHTS`).
 //!
 //! Large buffers cross between the parent and a worker as memfd segments (see
-//! `python/ferropool/_buffers.py`); their descriptors ride on the same socket as the frame that
+//! `python/ferropool/_runtime/buffers.py`); their descriptors ride on the same socket as the frame that
 //! refers to them. While a descriptor is in flight the kernel holds it, so a segment is freed
 //! exactly when the last side that could still read it closes it, or dies.
 

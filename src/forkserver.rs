@@ -1,16 +1,15 @@
 //! Asking the fork server for a worker.
 //!
-//! The fork server (`python/ferropool/_forkserver.py`) is a copy of the parent made with `fork()`
+//! The fork server (`python/ferropool/_runtime/forkserver.py`) is a copy of the parent made with `fork()`
 //! while the parent still had a single thread, so it holds every module the parent had imported
 //! and no lock another thread could have held. It never starts a thread, so its own forks are
 //! safe too. A worker forked from it starts in about a millisecond, with the task's modules
 //! already imported, where a fresh interpreter needs tens of milliseconds.
 //!
-//! Each engine has its own connection to the server. A request is a byte 1 and the worker's
-//! number (u32, little-endian) carrying two or three descriptors (`SCM_RIGHTS`): the worker's end of its link, the write end of a status
-//! socket, and the worker's output socket when its pool forwards output. The server answers with the worker's pid (u32, little-endian). The worker is the
-//! server's child, not ours, so the server reaps it and writes its exit status to the status
-//! socket as two i32 (exit code or -1, signal or 0) before closing it.
+//! Each engine has its own connection to the server. The messages (a worker request and its
+//! answer, the exit status the server writes for a reaped worker) are defined in
+//! `python/ferropool/_runtime/forkserver_wire.py`, the server's side; the tests below pin the
+//! same bytes here.
 
 use std::collections::VecDeque;
 use std::io;

@@ -6,12 +6,12 @@ pub mod arena;
 pub mod buffers;
 pub mod connection;
 pub mod errors;
+pub mod fd;
 pub mod fdpass;
 pub mod forkserver;
 pub mod process;
 pub mod process_pool;
 pub mod queue;
-pub mod readiness;
 pub mod registry;
 pub mod scheduler;
 pub mod shm;
@@ -26,20 +26,22 @@ pub mod worker;
 
 use pyo3::prelude::*;
 
-#[pymodule(gil_used = false)]
+// No `gil_used = false`: the module is not tested on a free-threaded build, and parts of it rely
+// on the GIL (docs/ARCHITECTURE.md, "What a free-threaded port needs").
+#[pymodule]
 pub mod _core {
     #[pymodule_export]
     use crate::buffers::{buffer_span, detach_mapping};
     #[pymodule_export]
-    use crate::connection::{socket_pair, wait_readable, PyConnection};
+    use crate::connection::{socket_pair, PyConnection};
+    #[pymodule_export]
+    use crate::fd::{any_readable, wait_readable};
     #[pymodule_export]
     use crate::process::PyChildProcess;
     #[pymodule_export]
     use crate::process_pool::PyProcessEngine;
     #[pymodule_export]
     use crate::queue::PyQueue;
-    #[pymodule_export]
-    use crate::readiness::any_readable;
     #[pymodule_export]
     use crate::registry::{after_fork_in_child, shutdown_all};
     #[pymodule_export]
@@ -72,6 +74,13 @@ pub mod _core {
             .replace("-alpha.", "a")
             .replace("-beta.", "b")
             .replace("-rc.", "rc");
-        m.add("__version__", version)
+        m.add("__version__", version)?;
+        // the protocol constants Rust owns, so that Python never restates them
+        for (name, value) in crate::process_pool::OUTCOME_KINDS {
+            m.add(name, value)?;
+        }
+        m.add("WORKER_NUMBER_VAR", crate::supervisor::NUMBER_VAR)?;
+        m.add("WORKER_OUTPUT_FD_VAR", crate::supervisor::OUTPUT_FD_VAR)?;
+        Ok(())
     }
 }

@@ -1,14 +1,14 @@
 //! One child process for `ferropool.Process`: spawned, watched through a pidfd, signalled, reaped.
 //!
-//! The child is a fresh interpreter (the command line comes from `python/ferropool/_spawn.py`),
+//! The child is a fresh interpreter (the command line comes from `python/ferropool/_runtime/spawn.py`),
 //! started by `fork` + `exec` in one step of the standard library's `Command`, which runs nothing
 //! but async-signal-safe calls between them: safe from a threaded parent (DESIGN.md, principle 4).
-//! Or the child is forked by the fork server (`python/ferropool/_forkserver.py`): then it is the
+//! Or the child is forked by the fork server (`python/ferropool/_runtime/forkserver.py`): then it is the
 //! server's child, watched through a pidfd and told of by the server, which reaps it and writes
 //! its exit status to a socket, as for pool workers.
 //! Unlike a pool worker it stays in the parent's process group and has no parent-death signal,
 //! as `multiprocessing`'s children: a terminal's Ctrl-C reaches it, and interpreter exit, not the
-//! kernel, decides its end (`_exit.py`).
+//! kernel, decides its end (`_runtime/lifecycle.py`).
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 
-use crate::connection::wait_ready;
 use crate::errors::Error;
+use crate::fd::wait_ready;
 use crate::forkserver::decode_status;
 use crate::signals::{timeout_from_secs, wait_interruptible};
 

@@ -13,7 +13,6 @@ use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
@@ -25,15 +24,29 @@ use crate::supervisor::WorkerSpec;
 use crate::task::{attach_handle, Completion, Outcome, PyTaskHandle, Task, TaskState};
 use crate::wire;
 
-/// Outcome kinds as the Python side sees them. Must match `python/ferropool/_serialize.py`.
-const OUT_OK: u8 = 0;
-const OUT_ERR: u8 = 1;
-const OUT_DIED: u8 = 2;
-const OUT_CANCELLED: u8 = 3;
-const OUT_BROKEN: u8 = 4;
-const OUT_TIMED_OUT: u8 = 5;
-const OUT_KILLED: u8 = 6;
-const OUT_OK_BUFFERS: u8 = 7;
+/// Outcome kinds: the second field of each `(id, kind, payload)` the completion thread hands to
+/// Python. Defined here only; `lib.rs` exports each as `ferropool._core.<NAME>`, which is what
+/// `ResultSink.deliver` (`python/ferropool/_pool/backend.py`) compares against.
+pub const OUT_OK: u8 = 0;
+pub const OUT_ERR: u8 = 1;
+pub const OUT_DIED: u8 = 2;
+pub const OUT_CANCELLED: u8 = 3;
+pub const OUT_BROKEN: u8 = 4;
+pub const OUT_TIMED_OUT: u8 = 5;
+pub const OUT_KILLED: u8 = 6;
+pub const OUT_OK_BUFFERS: u8 = 7;
+
+/// The outcome kinds by the names Python reads them under.
+pub const OUTCOME_KINDS: [(&str, u8); 8] = [
+    ("OUT_OK", OUT_OK),
+    ("OUT_ERR", OUT_ERR),
+    ("OUT_DIED", OUT_DIED),
+    ("OUT_CANCELLED", OUT_CANCELLED),
+    ("OUT_BROKEN", OUT_BROKEN),
+    ("OUT_TIMED_OUT", OUT_TIMED_OUT),
+    ("OUT_KILLED", OUT_KILLED),
+    ("OUT_OK_BUFFERS", OUT_OK_BUFFERS),
+];
 
 /// A process pool's engine as Python sees it.
 #[pyclass(name = "ProcessEngine", module = "ferropool._core", frozen)]
@@ -72,7 +85,7 @@ impl PyProcessEngine {
         let forkserver_fd = forkserver_fd.map(crate::errors::fd_arg).transpose();
         let output_fd = output_fd.map(crate::errors::fd_arg).transpose();
         // SAFETY: the caller hands over connected socket descriptors it no longer uses
-        // (`socket.detach()` in `_forkserver.py` and `_logs.py`); from here on this engine owns
+        // (`socket.detach()` in `_runtime/forkserver.py` and `_pool/logs.py`); from here on this engine owns
         // them (the valid ones, even when the other is not: they close on the error).
         let own = |fd: &crate::errors::Result<Option<RawFd>>| {
             fd.as_ref()
@@ -88,10 +101,10 @@ impl PyProcessEngine {
             registrar.set_nonblocking(true).map_err(Error::from)?;
         }
         if workers == 0 {
-            return Err(PyValueError::new_err("max_workers must be greater than 0"));
+            return Err(Error::InvalidArgument("max_workers must be greater than 0".into()).into());
         }
         if max_tasks_per_child == Some(0) {
-            return Err(PyValueError::new_err("max_tasks_per_child must be >= 1"));
+            return Err(Error::InvalidArgument("max_tasks_per_child must be >= 1".into()).into());
         }
         let (tx, rx) = unbounded();
         let cfg = EngineConfig {
@@ -159,7 +172,8 @@ impl PyProcessEngine {
         if !registry::is_ours(self.epoch) {
             return Err(registry::inherited_pool_error());
         }
-        let fn_len = u32::try_from(fn_bytes.len()).map_err(|_| PyValueError::new_err("pickled function too large"))?;
+        let fn_len = u32::try_from(fn_bytes.len())
+            .map_err(|_| PyErr::from(Error::InvalidArgument("pickled function too large".into())))?;
         let mut body = Vec::with_capacity(fn_bytes.len() + args.len());
         body.extend_from_slice(fn_bytes);
         body.extend_from_slice(args);
@@ -174,9 +188,9 @@ impl PyProcessEngine {
         attach_handle(py, future, handle)?;
         let timeout = match timeout {
             Some(t) if !(t > 0.0 && t.is_finite()) => {
-                return Err(PyValueError::new_err(format!(
-                    "timeout must be a positive number of seconds, not {t}"
-                )))
+                return Err(
+                    Error::InvalidArgument(format!("timeout must be a positive number of seconds, not {t}")).into(),
+                )
             }
             t => t.map(Duration::from_secs_f64),
         };
@@ -332,7 +346,7 @@ fn next_batch(rx: &Receiver<Vec<Completion>>) -> Option<Vec<Completion>> {
     Some(batch)
 }
 
-/// `[(id, kind, payload), ...]` with the payloads described in `_serialize.py`.
+/// `[(id, kind, payload), ...]` with the payloads described in `_runtime/serialize.py`.
 fn to_python(py: Python<'_>, batch: Vec<Completion>) -> PyResult<Bound<'_, PyList>> {
     let items = batch.into_iter().map(|c| -> PyResult<Bound<'_, PyTuple>> {
         let id = c.id;
@@ -385,7 +399,7 @@ impl Received {
     ) -> PyResult<()> {
         let bytes = &slf.get().0;
         let len = pyo3::ffi::Py_ssize_t::try_from(bytes.len())
-            .map_err(|_| PyValueError::new_err("result too large for a buffer"))?;
+            .map_err(|_| PyErr::from(Error::InvalidArgument("result too large for a buffer".into())))?;
         // SAFETY: the object is frozen, so the bytes never move or change while it lives, and
         // PyBuffer_FillInfo makes the view hold a reference to it (read-only: writable requests
         // fail with BufferError).
@@ -403,10 +417,10 @@ impl Received {
 /// Takes ownership of descriptors handed over by Python.
 fn take_fds(fds: Vec<i32>) -> PyResult<Vec<OwnedFd>> {
     if fds.len() > wire::MAX_FRAME_FDS {
-        return Err(PyValueError::new_err("too many shared-memory buffers in one call"));
+        return Err(Error::InvalidArgument("too many shared-memory buffers in one call".into()).into());
     }
     let bad = fds.iter().find_map(|&fd| crate::errors::fd_arg(fd).err());
-    // SAFETY: the caller (ProcessBackend, via _buffers.py) created each descriptor for this call
+    // SAFETY: the caller (ProcessBackend, via _runtime/buffers.py) created each descriptor for this call
     // and gives up ownership here; nothing else closes them. Only open ones are taken.
     let owned: Vec<OwnedFd> = fds
         .into_iter()

@@ -2,7 +2,7 @@
 //!
 //! A pool's threads outlive its Python handle: dropped executors finish their queued work in the
 //! background, as the stdlib's do. Those threads must end before the interpreter finalizes, or
-//! they would try to take a GIL that no longer exists. `python/ferropool/_exit.py` registers
+//! they would try to take a GIL that no longer exists. `python/ferropool/_runtime/lifecycle.py` registers
 //! [`shutdown_all`]'s Python wrapper with `threading._register_atexit`, the hook the stdlib's
 //! executors use, which runs before finalization.
 
@@ -27,13 +27,10 @@ pub fn is_ours(epoch: u64) -> bool {
 
 /// The error for using a pool inherited through `fork()`.
 pub fn inherited_pool_error() -> pyo3::PyErr {
-    pyo3::exceptions::PyRuntimeError::new_err(
-        "this pool was created by the parent process before os.fork(); its workers and threads \
-         belong to the parent. Create a new pool in the child process.",
-    )
+    crate::errors::Error::InheritedPool.into()
 }
 
-/// Called in the child after `os.fork()` (registered by `python/ferropool/_exit.py`).
+/// Called in the child after `os.fork()` (registered by `python/ferropool/_runtime/lifecycle.py`).
 #[pyo3::pyfunction]
 pub fn after_fork_in_child() {
     FORK_EPOCH.fetch_add(1, Ordering::AcqRel);

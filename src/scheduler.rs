@@ -116,7 +116,7 @@ struct Sched {
 }
 
 /// The state shared by the engine thread and the pool's handle.
-pub struct Shared {
+pub struct EngineState {
     sched: Mutex<Sched>,
     /// Opens when the engine thread has ended.
     pub finished: CountLatch,
@@ -124,7 +124,7 @@ pub struct Shared {
 
 /// The handle a front end holds. Dropping it shuts the pool down gracefully in the background.
 pub struct Engine {
-    shared: Arc<Shared>,
+    shared: Arc<EngineState>,
     /// The fork epoch it was made in: in a forked child it is left alone (see `registry.rs`).
     epoch: u64,
 }
@@ -135,7 +135,7 @@ impl Engine {
         let (wake_rx, wake_tx) = UnixStream::pair()?;
         wake_rx.set_nonblocking(true)?;
         wake_tx.set_nonblocking(true)?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(EngineState {
             sched: Mutex::new(Sched {
                 cfg,
                 phase: Phase::Running,
@@ -274,7 +274,7 @@ impl Drop for Engine {
     }
 }
 
-impl crate::task::Stopper for Shared {
+impl crate::task::Stopper for EngineState {
     fn stop(&self, id: u64) -> bool {
         let mut s = self.lock();
         let found = s.kill_task(id);
@@ -284,7 +284,7 @@ impl crate::task::Stopper for Shared {
     }
 }
 
-impl registry::Pool for Shared {
+impl registry::Pool for EngineState {
     fn begin_shutdown(&self) {
         self.shutdown(false);
     }
@@ -303,7 +303,7 @@ impl registry::Pool for Shared {
     }
 }
 
-impl Shared {
+impl EngineState {
     fn lock(&self) -> MutexGuard<'_, Sched> {
         self.sched.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -529,10 +529,7 @@ impl Sched {
 
     /// Tasks one worker may hold, from the measured task time.
     fn window(&self) -> usize {
-        match self.ewma_us {
-            None => WINDOW_INITIAL,
-            Some(us) => ((WINDOW_TARGET_US / us.max(1.0)).ceil() as usize).clamp(1, WINDOW_MAX),
-        }
+        window_for(self.ewma_us)
     }
 
     /// Workers that count toward the pool's size (not on their way out).
@@ -591,15 +588,8 @@ impl Sched {
         // every worker gets an INIT first (empty without an initializer): it answers READY after it
         let limit = self.cfg.max_memory_per_child;
         match &self.cfg.init {
-            Some(init) => wire::encode(
-                &mut w.out.buf,
-                kind::INIT,
-                init.flags,
-                limit,
-                init.fn_len,
-                &[&init.body],
-            ),
-            None => wire::encode(&mut w.out.buf, kind::INIT, 0, limit, 0, &[]),
+            Some(init) => wire::encode_init(&mut w.out.buf, init.flags, limit, init.fn_len, &init.body),
+            None => wire::encode_init(&mut w.out.buf, 0, limit, 0, &[]),
         }
         self.workers.push(w);
         Ok(())
@@ -752,10 +742,10 @@ impl Sched {
                     w.reject(why);
                     return;
                 }
-                let us = f64::from(frame.aux);
+                let us = f64::from(frame.run_micros());
                 self.ewma_us = Some(self.ewma_us.map_or(us, |e| 0.8 * e + 0.2 * us));
                 let w = &mut self.workers[idx];
-                w.counters.task_done(frame.aux);
+                w.counters.task_done(frame.run_micros());
                 if let Some(pos) = w.inflight.iter().position(|t| t.id == frame.id) {
                     w.inflight.remove(pos);
                 }
@@ -843,13 +833,12 @@ impl Sched {
                 continue;
             };
             let Some(limit) = head.timeout else { continue };
-            let deadline = started + limit;
-            if now >= deadline {
-                let pid = w.pid;
-                self.stop_running(idx, Outcome::TimedOut { limit, pid });
-            } else {
-                let left = deadline - now;
-                next = Some(next.map_or(left, |n| n.min(left)));
+            match time_left(started, limit, now) {
+                None => {
+                    let pid = w.pid;
+                    self.stop_running(idx, Outcome::TimedOut { limit, pid });
+                }
+                Some(left) => next = Some(next.map_or(left, |n| n.min(left))),
             }
         }
         next
@@ -951,7 +940,7 @@ enum Watch {
 }
 
 /// The engine thread: maintain, wait for any event, handle it, repeat until `Done`.
-fn run(shared: &Shared) {
+fn run(shared: &EngineState) {
     let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut watch: Vec<Watch> = Vec::new();
     loop {
@@ -1078,7 +1067,11 @@ type LinkToRead = (usize, Arc<UnixStream>, wire::FrameReader, Option<Vec<u64>>);
 /// Reads the links in `to_read` without the lock: a large result takes a while to arrive, and
 /// submitters, `stats()` and the other workers must not wait for it. Indices stay valid
 /// meanwhile, as only this thread removes workers. Returns the lock, taken again.
-fn read_links<'a>(shared: &'a Shared, s: MutexGuard<'a, Sched>, mut to_read: Vec<LinkToRead>) -> MutexGuard<'a, Sched> {
+fn read_links<'a>(
+    shared: &'a EngineState,
+    s: MutexGuard<'a, Sched>,
+    mut to_read: Vec<LinkToRead>,
+) -> MutexGuard<'a, Sched> {
     drop(s);
     let pulled: Vec<_> = to_read
         .iter_mut()
@@ -1092,6 +1085,21 @@ fn read_links<'a>(shared: &'a Shared, s: MutexGuard<'a, Sched>, mut to_read: Vec
         s.on_pulled(i, pulled);
     }
     s
+}
+
+/// Tasks one worker may hold when tasks take `ewma_us` µs on average (`None`: not measured yet):
+/// enough for about [`WINDOW_TARGET_US`] of work, at least 1, at most [`WINDOW_MAX`].
+fn window_for(ewma_us: Option<f64>) -> usize {
+    match ewma_us {
+        None => WINDOW_INITIAL,
+        Some(us) => ((WINDOW_TARGET_US / us.max(1.0)).ceil() as usize).clamp(1, WINDOW_MAX),
+    }
+}
+
+/// How long a task that started at `started` may still run under `limit`; `None` once it is due.
+fn time_left(started: Instant, limit: Duration, now: Instant) -> Option<Duration> {
+    let deadline = started + limit;
+    (now < deadline).then(|| deadline - now)
 }
 
 fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
@@ -1122,6 +1130,38 @@ mod tests {
         assert!(decode_link(&frames(&[(kind::OK, 9)]), Some(&[])).unwrap().1.is_none());
         // a worker on its way out is not checked
         assert!(decode_link(&frames(&[(kind::OK, 9)]), None).unwrap().1.is_none());
+    }
+
+    #[test]
+    fn windows_cover_about_two_milliseconds_of_work() {
+        assert_eq!(window_for(None), WINDOW_INITIAL);
+        assert_eq!(window_for(Some(1.0)), WINDOW_MAX, "tiny tasks: as many as allowed");
+        assert_eq!(
+            window_for(Some(0.0)),
+            WINDOW_MAX,
+            "a zero measurement is not a division by zero"
+        );
+        assert_eq!(window_for(Some(100.0)), 20);
+        assert_eq!(
+            window_for(Some(1500.0)),
+            2,
+            "rounded up: never less work than the target"
+        );
+        assert_eq!(window_for(Some(2000.0)), 1);
+        assert_eq!(window_for(Some(5e6)), 1, "long tasks: one at a time");
+    }
+
+    #[test]
+    fn a_deadline_is_due_at_its_instant_and_not_before() {
+        let started = Instant::now();
+        let limit = Duration::from_millis(500);
+        assert_eq!(time_left(started, limit, started), Some(limit));
+        assert_eq!(
+            time_left(started, limit, started + Duration::from_millis(200)),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(time_left(started, limit, started + limit), None);
+        assert_eq!(time_left(started, limit, started + Duration::from_secs(9)), None);
     }
 
     #[test]

@@ -15,13 +15,13 @@
 //! watchdog (`shared_memory.py`) unlinks for a creator that died, so the name lives exactly as
 //! long as somebody holds it.
 
+use crate::errors::Error;
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
-use pyo3::exceptions::{PyBufferError, PyFileNotFoundError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 /// A shared mapping of a file descriptor's memory, unmapped on drop.
@@ -290,12 +290,12 @@ impl Region {
 
 /// A region whose start holds a `T` made only of atomics (all-zero is its initial state).
 #[derive(Debug)]
-pub struct Shared<T> {
+pub struct SharedRecord<T> {
     region: Region,
     _t: std::marker::PhantomData<T>,
 }
 
-impl<T> Shared<T> {
+impl<T> SharedRecord<T> {
     /// A new zeroed `T` with `extra` bytes after it.
     pub fn create(extra: usize) -> io::Result<Self> {
         let len = std::mem::size_of::<T>()
@@ -316,7 +316,7 @@ impl<T> Shared<T> {
         if region.len() < std::mem::size_of::<T>() || region.as_ptr() as usize % std::mem::align_of::<T>() != 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "shared region misplaced"));
         }
-        Ok(Shared {
+        Ok(SharedRecord {
             region,
             _t: std::marker::PhantomData,
         })
@@ -344,7 +344,7 @@ impl<T> Shared<T> {
     }
 }
 
-impl<T> std::ops::Deref for Shared<T> {
+impl<T> std::ops::Deref for SharedRecord<T> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the region is at least `size_of::<T>()` long and aligned for `T` (checked on
@@ -429,17 +429,12 @@ pub struct PyNamedSegment {
 
 /// The `OSError` subclass the stdlib raises for `errno`, naming the block as it does
 /// (`[Errno 22] Invalid argument: '/a/b'`).
-fn os_error_for(err: &io::Error, name: &str) -> PyErr {
-    let Some(code) = err.raw_os_error() else {
-        return PyOSError::new_err(err.to_string());
-    };
-    let text = err.to_string();
-    let strerror = text.split(" (os error").next().unwrap_or(&text).to_owned();
-    PyOSError::new_err((code, strerror, format!("/{name}")))
+fn os_error_for(err: io::Error, name: &str) -> PyErr {
+    Error::IoAbout(err, format!("/{name}")).into()
 }
 
 fn shm_path(name: &str) -> PyResult<CString> {
-    CString::new(format!("/{name}")).map_err(|_| PyValueError::new_err("the name must not contain NUL"))
+    CString::new(format!("/{name}")).map_err(|_| Error::InvalidArgument("the name must not contain NUL".into()).into())
 }
 
 fn flock(fd: &OwnedFd, op: i32) -> io::Result<()> {
@@ -472,7 +467,7 @@ impl PyNamedSegment {
         // SAFETY: a valid C string; the descriptor returned is ours alone.
         let raw = unsafe { libc::shm_open(path.as_ptr(), oflag | libc::O_CLOEXEC, 0o600) };
         if raw < 0 {
-            return Err(os_error_for(&io::Error::last_os_error(), &name));
+            return Err(os_error_for(io::Error::last_os_error(), &name));
         }
         // SAFETY: `raw` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -484,9 +479,7 @@ impl PyNamedSegment {
                 Ok(size)
             } else if !same_file(&fd, &path) {
                 // the last holder unlinked it between our open and our lock
-                Err(PyFileNotFoundError::new_err(format!(
-                    "No such file or directory: '/{name}'"
-                )))
+                Err(os_error_for(io::Error::from_raw_os_error(libc::ENOENT), &name))
             } else {
                 Ok(File::from(fd.try_clone()?).metadata()?.len() as usize)
             }
@@ -532,9 +525,10 @@ impl PyNamedSegment {
     /// unlinked the name.
     fn close(&self) -> PyResult<bool> {
         if self.exports.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            return Err(PyBufferError::new_err(
+            return Err(Error::BufferExported(
                 "cannot close exported pointers exist: release every memoryview of buf first",
-            ));
+            )
+            .into());
         }
         let Some(named) = self
             .inner
@@ -563,10 +557,7 @@ impl PyNamedSegment {
         if unsafe { libc::shm_unlink(path.as_ptr()) } != 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::NotFound {
-                return Err(PyFileNotFoundError::new_err(format!(
-                    "No such file or directory: '/{}'",
-                    self.name
-                )));
+                return Err(os_error_for(err, &self.name));
             }
             return Err(err.into());
         }
@@ -580,7 +571,7 @@ impl PyNamedSegment {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(named) = guard.as_ref() else {
-            return Err(PyValueError::new_err("the shared memory is closed"));
+            return Err(Error::InvalidState("the shared memory is closed".into()).into());
         };
         let (ptr, len) = (named.map.as_ptr(), named.map.len());
         drop(guard);
@@ -601,9 +592,9 @@ mod tests {
 
     #[test]
     fn attach_sees_the_same_memory() {
-        let a: Shared<AtomicU32> = Shared::create(0).unwrap();
+        let a: SharedRecord<AtomicU32> = SharedRecord::create(0).unwrap();
         a.store(7, Ordering::SeqCst);
-        let b: Shared<AtomicU32> = Shared::attach(a.handle()).unwrap();
+        let b: SharedRecord<AtomicU32> = SharedRecord::attach(a.handle()).unwrap();
         assert_eq!(b.load(Ordering::SeqCst), 7);
         b.store(9, Ordering::SeqCst);
         assert_eq!(a.load(Ordering::SeqCst), 9);

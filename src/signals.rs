@@ -83,9 +83,9 @@ impl CountLatch {
 pub fn timeout_from_secs(timeout: Option<f64>) -> PyResult<Option<Duration>> {
     match timeout {
         None => Ok(None),
-        Some(t) if t.is_nan() => Err(pyo3::exceptions::PyValueError::new_err(
-            "timeout must be a number, not NaN",
-        )),
+        Some(t) if t.is_nan() => {
+            Err(crate::errors::Error::InvalidArgument("timeout must be a number, not NaN".into()).into())
+        }
         Some(t) => Ok(Some(Duration::from_secs_f64(t.clamp(0.0, 1e9)))),
     }
 }

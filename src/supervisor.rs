@@ -24,22 +24,24 @@ use crate::wire::{FrameReader, WriteBuf};
 /// How to start a worker.
 #[derive(Debug)]
 pub struct WorkerSpec {
-    /// The command line of a fresh worker interpreter (`python/ferropool/_spawn.py`).
+    /// The command line of a fresh worker interpreter (`python/ferropool/_runtime/spawn.py`).
     pub argv: Vec<String>,
     /// This engine's connection to the fork server, when there is one.
     pub forkserver: Option<UnixStream>,
     /// Where each new worker's output socket goes, when the pool forwards worker output
-    /// (`python/ferropool/_logs.py`): the parent's end of a fresh socket pair is sent here with
+    /// (`python/ferropool/_pool/logs.py`): the parent's end of a fresh socket pair is sent here with
     /// the worker's pid, and the worker gets the other end before it starts. Non-blocking.
     pub output: Option<UnixStream>,
     /// Workers started so far: each worker's number, which names it (`PoolWorker-<n>`).
     pub started: u32,
 }
 
-/// The variable that tells a spawned worker which inherited descriptor is its output socket.
-const OUTPUT_FD_VAR: &str = "FERROPOOL_OUTPUT_FD";
-/// The variable that tells a spawned worker its number (`python/ferropool/_worker_start.py`).
-const NUMBER_VAR: &str = "FERROPOOL_WORKER_NUMBER";
+/// The variable that tells a worker which inherited descriptor is its output socket; exported as
+/// `ferropool._core.WORKER_OUTPUT_FD_VAR` for the fork server and the worker's start-up.
+pub const OUTPUT_FD_VAR: &str = "FERROPOOL_OUTPUT_FD";
+/// The variable that tells a worker its number (`ferropool._core.WORKER_NUMBER_VAR`, read by
+/// `python/ferropool/_worker/start.py`).
+pub const NUMBER_VAR: &str = "FERROPOOL_WORKER_NUMBER";
 
 /// The process behind a worker, and how its end is observed.
 pub enum Proc {
@@ -294,7 +296,7 @@ fn exit_info(pid: u32, status: ExitStatus) -> ExitInfo {
 
 /// Whether the process behind `pidfd` has exited (its pidfd is readable).
 fn has_exited(pidfd: &OwnedFd) -> bool {
-    crate::connection::wait_ready(pidfd.as_raw_fd(), libc::POLLIN, Some(Duration::ZERO)).unwrap_or(true)
+    crate::fd::wait_ready(pidfd.as_raw_fd(), libc::POLLIN, Some(Duration::ZERO)).unwrap_or(true)
 }
 
 /// Sends `signal` to the process behind `pidfd`, which names that process and no other;

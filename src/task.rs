@@ -54,7 +54,7 @@ impl TaskState {
 pub struct Task {
     /// Chosen by the front end; results come back under it.
     pub id: u64,
-    /// Opaque to the core, forwarded to the worker (see `_serialize.py`).
+    /// Opaque to the core, forwarded to the worker (see `_runtime/serialize.py`).
     pub flags: u8,
     /// Length of the pickled function at the front of `body`.
     pub fn_len: u32,

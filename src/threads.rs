@@ -13,12 +13,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::errors::{BrokenThreadPool, Error};
+use crate::errors::Error;
 use crate::registry;
 use crate::signals::{timeout_from_secs, wait_interruptible, CountLatch};
 use crate::task::{attach_handle, PyTaskHandle, TaskState};
@@ -33,7 +32,7 @@ struct Job {
     kwargs: Option<Py<PyDict>>,
 }
 
-struct Shared {
+struct PoolState {
     /// `None` once shut down.
     tx: Mutex<Option<Sender<Job>>>,
     rx: Receiver<Job>,
@@ -45,7 +44,7 @@ struct Shared {
     max_workers: usize,
     name_prefix: String,
     initializer: Option<(Py<PyAny>, Py<PyTuple>)>,
-    /// Python helpers in `python/ferropool/_threads.py`: thread_started, thread_finished,
+    /// Python helpers in `python/ferropool/_pool/threads.py`: thread_started, thread_finished,
     /// initializer_failed.
     hooks: Py<PyAny>,
     broken: Mutex<Option<String>>,
@@ -74,7 +73,7 @@ thread_local! {
 /// A thread pool as Python sees it.
 #[pyclass(name = "ThreadEngine", module = "ferropool._core", frozen)]
 pub struct PyThreadEngine {
-    shared: Arc<Shared>,
+    shared: Arc<PoolState>,
     /// The fork epoch this pool was made in (see `registry.rs`).
     epoch: u64,
 }
@@ -92,11 +91,11 @@ impl PyThreadEngine {
         initargs: Option<Py<PyTuple>>,
     ) -> PyResult<Self> {
         if max_workers == 0 {
-            return Err(PyValueError::new_err("max_workers must be greater than 0"));
+            return Err(Error::InvalidArgument("max_workers must be greater than 0".into()).into());
         }
         let (tx, rx) = unbounded();
         let initargs = initargs.unwrap_or_else(|| PyTuple::empty(py).unbind());
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(PoolState {
             tx: Mutex::new(Some(tx)),
             rx,
             idle: AtomicUsize::new(0),
@@ -183,9 +182,10 @@ impl PyThreadEngine {
         }
         if wait {
             if SERVING.with(std::cell::Cell::get) == Arc::as_ptr(sh) as usize {
-                return Err(PyRuntimeError::new_err(
+                return Err(Error::WouldDeadlock(
                     "cannot join current thread: shutdown(wait=True) called from a task of the same pool",
-                ));
+                )
+                .into());
             }
             wait_interruptible(py, None, |slice| sh.live.wait_for(slice))?;
         }
@@ -237,7 +237,7 @@ impl PyThreadEngine {
     }
 }
 
-impl Shared {
+impl PoolState {
     /// Why the pool is broken, if it is; the flag keeps the per-job check free of the mutex.
     fn broken_reason(&self) -> Option<String> {
         if !self.is_broken.load(Ordering::Acquire) {
@@ -257,7 +257,7 @@ impl Drop for PyThreadEngine {
     }
 }
 
-impl registry::Pool for Shared {
+impl registry::Pool for PoolState {
     fn begin_shutdown(&self) {
         drop(self.tx.lock().unwrap_or_else(PoisonError::into_inner).take());
     }
@@ -278,7 +278,7 @@ impl registry::Pool for Shared {
     }
 }
 
-fn start_thread_if_allowed(sh: &Arc<Shared>) -> PyResult<()> {
+fn start_thread_if_allowed(sh: &Arc<PoolState>) -> PyResult<()> {
     let n = sh.started.load(Ordering::Acquire);
     if n >= sh.max_workers
         || sh
@@ -304,7 +304,7 @@ fn start_thread_if_allowed(sh: &Arc<Shared>) -> PyResult<()> {
 }
 
 /// A pool thread's life: name itself, run the initializer, then take jobs until shutdown.
-fn serve(py: Python<'_>, sh: &Arc<Shared>, name: &str) {
+fn serve(py: Python<'_>, sh: &Arc<PoolState>, name: &str) {
     SERVING.with(|s| s.set(Arc::as_ptr(sh) as usize));
     let hooks = sh.hooks.bind(py);
     let counters = Arc::new(ThreadCounters {
@@ -358,7 +358,7 @@ fn serve(py: Python<'_>, sh: &Arc<Shared>, name: &str) {
 }
 
 /// Runs one job, counting it for `stats()`.
-fn run_counted(py: Python<'_>, sh: &Shared, counters: &ThreadCounters, job: Job) {
+fn run_counted(py: Python<'_>, sh: &PoolState, counters: &ThreadCounters, job: Job) {
     let started = Instant::now();
     sh.running.fetch_add(1, Ordering::Relaxed);
     run_job(py, job);
@@ -394,14 +394,14 @@ fn fail_job(py: Python<'_>, job: Job, why: &str) {
         return;
     }
     let future = job.future.bind(py);
-    let exc = BrokenThreadPool::new_err(why.to_owned()).into_value(py);
+    let exc = PyErr::from(Error::BrokenThreads(why.to_owned())).into_value(py);
     if let Err(e) = future.call_method1(intern!(py, "set_exception"), (exc,)) {
         e.write_unraisable(py, Some(future));
     }
 }
 
 /// Marks the pool broken and fails every queued job, as CPython's `_initializer_failed` does.
-fn break_pool(py: Python<'_>, sh: &Shared, why: &str) {
+fn break_pool(py: Python<'_>, sh: &PoolState, why: &str) {
     sh.broken
         .lock()
         .unwrap_or_else(PoisonError::into_inner)

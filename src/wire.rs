@@ -1,11 +1,12 @@
 //! Frames on a worker link: the only byte format that crosses between the parent and a worker.
 //!
 //! ```text
-//! [len: u64][kind: u8][flags: u8][nfds: u8][id: u64][aux: u32][body: len bytes]   little-endian, 23-byte header
+//! [len: u64][kind: u8][flags: u8][nfds: u8][id: u64][arg: u32][body: len bytes]   little-endian, 23-byte header
 //! ```
 //! The core never looks inside `body`: it is a pickled call or result, produced and consumed by
-//! `python/ferropool/_serialize.py`. `aux` carries the function's length inside a call body and
-//! the task's run time (µs) in a result, so neither needs a second frame. `nfds` descriptors
+//! `python/ferropool/_runtime/serialize.py`. `arg` is a number whose meaning the
+//! kind fixes (see [`kind`]): the function's length inside a call body, the task's run time (µs)
+//! in a result, so neither needs a second frame; [`Frame`]'s accessors name each use. `nfds` descriptors
 //! (memfd segments holding the large buffers of the body, see `fdpass.rs`) travel with the
 //! frame's first bytes.
 
@@ -19,18 +20,19 @@ use crate::fdpass;
 
 /// Frame kinds. Parent → worker kinds are below 10, worker → parent kinds 10 and above.
 pub mod kind {
-    /// Run a call: body = pickled function (aux bytes) + pickled `(args, kwargs)`.
+    /// Run a call: body = pickled function (`arg` bytes: [`Frame::fn_len`]) + pickled `(args, kwargs)`.
     pub const CALL: u8 = 1;
-    /// Run the initializer once before any call: same body layout as `CALL`; `id` carries the
-    /// worker's memory limit in bytes (0: none).
+    /// Run the initializer once before any call: same body layout as `CALL`; the `id` field
+    /// carries the worker's memory limit in bytes, 0 for none ([`Frame::memory_limit`],
+    /// written by [`encode_init`](super::encode_init)): an INIT belongs to no task.
     pub const INIT: u8 = 2;
     /// Finish: flush what is pending and exit.
     pub const STOP: u8 = 3;
     /// The worker has started (and ran its initializer).
     pub const READY: u8 = 10;
-    /// A call returned: body = pickled value; aux = run time in µs.
+    /// A call returned: body = pickled value; `arg` = run time in µs ([`Frame::run_micros`]).
     pub const OK: u8 = 11;
-    /// A call raised: body = pickled `(exception, traceback text)`; aux = run time in µs.
+    /// A call raised: body = pickled `(exception, traceback text)`; `arg` = run time in µs.
     pub const ERR: u8 = 12;
     /// The initializer raised: body as for `ERR`; the worker exits after sending it.
     pub const INIT_FAILED: u8 = 13;
@@ -50,28 +52,52 @@ pub struct Frame {
     pub kind: u8,
     pub flags: u8,
     pub id: u64,
-    pub aux: u32,
+    /// A number whose meaning the kind fixes; read it through the accessors below.
+    pub arg: u32,
     pub body: Vec<u8>,
     /// The descriptors that came with it (usually none).
     pub fds: Vec<OwnedFd>,
 }
 
+impl Frame {
+    /// `CALL` and `INIT`: how many of the body's first bytes are the pickled function.
+    pub fn fn_len(&self) -> u32 {
+        self.arg
+    }
+
+    /// `OK` and `ERR`: how long the call ran in the worker, in µs.
+    pub fn run_micros(&self) -> u32 {
+        self.arg
+    }
+
+    /// `INIT`: the worker's memory limit in bytes, 0 for none.
+    pub fn memory_limit(&self) -> u64 {
+        self.id
+    }
+}
+
+/// Appends an `INIT` frame: the initializer (`body`, whose first `fn_len` bytes are the pickled
+/// function; empty for none) and the worker's memory limit (0: none).
+pub fn encode_init(out: &mut Vec<u8>, flags: u8, memory_limit: u64, fn_len: u32, body: &[u8]) {
+    encode(out, kind::INIT, flags, memory_limit, fn_len, &[body]);
+}
+
 /// Appends one frame whose body is the concatenation of `parts` to `out`.
-pub fn encode(out: &mut Vec<u8>, kind: u8, flags: u8, id: u64, aux: u32, parts: &[&[u8]]) {
-    encode_header(out, kind, flags, 0, id, aux, parts);
+pub fn encode(out: &mut Vec<u8>, kind: u8, flags: u8, id: u64, arg: u32, parts: &[&[u8]]) {
+    encode_header(out, kind, flags, 0, id, arg, parts);
 }
 
 /// Queues one frame on `out` with `fds` attached (at most `MAX_FRAME_FDS`).
-pub fn encode_fds(out: &mut WriteBuf, kind: u8, flags: u8, id: u64, aux: u32, parts: &[&[u8]], fds: Vec<OwnedFd>) {
+pub fn encode_fds(out: &mut WriteBuf, kind: u8, flags: u8, id: u64, arg: u32, parts: &[&[u8]], fds: Vec<OwnedFd>) {
     debug_assert!(fds.len() <= MAX_FRAME_FDS);
     let start = out.buf.len();
-    encode_header(&mut out.buf, kind, flags, fds.len() as u8, id, aux, parts);
+    encode_header(&mut out.buf, kind, flags, fds.len() as u8, id, arg, parts);
     if !fds.is_empty() {
         out.attach.push_back((start, fds));
     }
 }
 
-fn encode_header(out: &mut Vec<u8>, kind: u8, flags: u8, nfds: u8, id: u64, aux: u32, parts: &[&[u8]]) {
+fn encode_header(out: &mut Vec<u8>, kind: u8, flags: u8, nfds: u8, id: u64, arg: u32, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     out.reserve(HEADER_LEN + len);
     out.extend_from_slice(&(len as u64).to_le_bytes());
@@ -79,7 +105,7 @@ fn encode_header(out: &mut Vec<u8>, kind: u8, flags: u8, nfds: u8, id: u64, aux:
     out.push(flags);
     out.push(nfds);
     out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(&aux.to_le_bytes());
+    out.extend_from_slice(&arg.to_le_bytes());
     for part in parts {
         out.extend_from_slice(part);
     }
@@ -108,7 +134,7 @@ pub struct Header {
     pub flags: u8,
     pub nfds: u8,
     pub id: u64,
-    pub aux: u32,
+    pub arg: u32,
 }
 
 /// Why bytes from the other end are not a frame. The stream cannot be resynchronised after one:
@@ -160,7 +186,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<Option<Header>, FrameError> {
         flags: h[9],
         nfds: h[10],
         id: le64(11),
-        aux: u32::from_le_bytes([h[19], h[20], h[21], h[22]]),
+        arg: u32::from_le_bytes([h[19], h[20], h[21], h[22]]),
     }))
 }
 
@@ -306,7 +332,7 @@ impl FrameReader {
             kind: h.kind,
             flags: h.flags,
             id: h.id,
-            aux: h.aux,
+            arg: h.arg,
             body,
             fds: self.fds.drain(..nfds).collect(),
         }))
@@ -318,15 +344,6 @@ impl FrameReader {
             return Err(FrameError::StrayFds(self.fds.len()));
         }
         Ok(())
-    }
-
-    /// Whether a complete frame (or a malformed header) is waiting in the buffer.
-    pub fn has_frame(&self) -> bool {
-        match self.peek_header() {
-            Ok(Some(h)) => self.filled - self.start >= HEADER_LEN + h.len,
-            Ok(None) => false,
-            Err(_) => true,
-        }
     }
 }
 
@@ -462,15 +479,15 @@ mod tests {
             assert_eq!(frames.len(), 3, "step {step}");
             let f = &frames[0];
             assert_eq!(
-                (f.kind, f.flags, f.id, f.aux, &f.body[..], f.fds.len()),
+                (f.kind, f.flags, f.id, f.arg, &f.body[..], f.fds.len()),
                 (kind::CALL, 1, 7, 3, &b"abcdefg"[..], 0)
             );
             assert_eq!(frames[1].body, b"");
             assert_eq!(
-                (frames[2].id, frames[2].aux, frames[2].body.len()),
+                (frames[2].id, frames[2].arg, frames[2].body.len()),
                 (u64::MAX, u32::MAX, 100_000)
             );
-            assert!(!reader.has_frame());
+            assert!(reader.next_frame().unwrap().is_none());
         }
     }
 
@@ -515,7 +532,10 @@ mod tests {
             let mut src = &header(len, kind::OK, 0)[..];
             reader.read_from(&mut src).unwrap();
             assert_eq!(reader.next_frame().unwrap_err(), FrameError::TooLong(len));
-            assert!(reader.has_frame(), "a bad header is reported, not waited on");
+            assert!(
+                reader.next_frame().is_err(),
+                "a bad header is reported again, not waited on"
+            );
         }
     }
 

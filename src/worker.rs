@@ -1,5 +1,5 @@
 //! The loop inside a worker process: read frames, run each call through the Python handler
-//! (`python/ferropool/_worker.py`), write each result back as soon as its call returns.
+//! (`python/ferropool/_worker/main.py`), write each result back as soon as its call returns.
 //!
 //! The GIL is released while the worker waits for frames and while it writes results; it is held
 //! only for the handler, which unpickles, calls and pickles. Frames are read in batches, but
@@ -58,7 +58,7 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
         };
         match frame.kind {
             kind::INIT => {
-                memory.limit = frame.id;
+                memory.limit = frame.memory_limit();
                 if !frame.body.is_empty() {
                     let (ok, payload, _) = run_handler(py, &init, frame)?;
                     if !ok {
@@ -154,11 +154,12 @@ type HandlerResult<'py> = (bool, Bound<'py, PyBytes>, Vec<OwnedFd>);
 
 fn run_handler<'py>(py: Python<'py>, handler: &Bound<'py, PyAny>, frame: wire::Frame) -> PyResult<HandlerResult<'py>> {
     let body = PyBytes::new(py, &frame.body);
+    let (fn_len, flags) = (frame.fn_len(), frame.flags);
     let result = if frame.fds.is_empty() {
-        handler.call1((body, frame.aux, frame.flags))?
+        handler.call1((body, fn_len, flags))?
     } else {
         let fds: Vec<i32> = frame.fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
-        handler.call1((body, frame.aux, frame.flags, fds))?
+        handler.call1((body, fn_len, flags, fds))?
     };
     let (ok, payload, fds): (bool, Bound<'py, PyBytes>, Option<Vec<i32>>) = result.extract()?;
     // SAFETY: the handler made these descriptors for this result and gives up ownership of them

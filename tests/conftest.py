@@ -25,6 +25,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import ferropool
 import psutil
@@ -367,21 +368,51 @@ def beacon(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# the one place tests look inside a pool (everything else goes through the public API)
+
+
+def engine_of(pool: Any) -> Any:
+    """The ``_core.ProcessEngine`` behind a process ``Pool`` or ``ProcessPoolExecutor``."""
+    return pool._backend.engine
+
+
+def worker_pids(pool: Any) -> list[int]:
+    """The pids of a process pool's live workers."""
+    return list(engine_of(pool).pids)
+
+
+def broken_reason(pool: Any) -> str | None:
+    """Why a process pool is broken, or ``None`` while it is not."""
+    return engine_of(pool).broken  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------------------------
 # user programs
 
 
 def run_program(
-    tmp_path: Path, source: str, *, tty: bool = False, env: dict[str, str] | None = None, timeout: float = 60.0
+    tmp_path: Path,
+    source: str,
+    *,
+    tty: bool = False,
+    env: dict[str, str] | None = None,
+    unset_env: tuple[str, ...] = (),
+    timeout: float = 60.0,
+    name: str = "program.py",
 ) -> subprocess.CompletedProcess[str]:
-    """Runs ``source`` as a user's script (``python script.py`` in ``tmp_path``), as text.
+    """Runs ``source`` as a user's script (``python <name>`` in ``tmp_path``), as text.
 
-    ``tty``: its stdout is a pseudo-terminal, as when a user runs it in a terminal (``\r\n``
-    comes back as ``\n``); its stderr is a pipe either way. ``env`` adds to the environment.
+    The one way tests run a script in a child interpreter and wait for its end (``Child`` is
+    for a script the test talks to while it runs). ``tty``: its stdout is a pseudo-terminal, as
+    when a user runs it in a terminal (``\r\n`` comes back as ``\n``); its stderr is a pipe
+    either way. ``env`` adds to the environment, ``unset_env`` takes variables out of it.
     """
-    script = tmp_path / "program.py"
+    script = tmp_path / name
     script.write_text(textwrap.dedent(source))
     argv = [sys.executable, str(script)]
     environ = {**os.environ, **(env or {})}
+    for variable in unset_env:
+        environ.pop(variable, None)
     if not tty:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=environ)
     master, slave = pty.openpty()
@@ -419,6 +450,21 @@ def run_program(
 def program_report(result: subprocess.CompletedProcess[str]) -> str:
     """The exit code and both streams of a ``run_program`` result, for an assertion message."""
     return f"exit code {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+#: What ``run_script`` puts before a test's script: the repository on ``sys.path``, ferropool,
+#: and the importable process tasks as ``tasks``.
+SCRIPT_PRELUDE = f"""
+import atexit, os, sys, time
+sys.path.insert(0, {ROOT!r})
+import ferropool
+from tests import _process_tasks as tasks
+"""
+
+
+def run_script(tmp_path: Path, body: str, **options: Any) -> subprocess.CompletedProcess[str]:
+    """``run_program`` of ``body`` after ``SCRIPT_PRELUDE``."""
+    return run_program(tmp_path, SCRIPT_PRELUDE + textwrap.dedent(body), **options)
 
 
 # scripts in a child interpreter

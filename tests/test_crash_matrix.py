@@ -16,15 +16,12 @@ import json
 import multiprocessing.pool
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 
 import ferropool
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT, live_processes, wait_gone
+from tests.conftest import WAIT, live_processes, program_report, run_program, wait_gone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRONTS = ["submit", "apply_async", "map"]
@@ -111,7 +108,7 @@ SCRIPT = """
 import json, os, sys
 sys.path.insert(0, {root!r})
 import ferropool
-from ferropool import _forkserver
+from ferropool._runtime import forkserver
 from tests import _tasks
 
 front, where, cls = {front!r}, {where!r}, getattr(_tasks, {cls!r})
@@ -121,7 +118,7 @@ if front == "submit":
 else:
     pool = ferropool.Pool(2)
     pids = set(pool.map(_tasks.get_pid, range(20), chunksize=1))
-print("PIDS " + json.dumps({{"workers": sorted(pids), "server": _forkserver.server_pid()}}), flush=True)
+print("PIDS " + json.dumps({{"workers": sorted(pids), "server": forkserver.server_pid()}}), flush=True)
 if front == "submit":
     if where == "arg":
         fut = pool.submit(_tasks.identity, cls())
@@ -146,12 +143,14 @@ def test_exit_or_crash_in_the_parent(tmp_path, front, where, cls, returncode):
     """The parent dies where the object misbehaves (pickling the argument in the caller's
     thread, or unpickling the result in the pool's completion thread): the script ends with
     that status, does not go on, and its workers and fork server are gone within 2 s."""
-    script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(SCRIPT.format(root=ROOT, front=front, where=where, cls=cls)))
-    env = dict(os.environ)
-    env.pop("PYTHONFAULTHANDLER", None)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=50, env=env)
-    detail = f"return code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    proc = run_program(
+        tmp_path,
+        SCRIPT.format(root=ROOT, front=front, where=where, cls=cls),
+        unset_env=("PYTHONFAULTHANDLER",),
+        timeout=50,
+        name="script.py",
+    )
+    detail = program_report(proc)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("PIDS ")]
     assert lines, detail
     pids = json.loads(lines[0][len("PIDS ") :])

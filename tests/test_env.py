@@ -6,7 +6,7 @@ import os
 
 import ferropool
 import pytest
-from ferropool._env import BLAS_VARS
+from ferropool._runtime.env import BLAS_VARS
 
 from tests.conftest import WAIT
 

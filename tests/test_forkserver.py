@@ -9,14 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 
 import psutil
-import pytest
 
-from tests.conftest import wait_gone
+from tests.conftest import program_report, run_program, start_child, wait_gone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +22,7 @@ import json, os, select, signal, sys, time, warnings
 sys.path.insert(0, {ROOT!r})
 import psutil
 import ferropool
-from ferropool import _forkserver
+from ferropool._runtime import forkserver
 from tests import _tasks
 
 def report(**values):
@@ -60,10 +57,8 @@ def _script(tmp_path, body: str) -> str:
 
 
 def _run(tmp_path, body: str, allow_stderr: bool = False) -> dict:
-    proc = subprocess.run(
-        [sys.executable, _script(tmp_path, body)], capture_output=True, text=True, timeout=60, cwd=tmp_path
-    )
-    detail = f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    proc = run_program(tmp_path, HEADER + textwrap.dedent(body), name="script.py")
+    detail = program_report(proc)
     assert proc.returncode == 0, detail
     if not allow_stderr:
         assert proc.stderr == "", detail
@@ -94,10 +89,10 @@ def triple(x):
     return 3 * x
 
 if __name__ == "__main__":
-    assert _forkserver.server_pid() is None
-    threads_before = _forkserver._thread_count()
+    assert forkserver.server_pid() is None
+    threads_before = forkserver._thread_count()
     ex = ferropool.ProcessPoolExecutor(max_workers=2)
-    server = _forkserver.server_pid()
+    server = forkserver.server_pid()
     k = 5
     results = {
         "lambda": ex.submit(lambda x: x + k, 1).result(timeout=30),
@@ -109,7 +104,7 @@ if __name__ == "__main__":
     parents = sorted({parent_of(pid) for pid in pids})
     ex.shutdown(wait=True)
     report(threads_before=threads_before, server=server, me=os.getpid(), results=results, workers=pids,
-           parents=parents, server_after_shutdown=_forkserver.server_pid())
+           parents=parents, server_after_shutdown=forkserver.server_pid())
 """
 
 
@@ -133,13 +128,13 @@ def test_first_pool_starts_a_fork_server(tmp_path):
 SPAWN = """
 if __name__ == "__main__":
     ex = ferropool.ProcessPoolExecutor(max_workers=2, mp_context="spawn")
-    server = _forkserver.server_pid()
+    server = forkserver.server_pid()
     value = ex.submit(_tasks.square, 7).result(timeout=30)
     mapped = list(ex.map(_tasks.square, range(4)))
     pids = sorted({f.result(timeout=30) for f in [ex.submit(_tasks.get_pid) for _ in range(10)]})
     parents = sorted({parent_of(pid) for pid in pids})
     ex.shutdown(wait=True)
-    report(server=server, server_after=_forkserver.server_pid(), value=value, mapped=mapped, workers=pids,
+    report(server=server, server_after=forkserver.server_pid(), value=value, mapped=mapped, workers=pids,
            parents=parents, me=os.getpid())
 """
 
@@ -159,7 +154,7 @@ def test_spawn_context_starts_no_server(tmp_path):
 POOL = """
 if __name__ == "__main__":
     with ferropool.Pool(2) as p:
-        server = _forkserver.server_pid()
+        server = forkserver.server_pid()
         values = p.map(lambda x: x * 2, range(6))
         pids = sorted(set(p.map(_tasks.get_pid, range(20), chunksize=1)))
         parents = sorted({parent_of(pid) for pid in pids})
@@ -184,7 +179,7 @@ if __name__ == "__main__":
     gate = os.path.abspath("gate")
     wait = wait_line(beacon)
     ex = ferropool.ProcessPoolExecutor(max_workers=2)
-    server = _forkserver.server_pid()
+    server = forkserver.server_pid()
     assert ex.submit(_tasks.square, 2).result(timeout=30) == 4
     fut = ex.submit(_tasks.wait_gate, gate, "never", beacon)
     worker = int(wait())
@@ -217,7 +212,7 @@ def test_worker_killed_by_sigkill(tmp_path):
 EXIT_WORKER = """
 if __name__ == "__main__":
     ex = ferropool.ProcessPoolExecutor(max_workers=1)
-    server = _forkserver.server_pid()
+    server = forkserver.server_pid()
     err = ex.submit(_tasks.exit_now, 7).exception(timeout=30)
     err2 = ex.submit(_tasks.kill_self, signal.SIGTERM).exception(timeout=30)
     after = ex.submit(_tasks.square, 3).result(timeout=30)
@@ -241,7 +236,7 @@ if __name__ == "__main__":
     beacon = os.path.abspath("beacon")
     wait = wait_line(beacon)
     ex = ferropool.ProcessPoolExecutor(max_workers=2)
-    server = _forkserver.server_pid()
+    server = forkserver.server_pid()
     busy = ex.submit(_tasks.wait_gate, os.path.abspath("never-opened"), None, beacon)
     idle = ex.submit(_tasks.square, 3).result(timeout=30)
     busy_worker = int(wait())
@@ -252,39 +247,21 @@ if __name__ == "__main__":
 
 
 def test_server_and_workers_die_with_the_parent(tmp_path):
-    proc = subprocess.Popen(
-        [sys.executable, _script(tmp_path, PARENT_KILLED)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
-        line = proc.stdout.readline()  # the script prints its report, or ends (empty line)
-        if not line.startswith("REPORT "):
-            proc.kill()
-            _, err = proc.communicate(timeout=30)
-            pytest.fail(f"the script did not report:\n{line}{err}")
-        out = json.loads(line[len("REPORT ") :])
+    with start_child(tmp_path / "script.py", HEADER + PARENT_KILLED, marker="REPORT ", cwd=tmp_path) as child:
+        out = json.loads(child.line("REPORT "))
         procs = _processes([out["server"], *out["workers"]])
         assert out["busy"] in out["workers"]
         assert len(procs) >= 2, out
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        os.kill(child.proc.pid, signal.SIGKILL)
+        child.proc.wait(timeout=30)
         leftover = wait_gone(procs, 5)
         assert not leftover, f"{[p.pid for p in leftover]} outlived their killed parent ({out})"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 USER_FORK = """
 if __name__ == "__main__":
     ex = ferropool.ProcessPoolExecutor(max_workers=2)
-    server = _forkserver.server_pid()
+    server = forkserver.server_pid()
     before = list(ex.map(_tasks.square, range(4)))
     r, w = os.pipe()
     # this program forks while its pool's threads run, on purpose; Python 3.12+ warns about that
@@ -294,11 +271,11 @@ if __name__ == "__main__":
         os.close(r)
         status = 1
         try:
-            inherited = _forkserver.server_pid()
+            inherited = forkserver.server_pid()
             child = ferropool.ProcessPoolExecutor(max_workers=2)
             values = list(child.map(_tasks.square, range(6)))
             lam = child.submit(lambda: "child lambda").result(timeout=30)
-            child_server = _forkserver.server_pid()
+            child_server = forkserver.server_pid()
             child_workers = sorted({f.result(timeout=30) for f in [child.submit(_tasks.get_pid) for _ in range(8)]})
             child.shutdown(wait=True)
             os.write(w, json.dumps(dict(inherited=inherited, values=values, lam=lam, child_server=child_server,
@@ -394,7 +371,7 @@ import colorsys
 
 if __name__ == "__main__":
     ex = ferropool.ProcessPoolExecutor(max_workers=1, mp_context={context!r})
-    server = _forkserver.server_pid()
+    server = forkserver.server_pid()
     import wave  # after the pool (and its server) was made
     names = ["json", "xml.dom.minidom", "colorsys", "wave"]
     loaded = ex.submit(_tasks.modules_loaded, names).result(timeout=30)
@@ -433,7 +410,7 @@ if __name__ == "__main__":
     t.start()
     try:
         ex = ferropool.ProcessPoolExecutor(max_workers=1)
-        server = _forkserver.server_pid()
+        server = forkserver.server_pid()
         value = ex.submit(_tasks.square, 4).result(timeout=30)
         worker = ex.submit(_tasks.get_pid).result(timeout=30)
         parent = parent_of(worker)
@@ -456,11 +433,11 @@ def test_threaded_program_spawns_instead(tmp_path):
 SECOND_POOL = """
 if __name__ == "__main__":
     first = ferropool.ProcessPoolExecutor(max_workers=1)
-    server = _forkserver.server_pid()
+    server = forkserver.server_pid()
     assert first.submit(_tasks.square, 2).result(timeout=30) == 4
     # the process now has threads: a second pool still uses the server made before them
     second = ferropool.Pool(1)
-    second_server = _forkserver.server_pid()
+    second_server = forkserver.server_pid()
     worker = second.apply(_tasks.get_pid)
     parent = parent_of(worker)
     second.close()
@@ -506,8 +483,7 @@ if __name__ == "__main__":
 def test_inherited_pool_gives_a_clear_error_in_a_forked_child(tmp_path):
     """Using the parent's pool in a forked child raises RuntimeError saying to make a new pool;
     shutting it down there is a no-op; the parent's pools keep working."""
-    script = _script(tmp_path, INHERITED_POOL)
-    proc = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60)
+    proc = run_program(tmp_path, HEADER + textwrap.dedent(INHERITED_POOL), name="script.py")
     detail = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     child_line = next(line for line in proc.stdout.splitlines() if line.startswith("CHILD "))
     errors = json.loads(child_line[len("CHILD ") :])
@@ -540,7 +516,7 @@ def test_a_process_forked_from_the_server_can_start_a_process(tmp_path):
             p.start()
             got = dict(q.get(timeout=30) for _ in range(2))
             p.join(30)
-            report(server=_forkserver.server_pid() is not None, outer=got["outer"], exitcode=p.exitcode)
+            report(server=forkserver.server_pid() is not None, outer=got["outer"], exitcode=p.exitcode)
         """,
     )
     assert out["server"], out["_detail"]

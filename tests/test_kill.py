@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT, wait_gone
+from tests.conftest import WAIT, wait_gone, worker_pids
 
 
 def _proc(pid):
@@ -68,7 +68,7 @@ def test_kill_running_call_kills_worker_and_its_process_group(beacon, gate, warm
         assert not alive, f"still running after kill(): {alive}"
         pids = {f.result(timeout=WAIT) for f in behind}
         assert worker_pid not in pids
-        assert worker_pid not in ex._backend.engine.pids
+        assert worker_pid not in worker_pids(ex)
         assert fut.kill() is True  # still cancelled; nothing else happens
         assert calls == [fut]
         _check_pool_works(ex)
@@ -123,12 +123,12 @@ def test_kill_finished_call_returns_false_and_changes_nothing():
         bad = ex.submit(_tasks.fail, "kept")
         assert ok.result(timeout=WAIT) == 49
         assert isinstance(bad.exception(timeout=WAIT), ValueError)
-        pids = ex._backend.engine.pids
+        pids = worker_pids(ex)
         assert ok.kill() is False
         assert bad.kill() is False
         assert not ok.cancelled() and ok.result() == 49
         assert not bad.cancelled() and str(bad.exception()) == "kept"
-        assert ex._backend.engine.pids == pids
+        assert worker_pids(ex) == pids
         _check_pool_works(ex)
 
 
@@ -164,7 +164,7 @@ def test_cancel_of_running_call_returns_false_by_default(beacon, gate):
         pid = int(beacon.wait())
         assert fut.cancel() is False
         assert not fut.cancelled()
-        assert pid in ex._backend.engine.pids
+        assert pid in worker_pids(ex)
         gate.open()
         assert fut.result(timeout=WAIT) == "survived"
 
@@ -243,7 +243,7 @@ def test_without_cancel_running_the_asyncio_cancel_leaves_the_call_running(beaco
 
     with ferropool.ProcessPoolExecutor(max_workers=1) as ex, gate:
         worker_pid = asyncio.run(main(ex))
-        assert psutil.pid_exists(worker_pid) and worker_pid in ex._backend.engine.pids
+        assert psutil.pid_exists(worker_pid) and worker_pid in worker_pids(ex)
         gate.open()
         assert ex.submit(_tasks.get_pid).result(timeout=WAIT) == worker_pid
 

@@ -10,9 +10,10 @@ import threading
 
 import ferropool
 import pytest
-from ferropool import _logs, _worker_output
+from ferropool._pool import logs
+from ferropool._worker import forwarding
 
-from tests.conftest import WAIT, Child
+from tests.conftest import WAIT, Child, run_program
 
 LINES_PER_TASK = 50
 
@@ -58,7 +59,7 @@ def flood(nbytes: int) -> int:
 
 
 def print_after_backlog_is_sent(text: str) -> int:
-    _worker_output._link.finish(WAIT)  # type: ignore[union-attr]
+    forwarding._link.finish(WAIT)  # type: ignore[union-attr]
     print(text)
     return os.getpid()
 
@@ -223,19 +224,18 @@ def test_the_parents_level_filters_again(caplog):
 
 
 def test_one_basic_config_shows_worker_records(tmp_path):
-    import subprocess
-
-    script = tmp_path / "main.py"
-    script.write_text(
+    run = run_program(
+        tmp_path,
         "import logging, ferropool\n"
         "logging.basicConfig(level=logging.INFO, format='%(processName)s %(process)d %(message)s')\n"
         "def work(x):\n"
         "    logging.getLogger('app').info('working on %s', x)\n"
         "    return x\n"
         "with ferropool.Pool(2) as pool:\n"
-        "    print(sum(pool.map(work, range(4))))\n"
+        "    print(sum(pool.map(work, range(4))))\n",
+        timeout=WAIT,
+        name="main.py",
     )
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=WAIT)
     assert run.returncode == 0, run.stderr
     assert run.stdout == "6\n"
     lines = sorted(line for line in run.stderr.splitlines() if "working on" in line)
@@ -304,12 +304,12 @@ def test_recycled_workers_are_logged_at_info(caplog):
 @pytest.fixture
 def fresh_logger():
     log = logging.getLogger("ferropool")
-    saved = (log.level, log.propagate, list(log.handlers), _logs._stderr_handler)
+    saved = (log.level, log.propagate, list(log.handlers), logs._stderr_handler)
     yield log
     log.setLevel(saved[0])
     log.propagate = saved[1]
     log.handlers[:] = saved[2]
-    _logs._stderr_handler = saved[3]
+    logs._stderr_handler = saved[3]
 
 
 def test_get_logger_is_the_ferropool_logger():

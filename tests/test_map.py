@@ -140,3 +140,18 @@ def test_map_unpicklable_function_fails_at_its_item():
             next(it)
         assert "pickle" in str(excinfo.value).lower()
         assert list(ex.map(_tasks.square, range(3))) == [0, 1, 4]
+
+
+def test_map_error_keeps_where_the_task_raised_on_both_executors(make_executor, kind):
+    # one chunk interpreter for both pools: a process pool's error carries the worker's
+    # traceback as its cause, a thread pool's error keeps its own traceback object
+    import traceback
+
+    with make_executor() as ex:
+        with pytest.raises(ValueError, match="bad item 3") as info:
+            list(ex.map(_tasks.fail_on, range(6), itertools.repeat(3), chunksize=2))
+    if kind == "process":
+        where = str(info.value.__cause__)
+    else:
+        where = "".join(traceback.format_tb(info.value.__traceback__))
+    assert "fail_on" in where and "_tasks.py" in where

@@ -15,8 +15,8 @@ import random
 import socket
 
 import pytest
-from ferropool import _logs
-from ferropool._worker_start import DROPPED, MESSAGE_MAX, RECORD, STDERR, STDOUT
+from ferropool._pool import logs
+from ferropool._worker.start import DROPPED, MESSAGE_MAX, RECORD, STDERR, STDOUT
 
 CASES = 4000
 
@@ -91,11 +91,11 @@ def test_random_messages_never_escape_the_reader_and_records_always_format(capsy
     logger = logging.getLogger("fuzz")
     logger.addHandler(handler)
     logger.propagate = False
-    collector = _logs.Collector(None, lambda pid: None)
+    collector = logs.Collector(None, lambda pid: None)
     os.close(collector.engine_end())
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setblocking(False)
-    conn = _logs._Conn(ours, 4242, "PoolWorker-fuzz")
+    conn = logs._Conn(ours, 4242, "PoolWorker-fuzz")
     try:
         for _ in range(CASES):
             theirs.send(_message(rng))

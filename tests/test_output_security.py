@@ -140,12 +140,12 @@ def test_another_user_cannot_reach_the_output_thread(tmp_path):
 MISBEHAVING = """
 import json, logging, os, sys
 import ferropool as mp
-from ferropool import _worker_start
+from ferropool._worker import start
 
 NAMES = 5000
 
 def misbehave(_):
-    sock = _worker_start.connection
+    sock = start.connection
     sock.setblocking(True)
     for junk in [
         b"r{not json",
@@ -158,7 +158,7 @@ def misbehave(_):
         b"d1",
         b"zan unknown kind",
         b"",
-        b"o" + b"x" * (_worker_start.MESSAGE_MAX + 100),
+        b"o" + b"x" * (start.MESSAGE_MAX + 100),
     ]:
         try:
             sock.send(junk)

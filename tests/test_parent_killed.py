@@ -27,7 +27,7 @@ INTERRUPT_BOUND = 3.0  # the requirement is 1 s; slack for a loaded 2-core machi
 HEADER = """
 import functools, json
 import ferropool
-from ferropool import _forkserver
+from ferropool._runtime import forkserver
 from tests import _tasks
 
 method, front, beacon = {method!r}, {front!r}, {beacon!r}
@@ -44,7 +44,7 @@ if front == "executor":
     results = [pool.submit(task, 30).result for _ in range(2)]
 else:
     results = [pool.apply_async(task, (30,)).get for _ in range(2)]
-print("PIDS " + json.dumps({{"server": _forkserver.server_pid()}}), flush=True)
+print("PIDS " + json.dumps({{"server": forkserver.server_pid()}}), flush=True)
 results[0]()
 print("the wait returned", flush=True)
 """
@@ -177,7 +177,7 @@ def test_ctrl_c_reaches_the_script_and_ends_the_workers(tmp_path, beacon, method
         stderr = script.stderr
         assert stderr.count("Traceback (most recent call last)") == 1, script.report()
         assert stderr.rstrip().endswith("KeyboardInterrupt"), script.report()
-        for worker_frame in ("_tasks.py", "_worker.py", "beacon_then_sleep", "worker_main"):
+        for worker_frame in ("_tasks.py", "_worker/main.py", "beacon_then_sleep", "worker_main"):
             assert worker_frame not in stderr, f"a worker printed a traceback:\n{script.report()}"
     finally:
         script.close()

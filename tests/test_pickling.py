@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import functools
 import pickle
-import subprocess
-import sys
-import textwrap
 import threading
 
 import ferropool
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT
+from tests.conftest import WAIT, program_report, run_program
 
 PICKLING_ERRORS = (TypeError, pickle.PicklingError, AttributeError)
 
@@ -195,10 +192,8 @@ print("done", flush=True)
 
 
 def test_functions_defined_in_main_without_guard(tmp_path):
-    script = tmp_path / "main_script.py"
-    script.write_text(textwrap.dedent(MAIN_SCRIPT))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    report = f"returncode {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    proc = run_program(tmp_path, MAIN_SCRIPT, name="main_script.py")
+    report = program_report(proc)
     assert proc.returncode == 0, report
     lines = proc.stdout.splitlines()
     assert lines == ["map [0, 3, 6, 9]", "lambda 15", "box 2", "init yes True", "done"], report

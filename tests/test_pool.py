@@ -8,9 +8,6 @@ import logging
 import multiprocessing
 import os
 import queue
-import subprocess
-import sys
-import textwrap
 import threading
 
 import ferropool
@@ -19,7 +16,7 @@ import psutil
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT, cluster_pool
+from tests.conftest import WAIT, cluster_pool, run_program
 
 POOLS = {"process": ferropool.Pool, "thread": ferropool.ThreadPool, "cluster": cluster_pool}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -570,9 +567,7 @@ def _processes(pids):
 
 
 def _run_script(tmp_path, text):
-    script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(text))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    proc = run_program(tmp_path, text, name="script.py")
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.stderr == "", proc.stderr
     lines = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in proc.stdout.splitlines()}

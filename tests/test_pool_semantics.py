@@ -11,8 +11,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import ROOT, Child
-from tests.test_process_exit import report, run_script
+from tests.conftest import ROOT, Child, program_report, run_script
 
 CALLBACKS_DONE_AT_JOIN = """
 import threading
@@ -46,8 +45,8 @@ def test_join_returns_after_every_callback_ran(tmp_path, cls):
     """``close(); join()`` returns only once every callback and error callback has run, as the
     stdlib's join does: a program reading what its callbacks wrote right after join sees all."""
     result = run_script(tmp_path, CALLBACKS_DONE_AT_JOIN.format(out=str(tmp_path / "lines"), cls=cls))
-    assert result.returncode == 0, report(result)
-    assert result.stdout.split() == ["1103", "100", "True", "True", "True"], report(result)
+    assert result.returncode == 0, program_report(result)
+    assert result.stdout.split() == ["1103", "100", "True", "True", "True"], program_report(result)
 
 
 def test_join_from_a_callback_does_not_wait_for_itself(tmp_path):
@@ -67,8 +66,8 @@ def test_join_from_a_callback_does_not_wait_for_itself(tmp_path):
         p.join()
         """,
     )
-    assert result.returncode == 0, report(result)
-    assert result.stdout.split() == ["True"], report(result)
+    assert result.returncode == 0, program_report(result)
+    assert result.stdout.split() == ["True"], program_report(result)
 
 
 def test_terminate_then_join_returns(tmp_path):
@@ -86,8 +85,8 @@ def test_terminate_then_join_returns(tmp_path):
         print(time.monotonic() - started < 10)
         """,
     )
-    assert result.returncode == 0, report(result)
-    assert result.stdout.split() == ["True"], report(result)
+    assert result.returncode == 0, program_report(result)
+    assert result.stdout.split() == ["True"], program_report(result)
 
 
 INITIALIZER_GLOBALS = """
@@ -114,10 +113,10 @@ def test_initializer_globals_reach_tasks_defined_in_main(tmp_path, method):
     """An initializer in the main script sets ``global g`` and fills a module-level dict; tasks
     from the same script, and the helpers they call, see both, as with the stdlib."""
     result = run_script(tmp_path, INITIALIZER_GLOBALS.format(method=method))
-    assert result.returncode == 0, report(result)
+    assert result.returncode == 0, program_report(result)
     out = result.stdout.splitlines()
-    assert out[0].split() == ["hi-HI-0", "hi-HI-1", "hi-HI-2", "hi-HI-9", "hi1"], report(result)
-    assert out[1].split() == ["ex-EX-5", "ex-EX-6", "('ex',", "'EX')"], report(result)
+    assert out[0].split() == ["hi-HI-0", "hi-HI-1", "hi-HI-2", "hi-HI-9", "hi1"], program_report(result)
+    assert out[1].split() == ["ex-EX-5", "ex-EX-6", "('ex',", "'EX')"], program_report(result)
 
 
 def test_main_functions_share_one_namespace_in_a_worker(tmp_path):
@@ -152,8 +151,8 @@ def test_main_functions_share_one_namespace_in_a_worker(tmp_path):
             print(*ex.submit(get_k).result())
         """,
     )
-    assert result.returncode == 0, report(result)
-    assert result.stdout.splitlines() == ["120 True 1", "42 42 42", "redefined 42"], report(result)
+    assert result.returncode == 0, program_report(result)
+    assert result.stdout.splitlines() == ["120 True 1", "42 42 42", "redefined 42"], program_report(result)
 
 
 RAISING_INPUT = """
@@ -191,7 +190,7 @@ def test_imap_over_an_input_that_raises(tmp_path, cls):
     output for this script); in ``imap_unordered`` the exception comes after every earlier
     result."""
     result = run_script(tmp_path, RAISING_INPUT.format(cls=cls))
-    assert result.returncode == 0, report(result)
+    assert result.returncode == 0, program_report(result)
     assert result.stdout.splitlines() == [
         "raised 0 end",
         "2 raised 0 end True",
@@ -203,7 +202,7 @@ def test_imap_over_an_input_that_raises(tmp_path, cls):
         "6 raised 7 end True",
         f"{2497**2} {2498**2} raised 2500 end",
         "2501 raised 2500 end True",
-    ], report(result)
+    ], program_report(result)
 
 
 POOL_ERRORS = """
@@ -255,13 +254,13 @@ def test_pool_errors_are_the_stdlibs(tmp_path):
     time it returns; the worker's traceback is a ``ferropool.pool.RemoteTraceback``, which is
     ``multiprocessing.pool.RemoteTraceback``, as CPython's own tests check; the pool goes on."""
     result = run_script(tmp_path, POOL_ERRORS)
-    assert result.returncode == 0, report(result)
+    assert result.returncode == 0, program_report(result)
     assert result.stdout.splitlines() == [
         "True True",
         "MaybeEncodingError True",
         "MaybeEncodingError True",
         "3",
-    ], report(result)
+    ], program_report(result)
 
 
 TOP_LEVEL_NAMES = """
@@ -315,7 +314,7 @@ def test_stdlib_top_level_names(tmp_path):
     wrapper.chmod(0o755)
     code = TOP_LEVEL_NAMES.format(preload=str(tmp_path / "preloaded_mod.py"), wrapper=str(wrapper), marker=str(marker))
     result = run_script(tmp_path, code)
-    assert result.returncode == 0, report(result)
+    assert result.returncode == 0, program_report(result)
     assert result.stdout.splitlines() == [
         "sys",
         "True False",
@@ -324,7 +323,7 @@ def test_stdlib_top_level_names(tmp_path):
         "child ran",
         "True",
         "TypeError: module_names must be a list of strings",
-    ], report(result)
+    ], program_report(result)
 
 
 CTRL_C_HEADER = """

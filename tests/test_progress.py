@@ -7,7 +7,7 @@ import sys
 
 import ferropool
 import pytest
-from ferropool import _progress
+from ferropool._pool import progress
 
 from tests import _tasks
 from tests.conftest import WAIT
@@ -145,7 +145,7 @@ def test_text_fallback_honours_desc_and_file(monkeypatch):
 
 def test_text_bar_writes_at_most_once_per_interval():
     buf = io.StringIO()
-    bar = _progress.TextBar(total=1000, file=buf, mininterval=3600)
+    bar = progress.TextBar(total=1000, file=buf, mininterval=3600)
     for _ in range(1000):
         bar.update(1)
     assert buf.getvalue() == ""  # an hour has not passed

@@ -12,8 +12,7 @@ import warnings
 import ferropool
 import pytest
 
-from tests.conftest import WAIT, start_child
-from tests.test_process_exit import run_script
+from tests.conftest import WAIT, run_script, start_child
 
 CTX = multiprocessing.get_context("spawn")
 
@@ -312,3 +311,24 @@ def test_joinable_join_counts_items_still_waiting_in_the_backlog():
         q.get(timeout=WAIT)
         q.task_done()
     assert q.join(timeout=WAIT) is True
+
+
+class _Celsius:
+    def __init__(self, degrees):
+        self.degrees = degrees
+
+
+def test_a_queue_pickles_by_the_same_policy_as_a_pool_registered_reducers_included():
+    # one pickling policy (_runtime/serialize.py): a reducer registered with
+    # reduction.register applies to what a Queue ships, as to pool calls and Connections
+    from ferropool import reduction
+
+    reduction.ForkingPickler.register(_Celsius, lambda c: (float, (c.degrees,)))
+    try:
+        q = ferropool.Queue()
+        q.put(_Celsius(21.5))
+        assert q.get(timeout=WAIT) == 21.5
+        q.close()
+        q.join_thread()
+    finally:
+        del reduction.ForkingPickler._extra_reducers[_Celsius]

@@ -12,12 +12,12 @@ import signal
 import ferropool
 import numpy as np
 import pytest
-from ferropool import _buffers, _serialize
+from ferropool._runtime import buffers, serialize
 
 from . import _tasks
 from .conftest import WAIT
 
-LIMIT = _serialize.OUT_OF_BAND_MIN
+LIMIT = serialize.OUT_OF_BAND_MIN
 SIZES = [LIMIT - 1, LIMIT, LIMIT + 1, 8 * LIMIT + 3]
 
 
@@ -103,7 +103,7 @@ def test_many_buffers_in_one_call_and_one_result(ex, count):
 
 
 def test_more_buffers_than_a_frame_counts_go_in_band(ex):
-    bufs = [bytearray(LIMIT) for _ in range(_buffers.MAX_SEGMENTS + 1)]
+    bufs = [bytearray(LIMIT) for _ in range(buffers.MAX_SEGMENTS + 1)]
     assert ex.submit(len, bufs).result(WAIT) == len(bufs)
 
 

@@ -14,8 +14,7 @@ import pytest
 from ferropool import shared_memory
 from ferropool.shared_memory import ShareableList, SharedMemory
 
-from tests.conftest import WAIT, wait_gone
-from tests.test_process_exit import run_script
+from tests.conftest import WAIT, run_script, wait_gone
 
 CTX = multiprocessing.get_context("spawn")
 

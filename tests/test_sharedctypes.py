@@ -10,8 +10,7 @@ import ferropool
 import pytest
 from ferropool import sharedctypes
 
-from tests.conftest import WAIT
-from tests.test_process_exit import run_script
+from tests.conftest import WAIT, run_script
 
 CTX = multiprocessing.get_context("spawn")
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 
 import ferropool
@@ -14,7 +11,7 @@ import psutil
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT, fd_count
+from tests.conftest import WAIT, fd_count, run_program
 
 
 def test_shutdown_wait_finishes_pending_work(make_executor):
@@ -234,9 +231,7 @@ print("submitted", flush=True)
 @pytest.mark.parametrize("cls", ["ProcessPoolExecutor", "ThreadPoolExecutor"])
 def test_interpreter_exit_without_shutdown(tmp_path, cls):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = tmp_path / "no_shutdown.py"
-    script.write_text(textwrap.dedent(EXIT_SCRIPT.format(root=root, cls=cls)))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    proc = run_program(tmp_path, EXIT_SCRIPT.format(root=root, cls=cls), name="no_shutdown.py")
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert "submitted" in proc.stdout
     assert proc.stderr == "", proc.stderr

@@ -36,7 +36,7 @@ GONE_BOUND = 5.0  # what a dead parent leaves is gone this long after
 SCRIPT = """
 import functools, json, os, signal
 import ferropool
-from ferropool import _forkserver
+from ferropool._runtime import forkserver
 from tests import _tasks
 
 phase, target, gate, beacon = {phase!r}, {target!r}, {gate!r}, {beacon!r}
@@ -83,7 +83,7 @@ else:
 if phase == "lock_acquire":
     lock.acquire()
 work = functools.partial(task, q=q, lock=lock)
-report = {{"server": _forkserver.server_pid()}}
+report = {{"server": forkserver.server_pid()}}
 print("PIDS " + json.dumps(report), flush=True)
 try:
     print("waiting", flush=True)

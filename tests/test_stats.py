@@ -6,7 +6,7 @@ import json
 
 import ferropool
 import pytest
-from ferropool._stats import PoolStats
+from ferropool._pool.stats import PoolStats
 
 from tests import _tasks
 from tests.conftest import WAIT

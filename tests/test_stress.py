@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT
+from tests.conftest import WAIT, broken_reason, engine_of
 
 N_TASKS = 100_000
 BATCH = 1_000
@@ -75,7 +75,7 @@ class Chaos(threading.Thread):
 @pytest.mark.timeout(120)
 def test_chaos_monkey_during_100k_tasks():
     ex = ferropool.ProcessPoolExecutor(max_workers=2)
-    chaos = Chaos(ex._backend.engine)
+    chaos = Chaos(engine_of(ex))
     completed: list[ferropool.Future] = []
     try:
         assert ex.submit(_tasks.square, 2).result(timeout=WAIT) == 4
@@ -115,7 +115,7 @@ def test_chaos_monkey_during_100k_tasks():
         # a kill costs at most the one task that worker was running
         assert died <= len(chaos.killed), (died, len(chaos.killed))
         assert ok + died == N_TASKS
-        assert ex._backend.engine.broken is None
+        assert broken_reason(ex) is None
 
         assert [f.result(timeout=WAIT) for f in [ex.submit(_tasks.square, i) for i in range(20)]] == [
             i * i for i in range(20)
@@ -136,7 +136,7 @@ def test_chaos_with_kills_and_time_limits():
     rng = random.Random(7)
     ex = ferropool.ProcessPoolExecutor(max_workers=2)
     limited = ex.options(timeout=0.2)
-    chaos = Chaos(ex._backend.engine)
+    chaos = Chaos(engine_of(ex))
     completed: list[ferropool.Future] = []
     try:
         assert ex.submit(_tasks.square, 2).result(timeout=WAIT) == 4
@@ -182,7 +182,7 @@ def test_chaos_with_kills_and_time_limits():
         assert len({id(f) for f in completed}) == len(futures)
         assert counts["died"] <= len(chaos.killed), (counts, len(chaos.killed))
         assert counts["timed_out"] >= 1 and counts["cancelled"] >= 1, counts
-        assert ex._backend.engine.broken is None
+        assert broken_reason(ex) is None
         assert [f.result(timeout=WAIT) for f in [ex.submit(_tasks.square, i) for i in range(20)]] == [
             i * i for i in range(20)
         ]

@@ -11,8 +11,7 @@ import threading
 import ferropool
 import pytest
 
-from tests.conftest import WAIT
-from tests.test_process_exit import run_script
+from tests.conftest import WAIT, run_script
 
 CTX = multiprocessing.get_context("spawn")
 

@@ -12,12 +12,13 @@ import builtins
 import functools
 import math
 import multiprocessing
+import threading
 
 import ferropool
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT, live_processes, wait_gone
+from tests.conftest import WAIT, live_processes, wait_gone, worker_pids
 
 LIMIT = 0.5  # seconds: far above what a quick call takes, far below a slow call
 # A slow call lasts SLOW seconds: long past LIMIT, yet short enough that a limit the pool fails
@@ -274,7 +275,7 @@ def test_view_shares_the_workers_and_shutting_it_down_shuts_the_pool():
     ex = ferropool.ProcessPoolExecutor(max_workers=2)
     view = ex.options(timeout=5)
     pid = view.submit(_tasks.get_pid).result(timeout=WAIT)
-    assert pid in ex._backend.engine.pids
+    assert pid in worker_pids(ex)
     view.shutdown(wait=True)
     with pytest.raises(RuntimeError):
         ex.submit(_tasks.square, 2)
@@ -284,7 +285,7 @@ def test_pool_view_shares_the_workers_and_closing_it_closes_the_pool():
     pool = ferropool.Pool(2)
     try:
         view = pool.options(timeout=5)
-        assert view.apply(_tasks.get_pid) in pool._backend.engine.pids
+        assert view.apply(_tasks.get_pid) in worker_pids(pool)
         view.close()
         view.join()
         with pytest.raises(ValueError):
@@ -357,3 +358,33 @@ def test_thread_pool_options_is_refused():
             pool.options(timeout=1)
         with pytest.raises(TypeError):
             pool.options()
+
+
+def test_an_options_view_shares_the_pools_callback_thread_and_its_end():
+    with ferropool.Pool(1) as pool:
+        view = pool.options(timeout=WAIT)
+        threads: list[int] = []
+        done = threading.Event()
+
+        def record(_):
+            threads.append(threading.get_ident())
+            if len(threads) == 2:
+                done.set()
+
+        pool.apply_async(_tasks.square, (2,), callback=record)
+        view.apply_async(_tasks.square, (3,), callback=record)
+        assert done.wait(WAIT)
+        assert threads[0] == threads[1]
+        view.close()
+        with pytest.raises(ValueError, match="Pool not running"):
+            pool.apply_async(_tasks.square, (4,))
+        pool.join()
+
+
+def test_an_executor_view_shut_down_shuts_down_the_executor():
+    ex = ferropool.ProcessPoolExecutor(1)
+    view = ex.options(timeout=WAIT)
+    assert view.submit(_tasks.square, 5).result(timeout=WAIT) == 25
+    view.shutdown(wait=True)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        ex.submit(_tasks.square, 6)

@@ -17,8 +17,7 @@ import ferropool
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT
-from tests.test_process_exit import report, run_script
+from tests.conftest import WAIT, program_report, run_script
 
 SCRIPT = """
 from tests.test_wire_hardening import write_junk
@@ -45,9 +44,9 @@ print("DONE", flush=True)
 
 def own_link(parent: int) -> int:
     """In a worker: the descriptor of its link to the pool's process ``parent``."""
-    from ferropool import _worker_start
+    from ferropool._worker import start
 
-    output = getattr(_worker_start, "connection", None)
+    output = getattr(start, "connection", None)
     skip = os.fstat(output.fileno()).st_ino if output is not None else None
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -89,9 +88,9 @@ OK, UNKNOWN = 11, 0xEE
 )
 def test_junk_header_fails_only_its_task(tmp_path, cases):
     result = run_script(tmp_path, SCRIPT.replace("{CASES}", repr(cases)))
-    assert result.returncode == 0, report(result)
-    assert "DONE" in result.stdout, report(result)
-    assert "killed because" in result.stdout, report(result)
+    assert result.returncode == 0, program_report(result)
+    assert "DONE" in result.stdout, program_report(result)
+    assert "killed because" in result.stdout, program_report(result)
 
 
 def big_str_while_sending(parent: int, beacon: str, mib: int) -> str:
@@ -138,7 +137,7 @@ beacon = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
 keep = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
 with ferropool.ProcessPoolExecutor(max_workers=2) as ex:
     assert list(ex.map(abs, range(-4, 0))) == [4, 3, 2, 1]
-    server = ferropool._forkserver.server_pid()
+    server = ferropool._runtime.forkserver.server_pid()
     assert server is not None, "no fork server"
     workers = [w.pid for w in ex.stats().workers]
     assert all(psutil.Process(pid).ppid() == server for pid in workers), workers
@@ -181,5 +180,5 @@ def test_fork_server_workers_are_held_by_pidfd(tmp_path):
     # opened before it could reap it. (A fresh interpreter: the fork server is only made while
     # the process has a single thread.)
     result = run_script(tmp_path, PIDFD_SCRIPT)
-    assert result.returncode == 0, report(result)
-    assert "DONE" in result.stdout, report(result)
+    assert result.returncode == 0, program_report(result)
+    assert "DONE" in result.stdout, program_report(result)

@@ -3,7 +3,7 @@
 ``import ferropool as multiprocessing`` or ``from ferropool import ProcessPoolExecutor``: the
 same names and semantics as the stdlib, plus lambdas that just work, crashed workers that cost
 one task, and waits that never hang. Submodules load on first use, so a worker process that
-imports ``ferropool._worker`` pays only for what it runs.
+imports ``ferropool._worker.main`` pays only for what it runs.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from ._core import __version__, cpu_count
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
     from . import reduction as reducer
-    from ._logs import get_logger, log_to_stderr
-    from ._state import worker_state
-    from ._stats import PoolStats
+    from ._pool.logs import get_logger, log_to_stderr
+    from ._pool.stats import PoolStats
+    from ._worker.state import worker_state
     from .connection import AuthenticationError, BufferTooShort, Pipe
     from .context import (
         allow_connection_pickling,
@@ -168,10 +168,10 @@ _LAZY = {
     "Queue": "queues",
     "SimpleQueue": "queues",
     "JoinableQueue": "queues",
-    "get_logger": "_logs",
-    "log_to_stderr": "_logs",
-    "worker_state": "_state",
-    "PoolStats": "_stats",
+    "get_logger": "_pool.logs",
+    "log_to_stderr": "_pool.logs",
+    "worker_state": "_worker.state",
+    "PoolStats": "_pool.stats",
     "Manager": "managers",
 }
 

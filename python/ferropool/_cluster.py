@@ -37,11 +37,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _cluster_remote as remote
-from . import _logs
-from ._backend import broken_error, check_positive_int, failed
-from ._batching import flush_all
-from ._future import Future
-from ._serialize import (
+from ._pool import logs as _logs
+from ._pool.backend import broken_error, check_positive_int, failed
+from ._pool.batching import flush_all
+from ._pool.future import Future
+from ._runtime import lifecycle
+from ._runtime.serialize import (
     FLAG_ITEM_CHUNK,
     FLAG_OUTCOMES,
     FLAG_POOL_ERRORS,
@@ -577,15 +578,14 @@ def _settle(fut: Future[Any], exc: BaseException | None, value: Any = None) -> N
         pass
 
 
-def _at_exit() -> None:
-    # as a local pool at exit: queued work runs, then the pools end
+def _at_exit(interrupted: bool) -> None:
+    # as a local pool at exit: queued work runs (unless the program dies of Ctrl-C), then the
+    # pools end; before the ``atexit`` callbacks, among them Dask's, which close every client
     backends = list(_live)
     for backend in backends:
-        backend.shutdown(cancel_pending=False)
+        backend.shutdown(cancel_pending=interrupted)
     for backend in backends:
         backend.join()
 
 
-# the hook ``concurrent.futures`` and ``_exit.py`` use: it runs before ``atexit`` callbacks, among
-# them Dask's, which close every client
-threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+lifecycle.finish_at_exit(_at_exit)

@@ -31,8 +31,8 @@ import threading
 import time
 from typing import Any
 
-from . import _by_value, _state
-from ._serialize import (
+from ._runtime import by_value as _by_value
+from ._runtime.serialize import (
     FLAG_CACHEABLE,
     FLAG_ITEM_CHUNK,
     FLAG_OUTCOMES,
@@ -46,6 +46,7 @@ from ._serialize import (
     exception_with_traceback,
     loads,
 )
+from ._worker import state as _state
 
 #: Outcome kinds of :func:`run`.
 KIND_OK, KIND_ERR, KIND_TIMED_OUT, KIND_INIT_FAILED = range(4)

@@ -8,6 +8,19 @@ from typing import Any, final
 from typing_extensions import Buffer, Self, disjoint_base
 
 __version__: str
+
+# outcome kinds of (id, kind, payload) delivered to ProcessEngine's on_results (src/process_pool.rs)
+OUT_OK: int
+OUT_ERR: int
+OUT_DIED: int
+OUT_CANCELLED: int
+OUT_BROKEN: int
+OUT_TIMED_OUT: int
+OUT_KILLED: int
+OUT_OK_BUFFERS: int
+# the environment variables that tell a worker its number and its output socket (src/supervisor.rs)
+WORKER_NUMBER_VAR: str
+WORKER_OUTPUT_FD_VAR: str
 __all__ = [
     "Barrier",
     "ChildProcess",
@@ -16,6 +29,14 @@ __all__ = [
     "Event",
     "Lock",
     "NamedSegment",
+    "OUT_BROKEN",
+    "OUT_CANCELLED",
+    "OUT_DIED",
+    "OUT_ERR",
+    "OUT_KILLED",
+    "OUT_OK",
+    "OUT_OK_BUFFERS",
+    "OUT_TIMED_OUT",
     "ProcessEngine",
     "Queue",
     "RLock",
@@ -23,6 +44,8 @@ __all__ = [
     "Semaphore",
     "TaskHandle",
     "ThreadEngine",
+    "WORKER_NUMBER_VAR",
+    "WORKER_OUTPUT_FD_VAR",
     "__version__",
     "after_fork_in_child",
     "any_readable",

@@ -21,7 +21,7 @@ import socket
 import struct
 import time
 
-from ._serialize import dumps, loads
+from ._runtime.serialize import dumps, loads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:

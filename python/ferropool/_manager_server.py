@@ -28,7 +28,7 @@ import traceback
 import warnings
 
 from ._listener import BufferedSocketConnection, Listener
-from ._serialize import dumps, loads
+from ._runtime.serialize import dumps, loads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 A ``Connection`` is one end of a ``SOCK_SEQPACKET`` socket pair; the Rust core
 (``src/connection.rs``) moves whole messages with the GIL released and honours Ctrl-C while it
-waits. Objects travel pickled by ``_serialize`` (pickle protocol 5, cloudpickle for lambdas and
+waits. Objects travel pickled by ``_runtime/serialize.py`` (pickle protocol 5, cloudpickle for lambdas and
 ``__main__`` objects). The wire format is ferropool's own: a ferropool connection talks only to
 another ferropool connection.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import _thread
 
 from . import _core
-from ._serialize import dumps, loads
+from ._runtime.serialize import dumps, loads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:

@@ -15,6 +15,8 @@ A context is ferropool itself seen through one start method: ``ctx.Process``, ``
 
 from __future__ import annotations
 
+from ._runtime import start_methods
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
     from typing import Any
@@ -29,11 +31,6 @@ __all__ = [
     "set_forkserver_preload",
     "set_start_method",
 ]
-
-#: every start method, in the stdlib's order (``_backend`` checks a pool's ``context`` against it)
-START_METHODS = ("spawn", "forkserver", "fork")
-_DEFAULT = "forkserver"
-_chosen: str | None = None  # the method fixed by set_start_method() or a first get_start_method()
 
 
 class Context:
@@ -112,32 +109,18 @@ class ForkContext(Context):
 _CONTEXTS: dict[str, Context] = {c._name: c() for c in (SpawnContext, ForkServerContext, ForkContext)}
 
 
-def _check(method: str) -> str:
-    if method not in START_METHODS:
-        raise ValueError(f"cannot find context for {method!r}")
-    return method
-
-
 def get_context(method: str | None = None) -> Context:
     """The context for ``method`` (``"forkserver"``, ``"spawn"`` or ``"fork"``), or the current one.
 
     Raises:
         ValueError: ``method`` is not a start method.
     """
-    return _CONTEXTS[_current() if method is None else _check(method)]
-
-
-def _current() -> str:
-    """The start method in use, fixing the default if none was chosen (as the stdlib does)."""
-    global _chosen
-    if _chosen is None:
-        _chosen = _DEFAULT
-    return _chosen
+    return _CONTEXTS[start_methods.current() if method is None else start_methods.check(method)]
 
 
 def get_start_method(allow_none: bool = False) -> str | None:
     """The start method in use; fixes the default (``"forkserver"``) unless ``allow_none``."""
-    return _chosen if allow_none else _current()
+    return start_methods.chosen() if allow_none else start_methods.current()
 
 
 def set_start_method(method: str | None, force: bool = False) -> None:
@@ -147,15 +130,13 @@ def set_start_method(method: str | None, force: bool = False) -> None:
         RuntimeError: A method was already set (or used) and ``force`` is false.
         ValueError: ``method`` is not a start method.
     """
-    global _chosen
-    if _chosen is not None and not force:
-        raise RuntimeError("context has already been set")
-    _chosen = None if method is None else _check(method)
+    start_methods.choose(method, force)
 
 
 def get_all_start_methods() -> list[str]:
     """The start methods ferropool accepts, the default first."""
-    return [_DEFAULT, *(m for m in START_METHODS if m != _DEFAULT)]
+    default = start_methods.DEFAULT
+    return [default, *(m for m in start_methods.METHODS if m != default)]
 
 
 def freeze_support() -> None:
@@ -168,7 +149,7 @@ def set_executable(executable: Any) -> None:
     That is pool workers and processes started by ``"spawn"``, or when there is no fork server.
     Children forked from the fork server are copies of this interpreter and are not affected.
     """
-    from ._spawn import set_executable as set_in_spawn
+    from ._runtime.spawn import set_executable as set_in_spawn
 
     set_in_spawn(executable)
 
@@ -183,7 +164,7 @@ def set_forkserver_preload(module_names: Any) -> None:
     Raises:
         TypeError: ``module_names`` is not a list of strings.
     """
-    from . import _forkserver
+    from ._runtime import forkserver
 
     try:
         names = None if isinstance(module_names, str) else list(module_names)
@@ -191,7 +172,7 @@ def set_forkserver_preload(module_names: Any) -> None:
         names = None
     if names is None or not all(type(name) is str for name in names):
         raise TypeError("module_names must be a list of strings")
-    _forkserver.preload = names
+    forkserver.preload = names
 
 
 def allow_connection_pickling() -> None:

@@ -14,7 +14,7 @@ Life of a task in a ``ProcessPoolExecutor``::
 
 A ``ThreadPoolExecutor`` hands ``(future, fn, args, kwargs)`` to Rust-owned threads, which call
 ``fn`` and complete the future themselves. Both executors are thin adapters over the backends in
-``_backend.py``, which ``Pool`` and ``ThreadPool`` use too.
+``_pool/backend.py``, which ``Pool`` and ``ThreadPool`` use too.
 """
 
 from __future__ import annotations
@@ -31,18 +31,23 @@ from concurrent.futures import wait as _stdlib_wait
 from concurrent.futures._base import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _aio, _core, _progress, _setup, _state, _stats
-from ._backend import (
+from . import _core
+from ._pool import aio as _aio
+from ._pool import progress as _progress
+from ._pool import setup as _setup
+from ._pool import stats as _stats
+from ._pool.backend import (
     ProcessBackend,
     ThreadBackend,
     check_callable,
     check_positive_int,
     check_timeout,
     chunks,
-    start_method,
 )
-from ._batching import EagerMap
-from ._future import Future
+from ._pool.batching import EagerMap
+from ._pool.future import Future
+from ._runtime import start_methods
+from ._worker import state as _state
 from .errors import TimeoutError
 
 if TYPE_CHECKING:
@@ -206,7 +211,9 @@ class _Executor(Executor):
         if adaptive and buffersize is None and process and self._task_timeout is None:
             items_list = list(iterables[0]) if single else list(zip(*iterables, strict=False))
             submit_batch = self._backend.outcome_submitter(fn, star=not single)
-            eager = EagerMap(submit_batch, items_list, self._backend.workers, True, self._backend, progress)
+            eager = EagerMap(
+                submit_batch, items_list, self._backend.workers, per_item=True, owner=self._backend, progress=progress
+            )
             return eager.results(end_time)
         chunked = chunksize > 1 and process
         items: Iterator[Any]
@@ -354,7 +361,7 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
         if max_workers is None:
             max_workers = _core.cpu_count()
         check_positive_int(max_workers, "max_workers", "max_workers must be greater than 0")
-        method = start_method(mp_context)
+        method = start_methods.for_pool(mp_context)
         if initializer is not None:
             check_callable(initializer, "initializer")
         if max_tasks_per_child is not None:
@@ -369,9 +376,9 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
             method,
             initializer,
             tuple(initargs),
-            max_tasks_per_child,
-            max_memory_per_child,
-            bool(cancel_running),
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child,
+            cancel_running=bool(cancel_running),
             setup=setup,
         )
 
@@ -416,6 +423,8 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
     def _interrupted(self) -> None:
         self.terminate_workers()
 
+    # Python 3.14 sends SIGTERM for terminate_workers() and SIGKILL for kill_workers(); both
+    # SIGKILL here, since a task can ignore SIGTERM (docs/ARCHITECTURE.md, last section)
     kill_workers = terminate_workers
 
 

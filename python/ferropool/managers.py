@@ -42,7 +42,8 @@ from ._manager_server import (
     run_server,
 )
 from ._manager_types import Array, JoinableQueue, Namespace, Value, make_pool
-from ._serialize import dumps
+from ._runtime import lifecycle
+from ._runtime.serialize import dumps
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -772,6 +773,18 @@ class State:
 
 _manager_numbers = itertools.count(1)
 
+#: the finalizers of started managers: at exit each server is asked to stop, newest first, before
+#: the ``Process`` children (the servers among them) are joined
+_finalizers: list[weakref.finalize] = []  # type: ignore[type-arg]
+
+
+def _stop_servers_at_exit(interrupted: bool) -> None:
+    for finalizer in reversed(_finalizers):
+        finalizer()
+
+
+lifecycle.finish_at_exit(_stop_servers_at_exit, first=True)
+
 
 class BaseManager:
     """Starts (or connects to) a server process holding objects shared through proxies.
@@ -836,7 +849,6 @@ class BaseManager:
 
     def start(self, initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = ()) -> None:
         """Starts the server process; returns once it listens."""
-        from . import _exit  # noqa: F401  # its exit hook must be registered before this manager's
         from .connection import Pipe
         from .process import Process, ProcessError
 
@@ -892,8 +904,8 @@ class BaseManager:
             self, _finalize_manager, process, self._address, parent_end, self._state, self._shutdown_timeout
         )
         self._finalizer.atexit = False
-        # before ferropool's own exit hook joins the children: the server must be asked to stop first
-        threading._register_atexit(self._finalizer)  # type: ignore[attr-defined]
+        _finalizers[:] = [f for f in _finalizers if f.alive]
+        _finalizers.append(self._finalizer)
 
     def join(self, timeout: float | None = None) -> None:
         """Waits for the server process to end."""

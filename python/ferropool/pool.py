@@ -1,6 +1,6 @@
 """``multiprocessing.pool`` on ferropool's engine: Pool, ThreadPool and their results.
 
-A ``Pool`` drives the same backend as ``ProcessPoolExecutor`` (``_backend.ProcessBackend``), a
+A ``Pool`` drives the same backend as ``ProcessPoolExecutor`` (``_pool.backend.ProcessBackend``), a
 ``ThreadPool`` the same one as ``ThreadPoolExecutor``: each call or chunk becomes one task with
 one ``Future``, and the result objects here wrap those futures.
 
@@ -28,18 +28,23 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import _aio, _core, _progress, _setup, _state, _stats
-from ._backend import (
+from . import _core
+from ._pool import aio as _aio
+from ._pool import progress as _progress
+from ._pool import setup as _setup
+from ._pool import stats as _stats
+from ._pool.backend import (
     ProcessBackend,
     ThreadBackend,
     check_callable,
     check_positive_int,
     check_timeout,
     failed,
-    start_method,
 )
-from ._batching import BatchSizer, EagerMap, unpack_outcomes
-from ._future import Future
+from ._pool.batching import BatchSizer, EagerMap, unpack_outcomes
+from ._pool.future import Future
+from ._runtime import start_methods
+from ._worker import state as _state
 from .errors import CancelledError, MaybeEncodingError, TimeoutError
 
 if TYPE_CHECKING:
@@ -237,7 +242,7 @@ class IMapIterator(Generic[T]):
     together, so a reader that is the bottleneck costs the pool one wake-up per batch.
 
     Short calls travel several to a task: the worker reports how long the items took, and each
-    task is made to carry about ``_batching.TARGET_S`` of work (never fewer items than
+    task is made to carry about ``_pool.batching.TARGET_S`` of work (never fewer items than
     ``chunksize``, and few enough to keep every worker busy). Every item keeps its own outcome, so
     an exception is raised at that item's place and iteration can go on after it, as with
     ``chunksize=1``. If the input itself raises, ``next()`` raises that exception where the chunk
@@ -395,9 +400,32 @@ class IMapIterator(Generic[T]):
         return unpack_outcomes(outcomes, pool=True)
 
 
-def _chunked(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
+class _PoolCommon:
+    """What a ``Pool`` and its ``options()`` views share besides the backend.
+
+    Its state (closing a view closes the pool) and its one callback thread (a callback of a
+    call made through a view runs on the pool's thread, after the pool's earlier callbacks).
+    """
+
+    __slots__ = ("_lock", "runner", "state")
+
+    def __init__(self) -> None:
+        self.state = RUN
+        self.runner: _CallbackRunner | None = None
+        self._lock = threading.Lock()
+
+    def callbacks(self) -> _CallbackRunner:
+        """The callback thread, started on first use."""
+        if self.runner is None:
+            with self._lock:
+                if self.runner is None:
+                    self.runner = _CallbackRunner()
+        return self.runner
+
+    def close_callbacks(self) -> None:
+        """Runs the callbacks handed over so far, then ends the thread (see ``_CallbackRunner``)."""
+        if self.runner is not None:
+            self.runner.close()
 
 
 class _CallbackRunner:
@@ -487,21 +515,26 @@ class Pool:
     """
 
     _backend: ProcessBackend | ThreadBackend | ClusterBackend
+    #: what this pool and every view of it (``options()``) share: its state and callback thread
+    _common: _PoolCommon
     #: the time limit of each call or chunk submitted through this object (process pools only)
     _task_timeout: float | None = None
-    _runner: _CallbackRunner | None = None
     #: made by options(): its end is the pool's, so it warns of nothing when collected
     _is_view = False
-    _runner_lock = threading.Lock()
+
+    @property
+    def _state(self) -> str:
+        """``RUN``, ``CLOSE`` or ``TERMINATE``: the pool's, for the pool and each of its views."""
+        return self._common.state
+
+    @_state.setter
+    def _state(self, state: str) -> None:
+        self._common.state = state
 
     @property
     def _callbacks(self) -> _CallbackRunner:
         """The pool's callback thread, started on first use."""
-        if self._runner is None:
-            with self._runner_lock:
-                if self._runner is None:
-                    self._runner = _CallbackRunner()
-        return self._runner
+        return self._common.callbacks()
 
     def __init__(
         self,
@@ -518,7 +551,7 @@ class Pool:
         limit_blas_threads: bool = True,
         cluster: Any = None,
     ) -> None:
-        self._state = RUN
+        self._common = _PoolCommon()
         if cluster is not None:  # --- a Dask cluster runs the tasks (_cluster.py) ---
             from . import _cluster
 
@@ -542,7 +575,7 @@ class Pool:
             not isinstance(maxtasksperchild, int) or isinstance(maxtasksperchild, bool) or maxtasksperchild <= 0
         ):
             raise ValueError("maxtasksperchild must be a positive int or None")
-        method = start_method(context, "context")
+        method = start_methods.for_pool(context, "context")
         if max_memory_per_child is not None:
             check_positive_int(max_memory_per_child, "max_memory_per_child", "max_memory_per_child must be >= 1 byte")
         self._task_timeout = check_timeout(task_timeout, "task_timeout")
@@ -553,8 +586,8 @@ class Pool:
             method,
             initializer,
             tuple(initargs),
-            maxtasksperchild,
-            max_memory_per_child,
+            max_tasks_per_child=maxtasksperchild,
+            max_memory_per_child=max_memory_per_child,
             setup=setup,
             pool_errors=True,
         )
@@ -690,7 +723,9 @@ class Pool:
         runner = self._callbacks if callback is not None or error_callback is not None else None
         if chunksize is None and self._task_timeout is None and not isinstance(self._backend, ThreadBackend):
             submit_timed = self._backend.chunk_submitter(func, star, timed=True)
-            eager = EagerMap(submit_timed, items, self._processes, False, self._backend, progress)
+            eager = EagerMap(
+                submit_timed, items, self._processes, per_item=False, owner=self._backend, progress=progress
+            )
             return MapResult(eager, callback, error_callback, runner)
         if chunksize is None:
             chunksize = _default_chunksize(len(items), self._processes)
@@ -792,8 +827,7 @@ class Pool:
         if self._state == RUN:
             raise ValueError("Pool is still running")
         self._backend.join()
-        if self._runner is not None:
-            self._runner.close()
+        self._common.close_callbacks()
 
     def __enter__(self) -> Pool:
         self._check_running()
@@ -813,9 +847,10 @@ class Pool:
         return view
 
     def __del__(self) -> None:
-        # the stdlib's warning; the pool itself still finishes its queued work (see _exit.py).
+        # the stdlib's warning; the pool itself still finishes its queued work (see _runtime/lifecycle.py).
         # A constructor that raised made no pool: nothing to warn of.
-        made = self.__dict__.get("_state") == RUN and "_backend" in self.__dict__
+        common = self.__dict__.get("_common")
+        made = common is not None and common.state == RUN and "_backend" in self.__dict__
         if made and not self._is_view:
             warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, stacklevel=2, source=self)
 
@@ -845,7 +880,7 @@ class ThreadPool(Pool):
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
     ) -> None:
-        self._state = RUN
+        self._common = _PoolCommon()
         processes = _check_pool_size(processes)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")

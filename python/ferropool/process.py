@@ -2,7 +2,7 @@
 
 The names and semantics of ``multiprocessing``'s, on ferropool's safe start: never a ``fork()``
 of the (threaded) parent. A child is forked by ferropool's fork server when there is one (see
-``_forkserver.start_process``; the payload then starts with the parent's working directory,
+``forkserver.start_process``; the payload then starts with the parent's working directory,
 ``sys.path`` and environment), else it is a fresh interpreter. The life of a spawned one::
 
  parent                                          child: python -S -c ... (parent's sys.path)
@@ -17,7 +17,7 @@ of the (threaded) parent. A child is forked by ferropool's fork server when ther
  join() / is_alive() / sentinel                  interpreter exit (joins its own children)
    wait on a pidfd, GIL released ◀───────────── exit status (minus the signal if killed)
 
-At the parent's interpreter exit (``_exit.py``), daemonic children are terminated and the others
+At the parent's interpreter exit (``lifecycle.py``), daemonic children are terminated and the others
 joined, as ``multiprocessing`` does.
 """
 
@@ -29,7 +29,8 @@ import sys
 import time
 
 from . import _core, connection
-from ._serialize import dumps
+from ._runtime import lifecycle, naming, start_methods
+from ._runtime.serialize import dumps, load_in_child
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -121,29 +122,28 @@ class Process:
         _require(self._popen is None, "cannot start a process twice")
         _require(self._parent_pid == os.getpid(), "can only start a process object created by current process")
         _require(not _current_process._config.get("daemon"), "daemonic processes are not allowed to have children")
-        from . import _exit  # noqa: F401 - its exit hook finishes the children (_finish_children)
-        from ._spawn import process_argv
+        from ._runtime.spawn import process_argv
 
         _cleanup()
         inherited: dict[int, None] = {}
         connection._passing.fds = inherited
         # the child's get_start_method(), as the stdlib's children learn the method they came by
-        self._started_by = self._start_method_name or _context_method()
+        self._started_by = self._start_method or start_methods.current()
         self._log_config = _log_config()
         try:
             payload = dumps((self, sys.argv))
         finally:
             del connection._passing.fds
         server = None
-        if self._start_method() != "spawn":
-            from . import _forkserver
+        if start_methods.how_to_start(self._start_method) != "spawn":
+            from ._runtime import forkserver
 
-            server = _forkserver.connect()  # before the pipe: a server made now must not hold it
+            server = forkserver.connect()  # before the pipe: a server made now must not hold it
         read_end, write_end = os.pipe()
         try:
             forked = None
             if server is not None:
-                forked = _forkserver.start_process(server, read_end, list(inherited))
+                forked = forkserver.start_process(server, read_end, list(inherited))
             if forked is not None:
                 self._popen = _core.ChildProcess.adopt(*forked)
                 # a fork of the server: it has the server's cwd, path and environment, not ours
@@ -165,14 +165,7 @@ class Process:
 
     #: ``"spawn"`` for a fresh interpreter; ``None`` follows ``set_start_method()``: a fork of
     #: ferropool's fork server when there is one or one can be made, else a fresh interpreter
-    _start_method_name: str | None = None
-
-    def _start_method(self) -> str:
-        if self._start_method_name is not None:
-            return self._start_method_name
-        from ._spawn import default_method
-
-        return default_method()
+    _start_method: str | None = None
 
     def terminate(self) -> None:
         """Terminates the process with SIGTERM (``exitcode`` becomes ``-15``)."""
@@ -334,18 +327,14 @@ class Process:
         _parent_process = _ParentProcess(self._parent_name, self._parent_pid)
         _current_process = self
         sys.argv[:] = argv
-        from . import context
-
-        context.set_start_method(self._started_by, force=True)
-        from ._worker_start import name_this_process
-
-        name_this_process(self.name)
+        start_methods.choose(self._started_by, force=True)
+        naming.rename(self.name)
         import logging
 
         log = logging.getLogger("ferropool")  # get_logger(), without loading the pools' machinery
         level, to_stderr = self._log_config
         if to_stderr:
-            from ._logs import log_to_stderr
+            from ._pool.logs import log_to_stderr
 
             log_to_stderr()
         if level is not None:
@@ -381,13 +370,13 @@ class Process:
 class SpawnProcess(Process):
     """A ``Process`` always started as a fresh interpreter (``get_context("spawn").Process``)."""
 
-    _start_method_name = "spawn"
+    _start_method = "spawn"
 
 
 class ForkServerProcess(Process):
     """A ``Process`` of the ``"forkserver"`` context: forked from the fork server where there is one."""
 
-    _start_method_name = "forkserver"
+    _start_method = "forkserver"
 
 
 class ForkProcess(Process):
@@ -397,7 +386,7 @@ class ForkProcess(Process):
     ``get_start_method()`` says ``"fork"``.
     """
 
-    _start_method_name = "fork"
+    _start_method = "fork"
 
 
 def _exitcode_name(exitcode: int) -> str:
@@ -420,8 +409,7 @@ class _MainProcess(Process):
         self._parent_name = ""
         self._popen = None
         self._closed = False
-        start = sys.modules.get("ferropool._worker_start")  # in a pool's worker: PoolWorker-<n>
-        self._name = getattr(start, "worker_name", None) or "MainProcess"
+        self._name = naming.name or "MainProcess"  # in a pool's worker: PoolWorker-<n>
 
     def close(self) -> None:
         pass
@@ -487,7 +475,7 @@ def active_children() -> list[Process]:
 
 
 def _finish_children(interrupted: bool = False) -> None:
-    """At interpreter exit (``_exit.py``): stops daemonic children and joins the others.
+    """At interpreter exit (``lifecycle.py``): stops daemonic children and joins the others.
 
     A program ending with Ctrl-C (``interrupted``) stops every child, so an interrupted program
     never waits for its children; so does a second Ctrl-C during the join (the stdlib would leave
@@ -527,12 +515,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _context_method() -> str:
-    from . import context
-
-    return context.get_start_method()  # type: ignore[return-value] # not None without allow_none
-
-
 def _log_config() -> tuple[int | None, bool]:
     """The parent's logger level and ``log_to_stderr()``, for the child.
 
@@ -542,17 +524,15 @@ def _log_config() -> tuple[int | None, bool]:
     logging = sys.modules.get("logging")
     if logging is None or not isinstance(logging.Logger.manager.loggerDict.get("ferropool"), logging.Logger):
         return None, False
-    logs = sys.modules.get("ferropool._logs")
+    logs = sys.modules.get("ferropool._pool.logs")  # loaded if log_to_stderr() was called
     return logging.getLogger("ferropool").getEffectiveLevel(), getattr(logs, "_stderr_handler", None) is not None
 
 
 def _child_main(fd: int) -> None:
-    """Entry point of a child (see ``_spawn.process_argv``): reads its process object from ``fd``."""
-    from ._worker import _loads
-
+    """Entry point of a child (see ``_runtime/spawn.process_argv``): reads its process object from ``fd``."""
     with open(fd, "rb") as pipe:
         payload = pipe.read()
-    process, argv = _loads(payload)
+    process, argv = load_in_child(payload)
     sys.exit(process._bootstrap(argv))
 
 
@@ -568,8 +548,6 @@ def _forked_child_main(fd: int) -> int:
     import io
     import threading
 
-    from ._worker import _loads
-
     with open(fd, "rb") as pipe:
         payload = pipe.read()
     stream = io.BytesIO(payload)
@@ -581,23 +559,31 @@ def _forked_child_main(fd: int) -> int:
     sys.path[:] = path
     os.environ.clear()
     os.environ.update(environ)
-    process, argv = _loads(memoryview(payload)[stream.tell() :])
-    import atexit
-
+    process, argv = load_in_child(memoryview(payload)[stream.tell() :])
     # the parent's atexit handlers came with the fork and are not the child's; the handlers the
     # target registers run at its end, as in a spawned child (and the stdlib's, since 3.13)
-    atexit._clear()
-    queues = sys.modules.get("ferropool.queues")
-    if queues is not None:
-        atexit.register(queues._flush_all)
+    lifecycle.forget_inherited_atexit()
     code = process._bootstrap(argv)
     try:
         threading._shutdown()  # type: ignore[attr-defined]
     except BaseException:
         pass
-    atexit._run_exitfuncs()
+    lifecycle.run_atexit_in_forked_child()
     return int(code)
 
 
 # a child of os.fork() has no children yet; the parent's are not its to join at exit
-os.register_at_fork(after_in_child=_children.clear)
+lifecycle.finish_at_exit(_finish_children)
+
+
+def _renamed(name: str) -> None:
+    """A pool worker named itself: the main process object takes the name.
+
+    A ``Process`` child is its own process object, which already has its name.
+    """
+    if type(_current_process) is _MainProcess:
+        _current_process.name = name
+
+
+naming.on_rename(_renamed)
+lifecycle.after_fork_in_child(_children.clear)

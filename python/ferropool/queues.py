@@ -16,10 +16,10 @@ a quarter of the ring travels in parts.
 
 from __future__ import annotations
 
-import atexit
 import weakref
 
 from . import _core
+from ._runtime import lifecycle
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -40,11 +40,13 @@ def _rebuild(cls: Any, handle: tuple[int, int, int, int, int]) -> Any:
 _live: weakref.WeakSet[_core.Queue] = weakref.WeakSet()
 
 
-@atexit.register
 def _flush_all() -> None:
     for q in list(_live):
         if not getattr(q, "_cancelled", False):
             q._flush()
+
+
+lifecycle.after_exit(_flush_all)
 
 
 def _track(q: _Q) -> _Q:

@@ -17,7 +17,7 @@ from collections import ChainMap
 from typing import Any
 
 from ._handles import recv_handle, send_handle
-from ._serialize import extra_reducers
+from ._runtime.serialize import extra_reducers
 
 __all__ = ["HAVE_SEND_HANDLE", "ForkingPickler", "dump", "recv_handle", "register", "send_handle"]
 

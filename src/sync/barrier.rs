@@ -8,13 +8,12 @@
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::time::Instant;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::lock::MutexRecord;
 use super::{futex, park, slice_end};
 use crate::errors::Error;
-use crate::shm::{Handle, Shared};
+use crate::shm::{Handle, SharedRecord};
 use crate::signals::{timeout_from_secs, wait_interruptible};
 
 const OUTCOMES: usize = 64;
@@ -41,7 +40,7 @@ pub struct BarrierRecord {
 /// `threading.Barrier` shared between processes.
 #[pyclass(name = "Barrier", module = "ferropool._core", frozen, subclass)]
 pub struct PyBarrier {
-    rec: Shared<BarrierRecord>,
+    rec: SharedRecord<BarrierRecord>,
 }
 
 impl PyBarrier {
@@ -100,13 +99,13 @@ impl PyBarrier {
     fn new(parties: i64, handle: Option<Handle>) -> PyResult<Self> {
         if let Some(h) = handle {
             return Ok(PyBarrier {
-                rec: Shared::attach(h)?,
+                rec: SharedRecord::attach(h)?,
             });
         }
         if parties < 1 || parties > i64::from(u32::MAX) {
-            return Err(PyValueError::new_err("parties must be >= 1"));
+            return Err(Error::InvalidArgument("parties must be >= 1".into()).into());
         }
-        let rec: Shared<BarrierRecord> = Shared::create(0)?;
+        let rec: SharedRecord<BarrierRecord> = SharedRecord::create(0)?;
         rec.parties.store(parties as u32, Ordering::SeqCst);
         Ok(PyBarrier { rec })
     }

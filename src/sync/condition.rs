@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use pyo3::prelude::*;
 
 use super::{futex, park, slice_end};
-use crate::shm::{Handle, Shared};
+use crate::shm::{Handle, SharedRecord};
 use crate::signals::{timeout_from_secs, wait_interruptible};
 
 /// The shared state of a condition's wait queue.
@@ -48,7 +48,7 @@ impl CondRecord {
 /// `Condition`'s shared wait queue.
 #[pyclass(name = "CondVar", module = "ferropool._core", frozen)]
 pub struct PyCondVar {
-    rec: Shared<CondRecord>,
+    rec: SharedRecord<CondRecord>,
 }
 
 #[pymethods]
@@ -56,7 +56,7 @@ impl PyCondVar {
     #[new]
     #[pyo3(signature = (handle=None))]
     fn new(handle: Option<Handle>) -> PyResult<Self> {
-        let rec = Shared::open(handle)?;
+        let rec = SharedRecord::open(handle)?;
         Ok(PyCondVar { rec })
     }
 

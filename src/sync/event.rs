@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use pyo3::prelude::*;
 
 use super::{futex, park, slice_end};
-use crate::shm::{Handle, Shared};
+use crate::shm::{Handle, SharedRecord};
 use crate::signals::{timeout_from_secs, wait_interruptible};
 
 /// The shared state of an event.
@@ -21,7 +21,7 @@ pub struct EventRecord {
 /// `multiprocessing.Event`.
 #[pyclass(name = "Event", module = "ferropool._core", frozen, subclass)]
 pub struct PyEvent {
-    rec: Shared<EventRecord>,
+    rec: SharedRecord<EventRecord>,
 }
 
 #[pymethods]
@@ -29,7 +29,7 @@ impl PyEvent {
     #[new]
     #[pyo3(signature = (handle=None))]
     fn new(handle: Option<Handle>) -> PyResult<Self> {
-        let rec = Shared::open(handle)?;
+        let rec = SharedRecord::open(handle)?;
         Ok(PyEvent { rec })
     }
 

@@ -5,15 +5,15 @@
 //! whether the owner is alive; if not, one compare-and-swap from the dead owner's exact word to
 //! its own pid takes the lock over (two waiters cannot both win it).
 
+use crate::errors::Error;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyAssertionError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use super::{current_pid, current_thread, futex, park, process_alive, slice_end, spin_until, warn_took_over};
-use crate::shm::{Handle, Shared};
+use crate::shm::{Handle, SharedRecord};
 use crate::signals::{timeout_from_secs, wait_interruptible};
 
 /// Set in the lock word when a waiter may be parked on it.
@@ -165,7 +165,7 @@ const RELEASED_TOO_MANY: &str = "semaphore or lock released too many times";
 /// `multiprocessing.Lock`: a non-recursive lock any process can hold.
 #[pyclass(name = "Lock", module = "ferropool._core", frozen, subclass)]
 pub struct PyLock {
-    rec: Shared<MutexRecord>,
+    rec: SharedRecord<MutexRecord>,
 }
 
 #[pymethods]
@@ -173,7 +173,7 @@ impl PyLock {
     #[new]
     #[pyo3(signature = (handle=None))]
     fn new(handle: Option<Handle>) -> PyResult<Self> {
-        let rec = Shared::open(handle)?;
+        let rec = SharedRecord::open(handle)?;
         Ok(PyLock { rec })
     }
 
@@ -190,7 +190,7 @@ impl PyLock {
     /// Releases the lock; any process or thread may release it.
     fn release(&self) -> PyResult<()> {
         if self.rec.owner_pid() == 0 || !self.rec.unlock() {
-            return Err(PyValueError::new_err(RELEASED_TOO_MANY));
+            return Err(Error::InvalidState(RELEASED_TOO_MANY.into()).into());
         }
         Ok(())
     }
@@ -234,7 +234,7 @@ impl PyLock {
 /// `multiprocessing.RLock`: a lock its owning thread may acquire again.
 #[pyclass(name = "RLock", module = "ferropool._core", frozen, subclass)]
 pub struct PyRLock {
-    rec: Shared<MutexRecord>,
+    rec: SharedRecord<MutexRecord>,
 }
 
 #[pymethods]
@@ -242,7 +242,7 @@ impl PyRLock {
     #[new]
     #[pyo3(signature = (handle=None))]
     fn new(handle: Option<Handle>) -> PyResult<Self> {
-        let rec = Shared::open(handle)?;
+        let rec = SharedRecord::open(handle)?;
         Ok(PyRLock { rec })
     }
 
@@ -263,9 +263,7 @@ impl PyRLock {
     /// Undoes one acquisition by the owning thread.
     fn release(&self) -> PyResult<()> {
         if !self.rec.is_mine() {
-            return Err(PyAssertionError::new_err(
-                "attempt to release recursive lock not owned by thread",
-            ));
+            return Err(Error::NotOwner("attempt to release recursive lock not owned by thread").into());
         }
         if self.rec.count.load(Ordering::Relaxed) <= 1 {
             self.rec.unlock();
@@ -303,9 +301,7 @@ impl PyRLock {
     /// Releases every level for `Condition.wait`; returns the count to restore.
     fn _release_save(&self) -> PyResult<u32> {
         if !self.rec.is_mine() {
-            return Err(PyAssertionError::new_err(
-                "attempt to release recursive lock not owned by thread",
-            ));
+            return Err(Error::NotOwner("attempt to release recursive lock not owned by thread").into());
         }
         let count = self.rec.count.load(Ordering::Relaxed);
         self.rec.unlock();
@@ -351,7 +347,7 @@ mod tests {
 
     #[test]
     fn threads_exclude_each_other() {
-        let rec: Arc<Shared<MutexRecord>> = Arc::new(Shared::create(0).unwrap());
+        let rec: Arc<SharedRecord<MutexRecord>> = Arc::new(SharedRecord::create(0).unwrap());
         let counter = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..4)
             .map(|_| {

@@ -1,7 +1,7 @@
 //! Locks, semaphores, conditions, events and barriers shared between processes.
 //!
 //! Each primitive is a small record of atomics at the start of an anonymous shared segment
-//! ([`crate::shm::Shared`]); processes block on its 32-bit words with `futex` (the shared, not
+//! ([`crate::shm::SharedRecord`]); processes block on its 32-bit words with `futex` (the shared, not
 //! the process-private, kind). Waits run in slices ([`crate::signals::wait_interruptible`]) with
 //! the GIL released, so timeouts and Ctrl-C are honoured, and so that between slices a waiter can
 //! see that the process holding what it waits for has died and take it over

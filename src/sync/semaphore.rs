@@ -9,15 +9,15 @@
 //! a release, and giving a dead process's units back can never raise the count above what it
 //! would be had that process released them.
 
+use crate::errors::Error;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use super::{current_pid, futex, park, process_alive, slice_end, spin_until, warn_took_over};
-use crate::shm::{Handle, Shared};
+use crate::shm::{Handle, SharedRecord};
 use crate::signals::{timeout_from_secs, wait_interruptible};
 
 /// How many processes' holdings are tracked; units taken by more processes than this at once
@@ -168,7 +168,7 @@ impl SemRecord {
 /// `multiprocessing.Semaphore` and (with `maxvalue`) `BoundedSemaphore`.
 #[pyclass(name = "Semaphore", module = "ferropool._core", frozen, subclass)]
 pub struct PySemaphore {
-    rec: Shared<SemRecord>,
+    rec: SharedRecord<SemRecord>,
 }
 
 #[pymethods]
@@ -178,17 +178,17 @@ impl PySemaphore {
     fn new(value: i64, maxvalue: Option<i64>, handle: Option<Handle>) -> PyResult<Self> {
         if let Some(h) = handle {
             return Ok(PySemaphore {
-                rec: Shared::attach(h)?,
+                rec: SharedRecord::attach(h)?,
             });
         }
         if value < 0 {
-            return Err(PyValueError::new_err("semaphore initial value must be >= 0"));
+            return Err(Error::InvalidArgument("semaphore initial value must be >= 0".into()).into());
         }
         let limit = i64::from(u32::MAX - 1);
         if value > limit || maxvalue.is_some_and(|m| m > limit) {
-            return Err(PyValueError::new_err(format!("semaphore value must be <= {limit}")));
+            return Err(Error::InvalidArgument(format!("semaphore value must be <= {limit}")).into());
         }
-        let rec: Shared<SemRecord> = Shared::create(0)?;
+        let rec: SharedRecord<SemRecord> = SharedRecord::create(0)?;
         rec.value.store(value as u32, Ordering::Relaxed);
         rec.max
             .store(maxvalue.map_or(UNBOUNDED, |m| m as u32), Ordering::Release);
@@ -226,7 +226,7 @@ impl PySemaphore {
         if self.rec.give() {
             Ok(())
         } else {
-            Err(PyValueError::new_err("semaphore or lock released too many times"))
+            Err(Error::InvalidState("semaphore or lock released too many times".into()).into())
         }
     }
 
@@ -261,8 +261,8 @@ impl PySemaphore {
 mod tests {
     use super::*;
 
-    fn record(value: u32, max: u32) -> Shared<SemRecord> {
-        let rec: Shared<SemRecord> = Shared::create(0).unwrap();
+    fn record(value: u32, max: u32) -> SharedRecord<SemRecord> {
+        let rec: SharedRecord<SemRecord> = SharedRecord::create(0).unwrap();
         rec.value.store(value, Ordering::SeqCst);
         rec.max.store(max, Ordering::SeqCst);
         rec

@@ -2,8 +2,8 @@
 
 Switching a program between processes and threads is one import line, as the stdlib promises::
 
-    from ferropool import Pool            # processes
-    from ferropool.dummy import Pool      # threads
+    from .. import Pool  # processes
+    from . import Pool      # threads
 
 ``Pool`` is ferropool's ``ThreadPool`` (threads owned by the Rust core); everything else is the
 stdlib's ``multiprocessing.dummy``, whose ``Process`` is a thread and whose queues and locks are

@@ -21,10 +21,11 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from . import _progress
-from ._future import Future
-from ._serialize import attach_traceback
-from .errors import CancelledError, TimeoutError
+from .._runtime import lifecycle
+from .._runtime.serialize import attach_traceback
+from ..errors import CancelledError, TimeoutError
+from . import progress as _progress
+from .future import Future
 
 #: Work one task should carry once item times are known.
 TARGET_S = 0.001
@@ -59,7 +60,7 @@ class BatchSizer:
 def unpack_outcomes(outcomes: list[tuple[bool, Any]], pool: bool = False) -> list[tuple[bool, Any]]:
     """A worker's per-item outcomes as ``(ok, value or exception with its remote traceback)``.
 
-    ``pool``: see ``_serialize.attach_traceback``.
+    ``pool``: see ``_runtime/serialize.attach_traceback``.
     """
     return [
         (True, v) if ok else (False, v[0] if v[1] is None else attach_traceback(v[0], v[1], pool)) for ok, v in outcomes
@@ -80,6 +81,7 @@ class EagerMap:
         submit: Callable[[Sequence[Any]], Future[Any]],
         items: Sequence[Any],
         workers: int,
+        *,
         per_item: bool,
         owner: object,
         progress: Any = False,
@@ -102,7 +104,6 @@ class EagerMap:
         self._feeding = False
         self._stopped = False
         self.whole: Future[list[Any]] | None = None  # Pool.map's result (see deliver_to)
-        self._errors = 0
         _live.add(self)
         self._feed()
 
@@ -238,3 +239,6 @@ def flush_all(owner: object = None) -> None:
     for eager in list(_live):
         if owner is None or eager.owner is owner:
             eager.flush()
+
+
+lifecycle.flush_at_exit(flush_all)

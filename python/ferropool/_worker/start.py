@@ -1,17 +1,17 @@
 """What a process worker does at start-up, before its first task (``start_worker``).
 
-1. set the BLAS/OpenMP thread variables the parent chose (``_env.py``);
+1. set the BLAS/OpenMP thread variables the parent chose (``_runtime/env.py``);
 2. take the output socket the worker was started with (its other end is the pool's output
-   thread; see ``OUTPUT_FD_VAR``) and let what the worker prints and logs go there:
+   thread; see ``_core.WORKER_OUTPUT_FD_VAR``) and let what the worker prints and logs go there:
    ``sys.stdout``/``sys.stderr`` become text streams that stay for the worker's life and set
    up their forwarding at the first write, and
    ``logging`` gets a forwarding handler (now if it is loaded, else when a task imports it);
 3. run the user's initializer and keep its value for ``ferropool.worker_state()``.
 
 Start-up time is a pool's start-up time, and under ``spawn`` every worker pays it again, so this
-module is small and imports nothing a bare worker lacks. The machinery (``_worker_output.py``)
+module is small and imports nothing a bare worker lacks. The machinery (``output.py``)
 loads at the first print or log record; a worker that does neither never loads it. The parent's
-side, and the design, are in ``_logs.py``.
+side, and the design, are in ``_pool/logs.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ import sys
 
 # the C module: the `socket` wrapper imports enum and selectors, a start-up cost in every worker
 from _socket import socket as _Socket
+
+from .._core import WORKER_NUMBER_VAR, WORKER_OUTPUT_FD_VAR
+from .._runtime import naming
+from . import state as worker_state
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -37,67 +41,54 @@ MESSAGE_MAX = RECORD_MAX + 64
 PENDING_MAX = 4 * 1024 * 1024
 #: Message kinds: the first byte of each message.
 STDOUT, STDERR, RECORD, DROPPED = b"o", b"e", b"r", b"d"
-#: The variable naming the descriptor of a worker's output socket, set where the worker starts
-#: (the engine for a fresh interpreter, the fork server for a fork).
-OUTPUT_FD_VAR = "FERROPOOL_OUTPUT_FD"
 
-#: The variable holding a worker's number in its pool, set where the worker starts.
-NUMBER_VAR = "FERROPOOL_WORKER_NUMBER"
 
-#: This worker's name, ``PoolWorker-<n>`` (its number in its pool, in start order), as
-#: ``current_process().name`` and the parent's records of it give it.
-worker_name: str | None = None
-
-#: ``state`` before any initializer ran.
-NO_STATE: Any = object()
-#: What this worker's initializer returned (``ferropool.worker_state()``).
-state: Any = NO_STATE
 #: The non-blocking socket to the pool's output thread, once taken over.
 connection: _Socket | None = None
 
 
 def name_worker() -> None:
-    """Gives this worker its name (``worker_name``), first thing in the worker."""
-    global worker_name
-    number = os.environ.pop(NUMBER_VAR, None)
+    """Names this worker ``PoolWorker-<n>`` (its number in its pool), first thing in the worker."""
+    number = os.environ.pop(WORKER_NUMBER_VAR, None)
     if number is not None:
-        worker_name = f"PoolWorker-{number}"
-        name_this_process(worker_name)
+        naming.rename(f"PoolWorker-{number}")
 
 
-def name_this_process(name: str) -> None:
-    """Makes ``name`` what ``current_process().name`` gives, ferropool's and the stdlib's.
+class WorkerConfig:
+    """What a pool asks of each of its workers at start-up; pickled to the worker.
 
-    ``logging`` labels each record (``processName``) with the stdlib's
-    ``multiprocessing.current_process().name``, and only if ``multiprocessing`` is loaded, so
-    it is loaded here if need be (the fork server has it loaded already).
+    ``env``: variables to set (the BLAS thread limits); ``log_level``: forward log records at
+    this level and above to the parent (``None``: none); ``forward_output``: send what the
+    worker prints to the parent.
     """
-    ours = sys.modules.get("ferropool.process")
-    if ours is not None and type(ours._current_process).__name__ == "_MainProcess":
-        ours._current_process.name = name  # else a Process child, which is its own process object
-    import multiprocessing.process
 
-    multiprocessing.process.current_process().name = name
+    __slots__ = ("env", "forward_output", "log_level")
+
+    def __init__(self, env: dict[str, str], log_level: int | None, forward_output: bool) -> None:
+        self.env = env
+        self.log_level = log_level
+        self.forward_output = forward_output
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return WorkerConfig, (self.env, self.log_level, self.forward_output)
 
 
-def start_worker(config: tuple[Any, ...], initializer: Any, *initargs: Any) -> None:
+def start_worker(config: WorkerConfig, initializer: Any, *initargs: Any) -> None:
     """Runs in each worker at start-up, as its pool's initializer (see the module docstring).
 
     Steps 1 and 2 never fail the worker: at worst output stays where it was. If the user's
     initializer raises, the pool is broken, as in the stdlib.
     """
-    global state
-    env, level, output = config
-    if env:
-        os.environ.update(env)
-    fd = os.environ.pop(OUTPUT_FD_VAR, None)  # not for the processes the worker's tasks start
+    if config.env:
+        os.environ.update(config.env)
+    fd = os.environ.pop(WORKER_OUTPUT_FD_VAR, None)  # not for the processes the worker's tasks start
     if fd is not None:
         try:
-            _take_output_socket(int(fd), level, output)
+            _take_output_socket(int(fd), config.log_level, config.forward_output)
         except Exception:
             pass  # output stays where it was; the pool's work matters more
     if initializer is not None:
-        state = initializer(*initargs)
+        worker_state.set_for_process(initializer(*initargs))
 
 
 def _take_output_socket(fd: int, level: int | None, output: bool) -> None:
@@ -111,15 +102,15 @@ def _take_output_socket(fd: int, level: int | None, output: bool) -> None:
     os.set_inheritable(fd, False)
     sock.setblocking(False)
     connection = sock
-    os.register_at_fork(after_in_child=_forget_after_fork)
+    from .._runtime import lifecycle
+
+    lifecycle.after_fork_in_child(_forget_after_fork)
     if output:
         sys.stdout = _text_stream(STDOUT, sys.stdout, 1)
         sys.stderr = _text_stream(STDERR, sys.stderr, 2)
     if level is not None:
         if "logging" in sys.modules:
-            from . import _worker_output
-
-            _worker_output.forward_records(sys.modules["logging"], level)
+            _load_forwarding().forward_records(sys.modules["logging"], level)
         else:
             # importing logging now would cost most of a fresh worker's start-up, and tasks
             # that never log never need it: set it up when something imports it
@@ -145,6 +136,25 @@ def _text_stream(kind: bytes, old: Any, fd: int) -> Any:
     return io.TextIOWrapper(_Sink(kind, fd), encoding=encoding, errors="backslashreplace", write_through=True)
 
 
+#: ``forwarding.py`` once loaded: at the first print or log record, never before.
+_forwarding: Any = None
+
+
+def _load_forwarding() -> Any:
+    global _forwarding
+    if _forwarding is None:
+        from . import forwarding
+
+        _forwarding = forwarding
+    return _forwarding
+
+
+def finish_output() -> None:
+    """At the worker's end: sends what it printed or logged and is still queued, if anything."""
+    if _forwarding is not None:
+        _forwarding.finish_in_worker()
+
+
 _sinks: list[_Sink] = []
 _make_lock = _thread.allocate_lock()
 
@@ -153,7 +163,7 @@ class _Sink:
     """The binary stream under a worker's ``sys.stdout``/``sys.stderr``.
 
     Its target, made at the first write, is the forwarding ``_LineSink`` of
-    ``_worker_output``; in a process a task forked, it is the original descriptor, as it would
+    ``forwarding.py``; in a process a task forked, it is the original descriptor, as it would
     be without ferropool.
     """
 
@@ -169,9 +179,7 @@ class _Sink:
         if target is None:
             with _make_lock:
                 if self._target is None:
-                    from . import _worker_output
-
-                    self._target = _worker_output.line_sink(self._kind) or _FdWriter(self._fd)
+                    self._target = _load_forwarding().line_sink(self._kind) or _FdWriter(self._fd)
                 target = self._target
         return target
 
@@ -246,9 +254,8 @@ def _forget_after_fork() -> None:
     if connection is not None:
         connection.close()
         connection = None
-    output = sys.modules.get("ferropool._worker_output")
-    if output is not None:
-        output.forget_after_fork()
+    if _forwarding is not None:
+        _forwarding.forget_after_fork()
     for sink in _sinks:
         sink._target = _FdWriter(sink._fd)
 
@@ -274,9 +281,7 @@ class _WhenLoggingIsImported:
 
         def exec_module(module: Any) -> None:
             run_module(module)
-            from . import _worker_output
-
-            _worker_output.forward_records(module, level)
+            _load_forwarding().forward_records(module, level)
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec

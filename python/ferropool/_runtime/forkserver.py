@@ -16,7 +16,7 @@ Python's handler.
 Like ``multiprocessing``'s fork start method, workers inherit the descriptors the parent had
 open when the server was made; ``mp_context="spawn"`` gives clean interpreters instead.
 
-Protocol: see ``src/forkserver.rs``.
+Protocol: every message format is in ``forkserver_wire.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import _core
+from .. import _core
+from . import forkserver_wire as wire
+from . import lifecycle
 
 _lock = threading.Lock()
 #: modules a fork server imports as it starts (``set_forkserver_preload``)
@@ -102,16 +104,13 @@ def start_process(conn_fd: int, payload_fd: int, inherit: list[int]) -> tuple[in
     ours, theirs = socket.socketpair()
     with socket.socket(fileno=conn_fd) as conn:
         try:
-            # a message carries at most _FDS_PER_MESSAGE descriptors, each with its number
-            first, rest = inherit[:_FDS_PER_MESSAGE], inherit[_FDS_PER_MESSAGE:]
-            header = struct.pack(f"<ciI{len(first)}i", b"p", os.getpgrp(), len(inherit), *first)
-            socket.send_fds(conn, [header], [payload_fd, theirs.fileno(), *first])
-            for at in range(0, len(rest), _FDS_PER_MESSAGE):
-                chunk = rest[at : at + _FDS_PER_MESSAGE]
-                socket.send_fds(conn, [struct.pack(f"<c{len(chunk)}i", b"f", *chunk)], chunk)
+            step = wire.FDS_PER_MESSAGE
+            for at, message in enumerate(wire.process_request(os.getpgrp(), inherit)):
+                carried = inherit[at * step : (at + 1) * step]
+                socket.send_fds(conn, [message], [payload_fd, theirs.fileno(), *carried] if at == 0 else carried)
             answer = b""
-            while len(answer) < 4:
-                more = conn.recv(4 - len(answer))
+            while len(answer) < wire.PID.size:
+                more = conn.recv(wire.PID.size - len(answer))
                 if not more:
                     raise OSError("the fork server went away")
                 answer += more
@@ -120,13 +119,13 @@ def start_process(conn_fd: int, payload_fd: int, inherit: list[int]) -> tuple[in
             return None
         finally:
             theirs.close()
-    return struct.unpack("<I", answer)[0], ours.detach()
+    return wire.PID.unpack(answer)[0], ours.detach()
 
 
 def _start() -> tuple[int, socket.socket]:
     # the process module draws this process's random authkey when first imported: imported
     # here first, the server's forks share the parent's key (a manager's, a connection's)
-    from . import process  # noqa: F401
+    from .. import process  # noqa: F401
 
     ours, theirs = socket.socketpair()
     for stream in (sys.stdout, sys.stderr):
@@ -157,7 +156,7 @@ def _forget_after_fork() -> None:
         _server = None
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+lifecycle.after_fork_in_child(_forget_after_fork)
 
 
 def _serve(master: socket.socket, parent: int) -> None:
@@ -175,7 +174,7 @@ def _serve(master: socket.socket, parent: int) -> None:
         except ImportError:
             pass
     # loaded once here rather than in each child: logging names a child's records after
-    # multiprocessing.current_process(), but only if multiprocessing is loaded (_worker_start)
+    # multiprocessing.current_process(), but only if multiprocessing is loaded (_runtime/naming.py)
     import multiprocessing.process  # noqa: F401
 
     gc.freeze()  # inherited objects stay put: no collection, no copy-on-write churn
@@ -227,17 +226,17 @@ def _serve(master: socket.socket, parent: int) -> None:
 def _fork_worker(conn: socket.socket, statuses: dict[int, int], server_fds: list[int], server: int) -> bool:
     """Answers one request on an engine's connection; ``False`` when the engine has gone."""
     try:
-        msg, fds, _, _ = socket.recv_fds(conn, 4096, 2 + _FDS_PER_MESSAGE)
+        msg, fds, _, _ = socket.recv_fds(conn, 4096, 2 + wire.FDS_PER_MESSAGE)
     except OSError:
         msg, fds = b"", []
-    if msg[:1] == b"p" and len(fds) >= 2:
+    if msg[:1] == wire.PROCESS and len(fds) >= 2:
         return _fork_process(conn, msg, fds, statuses, server_fds)
     if not msg or len(fds) not in (2, 3):
         for fd in fds:
             os.close(fd)
         return False
     link, status, *output = fds  # output: the worker's output socket, if its pool forwards output
-    number = int.from_bytes(msg[1:5], "little")  # the worker's number in its pool, which names it
+    number = wire.worker_number(msg)  # the worker's number in its pool, which names it
     pid = os.fork()
     if pid == 0:
         _become_worker(link, status, output, number, server_fds, server)
@@ -258,7 +257,7 @@ def _answer(conn: socket.socket, pid: int) -> None:
     Opened now, before this loop can reap the worker, the pidfd names that process and no other,
     where the pid may name another process once the worker is reaped.
     """
-    answer = struct.pack("<I", pid)
+    answer = wire.PID.pack(pid)
     try:
         pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):  # no pidfd_open in this kernel or Python
@@ -270,12 +269,6 @@ def _answer(conn: socket.socket, pid: int) -> None:
         os.close(pidfd)
 
 
-# Descriptors (and their numbers) per message of a Process request: one recvmsg delivers the
-# descriptors of one message, and the kernel takes at most 253 in one.
-_FDS_PER_MESSAGE = 60
-_HEADER = struct.Struct("<ciI")
-
-
 def _fork_process(
     conn: socket.socket, msg: bytes, fds: list[int], statuses: dict[int, int], server_fds: list[int]
 ) -> bool:
@@ -284,16 +277,16 @@ def _fork_process(
     numbers: list[int] = []
     received = [payload, status]
     try:
-        if len(msg) < _HEADER.size:
+        if len(msg) < wire.PROCESS_HEADER.size:
             raise ValueError("short header")
-        _, pgid, total = _HEADER.unpack_from(msg)
-        numbers += _numbers(msg[_HEADER.size :], inherited)
+        _, pgid, total = wire.PROCESS_HEADER.unpack_from(msg)
+        numbers += wire.descriptor_numbers(msg[wire.PROCESS_HEADER.size :], inherited)
         while len(inherited) < total:
-            more, more_fds, _, _ = socket.recv_fds(conn, 4096, _FDS_PER_MESSAGE)
+            more, more_fds, _, _ = socket.recv_fds(conn, 4096, wire.FDS_PER_MESSAGE)
             inherited += more_fds
-            if more[:1] != b"f" or not more_fds:
+            if more[:1] != wire.MORE_FDS or not more_fds:
                 raise ValueError("not a continuation")
-            numbers += _numbers(more[1:], more_fds)
+            numbers += wire.descriptor_numbers(more[1:], more_fds)
         if len(inherited) != total:
             raise ValueError("too many descriptors")
     except (OSError, ValueError, struct.error):
@@ -306,15 +299,8 @@ def _fork_process(
     for fd in (payload, *inherited):
         os.close(fd)
     statuses[pid] = status
-    conn.sendall(struct.pack("<I", pid))
+    conn.sendall(wire.PID.pack(pid))
     return True
-
-
-def _numbers(data: bytes, fds: list[int]) -> list[int]:
-    """The parent's numbers for the descriptors ``fds`` of one message."""
-    if len(data) != 4 * len(fds):
-        raise ValueError("descriptor numbers do not match the descriptors")
-    return list(struct.unpack(f"<{len(fds)}i", data))
 
 
 def _become_process(
@@ -340,7 +326,7 @@ def _become_process(
         os.dup2(devnull, 0)
         os.close(devnull)
         gc.unfreeze()
-        from .process import _forked_child_main
+        from ..process import _forked_child_main
 
         code = _forked_child_main(payload)
     except BaseException:
@@ -389,10 +375,8 @@ def _reap(statuses: dict[int, int]) -> None:
         fd = statuses.pop(pid, None)
         if fd is None:
             continue
-        code = os.waitstatus_to_exitcode(status)
-        payload = struct.pack("<ii", code, 0) if code >= 0 else struct.pack("<ii", -1, -code)
         try:
-            os.write(fd, payload)
+            os.write(fd, wire.status(status))
         except OSError:
             pass  # the engine is gone and does not need to know
         os.close(fd)
@@ -403,15 +387,13 @@ def _become_worker(link: int, status: int, output: list[int], number: int, serve
     try:
         os.setpgid(0, 0)
         _leave_server(status, server_fds)
-        from ._worker_start import NUMBER_VAR, OUTPUT_FD_VAR
-
-        os.environ[NUMBER_VAR] = str(number)  # as a spawned worker learns them
+        os.environ[_core.WORKER_NUMBER_VAR] = str(number)  # as a spawned worker learns them
         if output:
-            os.environ[OUTPUT_FD_VAR] = str(output[0])
+            os.environ[_core.WORKER_OUTPUT_FD_VAR] = str(output[0])
         os.dup2(link, 0)  # the worker loop takes its link from stdin, as a spawned worker does
         os.close(link)
         # inherited objects stay frozen: a collection in the worker never walks the parent's heap
-        from ._worker import main
+        from .._worker.main import main
 
         main(server)
     finally:

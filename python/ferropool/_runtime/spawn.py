@@ -1,4 +1,4 @@
-"""How children start: the default start method, and fresh interpreters' command lines.
+"""Fresh interpreters' command lines (the start method is decided in ``start_methods.py``).
 
 The command lines are those of a pool worker and of a ``Process``'s child.
 """
@@ -38,15 +38,9 @@ def interpreter_argv(code: str) -> list[str]:
 
 def worker_argv() -> list[str]:
     """The command line of a pool worker."""
-    return interpreter_argv(f"from ferropool._worker import main; main({os.getpid()})")
+    return interpreter_argv(f"from ferropool._worker.main import main; main({os.getpid()})")
 
 
 def process_argv(payload_fd: int) -> list[str]:
     """The command line of a ``Process``'s child, which reads its process object from ``payload_fd``."""
     return interpreter_argv(f"from ferropool.process import _child_main; _child_main({payload_fd})")
-
-
-def default_method() -> str:
-    """``"spawn"`` if ``set_start_method("spawn")`` chose it, else ``"forkserver"``."""
-    chosen = getattr(sys.modules.get("ferropool.context"), "_chosen", None)
-    return "spawn" if chosen == "spawn" else "forkserver"

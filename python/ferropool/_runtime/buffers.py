@@ -1,7 +1,7 @@
 """Large buffers through shared memory instead of the worker socket.
 
 Pickle protocol 5 leaves big buffers (``bytearray``, numpy arrays, large ``bytes`` wrapped in
-``LargeBytes``) out of the pickled bytes; ``_serialize.dumps`` collects them. Each goes into its
+``LargeBytes``) out of the pickled bytes; ``serialize.dumps`` collects them. Each goes into its
 own memfd segment: written once by the sender, its descriptor sent with the frame
 (``SCM_RIGHTS``, ``src/fdpass.rs``), mapped by the receiver. Nothing has a name, so nothing can be
 left behind: a segment lives while a descriptor or a mapping of it does, and the kernel drops
@@ -17,8 +17,8 @@ from __future__ import annotations
 import mmap
 import os
 
-from . import _core
-from ._serialize import dump_outcomes, dumps, loads, wrap_large
+from .. import _core
+from .serialize import dump_outcomes, dumps, loads, wrap_large
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:

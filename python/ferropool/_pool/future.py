@@ -17,7 +17,7 @@ from concurrent.futures._base import (
 )
 from typing import Any, TypeVar
 
-from .errors import CancelledError, InvalidStateError, TimeoutError
+from ..errors import CancelledError, InvalidStateError, TimeoutError
 
 __all__ = ["Future"]
 

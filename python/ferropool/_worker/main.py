@@ -2,7 +2,7 @@
 
 The loop around it (reading frames, batching results, exiting with the parent) is Rust:
 ``worker_main`` in ``src/worker.rs``. A worker is started as ``python -S -c ...`` by
-``_spawn.worker_argv()`` with the parent's ``sys.path``; skipping ``site`` halves start-up time.
+``_runtime/spawn.worker_argv()`` with the parent's ``sys.path``; skipping ``site`` halves start-up time.
 If an unpickle then fails for a module only ``site`` would have made importable (an editable
 install's import hook, say), the worker runs ``site`` once and tries again.
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
-from . import _by_value, _core
-from ._buffers import from_segments, pack, pack_outcomes, release_received
-from ._serialize import (
+from .. import _core
+from .._runtime import by_value
+from .._runtime.buffers import from_segments, pack, pack_outcomes, release_received
+from .._runtime.serialize import (
     FLAG_CACHEABLE,
     FLAG_ITEM_CHUNK,
     FLAG_OUTCOMES,
@@ -25,8 +25,9 @@ from ._serialize import (
     dump_exception,
     encoding_error,
     exception_with_traceback,
-    loads,
+    load_in_child,
 )
+from . import chunk
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 
@@ -39,18 +40,6 @@ if TYPE_CHECKING:
 _FN_CACHE_MAX = 1024
 
 
-def _loads(data: Any, buffers: list[Any] | None = None) -> Any:
-    try:
-        return loads(data, buffers=buffers)
-    except ModuleNotFoundError:
-        if "site" in sys.modules:
-            raise
-        import site
-
-        site.main()
-        return loads(data, buffers=buffers)
-
-
 class Handler:
     """Runs calls for ``worker_main``; each method returns ``(ok, payload)``."""
 
@@ -60,10 +49,10 @@ class Handler:
     def _function(self, body: bytes, fn_len: int, flags: int) -> Any:
         fn_bytes = body[:fn_len]
         if not flags & FLAG_CACHEABLE:
-            return _loads(fn_bytes)
+            return load_in_child(fn_bytes)
         fn = self._functions.get(fn_bytes)
         if fn is None:
-            fn = _loads(fn_bytes)
+            fn = load_in_child(fn_bytes)
             if len(self._functions) >= _FN_CACHE_MAX:
                 self._functions.clear()
             self._functions[fn_bytes] = fn
@@ -78,23 +67,25 @@ class Handler:
             release_received()
 
     def _call(self, body: bytes, fn_len: int, flags: int, fds: list[int] | None) -> Result:
-        if not _by_value.installed and ("cloudpickle" in sys.modules or body.find(b"cloudpickle") >= 0):
-            _by_value.install()  # before the first function shipped by value is rebuilt
+        if not by_value.installed and ("cloudpickle" in sys.modules or body.find(b"cloudpickle") >= 0):
+            by_value.install()  # before the first function shipped by value is rebuilt
         try:
             buffers = from_segments(fds, keep=True) if fds else None
             fn = self._function(body, fn_len, flags)
-            args = _loads(memoryview(body)[fn_len:], buffers)
+            args = load_in_child(memoryview(body)[fn_len:], buffers)
             del buffers
+            star = bool(flags & FLAG_STAR_CHUNK)
             if flags & FLAG_OUTCOMES:
-                return (True, *_outcomes(fn, args, bool(flags & FLAG_STAR_CHUNK), bool(flags & FLAG_POOL_ERRORS)))
-            started = time.perf_counter()
-            if flags & FLAG_ITEM_CHUNK:
-                value: Any = list(map(fn, args))
-            elif flags & FLAG_STAR_CHUNK:
-                value = [fn(*a) for a in args]
+                seconds, outcomes = chunk.per_item(fn, args, star, exception_with_traceback)
+                return (True, *pack_outcomes(seconds, outcomes, bool(flags & FLAG_POOL_ERRORS)))
+            result: Any
+            if not flags & (FLAG_ITEM_CHUNK | FLAG_STAR_CHUNK):
+                result = value = fn(*args[0], **args[1])
+            elif flags & FLAG_TIMED:
+                result = chunk.timed(fn, args, star)
+                value = result[1]
             else:
-                value = fn(*args[0], **args[1])
-            result = (time.perf_counter() - started, value) if flags & FLAG_TIMED else value
+                result = value = chunk.values(fn, args, star)
         except BaseException as exc:
             return False, dump_exception(exc, bool(flags & FLAG_POOL_ERRORS)), None
         try:
@@ -108,30 +99,13 @@ class Handler:
     init = call
 
 
-def _outcomes(fn: Any, items: Any, star: bool, pool: bool) -> tuple[bytes, list[int] | None]:
-    """Calls ``fn`` on each item, keeping each item's value or exception apart.
-
-    ``star`` calls ``fn(*item)``; ``pool``: see ``dump_outcomes``.
-    """
-    started = time.perf_counter()
-    outcomes: list[tuple[bool, Any]] = []
-    for item in items:
-        try:
-            outcomes.append((True, fn(*item) if star else fn(item)))
-        except BaseException as exc:
-            outcomes.append((False, exception_with_traceback(exc)))
-    return pack_outcomes(time.perf_counter() - started, outcomes, pool)
-
-
 def main(parent_pid: int) -> None:
     """Entry point of a worker process."""
-    from ._worker_start import name_worker
+    from .start import finish_output, name_worker
 
     name_worker()
     code = _core.worker_main(Handler(), parent_pid)
-    output = sys.modules.get("ferropool._worker_output")
-    if output is not None:  # output forwarded to the parent: send what is still queued
-        output.finish_in_worker()
+    finish_output()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

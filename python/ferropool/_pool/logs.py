@@ -2,7 +2,7 @@
 
 ::
 
-    worker process (_worker_start.py, _worker_output.py)  parent (here)
+    worker process (_worker/start.py, forwarding.py)    parent (here)
     ────────────────────────────────────────────────────  ─────────────
     print() ─▶ sys.stdout (_LineSink: whole lines) ─┐
     logging ─▶ forwarding handler (record as JSON) ─┴─▶ socket ─▶ output thread ─▶ sys.stdout /
@@ -46,8 +46,9 @@ import threading
 import weakref
 from collections.abc import Callable
 
-from . import _core
-from ._worker_start import DROPPED, MESSAGE_MAX, RECORD, STDERR, STDOUT
+from .. import _core
+from .._runtime import lifecycle
+from .._worker.start import DROPPED, MESSAGE_MAX, RECORD, STDERR, STDOUT
 
 __all__ = ["get_logger", "log_to_stderr"]
 
@@ -531,4 +532,4 @@ def _forget_collectors_after_fork() -> None:
     _collectors.clear()
 
 
-os.register_at_fork(after_in_child=_forget_collectors_after_fork)
+lifecycle.after_fork_in_child(_forget_collectors_after_fork)

@@ -23,18 +23,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 ACCEPTED = "progress must be True/False, a dict of tqdm options, or a progress bar with an update(n) method (a tqdm)"
-
-
-class Bar(Protocol):
-    """What ferropool needs of a progress bar (``tqdm`` has all of it)."""
-
-    def update(self, n: int = 1) -> object: ...
 
 
 class TextBar:
@@ -199,7 +193,7 @@ class Tracker:
 
         Cancelling the relay cancels ``inner`` (an abandoned map cancels what it submitted).
         """
-        from ._future import Future
+        from .future import Future
 
         outer: Future[Any] = Future()
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import asyncio
 
-    from ._future import Future
-    from .pool import IMapIterator
+    from ..pool import IMapIterator
+    from .future import Future
 
 T = TypeVar("T")
 

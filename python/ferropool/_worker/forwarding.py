@@ -1,9 +1,9 @@
-"""The worker's output machinery, imported at the first print or log record (``_worker_start``).
+"""The worker's output machinery, imported at the first print or log record (``start.py``).
 
-The first write to ``sys.stdout``/``sys.stderr`` (text streams ``_worker_start`` installed for
+The first write to ``sys.stdout``/``sys.stderr`` (text streams ``start.py`` installed for
 good) gives their sink a line writer (``_LineSink``), and the root logger gets a forwarding handler;
-all send on the connection ``_worker_start`` opened, through one ``_Link`` that never blocks the
-worker. The parent's side, and the design, are in ``_logs.py``.
+all send on the connection ``start.py`` opened, through one ``_Link`` that never blocks the
+worker. The parent's side, and the design, are in ``_pool/logs.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import _thread
 import collections
 import sys
 
-from ._worker_start import DROPPED, PENDING_MAX, PIECE, RECORD, RECORD_MAX, connection
+from .start import DROPPED, PENDING_MAX, PIECE, RECORD, RECORD_MAX, connection
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:

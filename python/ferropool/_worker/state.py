@@ -2,20 +2,29 @@
 
 ``Pool(initializer=load_model)`` runs ``load_model()`` once in each worker; a task then reaches
 the model with ``ferropool.worker_state()``. A worker process keeps one value (stored by
-``_worker_start.start_worker``); in a thread pool each thread keeps its own (the initializer
+``_worker/start.start_worker``); in a thread pool each thread keeps its own (the initializer
 runs once per thread), so the value never needs a lock of its own.
 """
 
 from __future__ import annotations
 
-import functools
-import sys
 import threading
-from collections.abc import Callable
-from typing import Any
 
-_MISSING: Any = object()
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+_MISSING: object = object()
 _thread = threading.local()
+#: What this worker process's initializer returned (``set_for_process``).
+_process_value: Any = _MISSING
+
+
+def set_for_process(value: Any) -> None:
+    """Keeps what a worker process's initializer returned, for every task of the process."""
+    global _process_value
+    _process_value = value
 
 
 def worker_state() -> Any:
@@ -28,10 +37,7 @@ def worker_state() -> Any:
     Raises:
         LookupError: this is not a pool worker, or its pool has no initializer.
     """
-    value = getattr(_thread, "value", _MISSING)
-    start = sys.modules.get("ferropool._worker_start")
-    if value is _MISSING and start is not None and start.state is not start.NO_STATE:
-        value = start.state
+    value = getattr(_thread, "value", _process_value)
     if value is _MISSING:
         raise LookupError(
             "worker_state() is only set in the workers of a pool created with an initializer: "
@@ -48,4 +54,6 @@ def for_threads(initializer: Callable[..., object] | None) -> Callable[..., obje
     """``initializer`` made to store its value for ``worker_state()`` in each pool thread."""
     if initializer is None:
         return None
+    import functools
+
     return functools.partial(_run_thread_initializer, initializer)

@@ -5,7 +5,7 @@ pool of ``n`` workers on ``n`` CPUs would then run ``n * n`` threads fighting ov
 each worker starts with the usual variables set to ``max(1, cpu_count() // workers)``, unless
 the parent already set them (then the worker gets the parent's value, also when it was forked
 from a fork server made before the variable was set). ``limit_blas_threads=False`` turns it off.
-The parent computes the values; each worker sets them first thing (``_worker_start.py``).
+The parent computes the values; each worker sets them first thing (``_worker/start.py``).
 
 The libraries read the variables when they load, so the limit reaches those a task imports. A
 library the parent had already loaded when the fork server was made keeps its own setting in
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from . import _core
+from .. import _core
 
 #: The variables set in each worker (OpenMP, OpenBLAS, MKL, Apple Accelerate, numexpr).
 BLAS_VARS = (

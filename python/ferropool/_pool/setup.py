@@ -2,11 +2,11 @@
 
 ``Pool`` and ``ProcessPoolExecutor`` turn their ``worker_logs``, ``worker_output`` and
 ``limit_blas_threads`` arguments into a :class:`WorkerSetup`. The backend hands it the user's
-initializer and gets back ``_worker_start.start_worker`` bound to this pool's settings, which
+initializer and gets back ``_worker/start.start_worker`` bound to this pool's settings, which
 each worker runs at start-up: BLAS thread variables, output forwarding to the pool's output
 thread, then the user's initializer, whose value ``ferropool.worker_state()`` returns.
 
-This module runs in the parent only; the worker's side is ``_worker_start.py``.
+This module runs in the parent only; the worker's side is ``_worker/start.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _env, _logs
-from ._worker_start import start_worker
+from .._runtime import env
+from .._worker.start import WorkerConfig, start_worker
+from . import logs
 
 
 class WorkerSetup:
@@ -34,10 +35,10 @@ class WorkerSetup:
     """
 
     def __init__(self, workers: int, worker_logs: object, worker_output: object, limit_blas_threads: bool) -> None:
-        self.level = _logs.worker_logs_level(worker_logs)
-        self.prefix = _logs.output_prefix(worker_output)
-        self.env = _env.blas_env(workers) if limit_blas_threads else {}
-        self.collector: _logs.Collector | None = None
+        self.level = logs.worker_logs_level(worker_logs)
+        self.prefix = logs.output_prefix(worker_output)
+        self.env = env.blas_env(workers) if limit_blas_threads else {}
+        self.collector: logs.Collector | None = None
         # how the output thread learns how a worker ended; a list the thread holds, not this object
         self._exit_lookup: list[Callable[[int], Any]] = [lambda pid: None]
 
@@ -48,18 +49,18 @@ class WorkerSetup:
         if self.level is None and self.prefix is None and not self.env:
             if initializer is None:
                 return None, initargs
-            return functools.partial(start_worker, ({}, None, False), initializer), initargs
+            return functools.partial(start_worker, WorkerConfig({}, None, False), initializer), initargs
         if self.level is not None or self.prefix is not None:
             lookup = self._exit_lookup
-            self.collector = _logs.Collector(self.prefix or None, lambda pid: lookup[0](pid))
+            self.collector = logs.Collector(self.prefix or None, lambda pid: lookup[0](pid))
             # this object lives as long as its pool (or dies at once if making the pool failed):
             # then the output thread stops once the engine has finished
             weakref.finalize(self, self.collector.close)
-        config = (self.env, self.level, self.prefix is not None)
+        config = WorkerConfig(self.env, log_level=self.level, forward_output=self.prefix is not None)
         return functools.partial(start_worker, config, initializer), initargs
 
     def output_fd(self) -> int | None:
-        """The descriptor the engine hands each new worker's output socket to (``_logs.py``).
+        """The descriptor the engine hands each new worker's output socket to (``logs.py``).
 
         The caller owns it from here on; ``None`` when the pool forwards no output.
         """
@@ -79,7 +80,7 @@ class WorkerSetup:
 
     def attach(self, backend: Any) -> None:
         """Starts the output thread for ``backend``'s pool (now that its fork server exists)."""
-        _logs.get_logger().debug("pool started: %d worker processes", backend.workers)
+        logs.get_logger().debug("pool started: %d worker processes", backend.workers)
         if self.collector is None:
             return
         pool = weakref.ref(backend)
@@ -100,4 +101,4 @@ class WorkerSetup:
         """The pool has finished: deliver the last output, then stop the output thread."""
         if self.collector is not None:
             self.collector.close(wait=True)
-            _logs.get_logger().debug("pool shut down")
+            logs.get_logger().debug("pool shut down")

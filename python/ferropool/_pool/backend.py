@@ -9,36 +9,30 @@ return types (one task model, DESIGN.md principle 1).
 from __future__ import annotations
 
 import itertools
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from . import _core, _exit, _forkserver, _threads
-from ._batching import flush_all
-from ._buffers import close_all, pack_call, pack_chunk, unpack
-from ._future import Future
-from ._serialize import (
+from .. import _core
+from .._core import OUT_CANCELLED, OUT_DIED, OUT_ERR, OUT_KILLED, OUT_OK, OUT_OK_BUFFERS, OUT_TIMED_OUT
+from .._runtime import forkserver, lifecycle
+from .._runtime.buffers import close_all, pack_call, pack_chunk, unpack
+from .._runtime.serialize import (
     FLAG_ITEM_CHUNK,
     FLAG_OUTCOMES,
     FLAG_POOL_ERRORS,
     FLAG_STAR_CHUNK,
     FLAG_TIMED,
-    OUT_CANCELLED,
-    OUT_DIED,
-    OUT_ERR,
-    OUT_KILLED,
-    OUT_OK,
-    OUT_OK_BUFFERS,
-    OUT_TIMED_OUT,
     dump_function,
     dumps,
     load_exception,
     loads,
 )
-from ._spawn import default_method, worker_argv
-from .context import START_METHODS
-from .errors import BrokenProcessPool, InvalidStateError, TimeoutError, WorkerDiedError
+from .._runtime.spawn import worker_argv
+from .._worker import chunk
+from ..errors import BrokenProcessPool, InvalidStateError, TimeoutError, WorkerDiedError
+from . import threads
+from .batching import flush_all
+from .future import Future
 
 
 class ResultSink:
@@ -134,26 +128,6 @@ def check_positive_int(value: Any, what: str, message: str) -> None:
         raise ValueError(message)
 
 
-def start_method(context: Any, what: str = "mp_context") -> str:
-    """How workers start: ``"spawn"`` (always a fresh interpreter) or ``"forkserver"``.
-
-    ferropool never forks a threaded parent. ``"fork"`` and ``"forkserver"`` (and ``None``) mean
-    "fork from ferropool's fork server when this process allows one, else spawn".
-    """
-    if context is None:
-        return default_method()
-    method = context if isinstance(context, str) else None
-    get = getattr(context, "get_start_method", None)
-    if method is None and callable(get):
-        method = get()
-    if method not in START_METHODS:
-        raise ValueError(
-            f"{what} must be None, one of {', '.join(map(repr, START_METHODS))}, or a "
-            f"multiprocessing context (multiprocessing.get_context(...)), not {context!r}"
-        )
-    return "spawn" if method == "spawn" else "forkserver"
-
-
 def chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
     """Lists of up to ``size`` items, taken from ``items`` as they are needed."""
     while chunk := list(itertools.islice(items, size)):
@@ -176,6 +150,7 @@ class ProcessBackend:
         method: str,
         initializer: Callable[..., object] | None,
         initargs: tuple[Any, ...],
+        *,
         max_tasks_per_child: int | None,
         max_memory_per_child: int | None = None,
         cancel_running: bool = False,
@@ -196,16 +171,16 @@ class ProcessBackend:
         self.sink = ResultSink(pool_errors)
         self._ids = itertools.count(1)
         self.closed = False
-        server = _forkserver.connect() if method == "forkserver" else None
+        server = forkserver.connect() if method == "forkserver" else None
         self.engine = _core.ProcessEngine(
             worker_argv(),
             workers,
-            self.sink.deliver if setup is None else setup.results_hook(self.sink.deliver),
-            init,
-            max_tasks_per_child,
-            server,
-            max_memory_per_child,
-            cancel_running,
+            on_results=self.sink.deliver if setup is None else setup.results_hook(self.sink.deliver),
+            init=init,
+            max_tasks_per_child=max_tasks_per_child,
+            forkserver_fd=server,
+            max_memory_per_child=max_memory_per_child,
+            cancel_running=cancel_running,
             # last: the engine owns the descriptor from here on, even if it then fails to start
             output_fd=None if setup is None else setup.output_fd(),
         )
@@ -219,7 +194,7 @@ class ProcessBackend:
             raise BrokenProcessPool(broken)
         if self.closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        if _exit.shutting_down:
+        if lifecycle.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def submit_call(
@@ -230,7 +205,7 @@ class ProcessBackend:
         timeout: float | None = None,
         fds: list[int] | None = None,
     ) -> Future[Any]:
-        """Queues an already pickled call; the engine takes over ``fds`` (see ``_buffers.py``)."""
+        """Queues an already pickled call; the engine takes over ``fds`` (see ``_runtime/buffers.py``)."""
         fut: Future[Any] = Future()
         tid = next(self._ids)
         self.sink.pending[tid] = fut
@@ -245,7 +220,7 @@ class ProcessBackend:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None = None
     ) -> Future[Any]:
         """Queues ``fn(*args, **kwargs)``; a pickling error fails only the returned future."""
-        if _exit.shutting_down:
+        if lifecycle.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         try:
             fn_bytes, flags = dump_function(fn)
@@ -347,29 +322,6 @@ class ProcessBackend:
         return done
 
 
-def _run_chunk(fn: Callable[..., Any], chunk: Sequence[Any], star: bool) -> list[Any]:
-    return [fn(*item) for item in chunk] if star else list(map(fn, chunk))
-
-
-def _run_timed(fn: Callable[..., Any], chunk: Sequence[Any], star: bool) -> tuple[float, list[Any]]:
-    started = time.perf_counter()
-    values = _run_chunk(fn, chunk, star)
-    return time.perf_counter() - started, values
-
-
-def _run_outcomes(
-    fn: Callable[..., Any], chunk: Sequence[Any], star: bool = False
-) -> tuple[float, list[tuple[bool, Any]]]:
-    started = time.perf_counter()
-    outcomes: list[tuple[bool, Any]] = []
-    for item in chunk:
-        try:
-            outcomes.append((True, fn(*item) if star else fn(item)))
-        except BaseException as exc:
-            outcomes.append((False, (exc, None)))
-    return time.perf_counter() - started, outcomes
-
-
 class ThreadBackend:
     """One thread pool (``_core.ThreadEngine``)."""
 
@@ -382,8 +334,7 @@ class ThreadBackend:
     ) -> None:
         self.workers = max_workers
         self.closed = False
-        self._lock = threading.Lock()
-        self.engine = _core.ThreadEngine(max_workers, name_prefix, _threads, initializer, tuple(initargs))
+        self.engine = _core.ThreadEngine(max_workers, name_prefix, threads, initializer, tuple(initargs))
 
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None = None
@@ -392,7 +343,7 @@ class ThreadBackend:
 
         ``timeout`` is not supported (a thread cannot be stopped); the front ends refuse it.
         """
-        if _exit.shutting_down:
+        if lifecycle.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         fut: Future[Any] = Future()
         self.engine.submit(fut, fn, args, kwargs or None)
@@ -407,7 +358,7 @@ class ThreadBackend:
         timed: bool = False,
     ) -> Callable[[Sequence[Any]], Future[Any]]:
         """A function that queues one chunk, whose future holds the list of results."""
-        run = _run_outcomes if outcomes else _run_timed if timed else _run_chunk
+        run = chunk.per_item if outcomes else chunk.timed if timed else chunk.values
         return lambda chunk: self.submit(run, (fn, chunk, star), {})
 
     def outcome_submitter(

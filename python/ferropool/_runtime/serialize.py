@@ -5,12 +5,16 @@ cannot ship to a fresh interpreter (lambdas, closures, anything defined in ``__m
 notebook) travel by value with ``cloudpickle``; that is why a script needs no
 ``if __name__ == "__main__":`` guard: workers never re-run the main module.
 
-The frame flags and outcome kinds below are read by ``_worker.py`` and produced by
-``src/process_pool.rs``; the Rust core treats flags as opaque.
+This module is the pickling policy of every path that ships Python objects: pool calls and
+results, ``Connection``, and ``Queue`` (whose Rust ring calls ``dumps`` here). The call flags
+below are written by the parent (``_pool/backend.py``) and read by the worker
+(``_worker/main.py``); the Rust core carries them without reading them. The outcome kinds
+the core delivers are Rust's, exported as ``ferropool._core.OUT_*``.
 """
 
 from __future__ import annotations
 
+import sys
 import types
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
 
 PROTOCOL = 5
 
-# Flags of a CALL frame (opaque to the core; read in _worker.py).
+# Flags of a CALL frame (opaque to the core; read in _worker/main.py).
 FLAG_CACHEABLE = 1  # the function bytes name an importable function: a worker may keep it
 FLAG_STAR_CHUNK = 2  # the arguments are a list of tuples: return [fn(*a) for a in them]
 FLAG_ITEM_CHUNK = 4  # the arguments are a list of items: return [fn(x) for x in them]
@@ -36,11 +40,31 @@ FLAG_OUTCOMES = 8  # with a chunk flag: return (seconds, [(True, value) | (False
 FLAG_TIMED = 16  # with a chunk flag: return (seconds, [values]), for adaptive chunking
 FLAG_POOL_ERRORS = 32  # a result that cannot be pickled fails with MaybeEncodingError (Pool's)
 
-# Outcome kinds delivered by the core. Must match src/process_pool.rs.
-OUT_OK, OUT_ERR, OUT_DIED, OUT_CANCELLED, OUT_BROKEN, OUT_TIMED_OUT, OUT_KILLED, OUT_OK_BUFFERS = range(8)
-
 loads = pickle.loads
-_plain_dumps = pickle.dumps
+
+
+def load_in_child(data: Any, buffers: list[Any] | None = None) -> Any:
+    """``loads`` in a child started with ``python -S`` (a pool worker, a ``Process`` child).
+
+    If the data names a module only ``site`` would have made importable (an editable install's
+    import hook, say), ``site`` runs once and the load is tried again.
+    """
+    try:
+        return loads(data, buffers=buffers)
+    except ModuleNotFoundError:
+        if "site" in sys.modules:
+            raise
+        import site
+
+        site.main()
+        return loads(data, buffers=buffers)
+
+
+#: The policy's first step: the C pickler, protocol ``PROTOCOL``. ``Queue.put``
+#: (``src/queue/binding.rs``) takes this step itself while ``extra_reducers`` is empty and keeps
+#: the bytes unless they name ``__main__``, exactly as ``dumps`` does, and calls ``dumps`` for
+#: everything else.
+plain_dumps = _plain_dumps = pickle.dumps
 PickleError = pickle.PickleError
 _MAIN = b"__main__"
 _FN_CACHE_MAX = 1024
@@ -60,14 +84,15 @@ def dumps(obj: Any, buffers: list[memoryview] | None = None) -> bytes:
     Plain pickle first; cloudpickle when plain pickle fails or would refer to ``__main__``,
     which a worker does not share with the parent. With ``buffers``, the large buffers pickle
     protocol 5 can move out of band (``bytearray``, numpy arrays, ``LargeBytes``) are left out
-    of the bytes and appended there instead (see ``_buffers.py``).
+    of the bytes and appended there instead (see ``_runtime/buffers.py``).
     """
-    callback = None if buffers is None else _out_of_band(buffers)
     try:
-        if extra_reducers:
-            data = _with_reducers(pickle.Pickler, obj, callback)
+        if buffers is None and not extra_reducers:  # the common case, kept short: Queue.put
+            data = _plain_dumps(obj, PROTOCOL)
+        elif extra_reducers:
+            data = _with_reducers(pickle.Pickler, obj, None if buffers is None else _out_of_band(buffers))
         else:
-            data = _plain_dumps(obj, PROTOCOL, buffer_callback=callback)
+            data = _plain_dumps(obj, PROTOCOL, buffer_callback=_out_of_band(buffers))  # type: ignore[arg-type]
     except Exception as plain_error:
         try:
             return _cloud_dumps(obj, buffers)
@@ -213,7 +238,7 @@ def encoding_error(pickling_error: BaseException, value: Any) -> BaseException:
 
     The pickling error is its ``__cause__``, so its traceback travels with it.
     """
-    from .errors import MaybeEncodingError
+    from ..errors import MaybeEncodingError
 
     err = MaybeEncodingError(pickling_error, value)
     err.__cause__ = pickling_error
