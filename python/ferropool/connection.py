@@ -182,4 +182,8 @@ def __getattr__(name: str) -> Any:
         from . import _listener
 
         return getattr(_listener, name)
+    if name in ("_CHALLENGE", "_WELCOME", "_FAILURE"):  # the stdlib's names for the handshake's words
+        from . import _listener
+
+        return getattr(_listener, name[1:])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

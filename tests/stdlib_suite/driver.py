@@ -551,6 +551,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
+        # Ctrl-C means what it means under a terminal, however the suite was started (a
+        # background job of a script inherits SIGINT ignored, and tests send SIGINT)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         worker(args.worker[0], args.worker[1], args.timeout)
         return 0
     if args.table:
