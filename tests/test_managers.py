@@ -402,8 +402,7 @@ def test_dead_client_holding_a_lock_is_released_with_a_warning(tmp_path):
         def hold(lock, held):
             lock.acquire()
             held.set()
-            while True:
-                time.sleep(1)
+            signal.pause()  # holds the lock until the test kills it
 
         if __name__ == "__main__":
             with ferropool.Manager() as m:
@@ -481,11 +480,11 @@ def test_server_dies_with_its_parent(tmp_path):
     child = start_child(
         tmp_path / "parent.py",
         """
-        import ferropool, time
+        import ferropool, signal
         m = ferropool.Manager()
         print(m._process.pid, flush=True)
         print("waiting", flush=True)
-        time.sleep(120)
+        signal.pause()  # until the test kills it
         """,
         new_session=True,
     )
