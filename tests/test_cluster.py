@@ -141,9 +141,9 @@ def test_task_timeout_stops_the_call_on_the_worker_and_the_pool_goes_on(local_cl
 
 
 def test_a_call_stuck_in_c_code_still_times_out_for_the_caller(local_cluster, monkeypatch):
-    import ferropool._cluster
+    import ferropool._pool.cluster
 
-    monkeypatch.setattr(ferropool._cluster, "TIMEOUT_GRACE_S", 0.2)
+    monkeypatch.setattr(ferropool._pool.cluster, "TIMEOUT_GRACE_S", 0.2)
     with ferropool.ProcessPoolExecutor(cluster=local_cluster, task_timeout=0.3) as ex:
         stuck = ex.submit(time.sleep, 2)  # in C: the exception raised into the thread waits for it
         with pytest.raises(ferropool.TimeoutError, match="could not interrupt"):

@@ -327,7 +327,7 @@ def test_connection_passes_into_a_process():
 
 
 def test_import_does_not_load_listener_until_used():
-    code = "import ferropool.connection, sys; print('ferropool._listener' in sys.modules)"
+    code = "import ferropool.connection, sys; print('ferropool._runtime.listener' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -391,7 +391,7 @@ def test_legacy_challenge_is_told_by_its_length_not_its_first_byte(first):
 
 def test_legacy_answer_starting_with_a_brace_is_read_as_legacy():
     # a 16-byte HMAC-MD5 answer may start with "{"; the digest protocol's answers are longer
-    from ferropool import _listener
+    from ferropool._runtime import listener as _listener
 
     answer = b"{sha256}" + os.urandom(8)
     assert _listener._digest_and_payload(answer) == ("md5", answer)

@@ -10,7 +10,7 @@ Connections pass into a ``ferropool.Process`` as arguments or attributes of the 
 the child inherits the descriptor at the same number (``pass_fds``), as ``multiprocessing``'s
 spawn start method duplicates it. Pickled anywhere else (sent through a ``Queue``, another
 connection, a pool task's arguments), a connection travels by its sender's descriptor sharer
-(``_fd_sharing``): the pickle must be loaded, once, while the sender lives.
+(``_runtime/fd_sharing.py``): the pickle must be loaded, once, while the sender lives.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from multiprocessing import AuthenticationError, BufferTooShort
     from typing import Any
 
-    from ._listener import Client, Listener, SocketConnection, answer_challenge, deliver_challenge, families
+    from ._runtime.listener import Client, Listener, SocketConnection, answer_challenge, deliver_challenge, families
 
 __all__ = [
     "AuthenticationError",
@@ -42,7 +42,7 @@ __all__ = [
     "wait",
 ]
 
-# Listener, Client and their stream connections (the stdlib's wire format) live in _listener,
+# Listener, Client and their stream connections (the stdlib's wire format) live in _runtime/listener.py,
 # imported on first use: a child process on its way to run() needs only Pipe's Connection
 _LISTENER_NAMES = frozenset(
     {
@@ -110,7 +110,7 @@ class Connection(_core.Connection):
         fd = self.fileno()
         if fds is None:
             # anywhere else (a Queue, another Pipe, a pool task): by this process's fd sharer
-            from ._fd_sharing import share
+            from ._runtime.fd_sharing import share
 
             address, key = share(fd)
             return _take_shared, (Connection, address, key, self.readable, self.writable)
@@ -125,7 +125,7 @@ def _rebuild_connection(fd: int, readable: bool, writable: bool) -> Connection:
 
 def _take_shared(cls: Any, address: Any, key: bytes, readable: bool, writable: bool) -> Any:
     """Loads a connection pickled outside a process start: its descriptor from the sender's sharer."""
-    from ._fd_sharing import take
+    from ._runtime.fd_sharing import take
 
     return cls(take(address, key), readable, writable)
 
@@ -179,11 +179,11 @@ def __getattr__(name: str) -> Any:
 
         return getattr(multiprocessing, name)
     if name in _LISTENER_NAMES:
-        from . import _listener
+        from ._runtime import listener as _listener
 
         return getattr(_listener, name)
     if name in ("_CHALLENGE", "_WELCOME", "_FAILURE"):  # the stdlib's names for the handshake's words
-        from . import _listener
+        from ._runtime import listener as _listener
 
         return getattr(_listener, name[1:])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

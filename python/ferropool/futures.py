@@ -51,7 +51,7 @@ from ._worker import state as _state
 from .errors import TimeoutError
 
 if TYPE_CHECKING:
-    from ._cluster import ClusterBackend
+    from ._pool.cluster import ClusterBackend
 
 __all__ = [
     "ALL_COMPLETED",
@@ -340,8 +340,8 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
         limit_blas_threads: bool = True,
         cluster: Any = None,
     ) -> None:
-        if cluster is not None:  # --- a Dask cluster runs the calls (_cluster.py) ---
-            from . import _cluster
+        if cluster is not None:  # --- a Dask cluster runs the calls (_pool/cluster.py) ---
+            from ._pool import cluster as _cluster
 
             _cluster.refuse(
                 "ProcessPoolExecutor",

@@ -25,8 +25,7 @@ import threading
 import time
 import weakref
 
-from . import _listener
-from ._manager_server import (
+from ._managers.server import (
     ERROR,
     PROXY,
     REMOTE,
@@ -41,8 +40,9 @@ from ._manager_server import (
     current_client,
     run_server,
 )
-from ._manager_types import Array, JoinableQueue, Namespace, Value, make_pool
+from ._managers.types import Array, JoinableQueue, Namespace, Value, make_pool
 from ._runtime import lifecycle
+from ._runtime import listener as _listener
 from ._runtime.serialize import dumps
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
@@ -1108,7 +1108,7 @@ def __getattr__(name: str) -> Any:
     if name == "RemoteError":
         return _remote_error_class()
     if name == "SharedMemoryManager":
-        from ._shm_manager import SharedMemoryManager as shm_manager
+        from ._managers.shared_memory import SharedMemoryManager as shm_manager
 
         return shm_manager
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -48,7 +48,7 @@ from ._worker import state as _state
 from .errors import CancelledError, MaybeEncodingError, TimeoutError
 
 if TYPE_CHECKING:
-    from ._cluster import ClusterBackend
+    from ._pool.cluster import ClusterBackend
 
 __all__ = [
     "ApplyResult",
@@ -552,8 +552,8 @@ class Pool:
         cluster: Any = None,
     ) -> None:
         self._common = _PoolCommon()
-        if cluster is not None:  # --- a Dask cluster runs the tasks (_cluster.py) ---
-            from . import _cluster
+        if cluster is not None:  # --- a Dask cluster runs the tasks (_pool/cluster.py) ---
+            from ._pool import cluster as _cluster
 
             _cluster.refuse(
                 "Pool", maxtasksperchild=maxtasksperchild, context=context, max_memory_per_child=max_memory_per_child

@@ -16,7 +16,7 @@ import pickle
 from collections import ChainMap
 from typing import Any
 
-from ._handles import recv_handle, send_handle
+from ._runtime.handles import recv_handle, send_handle
 from ._runtime.serialize import extra_reducers
 
 __all__ = ["HAVE_SEND_HANDLE", "ForkingPickler", "dump", "recv_handle", "register", "send_handle"]

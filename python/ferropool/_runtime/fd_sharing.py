@@ -29,7 +29,7 @@ _pending: dict[bytes, int] = {}  # key -> the duplicate descriptor waiting for i
 
 
 def _authkey() -> bytes:
-    from .process import current_process
+    from ..process import current_process
 
     return current_process().authkey
 
@@ -37,7 +37,7 @@ def _authkey() -> bytes:
 def share(fd: int) -> tuple[Any, bytes]:
     """Files a duplicate of ``fd`` with this process's sharer; returns ``(address, key)``."""
     global _sharer
-    from ._listener import Listener
+    from .listener import Listener
 
     dup = os.dup(fd)
     key = os.urandom(_KEY_BYTES)
@@ -60,8 +60,8 @@ def _accept_loop(listener: Any) -> None:
 
 
 def _hand_over(sock: Any) -> None:
-    from ._handles import send_handle
-    from ._listener import SocketConnection, answer_challenge, deliver_challenge
+    from .handles import send_handle
+    from .listener import SocketConnection, answer_challenge, deliver_challenge
 
     conn = SocketConnection(sock)
     try:
@@ -88,8 +88,8 @@ def _hand_over(sock: Any) -> None:
 
 def take(address: Any, key: bytes) -> int:
     """The descriptor filed under ``key`` with the sharer at ``address``, now this process's own."""
-    from ._handles import recv_handle
-    from ._listener import Client
+    from .handles import recv_handle
+    from .listener import Client
 
     try:
         conn = Client(address, authkey=_authkey())

@@ -1,6 +1,6 @@
 """On the Dask cluster: the one task every ferropool call or chunk becomes, and the scheduler plugin.
 
-A ``ClusterBackend`` (``_cluster.py``) submits :func:`run` once per call or chunk, with the
+A ``ClusterBackend`` (``_pool/cluster.py``) submits :func:`run` once per call or chunk, with the
 function and its arguments already pickled by ferropool (``_serialize.dumps``), so functions
 from ``__main__`` and lambdas travel by value exactly as they do to a local worker. :func:`run`
 runs in a Dask worker's task thread and returns ``(kind, payload, output, records)``:
@@ -31,8 +31,8 @@ import threading
 import time
 from typing import Any
 
-from ._runtime import by_value as _by_value
-from ._runtime.serialize import (
+from .._runtime import by_value as _by_value
+from .._runtime.serialize import (
     FLAG_CACHEABLE,
     FLAG_ITEM_CHUNK,
     FLAG_OUTCOMES,
@@ -46,7 +46,7 @@ from ._runtime.serialize import (
     exception_with_traceback,
     loads,
 )
-from ._worker import state as _state
+from . import state as _state
 
 #: Outcome kinds of :func:`run`.
 KIND_OK, KIND_ERR, KIND_TIMED_OUT, KIND_INIT_FAILED = range(4)

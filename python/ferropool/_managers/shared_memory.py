@@ -8,14 +8,14 @@ started it.
 
 from __future__ import annotations
 
-from .managers import BaseManager
+from ..managers import BaseManager
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
-    from .shared_memory import ShareableList, SharedMemory
+    from ..shared_memory import ShareableList, SharedMemory
 
 __all__ = ["SharedMemoryManager"]
 
@@ -24,7 +24,7 @@ class _SegmentTracker:
     """The server-side record of the blocks a ``SharedMemoryManager`` made."""
 
     def __init__(self) -> None:
-        from .process import current_process
+        from ..process import current_process
 
         self._names: list[str] = []
         server = getattr(current_process(), "_manager_server", None)
@@ -53,7 +53,7 @@ class _SegmentTracker:
 
 
 def _unlink(name: str) -> None:
-    from .shared_memory import SharedMemory
+    from ..shared_memory import SharedMemory
 
     try:
         block = SharedMemory(name)
@@ -93,7 +93,7 @@ class SharedMemoryManager(BaseManager):
 
     def _make_tracker(self) -> Any:
         token, exposed = self._create(_TRACKER)
-        from .managers import AutoProxy
+        from ..managers import AutoProxy
 
         proxy = AutoProxy(token, self._serializer, manager=self, authkey=self._authkey, exposed=exposed, incref=False)
         proxy._adopt()
@@ -101,7 +101,7 @@ class SharedMemoryManager(BaseManager):
 
     def SharedMemory(self, size: int) -> SharedMemory:
         """A new shared-memory block of ``size`` bytes, unlinked when the manager shuts down."""
-        from .shared_memory import SharedMemory
+        from ..shared_memory import SharedMemory
 
         tracker = self._started_tracker()
         block = SharedMemory(None, create=True, size=size)
@@ -115,7 +115,7 @@ class SharedMemoryManager(BaseManager):
 
     def ShareableList(self, sequence: Iterable[Any] | None) -> ShareableList:
         """A new ``ShareableList`` of ``sequence``, unlinked when the manager shuts down."""
-        from .shared_memory import ShareableList
+        from ..shared_memory import ShareableList
 
         tracker = self._started_tracker()
         shared = ShareableList(sequence)

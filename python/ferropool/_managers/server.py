@@ -27,8 +27,8 @@ import threading
 import traceback
 import warnings
 
-from ._listener import BufferedSocketConnection, Listener
-from ._runtime.serialize import dumps, loads
+from .._runtime.listener import BufferedSocketConnection, Listener
+from .._runtime.serialize import dumps, loads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ class Server:
 
     def serve_forever(self) -> None:
         """Accepts and serves clients until a client asks the server to shut down."""
-        from . import process
+        from .. import process
 
         current = process.current_process()
         current._manager_server = self  # type: ignore[attr-defined]  # proxies rebuilt here find it
@@ -191,7 +191,7 @@ class Server:
             threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
 
     def _serve_connection(self, conn: BufferedSocketConnection) -> None:
-        from ._listener import answer_challenge, deliver_challenge
+        from .._runtime.listener import answer_challenge, deliver_challenge
 
         try:
             # bounded: a peer that never answers the challenge does not keep a thread forever
@@ -615,7 +615,7 @@ def run_server(
     import signal
     import sys
 
-    from .process import current_process
+    from ..process import current_process
 
     # Ctrl-C in a terminal reaches the whole process group: the manager stops when its owner
     # says so, not in the middle of the owner's cleanup

@@ -1,7 +1,7 @@
 """The objects a ``SyncManager``'s server makes that are not the stdlib's own types.
 
 Kept apart from ``managers`` so that the server process, which unpickles its registry, imports
-only these (and ``_manager_server``), not the client side's proxies.
+only these (and ``server``), not the client side's proxies.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def Array(typecode: str, sequence: Iterable[Any], lock: Any = True) -> array.arr
 
 def make_pool(*args: Any, **kwds: Any) -> Any:
     """The object behind ``SyncManager.Pool``: a ``ferropool.Pool`` in the server."""
-    from .pool import Pool
+    from ..pool import Pool
 
     return Pool(*args, **kwds)
 

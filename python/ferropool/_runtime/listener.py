@@ -21,7 +21,7 @@ import socket
 import struct
 import time
 
-from ._runtime.serialize import dumps, loads
+from .serialize import dumps, loads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -249,20 +249,20 @@ class SocketConnection:
         sock = self._open()
         if not self._readable:
             raise OSError("connection is write-only")
-        from .connection import wait
+        from ..connection import wait
 
         if timeout is not None and timeout < 0:
             timeout = 0.0
         return bool(wait([sock.fileno()], timeout))
 
     def __reduce__(self) -> Any:
-        from .connection import _passing
+        from ..connection import _passing
 
         fds: dict[int, None] | None = getattr(_passing, "fds", None)
         fd = self.fileno()
         if fds is None:
-            from ._fd_sharing import share
-            from .connection import _take_shared
+            from ..connection import _take_shared
+            from .fd_sharing import share
 
             address, key = share(fd)
             return _take_shared, (SocketConnection, address, key, self._readable, self._writable)

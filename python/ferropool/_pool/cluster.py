@@ -3,7 +3,7 @@
 A :class:`ClusterBackend` offers what ``_backend.ProcessBackend`` offers the front ends (submit a
 call, submitters for chunks, shutdown, terminate, join), so ``Pool`` and the executor keep one
 task model: every call, or chunk of a map, is one task with one ``ferropool.Future``. Here a
-task is one Dask task, ``_cluster_remote.run``, submitted with ``pure=False`` (identical calls are
+task is one Dask task, ``_worker.cluster.run``, submitted with ``pure=False`` (identical calls are
 never merged) under a key starting ``ferropool-``.
 
 Life of a task::
@@ -36,13 +36,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _cluster_remote as remote
-from ._pool import logs as _logs
-from ._pool.backend import broken_error, check_positive_int, failed
-from ._pool.batching import flush_all
-from ._pool.future import Future
-from ._runtime import lifecycle
-from ._runtime.serialize import (
+from .._runtime import lifecycle
+from .._runtime.serialize import (
     FLAG_ITEM_CHUNK,
     FLAG_OUTCOMES,
     FLAG_POOL_ERRORS,
@@ -53,7 +48,12 @@ from ._runtime.serialize import (
     load_exception,
     loads,
 )
-from .errors import BrokenProcessPool, InvalidStateError, TimeoutError, WorkerDiedError
+from .._worker import cluster as remote
+from ..errors import BrokenProcessPool, InvalidStateError, TimeoutError, WorkerDiedError
+from . import logs as _logs
+from .backend import broken_error, check_positive_int, failed
+from .batching import flush_all
+from .future import Future
 
 INSTALL_HINT = "pip install 'ferropool[dask]'"
 #: Seconds past a task's time limit after which the caller stops waiting for a call that the
@@ -128,7 +128,7 @@ class ClusterBackend:
             workers connected now (waiting up to ``CONNECT_TIMEOUT_S`` for a first worker).
             A task sent is running as far as its future goes: ``cancel()`` no longer stops it.
         initializer, initargs: run once per Dask worker process, before its first task of this
-            pool (see ``_cluster_remote``).
+            pool (see ``_worker/cluster.py``).
         pool_errors: ``Pool``'s errors (``MaybeEncodingError``, its remote traceback class).
         worker_output: forward what calls print (see ``_logs.output_prefix``).
         worker_logs: forward log records at or above this level (``None``: none).
