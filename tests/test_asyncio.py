@@ -42,12 +42,15 @@ def test_await_already_done_future(make_executor):
         assert asyncio.run(main(fut)) == 36
 
 
-def test_gather_many_awaited_futures(make_executor):
+@pytest.mark.parametrize("call, n", [("submit", 20), ("run", 30)])
+def test_gather_many(make_executor, call, n):
+    """Many awaited futures (``submit``) or coroutines (``run``) gathered at once."""
+
     async def main(ex):
-        return await asyncio.gather(*(ex.submit(_tasks.square, i) for i in range(20)))
+        return await asyncio.gather(*(getattr(ex, call)(_tasks.square, i) for i in range(n)))
 
     with make_executor() as ex:
-        assert asyncio.run(main(ex)) == [i * i for i in range(20)]
+        assert asyncio.run(main(ex)) == [i * i for i in range(n)]
 
 
 def test_wrap_future(make_executor):
@@ -123,15 +126,6 @@ def test_event_loop_runs_while_awaiting(make_executor, gate):
         value, ticks = asyncio.run(main(ex, gate))
     assert value == "released"
     assert ticks >= 5
-
-
-@pytest.fixture(params=["process", "thread"])
-def pool(request):
-    cls = ferropool.Pool if request.param == "process" else ferropool.ThreadPool
-    with cls(2) as p:
-        yield p
-        p.close()
-        p.join()
 
 
 @pytest.mark.parametrize("method", ["imap", "imap_unordered"])
@@ -217,14 +211,6 @@ def test_executor_run(make_executor):
 
     with make_executor() as ex:
         assert asyncio.run(main(ex)) == (42, ((1,), {"key": "v"}))
-
-
-def test_many_runs_gathered(make_executor):
-    async def main(ex):
-        return await asyncio.gather(*(ex.run(_tasks.square, i) for i in range(30)))
-
-    with make_executor() as ex:
-        assert asyncio.run(main(ex)) == [i * i for i in range(30)]
 
 
 def test_pool_run(pool):
