@@ -432,6 +432,26 @@ def engine_of(pool: Any) -> Any:
     return pool._backend.engine
 
 
+def task_sizes(pool: Any, submitter: str) -> list[int]:
+    """A list that grows by the number of items of each task the pool submits from now on
+    through its back end's ``submitter`` (``"chunk_submitter"``: ``Pool`` maps;
+    ``"outcome_submitter"``: ``Executor.map``)."""
+    sizes: list[int] = []
+    real = getattr(pool._backend, submitter)
+
+    def spy(fn: Any, *args: Any, **options: Any) -> Any:
+        submit = real(fn, *args, **options)
+
+        def record(chunk: Any) -> Any:
+            sizes.append(len(chunk))
+            return submit(chunk)
+
+        return record
+
+    setattr(pool._backend, submitter, spy)
+    return sizes
+
+
 def worker_pids(pool: Any) -> list[int]:
     """The pids of a process pool's live workers."""
     return list(engine_of(pool).pids)

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT, assert_times_out, cluster_pool, live_processes, run_program
+from tests.conftest import WAIT, assert_times_out, cluster_pool, live_processes, run_program, task_sizes
 
 POOLS = {"process": ferropool.Pool, "thread": ferropool.ThreadPool, "cluster": cluster_pool}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,19 +126,7 @@ def test_map_default_chunksize():
     """Without a chunk size, tasks start at one item and grow with measured item time, never past
     the stdlib's four chunks per worker; a given chunk size is kept (white box: counts them)."""
     with ferropool.Pool(2) as p:
-        sizes: list[int] = []
-        real = p._backend.chunk_submitter
-
-        def spy(fn, star, **options):
-            submit = real(fn, star, **options)
-
-            def record(chunk):
-                sizes.append(len(chunk))
-                return submit(chunk)
-
-            return record
-
-        p._backend.chunk_submitter = spy
+        sizes = task_sizes(p, "chunk_submitter")
         assert p.map(_tasks.square, range(100)) == [i * i for i in range(100)]
         assert sum(sizes) == 100
         assert sizes[0] == 1  # nothing measured yet
