@@ -531,7 +531,10 @@ def program_report(result: subprocess.CompletedProcess[str]) -> str:
 def program_output(tmp_path: Path, source: str, **options: Any) -> tuple[list[str], str, str]:
     """Runs ``source`` as ``run_program`` does and asserts that it exited with 0; returns its
     stdout lines, its stderr, and its ``program_report`` for the test's own assertion messages."""
-    result = run_program(tmp_path, source, **options)
+    return _succeeded(run_program(tmp_path, source, **options))
+
+
+def _succeeded(result: subprocess.CompletedProcess[str]) -> tuple[list[str], str, str]:
     detail = program_report(result)
     assert result.returncode == 0, detail
     return result.stdout.splitlines(), result.stderr, detail
@@ -550,6 +553,12 @@ from tests import _process_tasks as tasks
 def run_script(tmp_path: Path, body: str, **options: Any) -> subprocess.CompletedProcess[str]:
     """``run_program`` of ``body`` after ``SCRIPT_PRELUDE``."""
     return run_program(tmp_path, SCRIPT_PRELUDE + textwrap.dedent(body), **options)
+
+
+def script_output(tmp_path: Path, body: str, **options: Any) -> tuple[list[str], str, str]:
+    """``program_output`` for a ``run_script`` body: asserts it exited with 0; returns its stdout
+    lines, its stderr and its report."""
+    return _succeeded(run_script(tmp_path, body, **options))
 
 
 # scripts in a child interpreter

@@ -104,23 +104,29 @@ def test_wait_for_timeout_on_awaited_future(make_executor, gate):
             assert fut.result(timeout=WAIT) == "late"
 
 
+async def await_while_ticking(awaitable, gate, pause):
+    """Awaits ``awaitable`` while a task counts the event loop's turns (``pause`` s apart) and
+    opens ``gate`` at the fifth; returns its value and the count."""
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            if ticks == 5:
+                gate.open()
+            await asyncio.sleep(pause)
+
+    task = asyncio.create_task(ticker())
+    value = await awaitable
+    task.cancel()
+    return value, ticks
+
+
 def test_event_loop_runs_while_awaiting(make_executor, gate):
     async def main(ex, gate):
-        ticks = 0
         fut = ex.submit(_tasks.wait_gate, gate.path, "released")
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                ticks += 1
-                if ticks == 5:
-                    gate.open()
-                await asyncio.sleep(0.001)
-
-        task = asyncio.create_task(ticker())
-        value = await fut
-        task.cancel()
-        return value, ticks
+        return await await_while_ticking(fut, gate, 0.001)
 
     with make_executor() as ex, gate:
         value, ticks = asyncio.run(main(ex, gate))
@@ -143,20 +149,10 @@ def test_async_for_over_imap(pool, method):
 @pytest.mark.parametrize("method", ["imap", "imap_unordered"])
 def test_async_for_keeps_the_loop_running_while_results_are_awaited(pool, method, gate):
     async def main():
-        ticks = 0
+        async def results():
+            return [x async for x in getattr(pool, method)(_tasks.wait_gate, [gate.path] * 3)]
 
-        async def ticker():
-            nonlocal ticks
-            while True:
-                ticks += 1
-                if ticks == 5:
-                    gate.open()
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        out = [x async for x in getattr(pool, method)(_tasks.wait_gate, [gate.path] * 3)]
-        task.cancel()
-        return out, ticks
+        return await await_while_ticking(results(), gate, 0)
 
     out, ticks = asyncio.run(main())
     assert out == [None] * 3

@@ -13,7 +13,7 @@ import pytest
 from ferropool.connection import wait
 
 from tests import _process_tasks as tasks
-from tests.conftest import SCRIPT_PRELUDE, WAIT, program_report, run_script, start_child, wait_gone
+from tests.conftest import SCRIPT_PRELUDE, WAIT, program_report, run_script, script_output, start_child, wait_gone
 
 
 def started(target=None, *args, **kwargs):
@@ -461,7 +461,7 @@ def test_a_forked_process_that_cannot_load_its_arguments_says_why(tmp_path):
 
 
 def test_main_functions_lambdas_and_main_subclasses_run_without_a_main_guard(tmp_path):
-    result = run_script(
+    out, _, detail = script_output(
         tmp_path,
         """
         a, b = ferropool.Pipe()
@@ -487,10 +487,7 @@ def test_main_functions_lambdas_and_main_subclasses_run_without_a_main_guard(tmp
         print(got, [p.exitcode for p in procs])
         """,
     )
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == ["[('function', 10), ('lambda', 12), ('subclass', 'sub')] [0, 0, 0]"], (
-        program_report(result)
-    )
+    assert out == ["[('function', 10), ('lambda', 12), ('subclass', 'sub')] [0, 0, 0]"], detail
 
 
 def test_daemon_child_is_terminated_at_parent_exit(tmp_path):
@@ -510,7 +507,7 @@ def test_daemon_child_is_terminated_at_parent_exit(tmp_path):
 
 
 def test_daemon_child_that_ignores_sigterm_is_killed_at_parent_exit(tmp_path):
-    result = run_script(
+    out, _, detail = script_output(
         tmp_path,
         """
         a, b = ferropool.Pipe()
@@ -520,8 +517,7 @@ def test_daemon_child_that_ignores_sigterm_is_killed_at_parent_exit(tmp_path):
         atexit.register(lambda: print("daemon exitcode", p.exitcode, flush=True))
         """,
     )
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == ["daemon exitcode -9"], program_report(result)
+    assert out == ["daemon exitcode -9"], detail
 
 
 def test_non_daemon_child_is_joined_at_parent_exit(tmp_path):
@@ -544,7 +540,7 @@ def test_non_daemon_child_is_joined_at_parent_exit(tmp_path):
 
 
 def test_exit_code_of_a_child_that_sets_it_does_not_change_the_parents(tmp_path):
-    result = run_script(
+    out, _, detail = script_output(
         tmp_path,
         """
         p = ferropool.Process(target=tasks.exit_with, args=(3,))
@@ -553,8 +549,7 @@ def test_exit_code_of_a_child_that_sets_it_does_not_change_the_parents(tmp_path)
         print(p.exitcode)
         """,
     )
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == ["3"]
+    assert out == ["3"], detail
 
 
 # each blocked call runs in a script that has made a pipe ``a, b`` and started a child ``p``
@@ -593,7 +588,7 @@ def test_children_forked_by_the_fork_server_see_the_parent_as_it_is_at_start(tmp
     (tmp_path / "later").mkdir()
     (tmp_path / "extra").mkdir()
     (tmp_path / "extra" / "late_module.py").write_text("VALUE = 42\n")
-    result = run_script(
+    out, _, detail = script_output(
         tmp_path,
         f"""
         from ferropool._runtime import forkserver
@@ -623,5 +618,4 @@ def test_children_forked_by_the_fork_server_see_the_parent_as_it_is_at_start(tmp
         print(first.exitcode, p.exitcode, killed.exitcode, exits.exitcode, spawned.exitcode)
         """,
     )
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == ["True", "True", "0 0 -15 5 0"], program_report(result)
+    assert out == ["True", "True", "0 0 -15 5 0"], detail

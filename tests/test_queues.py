@@ -11,7 +11,7 @@ import warnings
 import ferropool
 import pytest
 
-from tests.conftest import WAIT, run_script, start_child, start_spawned
+from tests.conftest import WAIT, script_output, start_child, start_spawned
 
 pytestmark = pytest.mark.usefixtures("spawn_resource_tracker")
 
@@ -148,13 +148,12 @@ except AttributeError as e:
 
 
 def test_a_subclass_hook_receives_what_put_could_not_pickle(tmp_path):
-    result = run_script(tmp_path, FEEDER_HOOK_SCRIPT)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+    out, _, detail = script_output(tmp_path, FEEDER_HOOK_SCRIPT)
+    assert out == [
         "hook AttributeError NotPicklable",
         "got True True",
         "plain queue raises: no pickling",
-    ]
+    ], detail
 
 
 def test_lambdas_travel_by_value():

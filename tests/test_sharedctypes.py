@@ -9,7 +9,7 @@ import ferropool
 import pytest
 from ferropool import sharedctypes
 
-from tests.conftest import WAIT, run_script, start_spawned
+from tests.conftest import WAIT, run_script, script_output, start_spawned
 
 pytestmark = pytest.mark.usefixtures("spawn_resource_tracker")
 
@@ -194,6 +194,5 @@ if __name__ == "__main__":
 
 def test_shared_ctypes_as_pool_initargs(tmp_path):
     (tmp_path / "initargs_module.py").write_text(INITARGS_MODULE)
-    result = run_script(tmp_path, INITARGS_SCRIPT)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["[3.5, 3.5, 3.5, 3.5]", "4 [0, 10, 20, 30]"]
+    out, _, detail = script_output(tmp_path, INITARGS_SCRIPT)
+    assert out == ["[3.5, 3.5, 3.5, 3.5]", "4 [0, 10, 20, 30]"], detail
