@@ -65,8 +65,8 @@ class Chaos(threading.Thread):
                         continue
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
                     self.killed.append(pid)
-                except (ProcessLookupError, psutil.NoSuchProcess):
-                    pass
+                except (ProcessLookupError, psutil.NoSuchProcess, FileNotFoundError):
+                    pass  # gone already (FileNotFoundError: reaped before _age read /proc)
                 finally:
                     os.close(fd)
         except BaseException as exc:  # reported by the test, not as a thread warning
