@@ -29,7 +29,7 @@ import sys
 import time
 
 from . import _core, connection
-from ._runtime import lifecycle, naming, start_methods
+from ._runtime import lifecycle, logger_setup, naming, start_methods
 from ._runtime.serialize import dumps, load_in_child
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
@@ -129,7 +129,7 @@ class Process:
         connection._passing.fds = inherited
         # the child's get_start_method(), as the stdlib's children learn the method they came by
         self._started_by = self._start_method or start_methods.current()
-        self._log_config = _log_config()
+        self._log_config = logger_setup.for_child()
         try:
             payload = dumps((self, sys.argv))
         finally:
@@ -332,6 +332,7 @@ class Process:
         import logging
 
         log = logging.getLogger("ferropool")  # get_logger(), without loading the pools' machinery
+        logger_setup.logger = log
         level, to_stderr = self._log_config
         if to_stderr:
             from ._pool.logs import log_to_stderr
@@ -513,19 +514,6 @@ def __getattr__(name: str) -> Any:
 
         return multiprocessing.ProcessError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _log_config() -> tuple[int | None, bool]:
-    """The parent's logger level and ``log_to_stderr()``, for the child.
-
-    As the stdlib passes them: only once the logger exists (its effective level; whether it
-    writes to stderr).
-    """
-    logging = sys.modules.get("logging")
-    if logging is None or not isinstance(logging.Logger.manager.loggerDict.get("ferropool"), logging.Logger):
-        return None, False
-    logs = sys.modules.get("ferropool._pool.logs")  # loaded if log_to_stderr() was called
-    return logging.getLogger("ferropool").getEffectiveLevel(), getattr(logs, "_stderr_handler", None) is not None
 
 
 def _child_main(fd: int) -> None:
