@@ -1,7 +1,7 @@
 //! `ProcessEngine`: the Python handle on a process-pool engine, and the completion thread that
 //! turns the engine's outcomes into finished futures.
 //!
-//! The engine (`scheduler.rs`) never touches Python. Its outcomes travel over a channel to one
+//! The engine (`scheduler/`) never touches Python. Its outcomes travel over a channel to one
 //! completion thread per pool, which takes the GIL once per batch and hands the batch to the
 //! front end's `on_results` callable (`_ResultSink.deliver` in `python/ferropool/futures.py`).
 //! Done-callbacks therefore run on that one thread, in completion order, as `Pool` promises.
