@@ -68,7 +68,7 @@ impl PyProcessEngine {
     #[new]
     #[pyo3(signature = (
         argv, workers, on_results, init=None, max_tasks_per_child=None, forkserver_fd=None,
-        max_memory_per_child=None, cancel_running=false, output_fd=None
+        max_memory_per_child=None, cancel_running=false, output_fd=None, run_initializer=false
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the executor's constructor
     fn new(
@@ -81,6 +81,7 @@ impl PyProcessEngine {
         max_memory_per_child: Option<u64>,
         cancel_running: bool,
         output_fd: Option<RawFd>,
+        run_initializer: bool,
     ) -> PyResult<Self> {
         let forkserver_fd = forkserver_fd.map(crate::errors::fd_arg).transpose();
         let output_fd = output_fd.map(crate::errors::fd_arg).transpose();
@@ -116,6 +117,7 @@ impl PyProcessEngine {
             },
             workers,
             init: init.map(|(flags, fn_len, body)| InitCall { flags, fn_len, body }),
+            run_initializer,
             max_tasks_per_child,
             max_memory_per_child: max_memory_per_child.unwrap_or(0),
         };

@@ -67,6 +67,10 @@ pub struct EngineConfig {
     pub workers: usize,
     /// The initializer call each worker runs before its first task.
     pub init: Option<InitCall>,
+    /// The user gave an initializer (`init` may also hold only the pool's own set-up): as in
+    /// `multiprocessing.Pool`, the first workers start even if the pool is closed before any
+    /// task, and every worker runs the initializer before it is told to stop (see `phase.rs`).
+    pub run_initializer: bool,
     pub max_tasks_per_child: Option<u64>,
     /// Resident memory (bytes) past which a worker is replaced after its current task; 0: none.
     pub max_memory_per_child: u64,

@@ -36,7 +36,10 @@ impl Sched {
     /// One step of the engine between two waits: start workers, hand out work, move phases.
     pub(super) fn maintain(&mut self) {
         if matches!(self.phase, Phase::Running | Phase::Draining) {
-            let wanted = if self.phase == Phase::Running || !self.pending.is_empty() {
+            // a pool with the user's initializer starts its first workers even if it is closed
+            // before any task, as multiprocessing.Pool does: each of them runs the initializer
+            let first_workers = self.cfg.run_initializer && self.counters.workers_started < self.cfg.workers as u64;
+            let wanted = if self.phase == Phase::Running || !self.pending.is_empty() || first_workers {
                 self.cfg.workers
             } else {
                 0
@@ -92,11 +95,13 @@ impl Sched {
         Ok(())
     }
     /// Tells every worker to finish; those that never started and hold nothing are killed, as
-    /// waiting for an interpreter to boot only to tell it to exit helps nobody.
+    /// waiting for an interpreter to boot only to tell it to exit helps nobody, unless the user
+    /// gave an initializer: then each runs it first (its `STOP` follows its `INIT`).
     pub(super) fn stop_all(&mut self) {
+        let kill_unready = !self.cfg.run_initializer;
         for w in &mut self.workers {
             w.counters.stopping_for(ExitCause::Shutdown);
-            if !w.ready && w.inflight.is_empty() && !w.link_closed {
+            if kill_unready && !w.ready && w.inflight.is_empty() && !w.link_closed {
                 w.stopping = true;
                 w.signal_group(libc::SIGKILL);
             } else if !w.stopping {

@@ -129,6 +129,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_initializer(false)
+    }
+
+    /// A harness whose pool's user gave an initializer (`EngineConfig::run_initializer`).
+    fn with_initializer(run_initializer: bool) -> Harness {
         let (tx, results) = unbounded();
         let cfg = EngineConfig {
             spec: WorkerSpec {
@@ -140,6 +145,7 @@ impl Harness {
             // the harness adds workers itself; the engine starts none
             workers: 0,
             init: None,
+            run_initializer,
             max_tasks_per_child: None,
             max_memory_per_child: 0,
         };
@@ -151,20 +157,25 @@ impl Harness {
 
     /// Adds a worker that has started and sent `READY`.
     fn add_worker(&mut self) -> FakeWorker {
+        let mut fake = self.add_unready_worker();
+        fake.send(kind::READY, 0, 0);
+        self.read(self.s.workers.len() - 1);
+        assert!(self.s.workers.last().unwrap().ready);
+        fake
+    }
+
+    /// Adds a worker still starting (running its initializer): it has not sent `READY`.
+    fn add_unready_worker(&mut self) -> FakeWorker {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let mut command = Command::new("sleep");
         command.arg("60").process_group(0);
         let child = ChildHandle::spawn(&mut command).unwrap();
         self.s.workers.push(Worker::new(child, ours, None).unwrap());
         theirs.set_nonblocking(true).unwrap();
-        let mut fake = FakeWorker {
+        FakeWorker {
             end: theirs,
             reader: wire::FrameReader::default(),
-        };
-        fake.send(kind::READY, 0, 0);
-        self.read(self.s.workers.len() - 1);
-        assert!(self.s.workers.last().unwrap().ready);
-        fake
+        }
     }
 
     fn submit(&mut self, id: u64, timeout: Option<Duration>) -> Arc<TaskState> {
@@ -411,4 +422,27 @@ fn a_worker_that_dies_fails_its_running_task_and_requeues_the_rest() {
     assert_eq!(h.s.pending.iter().map(|t| t.id).collect::<Vec<_>>(), vec![2]);
     assert!(h.s.workers.is_empty());
     assert_eq!(h.s.counters.exits_by_cause.iter().sum::<u64>(), 1);
+}
+
+#[test]
+fn stopping_kills_a_worker_still_starting_unless_the_user_gave_an_initializer() {
+    let mut h = Harness::new();
+    let mut starting = h.add_unready_worker();
+    h.s.phase = Phase::Draining;
+    h.s.maintain();
+    assert_eq!(h.s.phase, Phase::Stopping);
+    assert!(starting.received().is_empty(), "no STOP: it is killed");
+    assert_eq!(h.exit_of(0).signal, Some(libc::SIGKILL));
+
+    let mut h = Harness::with_initializer(true);
+    let mut starting = h.add_unready_worker();
+    h.s.phase = Phase::Draining;
+    h.s.maintain();
+    assert_eq!(h.s.phase, Phase::Stopping);
+    let frames = starting.received();
+    assert_eq!(frames.iter().map(|f| f.kind).collect::<Vec<_>>(), vec![kind::STOP]);
+    assert!(
+        h.s.workers[0].try_reap().unwrap().is_none(),
+        "it runs the initializer, then stops"
+    );
 }
