@@ -232,6 +232,19 @@ fn ago(d: Duration) -> Instant {
     Instant::now().checked_sub(d).expect("the clock goes back that far")
 }
 
+/// One started worker and tasks `1..=n` submitted and dispatched: the worker holds the first
+/// two (the window before any task time is measured).
+fn one_worker_with_tasks(n: u64) -> (Harness, FakeWorker) {
+    let mut h = Harness::new();
+    let mut worker = h.add_worker();
+    for id in 1..=n {
+        h.submit(id, None);
+    }
+    h.dispatch();
+    assert_eq!(worker.calls(), vec![1, 2]);
+    (h, worker)
+}
+
 fn ids(outcomes: &[Completion]) -> Vec<u64> {
     outcomes.iter().map(|c| c.id).collect()
 }
@@ -272,13 +285,7 @@ fn a_call_frame_carries_the_task_as_submitted() {
 
 #[test]
 fn results_complete_tasks_in_order_and_widen_the_window_for_quick_tasks() {
-    let mut h = Harness::new();
-    let mut a = h.add_worker();
-    for id in 1..=30 {
-        h.submit(id, None);
-    }
-    h.dispatch();
-    assert_eq!(a.calls(), vec![1, 2]);
+    let (mut h, mut a) = one_worker_with_tasks(30);
     a.send(kind::OK, 1, 100);
     a.send(kind::ERR, 2, 100);
     h.read(0);
@@ -311,12 +318,7 @@ fn a_cancelled_task_is_never_sent() {
 
 #[test]
 fn a_worker_answering_for_another_task_is_cut_off_and_killed() {
-    let mut h = Harness::new();
-    let mut a = h.add_worker();
-    h.submit(1, None);
-    h.submit(2, None);
-    h.dispatch();
-    assert_eq!(a.calls(), vec![1, 2]);
+    let (mut h, mut a) = one_worker_with_tasks(2);
     a.send(kind::OK, 2, 10);
     h.read(0);
     let w = &h.s.workers[0];
@@ -379,13 +381,7 @@ fn a_time_limit_counts_from_the_start_not_from_the_submit() {
 
 #[test]
 fn kill_task_drops_a_queued_task_and_kills_a_waiting_one_when_it_starts() {
-    let mut h = Harness::new();
-    let mut a = h.add_worker();
-    for id in 1..=3 {
-        h.submit(id, None);
-    }
-    h.dispatch();
-    assert_eq!(a.calls(), vec![1, 2]);
+    let (mut h, mut a) = one_worker_with_tasks(3);
     // queued: dropped at once, and its state cancelled
     let queued = Arc::clone(&h.s.pending[0].state);
     assert!(h.s.kill_task(3));
@@ -407,12 +403,7 @@ fn kill_task_drops_a_queued_task_and_kills_a_waiting_one_when_it_starts() {
 
 #[test]
 fn a_worker_that_dies_fails_its_running_task_and_requeues_the_rest() {
-    let mut h = Harness::new();
-    let mut a = h.add_worker();
-    h.submit(1, None);
-    h.submit(2, None);
-    h.dispatch();
-    assert_eq!(a.calls(), vec![1, 2]);
+    let (mut h, _worker) = one_worker_with_tasks(2);
     h.s.workers[0].signal_group(libc::SIGKILL);
     let info = h.exit_of(0);
     h.s.on_exit(0, info);
