@@ -2,7 +2,7 @@
 //!
 //! Everything that waits for a descriptor goes through here: a `Connection`'s blocked
 //! `recv`/`send` between slices, `ferropool.connection.wait()` (`wait_readable`), a child's pidfd
-//! (`process.rs`, `supervisor.rs`), and the readiness check of a process pool's result thread.
+//! (`child.rs`), and the readiness check of a process pool's result thread.
 //!
 //! `any_readable` keeps the GIL: a process pool's result thread asks, before each batch of
 //! results, whether workers' output is waiting to be written first

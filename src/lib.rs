@@ -4,6 +4,7 @@
 
 pub mod arena;
 pub mod buffers;
+pub mod child;
 pub mod connection;
 pub mod errors;
 pub mod fd;

@@ -9,85 +9,39 @@
 //! Unlike a pool worker it stays in the parent's process group and has no parent-death signal,
 //! as `multiprocessing`'s children: a terminal's Ctrl-C reaches it, and interpreter exit, not the
 //! kernel, decides its end (`_runtime/lifecycle.py`).
+//!
+//! Signalling, watching and reaping are `child.rs`'s, the same handle the pool's workers use; this
+//! file only adds what Python sees (`sentinel`, `poll`, `wait` with Ctrl-C, exit codes).
 
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, PoisonError};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use pyo3::prelude::*;
 
+use crate::child::{exitcode, pidfd_open, ChildHandle};
 use crate::errors::Error;
 use crate::fd::wait_ready;
-use crate::forkserver::decode_status;
 use crate::signals::{timeout_from_secs, wait_interruptible};
-
-/// `multiprocessing`'s exit code: the exit status, or minus the signal that killed the process.
-fn exitcode(status: ExitStatus) -> i32 {
-    status.code().or(status.signal().map(|s| -s)).unwrap_or(-1)
-}
 
 /// A started child process.
 #[pyclass(name = "ChildProcess", module = "ferropool._core", frozen)]
 pub struct PyChildProcess {
     pid: u32,
-    /// Readable once the process has ended; the Process's `sentinel`. `None` after `close()`.
-    pidfd: Mutex<Option<OwnedFd>>,
-    /// The child, and its exit code once reaped. One lock, so a signal is never sent to a pid
-    /// that a concurrent reap has already released.
-    child: Mutex<(Kind, Option<i32>)>,
-}
-
-/// Who reaps the process.
-enum Kind {
-    /// Our child: we do.
-    Spawned(Child),
-    /// The fork server's child: the server does, and writes `(code, signal)` to this socket.
-    Forked(UnixStream),
+    /// One lock, so a signal is never sent to a pid that a concurrent reap has already released.
+    child: Mutex<ChildHandle>,
 }
 
 impl PyChildProcess {
+    fn child(&self) -> MutexGuard<'_, ChildHandle> {
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn try_reap(&self) -> PyResult<Option<i32>> {
-        let mut guard = self.child.lock().unwrap_or_else(PoisonError::into_inner);
-        let (kind, code) = &mut *guard;
-        if code.is_none() {
-            *code = match kind {
-                Kind::Spawned(child) => child.try_wait().map_err(Error::Io)?.map(exitcode),
-                Kind::Forked(status) => read_status(status),
-            };
-        }
-        Ok(*code)
-    }
-
-    /// The descriptor that becomes readable when the exit code can be had without blocking.
-    fn ended_fd(&self) -> Option<RawFd> {
-        let guard = self.child.lock().unwrap_or_else(PoisonError::into_inner);
-        match &guard.0 {
-            Kind::Forked(status) => Some(status.as_raw_fd()),
-            Kind::Spawned(_) => self
-                .pidfd
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .map(AsRawFd::as_raw_fd),
-        }
-    }
-}
-
-/// The exit code the fork server wrote, if it has (the socket is non-blocking). A server that
-/// went away without writing one (it dies only with the parent) leaves the code unknown: -1.
-fn read_status(status: &mut UnixStream) -> Option<i32> {
-    let mut bytes = [0u8; 8];
-    match status.read(&mut bytes) {
-        Ok(8) => {
-            let (code, signal) = decode_status(bytes);
-            Some(code.or(signal.map(|s| -s)).unwrap_or(-1))
-        }
-        Ok(_) => Some(-1),
-        Err(_) => None,
+        Ok(self.child().try_reap().map_err(Error::Io)?.map(exitcode))
     }
 }
 
@@ -118,12 +72,10 @@ impl PyChildProcess {
                 Ok(())
             });
         }
-        let child = command.spawn().map_err(Error::Io)?;
-        let pid = child.id();
+        let child = ChildHandle::spawn(&mut command).map_err(Error::Io)?;
         Ok(PyChildProcess {
-            pid,
-            pidfd: Mutex::new(crate::supervisor::pidfd_open(pid)),
-            child: Mutex::new((Kind::Spawned(child), None)),
+            pid: child.pid(),
+            child: Mutex::new(child),
         })
     }
 
@@ -139,12 +91,11 @@ impl PyChildProcess {
         // SAFETY: the caller hands over `status`, a socket it created for this child and no
         // longer uses; from here this object owns and closes it.
         let status = unsafe { UnixStream::from_raw_fd(status) };
-        status.set_nonblocking(true).map_err(Error::Io)?;
+        // the child cannot have ended yet (it blocks reading its payload), so the pid is its
+        let child = ChildHandle::forked(pid, status, pidfd_open(pid)).map_err(Error::Io)?;
         Ok(PyChildProcess {
             pid,
-            // the child cannot have ended yet (it blocks reading its payload), so the pid is its
-            pidfd: Mutex::new(crate::supervisor::pidfd_open(pid)),
-            child: Mutex::new((Kind::Forked(status), None)),
+            child: Mutex::new(child),
         })
     }
 
@@ -156,9 +107,8 @@ impl PyChildProcess {
     /// A descriptor that becomes readable when the process ends (a pidfd).
     #[getter]
     fn sentinel(&self) -> PyResult<RawFd> {
-        let pidfd = self.pidfd.lock().unwrap_or_else(PoisonError::into_inner);
-        match pidfd.as_ref() {
-            Some(fd) => Ok(fd.as_raw_fd()),
+        match self.child().pidfd() {
+            Some(fd) => Ok(fd),
             None => Err(Error::InvalidArgument("the process handle is closed".into()).into()),
         }
     }
@@ -176,7 +126,7 @@ impl PyChildProcess {
             return Ok(Some(code));
         }
         let timeout = timeout_from_secs(timeout)?;
-        let ended_fd = self.ended_fd();
+        let ended_fd = self.child().exit_fd();
         let ended = wait_interruptible(py, timeout, |slice| {
             if let Some(fd) = ended_fd {
                 return wait_ready(fd, libc::POLLIN, Some(slice)).unwrap_or(true);
@@ -193,34 +143,11 @@ impl PyChildProcess {
 
     /// Sends `signal` unless the process has already been reaped (then there is nothing to stop).
     fn send_signal(&self, signal: i32) -> PyResult<()> {
-        let guard = self.child.lock().unwrap_or_else(PoisonError::into_inner);
-        if guard.1.is_some() {
-            return Ok(());
-        }
-        if let Kind::Forked(_) = guard.0 {
-            // not our child: its pid may be reaped (by the server) and reused at any time, but
-            // its pidfd names this process and no other
-            let pidfd = self.pidfd.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(fd) = pidfd.as_ref() {
-                crate::supervisor::pidfd_signal(fd, signal).map_err(Error::Io)?;
-            }
-            return Ok(());
-        }
-        let pid = libc::pid_t::try_from(self.pid).map_err(|_| Error::InvalidArgument("pid out of range".into()))?;
-        // SAFETY: kill only sends a signal. The child is unreaped (checked under the lock that
-        // reaping takes), so the pid still names it and no other process.
-        let rc = unsafe { libc::kill(pid, signal) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::ESRCH) {
-                return Err(Error::Io(err).into());
-            }
-        }
-        Ok(())
+        Ok(self.child().signal(signal).map_err(Error::Io)?)
     }
 
     /// Closes the sentinel.
     fn close(&self) {
-        self.pidfd.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.child().close_pidfd();
     }
 }

@@ -1,7 +1,7 @@
 //! `ProcessEngine`: the Python handle on a process-pool engine, and the completion thread that
 //! turns the engine's outcomes into finished futures.
 //!
-//! The engine (`scheduler.rs`) never touches Python. Its outcomes travel over a channel to one
+//! The engine (`scheduler/`) never touches Python. Its outcomes travel over a channel to one
 //! completion thread per pool, which takes the GIL once per batch and hands the batch to the
 //! front end's `on_results` callable (`_ResultSink.deliver` in `python/ferropool/futures.py`).
 //! Done-callbacks therefore run on that one thread, in completion order, as `Pool` promises.
@@ -68,7 +68,7 @@ impl PyProcessEngine {
     #[new]
     #[pyo3(signature = (
         argv, workers, on_results, init=None, max_tasks_per_child=None, forkserver_fd=None,
-        max_memory_per_child=None, cancel_running=false, output_fd=None
+        max_memory_per_child=None, cancel_running=false, output_fd=None, run_initializer=false
     ))]
     #[allow(clippy::too_many_arguments)] // mirrors the executor's constructor
     fn new(
@@ -81,6 +81,7 @@ impl PyProcessEngine {
         max_memory_per_child: Option<u64>,
         cancel_running: bool,
         output_fd: Option<RawFd>,
+        run_initializer: bool,
     ) -> PyResult<Self> {
         let forkserver_fd = forkserver_fd.map(crate::errors::fd_arg).transpose();
         let output_fd = output_fd.map(crate::errors::fd_arg).transpose();
@@ -116,6 +117,7 @@ impl PyProcessEngine {
             },
             workers,
             init: init.map(|(flags, fn_len, body)| InitCall { flags, fn_len, body }),
+            run_initializer,
             max_tasks_per_child,
             max_memory_per_child: max_memory_per_child.unwrap_or(0),
         };

@@ -10,7 +10,7 @@ import ferropool
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT
+from tests.conftest import WAIT, program_report, run_script
 
 BROKEN = {
     "process": ferropool.BrokenProcessPool,
@@ -120,3 +120,25 @@ def test_shutdown_of_broken_pool(make_executor, kind, caplog):
         ex.submit(_tasks.square, 1).result(timeout=WAIT)
     ex.shutdown(wait=True)
     ex.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("options", ["", "worker_output=False, worker_logs=False"])
+def test_pool_initializer_runs_in_each_worker_of_a_pool_closed_before_any_task(tmp_path, options):
+    # multiprocessing.Pool starts its workers when it is made, and each runs the initializer,
+    # whether or not a task ever comes (the pool's own set-up around the initializer, on or off,
+    # must not change that)
+    result = run_script(
+        tmp_path,
+        f"""
+        def init(folder):
+            open(os.path.join(folder, str(os.getpid())), "w").close()
+
+        if __name__ == "__main__":
+            pool = ferropool.Pool(3, initializer=init, initargs=({str(tmp_path)!r},), {options})
+            pool.close()
+            pool.join()
+            print(len([name for name in os.listdir({str(tmp_path)!r}) if name.isdigit()]))
+        """,
+    )
+    assert result.returncode == 0, program_report(result)
+    assert result.stdout.split() == ["3"], program_report(result)

@@ -108,6 +108,7 @@ class ProcessEngine:
         max_memory_per_child: int | None = None,
         cancel_running: bool = False,
         output_fd: int | None = None,
+        run_initializer: bool = False,
     ) -> ProcessEngine: ...
     def submit(
         self,

@@ -590,6 +590,7 @@ class Pool:
             max_memory_per_child=max_memory_per_child,
             setup=setup,
             pool_errors=True,
+            run_initializer=initializer is not None,
         )
 
     def options(self, *, timeout: float | None = None) -> Pool:

@@ -156,10 +156,13 @@ class ProcessBackend:
         cancel_running: bool = False,
         setup: Any = None,
         pool_errors: bool = False,
+        run_initializer: bool = False,
     ) -> None:
         # setup: a _setup.WorkerSetup (worker output and logs, BLAS limits, worker_state)
         self.setup = setup
         # pool_errors: Pool's error for a result that cannot be pickled (MaybeEncodingError)
+        # run_initializer: Pool's promise that each worker runs the user's initializer, even in a
+        # pool closed before any task (setup.wrap may give a pool an initializer of its own)
         self.call_flags = FLAG_POOL_ERRORS if pool_errors else 0
         if setup is not None:
             initializer, initargs = setup.wrap(initializer, initargs)
@@ -181,6 +184,7 @@ class ProcessBackend:
             forkserver_fd=server,
             max_memory_per_child=max_memory_per_child,
             cancel_running=cancel_running,
+            run_initializer=run_initializer,
             # last: the engine owns the descriptor from here on, even if it then fails to start
             output_fd=None if setup is None else setup.output_fd(),
         )
