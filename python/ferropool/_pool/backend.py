@@ -9,7 +9,7 @@ return types (one task model, DESIGN.md principle 1).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from .. import _core
@@ -30,6 +30,7 @@ from .._runtime.serialize import (
 from .._runtime.spawn import worker_argv
 from .._worker import chunk
 from ..errors import BrokenProcessPool, InvalidStateError, TimeoutError, WorkerDiedError
+from . import setup as _setup
 from . import threads
 from .batching import flush_all
 from .future import Future
@@ -368,6 +369,37 @@ class ProcessBackend(PickledBackend):
         if done and self.setup is not None:
             self.setup.close()
         return done
+
+
+def process_backend(
+    workers: int,
+    method: str,
+    initializer: Callable[..., object] | None,
+    initargs: Iterable[Any],
+    setup: tuple[Any, Any, bool],
+    *,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    cancel_running: bool = False,
+    pool_errors: bool = False,
+) -> ProcessBackend:
+    """A local process pool's backend, set up as ``Pool`` and the executor both promise.
+
+    ``setup``: ``(worker_logs, worker_output, limit_blas_threads)`` as the front end was given them.
+    """
+    if max_memory_per_child is not None:
+        check_positive_int(max_memory_per_child, "max_memory_per_child", "max_memory_per_child must be >= 1 byte")
+    return ProcessBackend(
+        workers,
+        method,
+        initializer,
+        tuple(initargs),
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
+        cancel_running=cancel_running,
+        setup=_setup.WorkerSetup(workers, *setup),
+        pool_errors=pool_errors,
+    )
 
 
 class ThreadBackend(Backend):
