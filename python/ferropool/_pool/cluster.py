@@ -311,7 +311,13 @@ class ClusterBackend(PickledBackend):
             self._lock.notify()
 
     def stop(self, key: str) -> bool:
-        """Stops the task ``key`` wherever it runs (``kill()``); ``False`` if Dask is out of reach."""
+        """Stops the task ``key`` wherever it runs (``kill()``).
+
+        ``False`` if it has finished already (its result is on its way) or Dask is out of reach.
+        """
+        sent = self._sent.get(key)
+        if sent is not None and sent[1].status != "pending":
+            return False
         try:  # every worker: only the scheduler knows where the task went, if anywhere yet
             self.client.run(remote.stop, key, on_error="ignore")
         except Exception:
