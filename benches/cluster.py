@@ -6,7 +6,8 @@ tests/test_cluster.py does), then measures, each ``--repeat`` times, reporting t
 - ``map``: Dask's ``client.map`` + ``gather`` of 2,000 trivial tasks, and
   ``Pool(cluster=...).map`` of 100,000 no-op items (adaptive chunking): items per second;
 - ``submit``: 2,000 trivial calls, ``client.submit`` + ``gather`` against
-  ``ProcessPoolExecutor(cluster=...).submit`` + ``result``: microseconds per call;
+  ``ProcessPoolExecutor(cluster=...).submit`` + ``result``: microseconds per call, and the CPU
+  time per call of each process (this one, the scheduler, the workers): where the time goes;
 - ``cpu``: 16 x fib(30), serially, on a local ``Pool(2)`` and on ``Pool(cluster=...)``: speedup;
 - ``connect``: a new client (or pool) on the scheduler address until the first result arrives.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import distributed
 import ferropool
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_tasks import fib, noop
@@ -80,11 +82,25 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def measure(address: str, repeat: int) -> dict[str, list[float]]:
+def cpu_seconds(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    """CPU time (user + system) each group of processes has used so far."""
+    return {name: sum(sum(p.cpu_times()[:2]) for p in group) for name, group in procs.items()}
+
+
+def measure(address: str, repeat: int, procs: dict[str, list[psutil.Process]]) -> dict[str, list[float]]:
     r: dict[str, list[float]] = {}
 
     def add(name: str, value: float) -> None:
         r.setdefault(name, []).append(value)
+
+    def per_call(who: str, run: Callable[[], object], calls: int) -> float:
+        """Runs ``run``; records each process's CPU microseconds per call; its wall seconds."""
+        before = cpu_seconds(procs)
+        seconds = timed(run)
+        after = cpu_seconds(procs)
+        for name in procs:
+            add(f"{who} CPU us/call: {name}", (after[name] - before[name]) / calls * 1e6)
+        return seconds
 
     with distributed.Client(address, set_as_default=False) as client:
         pool = ferropool.Pool(cluster=client)
@@ -99,9 +115,11 @@ def measure(address: str, repeat: int) -> dict[str, list[float]]:
                 s = timed(lambda: pool.map(noop, range(100_000)))
                 add("Pool(cluster=).map, items/s", 100_000 / s)
 
-                s = timed(lambda: client.gather([client.submit(noop, i, pure=False) for i in range(2000)]))
+                s = per_call(
+                    "dask", lambda: client.gather([client.submit(noop, i, pure=False) for i in range(2000)]), 2000
+                )
                 add("dask client.submit+gather, us/call", s / 2000 * 1e6)
-                s = timed(lambda: [f.result() for f in [ex.submit(noop, i) for i in range(2000)]])
+                s = per_call("ferropool", lambda: [f.result() for f in [ex.submit(noop, i) for i in range(2000)]], 2000)
                 add("Executor(cluster=).submit, us/call", s / 2000 * 1e6)
 
                 serial = timed(lambda: [fib(30) for _ in range(16)])
@@ -145,7 +163,12 @@ def report(results: dict[str, list[float]], repeat: int) -> str:
         "",
         f"- map: ferropool {med['Pool(cluster=).map, items/s'] / med['dask client.map+gather, items/s']:.0f}x "
         "Dask's items/s",
-        f"- submit: ferropool {submit_ratio:.2f}x Dask's time per call",
+        f"- submit: ferropool {submit_ratio:.2f}x Dask's time per call; CPU per call (client, scheduler, "
+        "workers), Dask: "
+        + ", ".join(f"{med[f'dask CPU us/call: {n}']:.0f}" for n in ("client", "scheduler", "workers"))
+        + " us; ferropool: "
+        + ", ".join(f"{med[f'ferropool CPU us/call: {n}']:.0f}" for n in ("client", "scheduler", "workers"))
+        + " us",
         f"- cpu: cluster speedup {med['cpu Pool(cluster=) speedup'] / med['cpu local Pool(2) speedup']:.2f}x "
         "the local pool's",
         f"- connect: ferropool {med['connect+first result, ferropool, s'] / med['connect+first result, dask, s']:.2f}x "
@@ -162,7 +185,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         procs, address = start_cluster(directory)
         try:
-            text = report(measure(address, args.repeat), args.repeat)
+            scheduler, workers = (psutil.Process(proc.pid) for proc in procs)
+            # the workers: both worker processes, their nannies and the `dask worker` process
+            watched = {
+                "client": [psutil.Process()],
+                "scheduler": [scheduler],
+                "workers": [workers, *workers.children(recursive=True)],
+            }
+            text = report(measure(address, args.repeat, watched), args.repeat)
         finally:
             stop_cluster(procs)
     if args.out:

@@ -5,6 +5,9 @@
 it started (the conftest's leak check sees them otherwise). ``local_cluster`` is a
 ``LocalCluster(processes=True, n_workers=2)`` and its client, made once per session; the
 ``cluster`` kind of the shared front-end fixtures (conftest's ``kind``) runs on it.
+
+With ``FERROPOOL_TEST_CLUSTER=0`` in the environment, every test that needs a cluster is
+skipped (``.ci/run`` sets it for the Pythons other than the main one).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+if os.environ.get("FERROPOOL_TEST_CLUSTER") == "0":
+    # .ci/run: the cluster tests take over a minute; they run on the main Python only
+    pytest.skip("cluster tests are off here (FERROPOOL_TEST_CLUSTER=0)", allow_module_level=True)
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed: pip install -e '.[dask]'")
 
 #: Seconds a cluster may take to start (two cores shared with other work) or to stop.

@@ -9,6 +9,7 @@ mid-task, killed from outside or by the task itself.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import signal
@@ -138,6 +139,34 @@ def test_task_timeout_stops_the_call_on_the_worker_and_the_pool_goes_on(local_cl
         with pytest.raises(ferropool.TimeoutError):
             pool.options(timeout=0.5).apply(_tasks.wait_gate, (never,))
         assert pool.apply(_tasks.square, (5,)) == 25
+
+
+def test_kill_stops_a_running_call_on_its_dask_worker_and_the_cluster_goes_on(local_cluster, gate, beacon, tmp_path):
+    log = tmp_path / "starts"
+    with ferropool.ProcessPoolExecutor(cluster=local_cluster) as ex, gate:
+        finished = ex.submit(_tasks.square, 2)
+        assert finished.result(timeout=WAIT) == 4
+        # both Dask worker threads busy: the call to kill, and one waiting at the gate
+        victim = ex.submit(_cluster_tasks.start_then_wait, str(log), gate.path, beacon.path)
+        other = ex.submit(_tasks.wait_gate, gate.path, "other", beacon.path)
+        beacon.wait()
+        beacon.wait()
+        calls = []
+        victim.add_done_callback(calls.append)
+        assert victim.running()
+        assert victim.kill() is True
+        assert victim.cancelled() and victim.done() and not victim.running()
+        with pytest.raises(concurrent.futures.CancelledError):
+            victim.result(timeout=WAIT)
+        assert calls == [victim]
+        # its thread on the cluster is free: a call runs while the other still waits at the gate
+        assert ex.submit(_tasks.square, 7).result(timeout=WAIT) == 49
+        assert not other.done()
+        assert victim.kill() is True  # still cancelled; nothing else happens
+        assert calls == [victim]
+        assert finished.kill() is False
+    assert other.result(timeout=WAIT) == "other"
+    assert len(log.read_text().splitlines()) == 1  # stopped, not run again elsewhere
 
 
 def test_a_call_stuck_in_c_code_still_times_out_for_the_caller(local_cluster, monkeypatch):

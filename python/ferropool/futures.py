@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import _core
 from ._pool import aio as _aio
 from ._pool import progress as _progress
-from ._pool import setup as _setup
 from ._pool import stats as _stats
 from ._pool.backend import (
     ProcessBackend,
@@ -43,6 +42,7 @@ from ._pool.backend import (
     check_positive_int,
     check_timeout,
     chunks,
+    process_backend,
 )
 from ._pool.batching import EagerMap
 from ._pool.future import Future
@@ -366,20 +366,17 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
             check_callable(initializer, "initializer")
         if max_tasks_per_child is not None:
             check_positive_int(max_tasks_per_child, "max_tasks_per_child", "max_tasks_per_child must be >= 1")
-        if max_memory_per_child is not None:
-            check_positive_int(max_memory_per_child, "max_memory_per_child", "max_memory_per_child must be >= 1 byte")
         self._task_timeout = check_timeout(task_timeout, "task_timeout")
         self._max_workers = max_workers
-        setup = _setup.WorkerSetup(max_workers, worker_logs, worker_output, limit_blas_threads)
-        self._backend = ProcessBackend(
+        self._backend = process_backend(
             max_workers,
             method,
             initializer,
-            tuple(initargs),
+            initargs,
+            (worker_logs, worker_output, limit_blas_threads),
             max_tasks_per_child=max_tasks_per_child,
             max_memory_per_child=max_memory_per_child,
             cancel_running=bool(cancel_running),
-            setup=setup,
         )
 
     def options(self, *, timeout: float | None = None) -> ProcessPoolExecutor:

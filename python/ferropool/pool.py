@@ -31,15 +31,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from . import _core
 from ._pool import aio as _aio
 from ._pool import progress as _progress
-from ._pool import setup as _setup
 from ._pool import stats as _stats
 from ._pool.backend import (
     ProcessBackend,
     ThreadBackend,
     check_callable,
-    check_positive_int,
     check_timeout,
     failed,
+    process_backend,
 )
 from ._pool.batching import BatchSizer, EagerMap, unpack_outcomes
 from ._pool.future import Future
@@ -576,19 +575,16 @@ class Pool:
         ):
             raise ValueError("maxtasksperchild must be a positive int or None")
         method = start_methods.for_pool(context, "context")
-        if max_memory_per_child is not None:
-            check_positive_int(max_memory_per_child, "max_memory_per_child", "max_memory_per_child must be >= 1 byte")
         self._task_timeout = check_timeout(task_timeout, "task_timeout")
         self._processes = processes
-        setup = _setup.WorkerSetup(processes, worker_logs, worker_output, limit_blas_threads)
-        self._backend = ProcessBackend(
+        self._backend = process_backend(
             processes,
             method,
             initializer,
-            tuple(initargs),
+            initargs,
+            (worker_logs, worker_output, limit_blas_threads),
             max_tasks_per_child=maxtasksperchild,
             max_memory_per_child=max_memory_per_child,
-            setup=setup,
             pool_errors=True,
             run_initializer=initializer is not None,
         )

@@ -9,7 +9,7 @@ return types (one task model, DESIGN.md principle 1).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from .. import _core
@@ -30,6 +30,7 @@ from .._runtime.serialize import (
 from .._runtime.spawn import worker_argv
 from .._worker import chunk
 from ..errors import BrokenProcessPool, InvalidStateError, TimeoutError, WorkerDiedError
+from . import setup as _setup
 from . import threads
 from .batching import flush_all
 from .future import Future
@@ -141,7 +142,128 @@ def failed(exc: BaseException) -> Future[Any]:
     return fut
 
 
-class ProcessBackend:
+def chunk_flags(star: bool, outcomes: bool, timed: bool) -> int:
+    """The flags of a chunk task: ``fn(*item)`` or ``fn(item)``, and what its future holds."""
+    flags = FLAG_STAR_CHUNK if star else FLAG_ITEM_CHUNK
+    if outcomes:
+        return flags | FLAG_OUTCOMES
+    return flags | FLAG_TIMED if timed else flags
+
+
+class Backend:
+    """What every backend offers the front ends for maps: submitters of chunks."""
+
+    def chunk_submitter(
+        self,
+        fn: Callable[..., Any],
+        star: bool,
+        outcomes: bool = False,
+        timeout: float | None = None,
+        timed: bool = False,
+    ) -> Callable[[Sequence[Any]], Future[Any]]:
+        """A function that queues one chunk, whose future holds the list of results.
+
+        ``fn`` is pickled once here, not once per chunk; ``star`` calls ``fn(*item)``;
+        ``outcomes`` see ``outcome_submitter``; ``timed`` makes it ``(seconds, results)``.
+        """
+        return self._chunk_sender(fn, chunk_flags(star, outcomes, timed), timeout)
+
+    def outcome_submitter(
+        self, fn: Callable[..., Any], timeout: float | None = None, star: bool = False
+    ) -> Callable[[Sequence[Any]], Future[Any]]:
+        """Like ``chunk_submitter``, but each item keeps its own outcome.
+
+        The future holds ``(seconds, [(True, value) | (False, (exception, traceback text))])``.
+        """
+        return self.chunk_submitter(fn, star, outcomes=True, timeout=timeout)
+
+    def _chunk_sender(
+        self, fn: Callable[..., Any], flags: int, timeout: float | None
+    ) -> Callable[[Sequence[Any]], Future[Any]]:
+        raise NotImplementedError
+
+
+class PickledBackend(Backend):
+    """A backend whose workers are other processes: every call is pickled here, once.
+
+    The process pool and the Dask cluster differ only in how a task travels (``submit_call``,
+    ``_pack``, ``_ship``); how calls and chunks become tasks is this class's.
+    """
+
+    def check_open(self) -> None:
+        """Raises what a submit to this pool would raise now, if anything."""
+        raise NotImplementedError
+
+    def submit_call(
+        self, fn_bytes: Any, flags: int, payload: bytes, timeout: float | None = None, fds: list[int] | None = None
+    ) -> Future[Any]:
+        """Queues an already pickled call."""
+        raise NotImplementedError
+
+    def _pack(self, value: Any, chunk: bool) -> tuple[bytes, list[int] | None]:
+        """The pickled arguments (``(args, kwargs)``, or a chunk's items) and their buffers."""
+        return pack_chunk(value) if chunk else pack_call(*value)
+
+    def _ship(self, fn_bytes: bytes) -> Any:
+        """What a task carries for its pickled function."""
+        return fn_bytes
+
+    def _failing(self, error: BaseException) -> Callable[[Any], Future[Any]]:
+        def fail(_: Any) -> Future[Any]:
+            self.check_open()
+            return failed(error)
+
+        return fail
+
+    def _sender(self, fn_bytes: Any, flags: int, timeout: float | None, chunk: bool) -> Callable[[Any], Future[Any]]:
+        """Queues a task of ``fn_bytes`` for each value: a chunk, or ``(args, kwargs)``."""
+
+        def send(value: Any) -> Future[Any]:
+            try:
+                payload, fds = self._pack(value, chunk)
+            except Exception as exc:  # a pickling error fails only this task's future
+                self.check_open()
+                return failed(exc)
+            return self.submit_call(fn_bytes, flags, payload, timeout, fds)
+
+        return send
+
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None = None
+    ) -> Future[Any]:
+        """Queues ``fn(*args, **kwargs)``; a pickling error fails only the returned future."""
+        try:
+            fn_bytes, flags = dump_function(fn)
+            payload, fds = self._pack((args, kwargs), False)
+            shipped = self._ship(fn_bytes)
+        except Exception as exc:
+            return self._failing(exc)(None)
+        return self.submit_call(shipped, flags, payload, timeout, fds)
+
+    def _chunk_sender(
+        self, fn: Callable[..., Any], flags: int, timeout: float | None
+    ) -> Callable[[Sequence[Any]], Future[Any]]:
+        try:
+            fn_bytes, fn_flags = dump_function(fn)
+            shipped = self._ship(fn_bytes)
+        except Exception as exc:  # every chunk fails with the pickling error, as each submit would
+            return self._failing(exc)
+        return self._sender(shipped, flags | fn_flags, timeout, chunk=True)
+
+    def one_submitter(
+        self, fn: Callable[..., Any], timeout: float | None = None
+    ) -> Callable[[tuple[Any, ...]], Future[Any]]:
+        """A function that queues ``fn(*args)`` for each args tuple, ``fn`` pickled once."""
+        try:
+            fn_bytes, flags = dump_function(fn)
+            shipped = self._ship(fn_bytes)
+        except Exception:
+            return lambda args: self.submit(fn, args, {}, timeout)
+        send = self._sender(shipped, flags, timeout, chunk=False)
+        return lambda args: send((args, {}))
+
+
+class ProcessBackend(PickledBackend):
     """One process-pool engine (``_core.ProcessEngine``), its result sink and its task ids."""
 
     def __init__(
@@ -226,80 +348,7 @@ class ProcessBackend:
         """Queues ``fn(*args, **kwargs)``; a pickling error fails only the returned future."""
         if lifecycle.shutting_down:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-        try:
-            fn_bytes, flags = dump_function(fn)
-            payload, fds = pack_call(args, kwargs)
-        except Exception as exc:
-            self.check_open()
-            return failed(exc)
-        return self.submit_call(fn_bytes, flags, payload, timeout, fds)
-
-    def chunk_submitter(
-        self,
-        fn: Callable[..., Any],
-        star: bool,
-        outcomes: bool = False,
-        timeout: float | None = None,
-        timed: bool = False,
-    ) -> Callable[[Sequence[Any]], Future[Any]]:
-        """A function that queues one chunk, whose future holds the list of results.
-
-        ``fn`` is pickled once here, not once per chunk; ``star`` calls ``fn(*item)``;
-        ``outcomes`` see ``outcome_submitter``; ``timed`` makes it ``(seconds, results)``.
-        """
-        try:
-            fn_bytes, flags = dump_function(fn)
-        except Exception as exc:
-            error = exc  # every chunk fails with the pickling error, as each submit would
-
-            def fail(_: Sequence[Any]) -> Future[Any]:
-                self.check_open()
-                return failed(error)
-
-            return fail
-        flags |= FLAG_STAR_CHUNK if star else FLAG_ITEM_CHUNK
-        if outcomes:
-            flags |= FLAG_OUTCOMES
-        elif timed:
-            flags |= FLAG_TIMED
-
-        def submit_chunk(chunk: Sequence[Any]) -> Future[Any]:
-            try:
-                payload, fds = pack_chunk(chunk)
-            except Exception as exc:
-                self.check_open()
-                return failed(exc)
-            return self.submit_call(fn_bytes, flags, payload, timeout, fds)
-
-        return submit_chunk
-
-    def outcome_submitter(
-        self, fn: Callable[..., Any], timeout: float | None = None, star: bool = False
-    ) -> Callable[[Sequence[Any]], Future[Any]]:
-        """Like ``chunk_submitter``, but each item keeps its own outcome.
-
-        The future holds ``(seconds, [(True, value) | (False, (exception, traceback text))])``.
-        """
-        return self.chunk_submitter(fn, star, outcomes=True, timeout=timeout)
-
-    def one_submitter(
-        self, fn: Callable[..., Any], timeout: float | None = None
-    ) -> Callable[[tuple[Any, ...]], Future[Any]]:
-        """A function that queues ``fn(*args)`` for each args tuple, ``fn`` pickled once."""
-        try:
-            fn_bytes, flags = dump_function(fn)
-        except Exception:
-            return lambda args: self.submit(fn, args, {}, timeout)
-
-        def submit_one(args: tuple[Any, ...]) -> Future[Any]:
-            try:
-                payload, fds = pack_call(args, {})
-            except Exception as exc:
-                self.check_open()
-                return failed(exc)
-            return self.submit_call(fn_bytes, flags, payload, timeout, fds)
-
-        return submit_one
+        return super().submit(fn, args, kwargs, timeout)
 
     def shutdown(self, cancel_pending: bool) -> None:
         """Stops accepting work; queued work runs (or is cancelled), then the workers stop.
@@ -326,7 +375,38 @@ class ProcessBackend:
         return done
 
 
-class ThreadBackend:
+def process_backend(
+    workers: int,
+    method: str,
+    initializer: Callable[..., object] | None,
+    initargs: Iterable[Any],
+    setup: tuple[Any, Any, bool],
+    *,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    cancel_running: bool = False,
+    pool_errors: bool = False,
+) -> ProcessBackend:
+    """A local process pool's backend, set up as ``Pool`` and the executor both promise.
+
+    ``setup``: ``(worker_logs, worker_output, limit_blas_threads)`` as the front end was given them.
+    """
+    if max_memory_per_child is not None:
+        check_positive_int(max_memory_per_child, "max_memory_per_child", "max_memory_per_child must be >= 1 byte")
+    return ProcessBackend(
+        workers,
+        method,
+        initializer,
+        tuple(initargs),
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
+        cancel_running=cancel_running,
+        setup=_setup.WorkerSetup(workers, *setup),
+        pool_errors=pool_errors,
+    )
+
+
+class ThreadBackend(Backend):
     """One thread pool (``_core.ThreadEngine``)."""
 
     def __init__(
@@ -353,23 +433,12 @@ class ThreadBackend:
         self.engine.submit(fut, fn, args, kwargs or None)
         return fut
 
-    def chunk_submitter(
-        self,
-        fn: Callable[..., Any],
-        star: bool,
-        outcomes: bool = False,
-        timeout: float | None = None,
-        timed: bool = False,
+    def _chunk_sender(
+        self, fn: Callable[..., Any], flags: int, timeout: float | None
     ) -> Callable[[Sequence[Any]], Future[Any]]:
-        """A function that queues one chunk, whose future holds the list of results."""
-        run = chunk.per_item if outcomes else chunk.timed if timed else chunk.values
-        return lambda chunk: self.submit(run, (fn, chunk, star), {})
-
-    def outcome_submitter(
-        self, fn: Callable[..., Any], timeout: float | None = None, star: bool = False
-    ) -> Callable[[Sequence[Any]], Future[Any]]:
-        """Like ``chunk_submitter``, but each item keeps its own outcome (see ProcessBackend)."""
-        return self.chunk_submitter(fn, star, outcomes=True)
+        run = chunk.per_item if flags & FLAG_OUTCOMES else chunk.timed if flags & FLAG_TIMED else chunk.values
+        star = bool(flags & FLAG_STAR_CHUNK)
+        return lambda items: self.submit(run, (fn, items, star), {})
 
     def one_submitter(
         self, fn: Callable[..., Any], timeout: float | None = None

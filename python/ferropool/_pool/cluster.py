@@ -1,23 +1,27 @@
 """``Pool(cluster=...)`` and ``ProcessPoolExecutor(cluster=...)``: a Dask cluster as one more backend.
 
-A :class:`ClusterBackend` offers what ``_backend.ProcessBackend`` offers the front ends (submit a
-call, submitters for chunks, shutdown, terminate, join), so ``Pool`` and the executor keep one
-task model: every call, or chunk of a map, is one task with one ``ferropool.Future``. Here a
+A :class:`ClusterBackend` is a ``backend.PickledBackend``, as the local ``ProcessBackend`` is: the
+same code turns calls and chunks into pickled tasks (submit, submitters for chunks), and only how
+a task travels differs, so ``Pool`` and the executor keep one task model: every call, or chunk of
+a map, is one task with one ``ferropool.Future``. Here a
 task is one Dask task, ``_worker.cluster.run``, submitted with ``pure=False`` (identical calls are
 never merged) under a key starting ``ferropool-``.
 
 Life of a task::
 
-    submit ──▶ queue (here) ──▶ client.submit ──▶ Dask scheduler ──▶ Dask worker: run()
-                 │ at most `workers` tasks sent and unfinished                    │
-                 ▼                                                                ▼
-    cancel() of a queued task: never sent          done-callback (Dask's thread) ─┘
-                                                         │
-    future.set_result / set_exception ◀── gather thread: one client.gather per batch
+    submit ──▶ queue (here) ──▶ client.map of the batch queued ──▶ Dask scheduler ──▶ Dask worker: run()
+                 │ at most `window` tasks sent and unfinished       (client's event loop)          │
+                 ▼                                                                                 ▼
+    cancel() of a queued task: never sent       kill(): run() interrupted       watch (event loop) ─┘
+                                                                                       │
+    future.set_result / set_exception ◀── results thread: one client.gather per batch ─┘
 
 Only ``window`` tasks are with Dask at a time (``max_workers``/``processes`` when given), so a
-queued task is still ours to cancel, and the pool's size keeps its meaning. Results are fetched
-by one thread in batches: one ``gather`` round trip serves every task that finished meanwhile.
+queued task is still ours to cancel, and the pool's size keeps its meaning. Submitting takes no
+lock: the first call queued schedules a send on the client's event loop, and every call queued
+before it runs goes in the same ``client.map`` (one graph, one scheduler update). Results are
+fetched by one thread in batches: one ``gather`` round trip serves every task that finished
+meanwhile.
 """
 
 from __future__ import annotations
@@ -33,17 +37,12 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from .._runtime import lifecycle
 from .._runtime.serialize import (
-    FLAG_ITEM_CHUNK,
-    FLAG_OUTCOMES,
     FLAG_POOL_ERRORS,
-    FLAG_STAR_CHUNK,
-    FLAG_TIMED,
-    dump_function,
     dumps,
     load_exception,
     loads,
@@ -51,7 +50,7 @@ from .._runtime.serialize import (
 from .._worker import cluster as remote
 from ..errors import BrokenProcessPool, InvalidStateError, TimeoutError, WorkerDiedError
 from . import logs as _logs
-from .backend import broken_error, check_positive_int, failed
+from .backend import PickledBackend, broken_error, check_positive_int
 from .batching import flush_all
 from .future import Future
 
@@ -59,13 +58,17 @@ INSTALL_HINT = "pip install 'ferropool[dask]'"
 #: Seconds past a task's time limit after which the caller stops waiting for a call that the
 #: worker could not interrupt (it was in C code): the future fails with TimeoutError anyway.
 TIMEOUT_GRACE_S = 5.0
-#: Tasks sent to Dask per worker thread when the pool has no explicit size (see ``window``).
-SEND_AHEAD = 16
+#: Tasks sent to Dask per worker thread when the pool has no explicit size (see ``window``):
+#: enough that the workers never wait for the next batch while results come back in batches.
+SEND_AHEAD = 64
 #: Pickled functions or arguments at least this large are scattered to the cluster once and
 #: handed to the tasks as a Dask future, instead of travelling inside each task's graph.
 SCATTER_MIN = 1 << 20
 #: Seconds the result thread waits for more results to fetch with the first (see ``_coalesce``).
-COALESCE_S = 0.002
+#: Only while more than half of the tasks sent are still running: a lone result is never held.
+#: Each fetch costs the scheduler and the workers a round trip (~1 ms of CPU on each side here);
+#: at 25 ms, short tasks come back ~20 to a fetch, where Dask's own gather costs no more.
+COALESCE_S = 0.025
 #: Seconds to wait for the Dask workers to connect when the cluster has none yet.
 CONNECT_TIMEOUT_S = 30.0
 
@@ -119,7 +122,7 @@ def connect(cluster: Any) -> tuple[Any, bool]:
     )
 
 
-class ClusterBackend:
+class ClusterBackend(PickledBackend):
     """Runs a pool's tasks on a Dask cluster; the front ends' view is ``ProcessBackend``'s.
 
     Args:
@@ -164,7 +167,7 @@ class ClusterBackend:
         # thread finds its next task waiting instead of a round trip to this process away
         self.window = workers if limited else workers * SEND_AHEAD
         self.token = uuid.uuid4().hex[:16]
-        self._spec = (self.token, None if init is None else self._shipped(init), prefix, level)
+        self._spec = (self.token, None if init is None else self._ship(init), prefix, level)
         self.call_flags = FLAG_POOL_ERRORS if pool_errors else 0
         self.pool_errors = pool_errors
         self.closed = False
@@ -172,7 +175,9 @@ class ClusterBackend:
         self._broken_cause: bytes | None = None
         self._ids = itertools.count(1)
         self._lock = threading.Condition()
-        self._queue: deque[tuple[Future[Any], Any, int, Any, float | None]] = deque()
+        self._queue: deque[tuple[_ClusterFuture, Any, int, Any, float | None]] = deque()
+        self._send_scheduled = False
+        self._key_prefix = f"{remote.KEY_PREFIX}{self.token}-"
         self._sent: dict[str, tuple[Future[Any], Any]] = {}  # key -> (our future, Dask's future)
         self._arrived: deque[Any] = deque()  # Dask futures done, not yet gathered
         self._deadlines: list[tuple[float, str]] = []  # (monotonic deadline, key) of timed tasks
@@ -216,46 +221,77 @@ class ClusterBackend:
         if self.closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
 
-    def _shipped(self, data: bytes) -> Any:
+    def _ship(self, fn_bytes: bytes) -> Any:
         """``data``, or for large data a Dask future of it: sent once, fetched by the workers."""
-        if len(data) < SCATTER_MIN:
-            return data
-        return self.client.scatter(data, hash=False, direct=False)
+        if len(fn_bytes) < SCATTER_MIN:
+            return fn_bytes
+        return self.client.scatter(fn_bytes, hash=False, direct=False)
 
-    def submit_call(self, fn_bytes: Any, flags: int, payload: bytes, timeout: float | None = None) -> Future[Any]:
+    def _pack(self, value: Any, chunk: bool) -> tuple[bytes, None]:
+        # no shared memory across machines: buffers travel inside the pickle
+        return dumps(list(value) if chunk else value), None
+
+    def submit_call(
+        self, fn_bytes: Any, flags: int, payload: bytes, timeout: float | None = None, fds: list[int] | None = None
+    ) -> Future[Any]:
         """Queues an already pickled call; it is sent to Dask once fewer than ``window`` are there."""
         self.check_open()
-        payload = self._shipped(payload)
-        fut: Future[Any] = _QueuedFuture()
-        with self._lock:
-            self._queue.append((fut, fn_bytes, flags | self.call_flags, payload, timeout))
-            self._send_queued()
+        fut = _ClusterFuture(self)
+        # no lock: a deque's append is atomic, and the sender takes what it finds
+        self._queue.append((fut, fn_bytes, flags | self.call_flags, self._ship(payload), timeout))
+        if not self._send_scheduled and len(self._sent) < self.window:
+            self._schedule_send()  # else the results thread does, when a task frees room
         return fut
 
+    def _schedule_send(self) -> None:
+        """Has ``_send_queued`` run soon on the client's event loop.
+
+        Calls submitted meanwhile go with it: one graph, one message and one scheduler update
+        for the batch, where ``client.submit`` costs one of each per call.
+        """
+        self._send_scheduled = True
+        if self.client.status in ("running", "connecting", "newly-created"):
+            self.client.loop.add_callback(self._send_queued)
+        else:  # closing or closed: Dask refuses the batch, and each queued future fails with why
+            self._send_queued()
+
     def _send_queued(self) -> None:
-        """Sends queued tasks while there is room (with the lock held)."""
-        while self._queue and len(self._sent) < self.window:
-            fut, fn_bytes, flags, payload, limit = self._queue.popleft()
-            try:
-                if not fut.set_running_or_notify_cancel():
-                    continue  # cancelled while queued: it never runs
-            except RuntimeError:  # cancelled, and its waiters told, by _QueuedFuture.cancel
-                continue
-            key = f"{remote.KEY_PREFIX}{self.token}-{next(self._ids)}"
-            try:
-                dfut = self.client.submit(
-                    remote.run, self._spec, fn_bytes, flags, payload, limit, key=key, pure=False, retries=0
-                )
-            except BaseException as exc:  # the client is closed, say
+        """Sends queued tasks while there is room, as one ``client.map``."""
+        self._send_scheduled = False  # first: a call queued from here on schedules another send
+        with self._lock:
+            batch: list[tuple[_ClusterFuture, Any, int, Any, float | None]] = []
+            room = self.window - len(self._sent)
+            while self._queue and len(batch) < room:
+                task = self._queue.popleft()
+                task[0]._key = f"{self._key_prefix}{next(self._ids)}"  # kill() may come at once
+                try:
+                    if not task[0].set_running_or_notify_cancel():
+                        continue  # cancelled while queued: it never runs
+                except RuntimeError:  # cancelled, and its waiters told, by _ClusterFuture.cancel
+                    continue
+                batch.append(task)
+            if batch:
+                self._send(batch)
+            self._lock.notify_all()  # the result thread may wait for the queue to empty
+
+    def _send(self, batch: list[tuple[_ClusterFuture, Any, int, Any, float | None]]) -> None:
+        futs, fns, flags, payloads, limits = zip(*batch, strict=True)
+        keys = [fut._key for fut in futs]
+        try:
+            specs = [self._spec] * len(keys)
+            args = (specs, keys, fns, flags, payloads, limits)
+            dfuts = self.client.map(remote.run, *args, key=keys, pure=False, retries=0)
+        except BaseException as exc:  # the client is closed, say
+            for fut in futs:
                 _settle(fut, exc)
-                continue
+            return
+        for key, fut, limit, dfut in zip(keys, futs, limits, dfuts, strict=True):
             self._sent[key] = (fut, dfut)
             if limit is not None:
                 if len(self._deadlines) > 2 * len(self._sent) + 64:  # drop those of finished tasks
                     self._deadlines = [d for d in self._deadlines if d[1] in self._sent]
                     heapq.heapify(self._deadlines)
                 heapq.heappush(self._deadlines, (time.monotonic() + limit + TIMEOUT_GRACE_S, key))
-                self._lock.notify_all()  # the result thread may be waiting without a deadline
             if _WATCHABLE:
                 self.client.loop.add_callback(self._watch, dfut)
             else:
@@ -274,79 +310,19 @@ class ClusterBackend:
             self._arrived.append(dfut)
             self._lock.notify()
 
-    def submit(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None = None
-    ) -> Future[Any]:
-        """Queues ``fn(*args, **kwargs)``; a pickling error fails only the returned future."""
-        try:
-            fn_bytes, flags = dump_function(fn)
-            payload = dumps((args, kwargs))
-        except Exception as exc:
-            self.check_open()
-            return failed(exc)
-        return self.submit_call(self._shipped(fn_bytes), flags, payload, timeout)
+    def stop(self, key: str) -> bool:
+        """Stops the task ``key`` wherever it runs (``kill()``).
 
-    def chunk_submitter(
-        self,
-        fn: Callable[..., Any],
-        star: bool,
-        outcomes: bool = False,
-        timeout: float | None = None,
-        timed: bool = False,
-    ) -> Callable[[Sequence[Any]], Future[Any]]:
-        """A function that queues one chunk (see ``ProcessBackend.chunk_submitter``)."""
-        try:
-            fn_bytes, flags = dump_function(fn)
-            shipped = self._shipped(fn_bytes)
-        except Exception as exc:
-            error = exc
-
-            def fail(_: Sequence[Any]) -> Future[Any]:
-                self.check_open()
-                return failed(error)
-
-            return fail
-        flags |= FLAG_STAR_CHUNK if star else FLAG_ITEM_CHUNK
-        if outcomes:
-            flags |= FLAG_OUTCOMES
-        elif timed:
-            flags |= FLAG_TIMED
-
-        def submit_chunk(chunk: Sequence[Any]) -> Future[Any]:
-            try:
-                payload = dumps(list(chunk))
-            except Exception as exc:
-                self.check_open()
-                return failed(exc)
-            return self.submit_call(shipped, flags, payload, timeout)
-
-        return submit_chunk
-
-    def outcome_submitter(
-        self, fn: Callable[..., Any], timeout: float | None = None, star: bool = False
-    ) -> Callable[[Sequence[Any]], Future[Any]]:
-        """Like ``chunk_submitter``, but each item keeps its own outcome."""
-        return self.chunk_submitter(fn, star, outcomes=True, timeout=timeout)
-
-    def one_submitter(
-        self, fn: Callable[..., Any], timeout: float | None = None
-    ) -> Callable[[tuple[Any, ...]], Future[Any]]:
-        """A function that queues ``fn(*args)`` for each args tuple, ``fn`` pickled once."""
-        try:
-            fn_bytes, flags = dump_function(fn)
-            shipped = self._shipped(fn_bytes)
+        ``False`` if it has finished already (its result is on its way) or Dask is out of reach.
+        """
+        sent = self._sent.get(key)
+        if sent is not None and sent[1].status != "pending":
+            return False
+        try:  # every worker: only the scheduler knows where the task went, if anywhere yet
+            self.client.run(remote.stop, key, on_error="ignore")
         except Exception:
-            return lambda args: self.submit(fn, args, {}, timeout)
-
-        def submit_one(args: tuple[Any, ...]) -> Future[Any]:
-            try:
-                payload = dumps((args, {}))
-            except Exception as exc:
-                self.check_open()
-                return failed(exc)
-            return self.submit_call(shipped, flags, payload, timeout)
-
-        return submit_one
+            return False
+        return True
 
     # -- results ----------------------------------------------------------------------------
 
@@ -402,7 +378,8 @@ class ClusterBackend:
                     "its thread there stays busy until the call returns"
                 ),
             )
-        self._send_queued()
+        if self._queue:
+            self._schedule_send()
 
     def _settle_batch(self, batch: list[Any]) -> None:
         finished = [d for d in batch if d.status == "finished"]
@@ -412,9 +389,9 @@ class ClusterBackend:
                 outcomes = dict(zip((d.key for d in finished), self.client.gather(finished), strict=True))
             except BaseException:  # one of them was lost meanwhile: each on its own
                 outcomes = {d.key: _gather_one(d) for d in finished}
-        for dfut in batch:
-            with self._lock:
-                sent = self._sent.pop(dfut.key, None)
+        with self._lock:
+            sents = [self._sent.pop(dfut.key, None) for dfut in batch]
+        for dfut, sent in zip(batch, sents, strict=True):
             if sent is None:
                 continue  # timed out here already, or terminated
             fut = sent[0]
@@ -423,8 +400,9 @@ class ClusterBackend:
             else:
                 _settle(fut, self._failure(dfut))
             dfut.release()
+        if self._queue:
+            self._schedule_send()
         with self._lock:
-            self._send_queued()
             self._lock.notify_all()
 
     def _deliver(self, fut: Future[Any], outcome: Any) -> None:
@@ -438,6 +416,8 @@ class ClusterBackend:
                 _settle(fut, None, loads(payload))
             elif kind == remote.KIND_ERR:
                 _settle(fut, load_exception(payload, self.pool_errors))
+            elif kind == remote.KIND_KILLED:
+                fut._stopped()  # kill() has ended it already
             elif kind == remote.KIND_TIMED_OUT:
                 _settle(fut, TimeoutError(f"the task ran longer than its {payload:g} s limit and was stopped"))
             else:
@@ -499,9 +479,7 @@ class ClusterBackend:
             self._lock.notify_all()
         for fut, *_ in queued:
             fut.cancel()  # skipped when its turn comes
-        with self._lock:
-            self._send_queued()
-            self._lock.notify_all()
+        self._schedule_send()  # sends what is left, or drops the cancelled: the results thread waits for it
 
     def terminate(self) -> None:
         """Cancels queued work and fails the work Dask has (its threads finish their calls)."""
@@ -519,8 +497,8 @@ class ClusterBackend:
                 self.client.cancel([dfut for _, dfut in sent], force=True)
             except Exception:
                 pass
-        for fut, _ in sent:
-            _settle(fut, BrokenProcessPool("the pool was terminated while this task ran on the Dask cluster"))
+        for running, _ in sent:
+            _settle(running, BrokenProcessPool("the pool was terminated while this task ran on the Dask cluster"))
 
     def join(self, timeout: float | None = None) -> bool:
         """Waits until every task has finished and the client is closed."""
@@ -536,14 +514,37 @@ class ClusterBackend:
                 pass
 
 
-class _QueuedFuture(Future[Any]):
+class _ClusterFuture(Future[Any]):
     """A cluster task's future: ``cancel()`` of a queued task tells its waiters at once.
 
-    (``wait()`` and ``as_completed()`` learn of a cancellation only from
+    ``kill()`` stops a running one. (``wait()`` and ``as_completed()`` learn of a cancellation only from
     ``set_running_or_notify_cancel``, which an executor calls when it dequeues the task.)
     """
 
-    __slots__ = ()
+    __slots__ = ("_backend", "_key")
+
+    def __init__(self, backend: ClusterBackend) -> None:
+        super().__init__()
+        self._backend = backend
+        self._key: str | None = None  # its Dask key, once it is being sent
+
+    def kill(self) -> bool:
+        """Stops the call even if it is already running on the cluster.
+
+        A queued call is cancelled as by ``cancel()``. A running call is stopped in its Dask
+        worker as a time limit stops it (see ``_worker/cluster.py``): the worker's thread is
+        free again once the call is back in Python code. The future ends cancelled.
+
+        Returns:
+            ``True`` if the future is now cancelled; ``False`` if the call had already finished.
+        """
+        if self.cancel():
+            return True
+        key = self._key
+        if key is None or self.done() or not self._backend.stop(key):
+            return self.cancelled()
+        self._stopped()
+        return True
 
     def cancel(self) -> bool:
         """Cancels the call if it has not been sent to the cluster yet."""

@@ -2,14 +2,20 @@
 
 A ``ClusterBackend`` (``_pool/cluster.py``) submits :func:`run` once per call or chunk, with the
 function and its arguments already pickled by ferropool (``_serialize.dumps``), so functions
-from ``__main__`` and lambdas travel by value exactly as they do to a local worker. :func:`run`
-runs in a Dask worker's task thread and returns ``(kind, payload, output, records)``:
+from ``__main__`` and lambdas travel by value exactly as they do to a local worker, and are run
+by a local worker's own call interpreter (``main.Handler``). :func:`run` runs in a Dask worker's
+task thread and returns ``(kind, payload, output, records)``:
 
 - ``kind`` says what ``payload`` holds: the pickled value, the pickled exception with its
-  traceback, the time limit that stopped the call, or the initializer's exception;
+  traceback, the time limit that stopped the call, the initializer's exception, or nothing
+  for a call ``kill()`` stopped;
 - ``output`` is what the call printed, ``[(stream, text), ...]``, when the pool forwards output,
   each line with the pool's prefix (``{name}``: the Dask worker's name; ``{pid}``: its pid);
 - ``records`` are the log records the call emitted at or above the pool's level.
+
+A time limit and ``kill()`` (:func:`stop`, sent to every worker with ``client.run``) stop a
+call the same way: an exception raised into its thread, which lands when the call next runs
+Python code (a call blocked in C code stops when that returns).
 
 The pool's initializer runs once per Dask worker process and pool (keyed by the pool's token),
 at the first task of that pool the process runs, so workers that join later run it too.
@@ -28,48 +34,94 @@ import logging
 import os
 import sys
 import threading
-import time
 from typing import Any
 
 from .._runtime import by_value as _by_value
-from .._runtime.serialize import (
-    FLAG_CACHEABLE,
-    FLAG_ITEM_CHUNK,
-    FLAG_OUTCOMES,
-    FLAG_POOL_ERRORS,
-    FLAG_STAR_CHUNK,
-    FLAG_TIMED,
-    dump_exception,
-    dump_outcomes,
-    dumps,
-    encoding_error,
-    exception_with_traceback,
-    loads,
-)
+from .._runtime.serialize import dump_exception, dump_outcomes, dumps, exception_with_traceback, loads
+from . import main as _main
 from . import state as _state
 
 #: Outcome kinds of :func:`run`.
-KIND_OK, KIND_ERR, KIND_TIMED_OUT, KIND_INIT_FAILED = range(4)
+KIND_OK, KIND_ERR, KIND_TIMED_OUT, KIND_INIT_FAILED, KIND_KILLED = range(5)
 #: The prefix of every task key ferropool submits (the plugin acts on these only).
 KEY_PREFIX = "ferropool-"
+#: Keys of tasks killed before they started in this process that are remembered (see ``stop``).
+KILLED_MAX = 4096
 
 _init_lock = threading.Lock()
 #: per pool token: (True, what the initializer returned) or (False, its pickled exception)
 _inits: dict[str, tuple[bool, Any]] = {}
-_functions: dict[bytes, Any] = {}
-_FN_CACHE_MAX = 1024
 _MISSING: Any = object()
 
+_running_lock = threading.Lock()
+_running: dict[str, _Running] = {}  # key -> the call of that task running in this process
+_killed: dict[str, None] = {}  # keys stopped before they started here, oldest first
 
-class _Expired(BaseException):
-    """Raised inside a call that ran past its time limit.
+
+class _Interrupted(BaseException):
+    """Raised inside a call that is stopped.
 
     A ``BaseException``, so an ``except Exception`` in the call does not swallow it.
     """
 
 
+class _Expired(_Interrupted):
+    """The call ran past its time limit."""
+
+
+class _Killed(_Interrupted):
+    """``kill()`` of the call's future."""
+
+
+class _Handler(_main.Handler):
+    """A local worker's call interpreter, with results pickled whole: no shared memory here."""
+
+    @staticmethod
+    def pack(result: Any) -> tuple[bytes, None]:
+        return dumps(result), None
+
+    @staticmethod
+    def pack_outcomes(seconds: float, outcomes: list[tuple[bool, Any]], pool: bool = False) -> tuple[bytes, None]:
+        return dump_outcomes(seconds, outcomes, None, pool), None
+
+    @staticmethod
+    def capture(exc: BaseException) -> tuple[BaseException, Any]:
+        if isinstance(exc, _Interrupted):
+            raise exc  # stops the chunk, not only its item
+        return exception_with_traceback(exc)
+
+
+_handler = _Handler()
+
+
+class _Running:
+    """A call running in a Dask task thread, which a time limit or ``kill()`` can stop.
+
+    At most one exception is raised into the thread, and none once the call has finished.
+    """
+
+    def __init__(self) -> None:
+        self.thread_id = threading.get_ident()
+        self.lock = threading.Lock()
+        self.finished = False
+        self.stopped_by: type[_Interrupted] | None = None
+
+    def interrupt(self, why: type[_Interrupted]) -> bool:
+        with self.lock:
+            if self.finished or self.stopped_by is not None:
+                return False
+            self.stopped_by = why
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(why))
+            return True
+
+    def finish(self) -> None:
+        with self.lock:
+            self.finished = True
+
+
 def run(
     spec: tuple[str, bytes | None, str | None, int | None],
+    key: str,
     fn_bytes: bytes,
     flags: int,
     payload: bytes,
@@ -92,7 +144,7 @@ def run(
         else:
             _state._thread.value = state
         try:
-            return (*_call_limited(fn_bytes, flags, payload, limit), *capture.taken())
+            return (*_call_stoppable(key, fn_bytes, flags, payload, limit), *capture.taken())
         finally:
             if previous is _MISSING:
                 _state._thread.__dict__.pop("value", None)
@@ -100,6 +152,22 @@ def run(
                 _state._thread.value = previous
     finally:
         capture.stop()
+
+
+def stop(key: str) -> bool:
+    """Stops the task ``key`` if it runs in this process (``kill()``, through ``client.run``).
+
+    A task that has not started here yet is remembered, so that it does not start later: the
+    client asks every worker, since only the scheduler knows where a task went.
+    """
+    with _running_lock:
+        running = _running.get(key)
+        if running is None:
+            _killed[key] = None
+            while len(_killed) > KILLED_MAX:
+                del _killed[next(iter(_killed))]
+            return False
+    return running.interrupt(_Killed)
 
 
 def _initialized(token: str, init: bytes) -> tuple[bool, Any]:
@@ -116,77 +184,36 @@ def _initialized(token: str, init: bytes) -> tuple[bool, Any]:
         return done
 
 
-def _call_limited(fn_bytes: bytes, flags: int, payload: bytes, limit: float | None) -> tuple[int, Any]:
-    if limit is None:
-        return _call(fn_bytes, flags, payload)
-    guard = threading.Lock()
-    finished = False
-    thread_id = threading.get_ident()
-
-    def expire() -> None:
-        with guard:
-            if not finished:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(_Expired))
-
-    timer = threading.Timer(limit, expire)
-    timer.daemon = True
-    outcome: tuple[int, Any] | None = None
+def _call_stoppable(key: str, fn_bytes: bytes, flags: int, payload: bytes, limit: float | None) -> tuple[int, Any]:
+    running = _Running()
+    with _running_lock:
+        if key in _killed:
+            del _killed[key]
+            return KIND_KILLED, None
+        _running[key] = running
+    timer = None
+    if limit is not None:
+        timer = threading.Timer(limit, running.interrupt, (_Expired,))
+        timer.daemon = True
+    outcome: tuple[bool, bytes, Any] | None = None
     try:
         try:
-            timer.start()
-            outcome = _call(fn_bytes, flags, payload)
+            if timer is not None:
+                timer.start()
+            outcome = _handler.call(fn_bytes + payload, len(fn_bytes), flags)
         finally:
-            with guard:
-                finished = True
-            timer.cancel()
-    except _Expired:
-        pass  # the limit passed; if the call had already returned, its outcome stands
-    return outcome if outcome is not None else (KIND_TIMED_OUT, limit)
-
-
-def _function(fn_bytes: bytes, flags: int) -> Any:
-    if not flags & FLAG_CACHEABLE:
-        return loads(fn_bytes)
-    fn = _functions.get(fn_bytes)
-    if fn is None:
-        fn = loads(fn_bytes)
-        if len(_functions) >= _FN_CACHE_MAX:
-            _functions.clear()
-        _functions[fn_bytes] = fn
-    return fn
-
-
-def _call(fn_bytes: bytes, flags: int, payload: bytes) -> tuple[int, Any]:
-    pool = bool(flags & FLAG_POOL_ERRORS)
-    try:
-        fn = _function(fn_bytes, flags)
-        args = loads(payload)
-        started = time.perf_counter()
-        if flags & FLAG_OUTCOMES:
-            outcomes: list[tuple[bool, Any]] = []
-            for item in args:
-                try:
-                    outcomes.append((True, fn(*item) if flags & FLAG_STAR_CHUNK else fn(item)))
-                except _Expired:
-                    raise
-                except BaseException as exc:
-                    outcomes.append((False, exception_with_traceback(exc)))
-            return KIND_OK, dump_outcomes(time.perf_counter() - started, outcomes, None, pool)
-        if flags & FLAG_ITEM_CHUNK:
-            value: Any = list(map(fn, args))
-        elif flags & FLAG_STAR_CHUNK:
-            value = [fn(*a) for a in args]
-        else:
-            value = fn(*args[0], **args[1])
-        result = (time.perf_counter() - started, value) if flags & FLAG_TIMED else value
-    except _Expired:
-        raise
-    except BaseException as exc:  # SystemExit too: it ends the call, not the Dask worker
-        return KIND_ERR, dump_exception(exc, pool)
-    try:
-        return KIND_OK, dumps(result)
-    except Exception as exc:
-        return KIND_ERR, dump_exception(encoding_error(exc, value) if pool else exc, pool)
+            running.finish()
+    except _Interrupted:
+        pass  # raised into the call, or just after it returned: the call counts as stopped
+    if timer is not None:
+        timer.cancel()
+    with _running_lock:
+        _running.pop(key, None)
+    if running.stopped_by is _Killed:
+        return KIND_KILLED, None
+    if running.stopped_by is not None or outcome is None:
+        return KIND_TIMED_OUT, limit
+    return KIND_OK if outcome[0] else KIND_ERR, outcome[1]
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,7 +41,15 @@ _FN_CACHE_MAX = 1024
 
 
 class Handler:
-    """Runs calls for ``worker_main``; each method returns ``(ok, payload)``."""
+    """Runs calls for ``worker_main``; each method returns ``(ok, payload)``.
+
+    A Dask worker runs calls with it too (``_worker/cluster.py``), with its own ``pack``,
+    ``pack_outcomes`` and ``capture``: results there travel without shared memory.
+    """
+
+    pack = staticmethod(pack)
+    pack_outcomes = staticmethod(pack_outcomes)
+    capture = staticmethod(exception_with_traceback)
 
     def __init__(self) -> None:
         self._functions: dict[bytes, Any] = {}
@@ -76,8 +84,8 @@ class Handler:
             del buffers
             star = bool(flags & FLAG_STAR_CHUNK)
             if flags & FLAG_OUTCOMES:
-                seconds, outcomes = chunk.per_item(fn, args, star, exception_with_traceback)
-                return (True, *pack_outcomes(seconds, outcomes, bool(flags & FLAG_POOL_ERRORS)))
+                seconds, outcomes = chunk.per_item(fn, args, star, self.capture)
+                return (True, *self.pack_outcomes(seconds, outcomes, bool(flags & FLAG_POOL_ERRORS)))
             result: Any
             if not flags & (FLAG_ITEM_CHUNK | FLAG_STAR_CHUNK):
                 result = value = fn(*args[0], **args[1])
@@ -89,7 +97,7 @@ class Handler:
         except BaseException as exc:
             return False, dump_exception(exc, bool(flags & FLAG_POOL_ERRORS)), None
         try:
-            payload, out_fds = pack(result)
+            payload, out_fds = self.pack(result)
             return True, payload, out_fds
         except BaseException as exc:
             if flags & FLAG_POOL_ERRORS:
