@@ -386,6 +386,7 @@ def process_backend(
     max_memory_per_child: int | None,
     cancel_running: bool = False,
     pool_errors: bool = False,
+    run_initializer: bool = False,
 ) -> ProcessBackend:
     """A local process pool's backend, set up as ``Pool`` and the executor both promise.
 
@@ -403,6 +404,7 @@ def process_backend(
         cancel_running=cancel_running,
         setup=_setup.WorkerSetup(workers, *setup),
         pool_errors=pool_errors,
+        run_initializer=run_initializer,
     )
 
 
