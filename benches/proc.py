@@ -53,8 +53,13 @@ def echo(conn: Any) -> None:
 
 
 def echo_objects(conn: Any) -> None:
-    while (obj := conn.recv()) is not None:
+    """Sends back every object until it receives ``None``, then the CPU seconds it spent echoing."""
+    obj = conn.recv()
+    cpu = time.process_time()  # from the first message: start-up not counted
+    while obj is not None:
         conn.send(obj)
+        obj = conn.recv()
+    conn.send(time.process_time() - cpu)
 
 
 def _library(impl: str) -> tuple[Any, Any]:
@@ -85,13 +90,19 @@ def measure_pipe(impl: str, sizes: dict[str, int]) -> dict[str, float]:
             send(payload)
             recv()
         started = time.perf_counter()
+        cpu = time.process_time()
         for _ in range(count):
             send(payload)
             got = recv()
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
         if got != payload:
             raise AssertionError(f"{impl}: wrong echo")
         send(None if target is echo_objects else b"")
+        if target is echo_objects:
+            # CPU time of both ends per round trip, which a busy machine inflates less than the
+            # rate (the echo's count includes the 20 warm-up round trips)
+            out["small round trip CPU µs, both ends"] = (cpu + recv()) / count * 1e6
         p.join(30)
         a.close()
         out[name] = count / elapsed
@@ -144,6 +155,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out")
     parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "IMPL"))
+    parser.add_argument("--only", choices=sorted(WORKLOADS), help="run this workload only")
     args = parser.parse_args()
     if args.child:
         child(*args.child, args.quick)
@@ -151,8 +163,9 @@ def main() -> None:
     repeat = 1 if args.quick else args.repeat
     load = os.getloadavg()[0]
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    workloads = {k: v for k, v in WORKLOADS.items() if args.only in (None, k)}
     for r in range(repeat):
-        for workload, (_, impls) in WORKLOADS.items():
+        for workload, (_, impls) in workloads.items():
             for impl in impls[r % len(impls) :] + impls[: r % len(impls)]:
                 results.setdefault((workload, impl), []).append(run_child(workload, impl, args.quick))
     sizes = QUICK if args.quick else SIZES
@@ -172,7 +185,7 @@ def main() -> None:
         "| workload | implementation | metric | median [min–max] | vs multiprocessing |",
         "|---|---|---|---|---|",
     ]
-    for workload, (_, impls) in WORKLOADS.items():
+    for workload, (_, impls) in workloads.items():
         baseline = {
             k: statistics.median(d[k] for d in results[(workload, impls[1])]) for k in results[(workload, impls[1])][0]
         }
@@ -181,7 +194,7 @@ def main() -> None:
             for metric in runs[0]:
                 values = [d[metric] for d in runs]
                 med = statistics.median(values)
-                ratio = med / baseline[metric] if "/s" in metric else baseline[metric] / med
+                ratio = med / baseline[metric] if "/s" in metric else baseline[metric] / med  # µs, ms: lower is better
                 lines.append(
                     f"| {workload} | {impl} | {metric} | {med:,.1f} [{min(values):,.1f}–{max(values):,.1f}] "
                     f"| {ratio:.2f}× |"

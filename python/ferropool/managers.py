@@ -17,9 +17,9 @@ What differs from the stdlib, all in the user's favour (see docs/managers.md):
 
 from __future__ import annotations
 
+import _pickle
 import itertools
 import os
-import pickle
 import queue
 import threading
 import time
@@ -878,7 +878,7 @@ class BaseManager:
         except Exception as exc:
             parent_end.close()
             child_end.close()
-            if isinstance(exc, (pickle.PicklingError, TypeError, AttributeError)):
+            if isinstance(exc, (_pickle.PicklingError, TypeError, AttributeError)):
                 raise TypeError(
                     f"{type(self).__name__}.start(): the registered callables must be picklable, because "
                     "the server is a fresh process (as with the stdlib's spawn start method). Register "

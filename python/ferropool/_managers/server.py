@@ -24,7 +24,6 @@ import select
 import socket
 import sys
 import threading
-import traceback
 import warnings
 
 from .._runtime.listener import BufferedSocketConnection, Listener
@@ -171,7 +170,7 @@ class Server:
             try:
                 cleanup()
             except Exception:
-                traceback.print_exc()
+                _traceback().print_exc()
 
     def add_cleanup(self, cleanup: Callable[[], None]) -> None:
         """Runs ``cleanup()`` when the server stops (a ``SharedMemoryManager`` frees its blocks)."""
@@ -227,7 +226,7 @@ class Server:
                 return
             except Exception:
                 # an authenticated client sent something that is not a request
-                traceback.print_exc()
+                _traceback().print_exc()
                 return
             if ident is None:
                 if method in NO_REPLY:
@@ -239,7 +238,7 @@ class Server:
             try:
                 data = dumps(reply)
             except Exception:
-                data = dumps((REMOTE, "the result could not be pickled:\n" + traceback.format_exc()))
+                data = dumps((REMOTE, "the result could not be pickled:\n" + _traceback().format_exc()))
             try:
                 send(data)
             except OSError:
@@ -302,7 +301,7 @@ class Server:
             return (REMOTE, f"unknown manager operation {method!r}\n")
         except Exception:
             # as the stdlib's: a failure to create is reported with the server's traceback
-            return (REMOTE, traceback.format_exc())
+            return (REMOTE, _traceback().format_exc())
 
     # --- the object table
 
@@ -599,6 +598,13 @@ def _watch_parent(pipe_end: Any, parent_pid: int, server: Server) -> None:
     finally:
         os.close(pidfd)
     server.stop_event.set()
+
+
+def _traceback() -> Any:
+    """The ``traceback`` module, loaded at the first failure rather than on every start."""
+    import traceback
+
+    return traceback
 
 
 def run_server(

@@ -14,7 +14,6 @@ prefix is the 16-byte HMAC-MD5 of Python 3.11 and older, accepted as the stdlib 
 
 from __future__ import annotations
 
-import hmac
 import itertools
 import os
 import socket
@@ -567,6 +566,8 @@ def _digest_and_payload(message: bytes) -> tuple[str, bytes]:
 
 
 def _mac(authkey: bytes, message: bytes, digest: str) -> bytes:
+    import hmac  # on first use: it loads OpenSSL, milliseconds a manager's start need not wait for
+
     return hmac.new(authkey, message, digest).digest()
 
 
@@ -584,6 +585,8 @@ def deliver_challenge(connection: Any, authkey: bytes, digest_name: str = _DEFAU
     try:
         digest, mac = _digest_and_payload(answer)
         expected = _mac(authkey, message, digest)
+        import hmac  # loaded by _mac
+
         ok = hmac.compare_digest(mac, expected)
     except Exception:
         ok = False
