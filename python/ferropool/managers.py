@@ -148,6 +148,7 @@ _pending_decrefs: dict[Any, list[str]] = {}
 
 
 _PICKLE = codec("pickle")
+_NO_KWDS: dict[str, Any] = {}  # sent, never changed: the server only unpacks it
 
 
 def _open(address: Any, authkey: bytes, dumps: Callable[[Any], bytes]) -> _listener.BufferedSocketConnection:
@@ -191,8 +192,7 @@ def _request(
             ids = _pending_decrefs.pop(address, None)
             if ids:
                 conn.send_message(dumps((None, "decref", (ids,), {})))
-        conn.send_message(dumps((ident, method, args, kwds or {})))
-        return loads(conn.recv_bytes())
+        return loads(conn.call(dumps((ident, method, args, kwds or _NO_KWDS))))
     except (EOFError, OSError):
         # the server is gone or the stream is no longer in step: the next call reconnects
         _drop_connection(address, authkey)

@@ -214,14 +214,15 @@ class Server:
 
     def _serve_client(self, client: _Client) -> None:
         conn = client.conn
-        recv_bytes = conn.recv_bytes
+        recv_message = conn._recv_message
         send = conn.send_message
         dumps, loads = self.dumps, self.loads
+        returned_none = dumps((RETURN, None))  # the reply of most mutating calls, pickled once
         objects = self.objects
         stop = self.stop_event
         while not stop.is_set():
             try:
-                ident, method, args, kwds = loads(recv_bytes())
+                ident, method, args, kwds = loads(recv_message(None))
             except (EOFError, OSError):
                 return
             except Exception:
@@ -236,7 +237,7 @@ class Server:
             else:
                 reply = self._call(objects, ident, method, args, kwds)
             try:
-                data = dumps(reply)
+                data = returned_none if reply[1] is None and reply[0] == RETURN else dumps(reply)
             except Exception:
                 data = dumps((REMOTE, "the result could not be pickled:\n" + _traceback().format_exc()))
             try:

@@ -309,6 +309,16 @@ class BufferedSocketConnection(SocketConnection):
         if not self._readable:
             raise OSError("connection is write-only")
         buf = self._buf
+        sock = self._sock
+        if not buf and sock is not None:
+            # the common case first: one read brings exactly one whole message
+            buf = sock.recv(65536)
+            if len(buf) >= 4 and _HEADER.unpack_from(buf)[0] == len(buf) - 4:
+                if maxlength is None or len(buf) - 4 <= maxlength:
+                    return buf[4:]
+            elif not buf:
+                raise EOFError
+            self._buf = buf  # kept if a later read fails
         if len(buf) < 4:
             buf = self._fill(buf, 4)
         (size,) = _HEADER.unpack_from(buf)
@@ -338,6 +348,15 @@ class BufferedSocketConnection(SocketConnection):
             self.send_bytes(data)
         else:
             sock.sendall(_HEADER.pack(len(data)) + data)
+
+    def call(self, data: bytes) -> bytes:
+        """Sends ``data`` as one message and returns the next message received: one round trip.
+
+        A short request and a reply that one read brings whole (the common case) take one
+        ``sendall`` and one ``recv``.
+        """
+        self.send_message(data)
+        return self._recv_message(None)  # type: ignore[no-any-return]
 
     def recv_bytes(self, maxlength: int | None = None) -> bytes:
         """Receives one message as bytes; blocks until one arrives."""

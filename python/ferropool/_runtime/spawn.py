@@ -7,6 +7,13 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
+if TYPE_CHECKING:
+    from typing import Any
+
+_relay_lock = threading.Lock()
 
 #: the interpreter fresh children run, when ``set_executable()`` chose one
 _executable: str | None = None
@@ -38,8 +45,68 @@ def interpreter_argv(code: str) -> list[str]:
 
 
 def worker_argv() -> list[str]:
-    """The command line of a pool worker."""
-    return interpreter_argv(f"from ferropool._worker.main import main; main({os.getpid()})")
+    """The command line of a pool worker.
+
+    A spawned worker first takes this process's ``current_process().authkey`` from its authkey
+    relay (a forked one has it already), so that proxies and pickled connections it receives
+    authenticate as they would here.
+    """
+    return interpreter_argv(
+        f"from ferropool._worker.start import take_authkey; take_authkey({_authkey_relay()!r}); "
+        f"from ferropool._worker.main import main; main({os.getpid()})"
+    )
+
+
+_relay: tuple[int, str] | None = None  # (pid, address) of this process's authkey relay
+
+
+def _authkey_relay() -> str:
+    """The abstract socket address of this process's authkey relay, started on first use.
+
+    The key goes to a connecting process only if it runs as this user and is a child of this
+    process (``SO_PEERCRED``), as the stdlib hands its children the key and no one else: the
+    address itself is no secret, and it is on a command line anyone can read.
+    """
+    global _relay
+    import socket
+
+    with _relay_lock:
+        if _relay is None or _relay[0] != os.getpid():
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(f"\0ferropool-authkey-{os.getpid()}-{os.urandom(8).hex()}")
+            listener.listen(64)
+            threading.Thread(target=_serve_authkey, args=(listener,), name="ferropool-authkey", daemon=True).start()
+            _relay = (os.getpid(), listener.getsockname())
+        return _relay[1]
+
+
+def _serve_authkey(listener: Any) -> None:
+    import socket
+    import struct
+
+    from ..process import current_process
+
+    creds = struct.Struct("3i")  # struct ucred: pid, uid, gid
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                pid, uid, _gid = creds.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, creds.size))
+                if uid == os.getuid() and _parent_of(pid) == os.getpid():
+                    conn.sendall(current_process().authkey)
+            except OSError:
+                pass
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def process_argv(payload_fd: int) -> list[str]:

@@ -54,6 +54,31 @@ def name_worker() -> None:
         naming.rename(f"PoolWorker-{number}")
 
 
+def take_authkey(address: str) -> None:
+    """In a spawned worker, first thing: ``current_process().authkey`` becomes the parent's.
+
+    The parent's relay (``_runtime/spawn.py``) sends it to its own children only. Should that
+    fail, the worker keeps a key of its own, as before: its tasks still run.
+    """
+    from _socket import AF_UNIX, SOCK_STREAM
+
+    key = b""
+    sock = _Socket(AF_UNIX, SOCK_STREAM)
+    try:
+        sock.settimeout(30.0)
+        sock.connect(address)
+        while len(key) < 4096 and (more := sock.recv(4096)):
+            key += more
+    except OSError:
+        return
+    finally:
+        sock.close()
+    if key:
+        from ..process import current_process
+
+        current_process().authkey = key
+
+
 class WorkerConfig:
     """What a pool asks of each of its workers at start-up; pickled to the worker.
 
