@@ -15,6 +15,7 @@ prefix is the 16-byte HMAC-MD5 of Python 3.11 and older, accepted as the stdlib 
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import socket
 import struct
@@ -28,17 +29,7 @@ if TYPE_CHECKING:
 
     _Conn = TypeVar("_Conn", bound="SocketConnection")
 
-__all__ = [
-    "CHALLENGE",
-    "FAILURE",
-    "WELCOME",
-    "Client",
-    "Listener",
-    "SocketConnection",
-    "answer_challenge",
-    "deliver_challenge",
-    "families",
-]
+# no __all__: ferropool.connection re-exports the public names (its _LISTENER_NAMES)
 
 families = ["AF_UNIX", "AF_INET"]
 
@@ -69,6 +60,11 @@ def _authentication_error(message: str) -> Exception:
     import multiprocessing
 
     return multiprocessing.AuthenticationError(message)
+
+
+def _read_only(attribute: str, doc: str) -> Any:
+    """A read-only property: the instance's ``attribute``."""
+    return property(operator.attrgetter(attribute), doc=doc)
 
 
 class SocketConnection:
@@ -105,15 +101,8 @@ class SocketConnection:
         """Whether the connection is closed."""
         return self._sock is None
 
-    @property
-    def readable(self) -> bool:
-        """Whether the connection can receive."""
-        return self._readable
-
-    @property
-    def writable(self) -> bool:
-        """Whether the connection can send."""
-        return self._writable
+    readable = _read_only("_readable", "Whether the connection can receive.")
+    writable = _read_only("_writable", "Whether the connection can send.")
 
     def fileno(self) -> int:
         """The socket's file descriptor."""
@@ -199,14 +188,20 @@ class SocketConnection:
         (size,) = _HEADER.unpack(self._read_exact(sock, 4))
         if size == -1:
             (size,) = _LONG_HEADER.unpack(self._read_exact(sock, 8))
-        elif size < 0:
+        self._check_size(size, maxlength)
+        return self._read_exact(sock, size) if size else bytearray()
+
+    def _check_size(self, size: int, maxlength: int | None) -> None:
+        """Closes the connection and raises ``OSError`` for a length it must not read.
+
+        The rest of the stream cannot be trusted to start at a message boundary then.
+        """
+        if size < 0:
             self.close()
             raise OSError(f"bad message length {size}: the peer is not speaking this protocol")
         if maxlength is not None and size > maxlength:
-            # the rest of the stream cannot be trusted to start at a message boundary
             self.close()
             raise OSError("bad message length")
-        return self._read_exact(sock, size) if size else bytearray()
 
     def recv_bytes(self, maxlength: int | None = None) -> bytes:
         """Receives one message as bytes; blocks until one arrives.
@@ -255,18 +250,9 @@ class SocketConnection:
         return bool(wait([sock.fileno()], timeout))
 
     def __reduce__(self) -> Any:
-        from ..connection import _passing
+        from ..connection import reduce_connection
 
-        fds: dict[int, None] | None = getattr(_passing, "fds", None)
-        fd = self.fileno()
-        if fds is None:
-            from ..connection import _take_shared
-            from .fd_sharing import share
-
-            address, key = share(fd)
-            return _take_shared, (SocketConnection, address, key, self._readable, self._writable)
-        fds[fd] = None
-        return _rebuild_socket_connection, (fd, self._readable, self._writable)
+        return reduce_connection(self, SocketConnection, _rebuild_socket_connection)
 
 
 def _rebuild_socket_connection(fd: int, readable: bool, writable: bool) -> SocketConnection:
@@ -328,12 +314,7 @@ class BufferedSocketConnection(SocketConnection):
                 buf = self._fill(buf, 12)
             (size,) = _LONG_HEADER.unpack_from(buf, 4)
             start = 12
-        elif size < 0:
-            self.close()
-            raise OSError(f"bad message length {size}: the peer is not speaking this protocol")
-        if maxlength is not None and size > maxlength:
-            self.close()
-            raise OSError("bad message length")
+        self._check_size(size, maxlength)
         end = start + size
         if len(buf) < end:
             self._buf = buf
@@ -491,15 +472,8 @@ class Listener:
             except OSError:
                 pass
 
-    @property
-    def address(self) -> Any:
-        """The address the listener is bound to (with the real port for ``("host", 0)``)."""
-        return self._address
-
-    @property
-    def last_accepted(self) -> Any:
-        """The peer address of the connection last accepted, or ``None``."""
-        return self._last_accepted
+    address = _read_only("_address", 'The address the listener is bound to (with the real port for ``("host", 0)``).')
+    last_accepted = _read_only("_last_accepted", "The peer address of the connection last accepted, or ``None``.")
 
     def fileno(self) -> int:
         """The listening socket's descriptor (``wait()`` reports it ready when a peer connects)."""
