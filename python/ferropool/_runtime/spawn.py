@@ -57,48 +57,86 @@ def worker_argv() -> list[str]:
     )
 
 
-_relay: tuple[int, str] | None = None  # (pid, address) of this process's authkey relay
+_relay: tuple[int, bytes] | None = None  # (pid, address) of this process's authkey relay
+_relay_asked = 0.0  # time.monotonic() of the last _authkey_relay() call
+#: how long the relay stays open after the last command line that names it was made, and
+#: between two looks for a child that still names it
+_RELAY_GRACE = 2.0
+_RELAY_LOOK = 0.5
 
 
-def _authkey_relay() -> str:
-    """The abstract socket address of this process's authkey relay, started on first use.
+def _authkey_relay() -> bytes:
+    """The abstract socket address of this process's authkey relay, started if need be.
 
     The key goes to a connecting process only if it runs as this user and is a child of this
     process (``SO_PEERCRED``), as the stdlib hands its children the key and no one else: the
-    address itself is no secret, and it is on a command line anyone can read.
+    address itself is no secret, and it is on a command line anyone can read. The relay closes
+    once no child of this process names it on its command line (a spawned pool's workers, who
+    may be replaced at any time, do), so a process without spawned pools holds no socket for it.
     """
-    global _relay
+    global _relay, _relay_asked
     import socket
+    import time
 
     with _relay_lock:
+        _relay_asked = time.monotonic()
         if _relay is None or _relay[0] != os.getpid():
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(f"\0ferropool-authkey-{os.getpid()}-{os.urandom(8).hex()}")
             listener.listen(64)
-            threading.Thread(target=_serve_authkey, args=(listener,), name="ferropool-authkey", daemon=True).start()
+            listener.settimeout(_RELAY_LOOK)
             _relay = (os.getpid(), listener.getsockname())
+            threading.Thread(
+                target=_serve_authkey, args=(listener, _relay[1]), name="ferropool-authkey", daemon=True
+            ).start()
         return _relay[1]
 
 
-def _serve_authkey(listener: Any) -> None:
+def _serve_authkey(listener: Any, address: bytes) -> None:
+    global _relay
     import socket
     import struct
+    import time
 
     from ..process import current_process
 
     creds = struct.Struct("3i")  # struct ucred: pid, uid, gid
+    name = address[1:]
     while True:
         try:
             conn, _ = listener.accept()
+        except TimeoutError:
+            with _relay_lock:
+                if time.monotonic() - _relay_asked > _RELAY_GRACE and not _children_naming(name):
+                    _relay = None
+                    listener.close()
+                    return
+            continue
         except OSError:
             return
         with conn:
             try:
+                conn.settimeout(None)
                 pid, uid, _gid = creds.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, creds.size))
                 if uid == os.getuid() and _parent_of(pid) == os.getpid():
                     conn.sendall(current_process().authkey)
             except OSError:
                 pass
+
+
+def _children_naming(name: bytes) -> bool:
+    """Whether a child of this process has ``name`` on its command line."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or _parent_of(int(entry)) != me:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if name in f.read():
+                    return True
+        except OSError:
+            pass
+    return False
 
 
 def _parent_of(pid: int) -> int | None:

@@ -54,7 +54,7 @@ def name_worker() -> None:
         naming.rename(f"PoolWorker-{number}")
 
 
-def take_authkey(address: str) -> None:
+def take_authkey(address: bytes) -> None:
     """In a spawned worker, first thing: ``current_process().authkey`` becomes the parent's.
 
     The parent's relay (``_runtime/spawn.py``) sends it to its own children only. Should that
@@ -73,10 +73,17 @@ def take_authkey(address: str) -> None:
         return
     finally:
         sock.close()
-    if key:
-        from ..process import current_process
+    if not key:
+        return
 
-        current_process().authkey = key
+    def take(process_module: Any) -> None:
+        process_module.current_process().authkey = key
+
+    if "ferropool.process" in sys.modules:
+        take(sys.modules["ferropool.process"])
+    else:
+        # set when something needs it (a proxy, a connection): a bare worker never loads it
+        sys.meta_path.insert(0, _WhenImported("ferropool.process", take))
 
 
 class WorkerConfig:
@@ -139,7 +146,8 @@ def _take_output_socket(fd: int, level: int | None, output: bool) -> None:
         else:
             # importing logging now would cost most of a fresh worker's start-up, and tasks
             # that never log never need it: set it up when something imports it
-            sys.meta_path.insert(0, _WhenLoggingIsImported(level))
+            forward = _WhenImported("logging", lambda module: _load_forwarding().forward_records(module, level))
+            sys.meta_path.insert(0, forward)
 
 
 def _text_stream(kind: bytes, old: Any, fd: int) -> Any:
@@ -285,14 +293,15 @@ def _forget_after_fork() -> None:
         sink._target = _FdWriter(sink._fd)
 
 
-class _WhenLoggingIsImported:
-    """An import hook: forwards log records from the moment ``logging`` is first imported."""
+class _WhenImported:
+    """An import hook: ``then(module)`` runs once the module ``name`` is first imported."""
 
-    def __init__(self, level: int) -> None:
-        self._level = level
+    def __init__(self, name: str, then: Any) -> None:
+        self._name = name
+        self._then = then
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "logging":
+        if name != self._name:
             return None
         sys.meta_path.remove(self)
         import importlib.util
@@ -302,11 +311,11 @@ class _WhenLoggingIsImported:
         if loader is None:
             return spec
         run_module = loader.exec_module
-        level = self._level
+        then = self._then
 
         def exec_module(module: Any) -> None:
             run_module(module)
-            _load_forwarding().forward_records(module, level)
+            then(module)
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
