@@ -84,6 +84,11 @@ pub fn set_slice_timeouts(fd: RawFd) -> io::Result<()> {
 /// Sends one packet made of `parts`: `Ok(false)` when the socket stayed full for its send timeout
 /// or a signal arrived (nothing was sent; try again after checking signals).
 fn send_packet(fd: RawFd, parts: &[&[u8]]) -> io::Result<bool> {
+    send_packet_flags(fd, parts, libc::MSG_NOSIGNAL)
+}
+
+/// `send_packet` with the `sendmsg` flags given (`MSG_NOSIGNAL` at least).
+fn send_packet_flags(fd: RawFd, parts: &[&[u8]], flags: libc::c_int) -> io::Result<bool> {
     let mut iov: [libc::iovec; 2] = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -98,7 +103,7 @@ fn send_packet(fd: RawFd, parts: &[&[u8]]) -> io::Result<bool> {
     msg.msg_iovlen = parts.len().min(2) as _;
     // SAFETY: `msg` points at iovecs describing borrowed slices that outlive the call; the
     // kernel only reads them.
-    let rc = unsafe { libc::sendmsg(fd, &raw const msg, libc::MSG_NOSIGNAL) };
+    let rc = unsafe { libc::sendmsg(fd, &raw const msg, flags) };
     if rc >= 0 {
         return Ok(true); // a sequenced packet is sent whole or not at all
     }
@@ -349,6 +354,21 @@ impl PyConnection {
     fn send_slice(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         let fd = self.fd_for(false, true)?;
         let tx = &self.tx;
+        // A message of one packet into a socket with room: one non-blocking sendmsg, the GIL
+        // kept (releasing and taking it back would cost more than the call). `try_lock`: a
+        // sender blocked in another thread holds `tx` and may wait for the GIL to check signals.
+        if data.len() <= PACKET - HEADER {
+            if let Ok(broken) = tx.try_lock() {
+                if !*broken {
+                    let header = (data.len() as u64).to_le_bytes();
+                    let sent = send_packet_flags(fd, &[&header, data], libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+                        .map_err(Error::Io)?;
+                    if sent {
+                        return Ok(());
+                    }
+                }
+            }
+        }
         let mut cut_short = false;
         let sent = self.blocking(py, fd, |wait| {
             let mut broken = tx.lock().unwrap_or_else(PoisonError::into_inner);
