@@ -35,6 +35,8 @@ import subprocess
 import sys
 import time
 
+from _report import publish
+
 RESULT_MARKER = "@@ferropool-ipc-result@@ "
 IMPLS = ("multiprocessing", "ferropool")
 SIZES = {"queue": 300_000, "lock": 1_000_000, "lock_contended": 200_000, "value": 300_000}
@@ -163,11 +165,7 @@ def main() -> None:
         fp_med = statistics.median(results["ferropool", workload])
         unit = UNITS[workload]
         lines.append(f"| {workload} | {n:,} | {mp_med:,.0f} {unit} | {fp_med:,.0f} {unit} | {fp_med / mp_med:.1f}x |")
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    print(text)
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ import sys
 import time
 from typing import Any
 
+from _report import publish
+
 MARKER = "@@proc-bench@@ "
 SIZES = {"round_trips": 20_000, "big_round_trips": 200, "starts": 20}
 QUICK = {"round_trips": 2_000, "big_round_trips": 20, "starts": 5}
@@ -207,11 +209,7 @@ def main() -> None:
         "with the stdlib's spawn; the fork rows show what a fork of the parent costs, which ferropool "
         "never does (the parent runs threads).",
     ]
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
-    sys.stdout.write(text)
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ferropool
 from _bench_tasks import noop
+from _report import publish
 
 
 def _tqdm_version() -> str:
@@ -144,11 +145,7 @@ def main() -> None:
         "So its cost grows with the number of tasks, not items: about one `tqdm.update` per chunk.",
         "",
     ]
-    text = "\n".join(lines)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    print(text)
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

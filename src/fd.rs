@@ -46,35 +46,29 @@ fn poll_fds(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<u
 
 /// Descriptors of `fds` ready to read (or hung up) within `timeout`; empty on timeout.
 pub fn ready_to_read(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<RawFd>> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+    let mut pfds = read_polls(fds);
     if poll_fds(&mut pfds, timeout)? == 0 {
         return Ok(Vec::new());
     }
     Ok(pfds.iter().filter(|p| p.revents != 0).map(|p| p.fd).collect())
 }
 
-/// Whether any of `fds` is readable (or closed) right now; never waits.
+/// Whether any of `fds` is readable (or closed) right now; never waits. A stale descriptor only
+/// reports POLLNVAL (ready), and a failed poll reports nothing ready.
 #[pyfunction]
-pub fn any_readable(fds: Vec<i32>) -> bool {
-    let mut polls: Vec<libc::pollfd> = fds
-        .iter()
+pub fn any_readable(fds: Vec<RawFd>) -> bool {
+    poll_fds(&mut read_polls(&fds), Some(Duration::ZERO)).is_ok_and(|n| n > 0)
+}
+
+/// One `pollfd` a descriptor, each waiting to read.
+fn read_polls(fds: &[RawFd]) -> Vec<libc::pollfd> {
+    fds.iter()
         .map(|&fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
         })
-        .collect();
-    // SAFETY: `polls` is an exclusively borrowed array of `polls.len()` pollfd structs; a
-    // timeout of 0 returns at once. A stale descriptor only reports POLLNVAL.
-    let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, 0) };
-    n > 0
+        .collect()
 }
 
 /// The descriptors of `fds` ready to read within `timeout` seconds (`None`: wait until one is);

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import multiprocessing
 import os
 import pty
 import re
@@ -30,6 +31,8 @@ from typing import Any
 import ferropool
 import psutil
 import pytest
+
+from tests import _tasks
 
 KINDS = ("process", "thread", "cluster")  # cluster: a Dask LocalCluster (tests/cluster_support.py)
 EXECUTORS = {"process": ferropool.ProcessPoolExecutor, "thread": ferropool.ThreadPoolExecutor}
@@ -218,6 +221,24 @@ def live_processes(pids):
     return out
 
 
+@pytest.fixture(scope="session")
+def spawn_resource_tracker():
+    """Starts the stdlib's resource tracker, which the first spawn-context ``Process`` of a
+    session would start, before the leak check takes its first snapshot: it is not a leak of
+    any one test. A module that starts stdlib processes uses it in ``pytestmark``."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+
+
+def start_spawned(target, *args):
+    """A started stdlib spawn-context ``Process`` running ``target(*args)``: the other side of a
+    ferropool primitive, independent of ferropool's own process machinery."""
+    p = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    p.start()
+    return p
+
+
 def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
     """Waits, on pidfds and without reaping anything, until the processes have exited; returns
     those still running (not zombies) at the deadline."""
@@ -367,6 +388,41 @@ def beacon(tmp_path):
     b.close()
 
 
+def assert_times_out(wait: Any, *cases: tuple[type[BaseException], float]) -> None:
+    """For each ``(error, timeout)`` of ``cases``, ``wait(timeout=timeout)`` raises ``error``: a
+    pending result times out, and each exception type a caller may catch it by does catch it."""
+    for error, timeout in cases:
+        with pytest.raises(error):
+            wait(timeout=timeout)
+
+
+def running_and_queued(ex: Any, gate: Gate, beacon: Beacon, queued: int) -> tuple[Any, list[Any]]:
+    """On a one-worker executor: a call that holds the worker until ``gate`` opens (running
+    once this returns; its result is ``"first"``) and ``queued`` calls of ``square(i)`` behind it."""
+    running = ex.submit(_tasks.wait_gate, gate.path, "first", beacon.path)
+    beacon.wait()
+    return running, [ex.submit(_tasks.square, i) for i in range(queued)]
+
+
+@pytest.fixture(params=["process", "thread"])
+def pool(request):
+    """A two-worker ``Pool`` or ``ThreadPool``, closed and joined after the test."""
+    cls = ferropool.Pool if request.param == "process" else ferropool.ThreadPool
+    with cls(2) as p:
+        yield p
+        p.close()
+        p.join()
+
+
+@pytest.fixture
+def duplex():
+    """The two ends of a duplex ``Pipe``, closed after the test."""
+    a, b = ferropool.Pipe()
+    yield a, b
+    a.close()
+    b.close()
+
+
 # --------------------------------------------------------------------------------------------
 # the one place tests look inside a pool (everything else goes through the public API)
 
@@ -374,6 +430,26 @@ def beacon(tmp_path):
 def engine_of(pool: Any) -> Any:
     """The ``_core.ProcessEngine`` behind a process ``Pool`` or ``ProcessPoolExecutor``."""
     return pool._backend.engine
+
+
+def task_sizes(pool: Any, submitter: str) -> list[int]:
+    """A list that grows by the number of items of each task the pool submits from now on
+    through its back end's ``submitter`` (``"chunk_submitter"``: ``Pool`` maps;
+    ``"outcome_submitter"``: ``Executor.map``)."""
+    sizes: list[int] = []
+    real = getattr(pool._backend, submitter)
+
+    def spy(fn: Any, *args: Any, **options: Any) -> Any:
+        submit = real(fn, *args, **options)
+
+        def record(chunk: Any) -> Any:
+            sizes.append(len(chunk))
+            return submit(chunk)
+
+        return record
+
+    setattr(pool._backend, submitter, spy)
+    return sizes
 
 
 def worker_pids(pool: Any) -> list[int]:
@@ -452,6 +528,18 @@ def program_report(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit code {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
+def program_output(tmp_path: Path, source: str, **options: Any) -> tuple[list[str], str, str]:
+    """Runs ``source`` as ``run_program`` does and asserts that it exited with 0; returns its
+    stdout lines, its stderr, and its ``program_report`` for the test's own assertion messages."""
+    return _succeeded(run_program(tmp_path, source, **options))
+
+
+def _succeeded(result: subprocess.CompletedProcess[str]) -> tuple[list[str], str, str]:
+    detail = program_report(result)
+    assert result.returncode == 0, detail
+    return result.stdout.splitlines(), result.stderr, detail
+
+
 #: What ``run_script`` puts before a test's script: the repository on ``sys.path``, ferropool,
 #: and the importable process tasks as ``tasks``.
 SCRIPT_PRELUDE = f"""
@@ -465,6 +553,12 @@ from tests import _process_tasks as tasks
 def run_script(tmp_path: Path, body: str, **options: Any) -> subprocess.CompletedProcess[str]:
     """``run_program`` of ``body`` after ``SCRIPT_PRELUDE``."""
     return run_program(tmp_path, SCRIPT_PRELUDE + textwrap.dedent(body), **options)
+
+
+def script_output(tmp_path: Path, body: str, **options: Any) -> tuple[list[str], str, str]:
+    """``program_output`` for a ``run_script`` body: asserts it exited with 0; returns its stdout
+    lines, its stderr and its report."""
+    return _succeeded(run_script(tmp_path, body, **options))
 
 
 # scripts in a child interpreter

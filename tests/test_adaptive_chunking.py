@@ -13,25 +13,7 @@ import ferropool
 import pytest
 
 from . import _tasks
-from .conftest import WAIT
-
-
-def _spy_sizes(backend, attribute):
-    """Records the number of items of every task ``backend.<attribute>`` submits."""
-    sizes: list[int] = []
-    real = getattr(backend, attribute)
-
-    def spy(fn, *args, **options):
-        submit = real(fn, *args, **options)
-
-        def record(chunk):
-            sizes.append(len(chunk))
-            return submit(chunk)
-
-        return record
-
-    setattr(backend, attribute, spy)
-    return sizes
+from .conftest import WAIT, task_sizes
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 1000, 100_000])
@@ -47,7 +29,7 @@ def test_executor_map_several_iterables_stops_at_the_shortest():
 
 def test_executor_map_grows_tasks_for_tiny_items():
     with ferropool.ProcessPoolExecutor(2) as ex:
-        sizes = _spy_sizes(ex._backend, "outcome_submitter")
+        sizes = task_sizes(ex, "outcome_submitter")
         assert list(ex.map(_tasks.square, range(100_000))) == [i * i for i in range(100_000)]
     assert sizes[0] == 1
     assert sum(sizes) == 100_000
@@ -56,7 +38,7 @@ def test_executor_map_grows_tasks_for_tiny_items():
 
 def test_executor_map_keeps_slow_items_one_per_task():
     with ferropool.ProcessPoolExecutor(2) as ex:
-        sizes = _spy_sizes(ex._backend, "outcome_submitter")
+        sizes = task_sizes(ex, "outcome_submitter")
         assert list(ex.map(_tasks.sleep_then, [0.02] * 12, range(12))) == list(range(12))
     assert max(sizes) == 1  # 20 ms an item is more than a task's target
 
@@ -153,7 +135,7 @@ def test_pool_map_async_callbacks():
 def test_pool_map_slow_uneven_items_spread_over_workers():
     """Twelve 20 ms items go one to a task: the stdlib's 4-per-worker rule would bunch them."""
     with ferropool.Pool(2) as p:
-        sizes = _spy_sizes(p._backend, "chunk_submitter")
+        sizes = task_sizes(p, "chunk_submitter")
         assert p.map(_tasks.sleep_then, [0.02] * 12) == [None] * 12
     assert max(sizes) == 1
 

@@ -42,12 +42,15 @@ def test_await_already_done_future(make_executor):
         assert asyncio.run(main(fut)) == 36
 
 
-def test_gather_many_awaited_futures(make_executor):
+@pytest.mark.parametrize("call, n", [("submit", 20), ("run", 30)])
+def test_gather_many(make_executor, call, n):
+    """Many awaited futures (``submit``) or coroutines (``run``) gathered at once."""
+
     async def main(ex):
-        return await asyncio.gather(*(ex.submit(_tasks.square, i) for i in range(20)))
+        return await asyncio.gather(*(getattr(ex, call)(_tasks.square, i) for i in range(n)))
 
     with make_executor() as ex:
-        assert asyncio.run(main(ex)) == [i * i for i in range(20)]
+        assert asyncio.run(main(ex)) == [i * i for i in range(n)]
 
 
 def test_wrap_future(make_executor):
@@ -101,37 +104,34 @@ def test_wait_for_timeout_on_awaited_future(make_executor, gate):
             assert fut.result(timeout=WAIT) == "late"
 
 
+async def await_while_ticking(awaitable, gate, pause):
+    """Awaits ``awaitable`` while a task counts the event loop's turns (``pause`` s apart) and
+    opens ``gate`` at the fifth; returns its value and the count."""
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            if ticks == 5:
+                gate.open()
+            await asyncio.sleep(pause)
+
+    task = asyncio.create_task(ticker())
+    value = await awaitable
+    task.cancel()
+    return value, ticks
+
+
 def test_event_loop_runs_while_awaiting(make_executor, gate):
     async def main(ex, gate):
-        ticks = 0
         fut = ex.submit(_tasks.wait_gate, gate.path, "released")
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                ticks += 1
-                if ticks == 5:
-                    gate.open()
-                await asyncio.sleep(0.001)
-
-        task = asyncio.create_task(ticker())
-        value = await fut
-        task.cancel()
-        return value, ticks
+        return await await_while_ticking(fut, gate, 0.001)
 
     with make_executor() as ex, gate:
         value, ticks = asyncio.run(main(ex, gate))
     assert value == "released"
     assert ticks >= 5
-
-
-@pytest.fixture(params=["process", "thread"])
-def pool(request):
-    cls = ferropool.Pool if request.param == "process" else ferropool.ThreadPool
-    with cls(2) as p:
-        yield p
-        p.close()
-        p.join()
 
 
 @pytest.mark.parametrize("method", ["imap", "imap_unordered"])
@@ -149,20 +149,10 @@ def test_async_for_over_imap(pool, method):
 @pytest.mark.parametrize("method", ["imap", "imap_unordered"])
 def test_async_for_keeps_the_loop_running_while_results_are_awaited(pool, method, gate):
     async def main():
-        ticks = 0
+        async def results():
+            return [x async for x in getattr(pool, method)(_tasks.wait_gate, [gate.path] * 3)]
 
-        async def ticker():
-            nonlocal ticks
-            while True:
-                ticks += 1
-                if ticks == 5:
-                    gate.open()
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(ticker())
-        out = [x async for x in getattr(pool, method)(_tasks.wait_gate, [gate.path] * 3)]
-        task.cancel()
-        return out, ticks
+        return await await_while_ticking(results(), gate, 0)
 
     out, ticks = asyncio.run(main())
     assert out == [None] * 3
@@ -217,14 +207,6 @@ def test_executor_run(make_executor):
 
     with make_executor() as ex:
         assert asyncio.run(main(ex)) == (42, ((1,), {"key": "v"}))
-
-
-def test_many_runs_gathered(make_executor):
-    async def main(ex):
-        return await asyncio.gather(*(ex.run(_tasks.square, i) for i in range(30)))
-
-    with make_executor() as ex:
-        assert asyncio.run(main(ex)) == [i * i for i in range(30)]
 
 
 def test_pool_run(pool):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from tests.conftest import program_report, run_program
+from tests.conftest import program_output
 
 PROGRAM = """
 import logging
@@ -33,10 +33,8 @@ if __name__ == "__main__":
 
 
 def test_records_logged_in_children_carry_the_childs_name(tmp_path):
-    result = run_program(tmp_path, PROGRAM)
-    detail = program_report(result)
-    assert result.returncode == 0, detail
-    out, err = result.stdout.splitlines(), result.stderr.splitlines()
+    out, stderr, detail = program_output(tmp_path, PROGRAM)
+    err = stderr.splitlines()
     assert "exitcode 0" in out, detail
     # Process start and exit, with the stdlib's messages, and the child's own record
     for line in [

@@ -11,9 +11,7 @@ import os
 import signal
 import textwrap
 
-import psutil
-
-from tests.conftest import program_report, run_program, start_child, wait_gone
+from tests.conftest import live_processes, program_report, run_program, start_child, wait_gone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,16 +69,6 @@ def _run(tmp_path, body: str, allow_stderr: bool = False) -> dict:
     return out
 
 
-def _processes(pids):
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
-    return procs
-
-
 # --------------------------------------------------------------------------------------------
 
 
@@ -121,7 +109,7 @@ def test_first_pool_starts_a_fork_server(tmp_path):
     assert out["me"] not in out["workers"]
     assert out["parents"] == [server], detail
     # the script has ended: its server and workers are gone too
-    leftover = wait_gone(_processes([server, *out["workers"]]), 5)
+    leftover = wait_gone(live_processes([server, *out["workers"]]), 5)
     assert not leftover, f"{[p.pid for p in leftover]} outlived the script\n{detail}"
 
 
@@ -147,7 +135,7 @@ def test_spawn_context_starts_no_server(tmp_path):
     assert out["value"] == 49
     assert out["mapped"] == [0, 1, 4, 9]
     assert out["parents"] == [out["me"]], detail
-    leftover = wait_gone(_processes(out["workers"]), 5)
+    leftover = wait_gone(live_processes(out["workers"]), 5)
     assert not leftover
 
 
@@ -169,7 +157,7 @@ def test_multiprocessing_pool_uses_the_server(tmp_path):
     assert out["server"] is not None, detail
     assert out["values"] == [0, 2, 4, 6, 8, 10]
     assert out["parents"] == [out["server"]], detail
-    leftover = wait_gone(_processes([out["server"], *out["workers"]]), 5)
+    leftover = wait_gone(live_processes([out["server"], *out["workers"]]), 5)
     assert not leftover
 
 
@@ -249,7 +237,7 @@ if __name__ == "__main__":
 def test_server_and_workers_die_with_the_parent(tmp_path):
     with start_child(tmp_path / "script.py", HEADER + PARENT_KILLED, marker="REPORT ", cwd=tmp_path) as child:
         out = json.loads(child.line("REPORT "))
-        procs = _processes([out["server"], *out["workers"]])
+        procs = live_processes([out["server"], *out["workers"]])
         assert out["busy"] in out["workers"]
         assert len(procs) >= 2, out
         os.kill(child.proc.pid, signal.SIGKILL)
@@ -323,7 +311,7 @@ def test_user_fork_child_can_make_its_own_pool(tmp_path):
     assert child["child_server"] != out["server"], detail
     assert out["after"] == [0, 1, 4, 9, 16]
     assert out["after_submit"] == 5
-    leftover = wait_gone(_processes([out["server"], *child["child_workers"]]), 5)
+    leftover = wait_gone(live_processes([out["server"], *child["child_workers"]]), 5)
     assert not leftover
 
 

@@ -13,7 +13,7 @@ import ferropool
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT
+from tests.conftest import WAIT, assert_times_out, running_and_queued
 
 # --------------------------------------------------------------------------------------------
 # the classes
@@ -150,18 +150,15 @@ def test_base_exception_in_task_fails_only_that_future(make_executor):
 def test_result_timeout_on_blocked_task(make_executor, gate):
     with make_executor() as ex, gate:
         fut = ex.submit(_tasks.wait_gate, gate.path, "done")
-        with pytest.raises(ferropool.TimeoutError):
-            fut.result(timeout=0.1)
-        with pytest.raises(builtins.TimeoutError):
-            fut.result(timeout=0.05)
-        with pytest.raises(cf.TimeoutError):
-            fut.result(timeout=0.05)
-        with pytest.raises(multiprocessing.TimeoutError):
-            fut.result(timeout=0.05)
-        with pytest.raises(ferropool.TimeoutError):
-            fut.result(timeout=0)
-        with pytest.raises(ferropool.TimeoutError):
-            fut.exception(timeout=0.1)
+        assert_times_out(
+            fut.result,
+            (ferropool.TimeoutError, 0.1),
+            (builtins.TimeoutError, 0.05),
+            (cf.TimeoutError, 0.05),
+            (multiprocessing.TimeoutError, 0.05),
+            (ferropool.TimeoutError, 0),
+        )
+        assert_times_out(fut.exception, (ferropool.TimeoutError, 0.1))
         assert not fut.done()
         gate.open()
         assert fut.result(timeout=WAIT) == "done"
@@ -173,9 +170,7 @@ def test_result_timeout_on_blocked_task(make_executor, gate):
 
 def test_cancel_queued_future_but_not_running_one(make_executor, gate, beacon):
     with make_executor(max_workers=1) as ex, gate:
-        running = ex.submit(_tasks.wait_gate, gate.path, "first", beacon.path)
-        beacon.wait()
-        queued = [ex.submit(_tasks.square, i) for i in range(4)]
+        running, queued = running_and_queued(ex, gate, beacon, 4)
         last = queued[-1]
 
         assert running.running()

@@ -87,10 +87,12 @@ def test_kill_one_of_several_running_calls_spares_the_others(beacon, gate):
         _check_pool_works(ex)
 
 
-def test_kill_call_waiting_behind_another_in_a_worker(beacon, gate):
-    """The only worker runs ``first``; ``second`` waits behind it (perhaps already sent to that
-    worker). kill() of ``second`` cancels it at once; ``first`` finishes; the pool goes on."""
-    with ferropool.ProcessPoolExecutor(max_workers=1) as ex, gate:
+@pytest.mark.parametrize("executor", [ferropool.ProcessPoolExecutor, ferropool.ThreadPoolExecutor])
+def test_kill_call_waiting_behind_another_in_a_worker(executor, beacon, gate):
+    """The only worker (or thread) runs ``first``; ``second`` waits behind it (perhaps already
+    sent to that worker). kill() of ``second`` cancels it at once; ``first`` finishes; the pool
+    goes on."""
+    with executor(max_workers=1) as ex, gate:
         first = ex.submit(_tasks.wait_gate, gate.path, "first", beacon.path)
         second = ex.submit(_tasks.square, 5)
         third = ex.submit(_tasks.square, 6)
@@ -141,17 +143,6 @@ def test_kill_on_a_running_thread_pool_call_returns_false(beacon, gate):
         gate.open()
         assert fut.result(timeout=WAIT) == "thread"
         assert fut.kill() is False
-
-
-def test_kill_on_a_queued_thread_pool_call_cancels_it(beacon, gate):
-    with ferropool.ThreadPoolExecutor(max_workers=1) as ex, gate:
-        running = ex.submit(_tasks.wait_gate, gate.path, "running", beacon.path)
-        queued = ex.submit(_tasks.square, 3)
-        beacon.wait()
-        assert queued.kill() is True
-        _assert_cancelled(queued)
-        gate.open()
-        assert running.result(timeout=WAIT) == "running"
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import threading
 
 import ferropool
 import pytest
-from ferropool._pool import logs
 from ferropool._worker import forwarding
 
 from tests.conftest import WAIT, Child, run_program
@@ -308,12 +307,11 @@ def test_recycled_workers_are_logged_at_info(caplog):
 @pytest.fixture
 def fresh_logger():
     log = logging.getLogger("ferropool")
-    saved = (log.level, log.propagate, list(log.handlers), logs._stderr_handler)
+    saved = (log.level, log.propagate, list(log.handlers))
     yield log
     log.setLevel(saved[0])
     log.propagate = saved[1]
-    log.handlers[:] = saved[2]
-    logs._stderr_handler = saved[3]
+    log.handlers[:] = saved[2]  # without log_to_stderr()'s handler, a later call adds one again
 
 
 def test_get_logger_is_the_ferropool_logger():

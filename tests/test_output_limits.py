@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from tests.conftest import program_report, run_program
+from tests.conftest import program_output
 
 HIGH_DESCRIPTORS = """
 import os, resource, sys, threading, time
@@ -36,10 +36,7 @@ if __name__ == "__main__":
 
 
 def test_descriptors_past_1024_do_not_stall_output_or_shutdown(tmp_path):
-    result = run_program(tmp_path, HIGH_DESCRIPTORS)
-    detail = program_report(result)
-    assert result.returncode == 0, detail
-    out = result.stdout.splitlines()
+    out, _, detail = program_output(tmp_path, HIGH_DESCRIPTORS)
     assert "result " + str(list(range(20))) in out, detail
     assert sorted(line for line in out if line.startswith("line ")) == sorted(f"line {x}" for x in range(20))
     assert "joined True" in out, detail
@@ -81,10 +78,7 @@ def test_a_child_a_task_left_behind_does_not_hold_up_shutdown(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     source = LEFT_BEHIND.replace("sys.argv[1]", repr(str(fifo)))
-    result = run_program(tmp_path, source)
-    detail = program_report(result)
-    assert result.returncode == 0, detail
-    out = result.stdout.splitlines()
+    out, _, detail = program_output(tmp_path, source)
     assert "joined True" in out, detail
     assert "task line" in out, detail
     # the child writes where the worker's stdout was, as it would without ferropool

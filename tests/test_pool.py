@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT, cluster_pool, run_program
+from tests.conftest import WAIT, assert_times_out, cluster_pool, live_processes, run_program, task_sizes
 
 POOLS = {"process": ferropool.Pool, "thread": ferropool.ThreadPool, "cluster": cluster_pool}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,19 +126,7 @@ def test_map_default_chunksize():
     """Without a chunk size, tasks start at one item and grow with measured item time, never past
     the stdlib's four chunks per worker; a given chunk size is kept (white box: counts them)."""
     with ferropool.Pool(2) as p:
-        sizes: list[int] = []
-        real = p._backend.chunk_submitter
-
-        def spy(fn, star, **options):
-            submit = real(fn, star, **options)
-
-            def record(chunk):
-                sizes.append(len(chunk))
-                return submit(chunk)
-
-            return record
-
-        p._backend.chunk_submitter = spy
+        sizes = task_sizes(p, "chunk_submitter")
         assert p.map(_tasks.square, range(100)) == [i * i for i in range(100)]
         assert sum(sizes) == 100
         assert sizes[0] == 1  # nothing measured yet
@@ -204,12 +192,9 @@ def test_lambdas_and_closures():
 def test_get_timeout(pool_cls, gate):
     with pool_cls(2) as p, gate:
         r = p.apply_async(_tasks.wait_gate, (gate.path, "late"))
-        with pytest.raises(ferropool.TimeoutError):
-            r.get(timeout=0.01)
-        with pytest.raises(multiprocessing.TimeoutError):
-            r.get(timeout=0.01)
-        with pytest.raises(builtins.TimeoutError):
-            r.get(timeout=0)
+        assert_times_out(
+            r.get, (ferropool.TimeoutError, 0.01), (multiprocessing.TimeoutError, 0.01), (builtins.TimeoutError, 0)
+        )
         assert not r.ready()
         gate.open()
         assert r.get(timeout=WAIT) == "late"
@@ -556,16 +541,6 @@ r = p.map_async(_tasks.sleep_then, [0.05] * 4)
 """
 
 
-def _processes(pids):
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
-    return procs
-
-
 def _run_script(tmp_path, text):
     proc = run_program(tmp_path, text, name="script.py")
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
@@ -581,7 +556,7 @@ def test_garbage_collected_pool_cleans_up(tmp_path, cls):
     if cls == "Pool":
         assert os.getpid() not in lines["workers"]
         assert lines["alive-after-del"] == [], f"workers still running after del: {proc.stdout}"
-        _, alive = psutil.wait_procs(_processes(lines["workers"]), timeout=5)
+        _, alive = psutil.wait_procs(live_processes(lines["workers"]), timeout=5)
         assert not alive, f"workers {[p.pid for p in alive]} outlived their interpreter"
 
 
@@ -590,5 +565,5 @@ def test_pool_left_at_interpreter_exit(tmp_path, cls):
     lines, proc = _run_script(tmp_path, EXIT_SCRIPT.format(root=ROOT, cls=cls))
     assert lines["workers"], proc.stdout
     if cls == "Pool":
-        _, alive = psutil.wait_procs(_processes(lines["workers"]), timeout=5)
+        _, alive = psutil.wait_procs(live_processes(lines["workers"]), timeout=5)
         assert not alive, f"workers {[p.pid for p in alive]} outlived their interpreter"

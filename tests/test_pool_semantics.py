@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import ROOT, Child, program_report, run_script
+from tests.conftest import ROOT, Child, program_report, run_script, script_output
 
 CALLBACKS_DONE_AT_JOIN = """
 import threading
@@ -123,7 +123,7 @@ def test_main_functions_share_one_namespace_in_a_worker(tmp_path):
     """Functions from ``__main__`` call each other (recursion, mutual recursion, methods), a
     ``global`` set by one task is seen by later ones, and a function redefined in the parent
     reaches the worker; a value the worker set is not overwritten by the parent's."""
-    result = run_script(
+    out, _, detail = script_output(
         tmp_path,
         """
         K = 1
@@ -151,8 +151,7 @@ def test_main_functions_share_one_namespace_in_a_worker(tmp_path):
             print(*ex.submit(get_k).result())
         """,
     )
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == ["120 True 1", "42 42 42", "redefined 42"], program_report(result)
+    assert out == ["120 True 1", "42 42 42", "redefined 42"], detail
 
 
 RAISING_INPUT = """
@@ -189,9 +188,8 @@ def test_imap_over_an_input_that_raises(tmp_path, cls):
     it broke off in, then raises the input's exception, then the iteration ends (the stdlib's
     output for this script); in ``imap_unordered`` the exception comes after every earlier
     result."""
-    result = run_script(tmp_path, RAISING_INPUT.format(cls=cls))
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == [
+    out, _, detail = script_output(tmp_path, RAISING_INPUT.format(cls=cls))
+    assert out == [
         "raised 0 end",
         "2 raised 0 end True",
         "1 4 raised 3 end",
@@ -202,7 +200,7 @@ def test_imap_over_an_input_that_raises(tmp_path, cls):
         "6 raised 7 end True",
         f"{2497**2} {2498**2} raised 2500 end",
         "2501 raised 2500 end True",
-    ], program_report(result)
+    ], detail
 
 
 POOL_ERRORS = """
@@ -253,14 +251,13 @@ def test_pool_errors_are_the_stdlibs(tmp_path):
     ``imap``; the error callback has run by the time ``get()`` raises, and a callback by the
     time it returns; the worker's traceback is a ``ferropool.pool.RemoteTraceback``, which is
     ``multiprocessing.pool.RemoteTraceback``, as CPython's own tests check; the pool goes on."""
-    result = run_script(tmp_path, POOL_ERRORS)
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == [
+    out, _, detail = script_output(tmp_path, POOL_ERRORS)
+    assert out == [
         "True True",
         "MaybeEncodingError True",
         "MaybeEncodingError True",
         "3",
-    ], program_report(result)
+    ], detail
 
 
 TOP_LEVEL_NAMES = """
@@ -313,9 +310,8 @@ def test_stdlib_top_level_names(tmp_path):
     wrapper.write_text(f'#!/bin/sh\necho ran >> "{marker}"\nexec "{sys.executable}" "$@"\n')
     wrapper.chmod(0o755)
     code = TOP_LEVEL_NAMES.format(preload=str(tmp_path / "preloaded_mod.py"), wrapper=str(wrapper), marker=str(marker))
-    result = run_script(tmp_path, code)
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == [
+    out, _, detail = script_output(tmp_path, code)
+    assert out == [
         "sys",
         "True False",
         "True True",
@@ -323,7 +319,7 @@ def test_stdlib_top_level_names(tmp_path):
         "child ran",
         "True",
         "TypeError: module_names must be a list of strings",
-    ], program_report(result)
+    ], detail
 
 
 CTRL_C_HEADER = """

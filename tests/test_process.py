@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import textwrap
 
 import ferropool
 import psutil
@@ -14,7 +13,7 @@ import pytest
 from ferropool.connection import wait
 
 from tests import _process_tasks as tasks
-from tests.conftest import SCRIPT_PRELUDE, WAIT, program_report, run_script, start_child, wait_gone
+from tests.conftest import SCRIPT_PRELUDE, WAIT, program_report, run_script, script_output, start_child, wait_gone
 
 
 def started(target=None, *args, **kwargs):
@@ -29,28 +28,20 @@ def joined(p):
     return p
 
 
-@pytest.fixture
-def pipe():
-    a, b = ferropool.Pipe()
-    yield a, b
-    a.close()
-    b.close()
-
-
 # ----------------------------------------------------------------------------------------------
 # running and exit codes
 
 
-def test_target_gets_args_and_kwargs(pipe):
-    a, b = pipe
+def test_target_gets_args_and_kwargs(duplex):
+    a, b = duplex
     p = ferropool.Process(target=tasks.send, args=(b, 1, "two"), kwargs={"three": [3]})
     p.start()
     assert a.recv() == ((1, "two"), {"three": [3]})
     assert joined(p).exitcode == 0
 
 
-def test_exitcode_is_none_before_start_and_while_running(pipe):
-    a, b = pipe
+def test_exitcode_is_none_before_start_and_while_running(duplex):
+    a, b = duplex
     p = ferropool.Process(target=tasks.wait_for, args=(b,))
     assert p.exitcode is None
     p.start()
@@ -77,8 +68,8 @@ def test_sys_exit_sets_exitcode(capfd, code, expected):
 
 
 @pytest.mark.parametrize(("method", "signum"), [("terminate", signal.SIGTERM), ("kill", signal.SIGKILL)])
-def test_killed_process_has_negative_signal_exitcode(pipe, method, signum):
-    a, b = pipe
+def test_killed_process_has_negative_signal_exitcode(duplex, method, signum):
+    a, b = duplex
     p = started(tasks.wait_for, b)
     getattr(p, method)()
     assert joined(p).exitcode == -signum
@@ -92,8 +83,8 @@ def test_terminate_after_exit_is_harmless():
     assert p.exitcode == 0
 
 
-def test_subclass_run_is_used(pipe):
-    a, b = pipe
+def test_subclass_run_is_used(duplex):
+    a, b = duplex
     p = tasks.Reporter(b, 21)
     p.start()
     what, value, pid = a.recv()
@@ -101,8 +92,8 @@ def test_subclass_run_is_used(pipe):
     assert joined(p).exitcode == 0
 
 
-def test_lambda_and_closure_targets(pipe):
-    a, b = pipe
+def test_lambda_and_closure_targets(duplex):
+    a, b = duplex
     offset = 10
     joined(started(lambda conn: conn.send(offset + 1), b))
     joined(started(lambda: b.send(offset + 2)))
@@ -127,8 +118,8 @@ def test_unpicklable_process_fails_at_start_and_starts_nothing():
 # join, is_alive, sentinel, active_children
 
 
-def test_join_timeout_returns_while_running(pipe):
-    a, b = pipe
+def test_join_timeout_returns_while_running(duplex):
+    a, b = duplex
     p = started(tasks.wait_for, b)
     p.join(0.05)
     assert p.is_alive()
@@ -137,8 +128,8 @@ def test_join_timeout_returns_while_running(pipe):
     assert joined(p).exitcode == 0
 
 
-def test_sentinel_becomes_ready_when_the_process_ends(pipe):
-    a, b = pipe
+def test_sentinel_becomes_ready_when_the_process_ends(duplex):
+    a, b = duplex
     p = started(tasks.wait_for, b)
     assert wait([p.sentinel], timeout=0.05) == []
     a.send("go")
@@ -146,8 +137,8 @@ def test_sentinel_becomes_ready_when_the_process_ends(pipe):
     assert joined(p).exitcode == 0
 
 
-def test_wait_mixes_sentinels_and_connections(pipe):
-    a, b = pipe
+def test_wait_mixes_sentinels_and_connections(duplex):
+    a, b = duplex
     p = started(tasks.send, b, "hello")
     ready = wait([a, p.sentinel], timeout=WAIT)
     assert a in ready
@@ -156,8 +147,8 @@ def test_wait_mixes_sentinels_and_connections(pipe):
     joined(p)
 
 
-def test_active_children_lists_running_and_reaps_finished(pipe):
-    a, b = pipe
+def test_active_children_lists_running_and_reaps_finished(duplex):
+    a, b = duplex
     running = started(tasks.wait_for, b)
     done = started(tasks.exit_with, 0)
     assert wait([done.sentinel], timeout=WAIT)
@@ -182,8 +173,8 @@ def test_is_alive_before_start_and_after_join():
 # identity
 
 
-def test_identity_in_the_child(pipe):
-    a, b = pipe
+def test_identity_in_the_child(duplex):
+    a, b = duplex
     p = ferropool.Process(target=tasks.identity, args=(b,), name="worker-x", daemon=True)
     p.start()
     info = a.recv()
@@ -243,8 +234,8 @@ def test_daemon_defaults_to_false_and_is_settable_before_start():
 # close and bad input
 
 
-def test_close_of_running_process_raises_valueerror(pipe):
-    a, b = pipe
+def test_close_of_running_process_raises_valueerror(duplex):
+    a, b = duplex
     p = started(tasks.wait_for, b)
     with pytest.raises(ValueError, match="Cannot close a process while it is still running"):
         p.close()
@@ -303,14 +294,14 @@ def test_group_must_be_none():
         ferropool.Process(group="g")
 
 
-def test_daemon_cannot_start_children(pipe):
-    a, b = pipe
+def test_daemon_cannot_start_children(duplex):
+    a, b = duplex
     joined(started(tasks.start_grandchild, b, daemon=True))
     assert a.recv() == ("refused", "daemonic processes are not allowed to have children")
 
 
-def test_non_daemon_child_starts_and_joins_a_grandchild(pipe):
-    a, b = pipe
+def test_non_daemon_child_starts_and_joins_a_grandchild(duplex):
+    a, b = duplex
     joined(started(tasks.start_grandchild, b))
     assert a.recv() == ("started", 5)
 
@@ -373,7 +364,7 @@ def test_all_start_methods_default_first_and_freeze_support_is_a_no_op():
     assert ferropool.freeze_support() is None
 
 
-def test_context_pool_uses_the_context(pipe):
+def test_context_pool_uses_the_context():
     with ferropool.get_context("spawn").Pool(1) as pool:
         assert pool.apply(abs, (-3,)) == 3
 
@@ -390,8 +381,8 @@ def test_stdlib_exception_classes_are_reexported():
 # inheritance
 
 
-def test_authkey_set_before_start_reaches_the_child(pipe):
-    a, b = pipe
+def test_authkey_set_before_start_reaches_the_child(duplex):
+    a, b = duplex
     p = ferropool.Process(target=tasks.identity, args=(b,))
     p.authkey = b"shared secret"
     p.start()
@@ -404,11 +395,11 @@ def test_child_writes_to_the_inherited_stdout(capfd):
     assert "hello from the child" in capfd.readouterr().out
 
 
-def test_child_started_from_a_thread_outlives_that_thread(pipe):
+def test_child_started_from_a_thread_outlives_that_thread(duplex):
     """Nothing ties the child to the thread that started it (a parent-death signal would)."""
     import threading
 
-    a, b = pipe
+    a, b = duplex
     box = []
     starter = threading.Thread(target=lambda: box.append(started(tasks.wait_for, b)))
     starter.start()
@@ -470,7 +461,7 @@ def test_a_forked_process_that_cannot_load_its_arguments_says_why(tmp_path):
 
 
 def test_main_functions_lambdas_and_main_subclasses_run_without_a_main_guard(tmp_path):
-    result = run_script(
+    out, _, detail = script_output(
         tmp_path,
         """
         a, b = ferropool.Pipe()
@@ -496,10 +487,7 @@ def test_main_functions_lambdas_and_main_subclasses_run_without_a_main_guard(tmp
         print(got, [p.exitcode for p in procs])
         """,
     )
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == ["[('function', 10), ('lambda', 12), ('subclass', 'sub')] [0, 0, 0]"], (
-        program_report(result)
-    )
+    assert out == ["[('function', 10), ('lambda', 12), ('subclass', 'sub')] [0, 0, 0]"], detail
 
 
 def test_daemon_child_is_terminated_at_parent_exit(tmp_path):
@@ -519,7 +507,7 @@ def test_daemon_child_is_terminated_at_parent_exit(tmp_path):
 
 
 def test_daemon_child_that_ignores_sigterm_is_killed_at_parent_exit(tmp_path):
-    result = run_script(
+    out, _, detail = script_output(
         tmp_path,
         """
         a, b = ferropool.Pipe()
@@ -529,8 +517,7 @@ def test_daemon_child_that_ignores_sigterm_is_killed_at_parent_exit(tmp_path):
         atexit.register(lambda: print("daemon exitcode", p.exitcode, flush=True))
         """,
     )
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == ["daemon exitcode -9"], program_report(result)
+    assert out == ["daemon exitcode -9"], detail
 
 
 def test_non_daemon_child_is_joined_at_parent_exit(tmp_path):
@@ -553,7 +540,7 @@ def test_non_daemon_child_is_joined_at_parent_exit(tmp_path):
 
 
 def test_exit_code_of_a_child_that_sets_it_does_not_change_the_parents(tmp_path):
-    result = run_script(
+    out, _, detail = script_output(
         tmp_path,
         """
         p = ferropool.Process(target=tasks.exit_with, args=(3,))
@@ -562,46 +549,19 @@ def test_exit_code_of_a_child_that_sets_it_does_not_change_the_parents(tmp_path)
         print(p.exitcode)
         """,
     )
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == ["3"]
+    assert out == ["3"], detail
 
 
+# each blocked call runs in a script that has made a pipe ``a, b`` and started a child ``p``
+SLEEPER = "ferropool.Process(target=time.sleep, args=(60,))"
+WAITER = "ferropool.Process(target=tasks.wait_for, args=(b,))"  # until a sends or closes
 BLOCKED = {
-    "join": """
-        p = ferropool.Process(target=time.sleep, args=(60,))
-        p.start()
-        print("waiting", flush=True)
-        p.join()
-    """,
-    "recv": """
-        a, b = ferropool.Pipe()
-        p = ferropool.Process(target=tasks.wait_for, args=(b,))
-        p.start()
-        print("waiting", flush=True)
-        a.recv()
-    """,
-    "poll": """
-        a, b = ferropool.Pipe()
-        p = ferropool.Process(target=tasks.wait_for, args=(b,))
-        p.start()
-        print("waiting", flush=True)
-        a.poll(None)
-    """,
-    "wait": """
-        a, b = ferropool.Pipe()
-        p = ferropool.Process(target=tasks.wait_for, args=(b,))
-        p.start()
-        print("waiting", flush=True)
-        ferropool.connection.wait([a, p.sentinel])
-    """,
-    "send": """
-        a, b = ferropool.Pipe()
-        p = ferropool.Process(target=time.sleep, args=(60,), kwargs={})
-        p.start()
-        print("waiting", flush=True)
-        while True:
-            a.send_bytes(bytes(1 << 20))  # nobody reads: the socket fills and send blocks
-    """,
+    "join": (SLEEPER, "p.join()"),
+    "recv": (WAITER, "a.recv()"),
+    "poll": (WAITER, "a.poll(None)"),
+    "wait": (WAITER, "ferropool.connection.wait([a, p.sentinel])"),
+    # nobody reads: the socket fills and send blocks
+    "send": (SLEEPER, "while True:\n    a.send_bytes(bytes(1 << 20))"),
 }
 
 
@@ -609,7 +569,9 @@ BLOCKED = {
 def test_ctrl_c_interrupts_a_blocked_call_and_ends_the_children(tmp_path, blocked_in):
     """SIGINT to the parent alone: the blocked call raises KeyboardInterrupt at once, and the
     interrupted interpreter terminates its children instead of joining them."""
-    text = SCRIPT_PRELUDE + textwrap.dedent(BLOCKED[blocked_in]) + '\nprint("not interrupted")\n'
+    process, call = BLOCKED[blocked_in]
+    blocked = f'a, b = ferropool.Pipe()\np = {process}\np.start()\nprint("waiting", flush=True)\n{call}\n'
+    text = SCRIPT_PRELUDE + blocked + 'print("not interrupted")\n'
     with start_child(tmp_path / "interrupted.py", text) as child:
         child.proc.send_signal(signal.SIGINT)
         child.exit_within(10)
@@ -626,7 +588,7 @@ def test_children_forked_by_the_fork_server_see_the_parent_as_it_is_at_start(tmp
     (tmp_path / "later").mkdir()
     (tmp_path / "extra").mkdir()
     (tmp_path / "extra" / "late_module.py").write_text("VALUE = 42\n")
-    result = run_script(
+    out, _, detail = script_output(
         tmp_path,
         f"""
         from ferropool._runtime import forkserver
@@ -656,5 +618,4 @@ def test_children_forked_by_the_fork_server_see_the_parent_as_it_is_at_start(tmp
         print(first.exitcode, p.exitcode, killed.exitcode, exits.exitcode, spawned.exitcode)
         """,
     )
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == ["True", "True", "0 0 -15 5 0"], program_report(result)
+    assert out == ["True", "True", "0 0 -15 5 0"], detail

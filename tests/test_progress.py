@@ -30,15 +30,6 @@ class RecordingBar:
         self.closed = True
 
 
-@pytest.fixture(params=["process", "thread"])
-def pool(request):
-    cls = ferropool.Pool if request.param == "process" else ferropool.ThreadPool
-    with cls(2) as p:
-        yield p
-        p.close()
-        p.join()
-
-
 def _tqdm_output(buf: io.StringIO) -> str:
     return buf.getvalue().replace("\r", "\n")
 

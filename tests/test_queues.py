@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import queue
 import signal
@@ -12,23 +11,9 @@ import warnings
 import ferropool
 import pytest
 
-from tests.conftest import WAIT, run_script, start_child
+from tests.conftest import WAIT, script_output, start_child, start_spawned
 
-CTX = multiprocessing.get_context("spawn")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _resource_tracker():
-    # started once per session by spawn-context processes: not a leak of any one test
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()
-
-
-def start(target, *args):
-    p = CTX.Process(target=target, args=args)
-    p.start()
-    return p
+pytestmark = pytest.mark.usefixtures("spawn_resource_tracker")
 
 
 def produce(q, items):
@@ -63,7 +48,7 @@ def pool_task_put(q, x):
 def test_items_cross_processes_in_order(cls):
     q = cls()
     items = [0, "text", None, (1, 2.5), {"k": [1, 2]}, b"\0" * 100_000, list(range(1000))]
-    p = start(produce, q, items)
+    p = start_spawned(produce, q, items)
     assert [q.get() for _ in items] == items
     p.join(WAIT)
     assert p.exitcode == 0
@@ -73,7 +58,7 @@ def test_items_cross_processes_in_order(cls):
 def test_messages_larger_than_the_ring_travel_in_parts():
     q = ferropool.Queue(capacity=64 * 1024)
     big = os.urandom(1_000_000)
-    p = start(produce, q, [big, 1, big])
+    p = start_spawned(produce, q, [big, 1, big])
     assert q.get(timeout=WAIT) == big
     assert q.get(timeout=WAIT) == 1
     assert q.get(timeout=WAIT) == big
@@ -163,13 +148,12 @@ except AttributeError as e:
 
 
 def test_a_subclass_hook_receives_what_put_could_not_pickle(tmp_path):
-    result = run_script(tmp_path, FEEDER_HOOK_SCRIPT)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+    out, _, detail = script_output(tmp_path, FEEDER_HOOK_SCRIPT)
+    assert out == [
         "hook AttributeError NotPicklable",
         "got True True",
         "plain queue raises: no pickling",
-    ]
+    ], detail
 
 
 def test_lambdas_travel_by_value():
@@ -183,7 +167,7 @@ def test_joinable_queue_join_waits_for_task_done():
     for i in range(5):
         q.put(i)
     assert q.join(timeout=0.05) is False
-    p = start(consume_and_mark_done, q, 5, out)
+    p = start_spawned(consume_and_mark_done, q, 5, out)
     assert q.join(timeout=WAIT) is True
     assert sorted(out.get(timeout=WAIT) for _ in range(5)) == [0, 2, 4, 6, 8]
     with pytest.raises(ValueError, match="too many times"):
@@ -204,7 +188,7 @@ def test_simple_queue_interface():
 
 def test_a_killed_producer_never_corrupts_the_queue():
     q, started = ferropool.Queue(capacity=64 * 1024), ferropool.Event()
-    p = start(put_forever, q, started)
+    p = start_spawned(put_forever, q, started)
     assert started.wait(WAIT)
     seen = [q.get(timeout=WAIT) for _ in range(200)]
     os.kill(p.pid, signal.SIGKILL)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import multiprocessing
 import os
 import pickle
 import signal
@@ -14,23 +13,9 @@ import pytest
 from ferropool import shared_memory
 from ferropool.shared_memory import ShareableList, SharedMemory
 
-from tests.conftest import WAIT, run_script, wait_gone
+from tests.conftest import WAIT, run_script, start_spawned, wait_gone
 
-CTX = multiprocessing.get_context("spawn")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _resource_tracker():
-    # started once per session by spawn-context processes: not a leak of any one test
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()
-
-
-def start(target, *args):
-    p = CTX.Process(target=target, args=args)
-    p.start()
-    return p
+pytestmark = pytest.mark.usefixtures("spawn_resource_tracker")
 
 
 def exists(name):
@@ -60,7 +45,7 @@ def edit_list(name):
 def test_a_child_attaches_by_name_and_writes():
     shm = SharedMemory(create=True, size=64)
     assert shm.name.startswith("psm_") and shm.size == 64
-    p = start(write_by_name, shm.name, b"from child")
+    p = start_spawned(write_by_name, shm.name, b"from child")
     p.join(WAIT)
     assert p.exitcode == 0
     assert bytes(shm.buf[:10]) == b"from child"
@@ -103,7 +88,7 @@ def test_explicit_unlink_removes_the_name_at_once():
 
 def test_a_killed_creators_block_is_cleaned_up():
     out = ferropool.Queue()
-    p = start(create_and_hang, out, 4096)
+    p = start_spawned(create_and_hang, out, 4096)
     name, watchdog_pid = out.get(timeout=WAIT)
     assert exists(name)
     watchdog = psutil.Process(watchdog_pid)
@@ -115,7 +100,7 @@ def test_a_killed_creators_block_is_cleaned_up():
 
 def test_a_killed_creators_block_waits_for_its_last_holder():
     out = ferropool.Queue()
-    p = start(create_and_hang, out, 4096)
+    p = start_spawned(create_and_hang, out, 4096)
     name, watchdog_pid = out.get(timeout=WAIT)
     held = SharedMemory(name)
     os.kill(p.pid, signal.SIGKILL)
@@ -208,7 +193,7 @@ def test_the_interpreter_exits_with_a_created_block_still_open(tmp_path):
 def test_shareable_list_round_trip_in_a_child():
     sl = ShareableList([1, "text", 2.5, True, b"raw", None])
     assert len(sl) == 6 and list(sl) == [1, "text", 2.5, True, b"raw", None]
-    p = start(edit_list, sl.shm.name)
+    p = start_spawned(edit_list, sl.shm.name)
     p.join(WAIT)
     assert p.exitcode == 0
     assert sl[0] == 2 and sl[1] == "done"

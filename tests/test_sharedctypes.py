@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import ctypes
-import multiprocessing
 import pickle
 
 import ferropool
 import pytest
 from ferropool import sharedctypes
 
-from tests.conftest import WAIT, run_script
+from tests.conftest import WAIT, run_script, script_output, start_spawned
 
-CTX = multiprocessing.get_context("spawn")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _resource_tracker():
-    # started once per session by spawn-context processes: not a leak of any one test
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()
-
-
-def start(target, *args):
-    p = CTX.Process(target=target, args=args)
-    p.start()
-    return p
+pytestmark = pytest.mark.usefixtures("spawn_resource_tracker")
 
 
 def increment(value, n):
@@ -48,7 +33,7 @@ class Point(ctypes.Structure):
 
 def test_increments_under_the_lock_from_two_processes_add_up():
     v = ferropool.Value("i", 0)
-    procs = [start(increment, v, 500) for _ in range(2)]
+    procs = [start_spawned(increment, v, 500) for _ in range(2)]
     increment(v, 500)
     for p in procs:
         p.join(WAIT)
@@ -61,7 +46,7 @@ def test_writes_in_a_child_are_seen_by_the_parent():
     raw_array = ferropool.RawArray(ctypes.c_int, 4)
     array = ferropool.Array("q", [1, 2, 3])
     text = ferropool.Array("c", 16)
-    p = start(fill, raw_value, raw_array, array, text)
+    p = start_spawned(fill, raw_value, raw_array, array, text)
     p.join(WAIT)
     assert p.exitcode == 0
     assert raw_value.value == 2.5
@@ -209,6 +194,5 @@ if __name__ == "__main__":
 
 def test_shared_ctypes_as_pool_initargs(tmp_path):
     (tmp_path / "initargs_module.py").write_text(INITARGS_MODULE)
-    result = run_script(tmp_path, INITARGS_SCRIPT)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["[3.5, 3.5, 3.5, 3.5]", "4 [0, 10, 20, 30]"]
+    out, _, detail = script_output(tmp_path, INITARGS_SCRIPT)
+    assert out == ["[3.5, 3.5, 3.5, 3.5]", "4 [0, 10, 20, 30]"], detail

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from tests import _tasks
-from tests.conftest import WAIT, fd_count, run_program
+from tests.conftest import WAIT, fd_count, run_program, running_and_queued
 
 
 def test_shutdown_wait_finishes_pending_work(make_executor):
@@ -79,9 +79,7 @@ def test_shutdown_without_wait_returns_while_task_runs(make_executor, gate, beac
 
 def test_shutdown_cancel_futures(make_executor, gate, beacon):
     with make_executor(max_workers=1) as ex, gate:
-        running = ex.submit(_tasks.wait_gate, gate.path, "first", beacon.path)
-        beacon.wait()
-        queued = [ex.submit(_tasks.square, i) for i in range(6)]
+        running, queued = running_and_queued(ex, gate, beacon, 6)
         ex.shutdown(wait=False, cancel_futures=True)
         # the running task still holds the only worker: the queued ones finish by cancellation
         done, _ = ferropool.wait([queued[-1]], timeout=WAIT)
@@ -102,9 +100,7 @@ def test_shutdown_cancel_futures(make_executor, gate, beacon):
 def test_shutdown_cancel_futures_has_cancelled_when_it_returns(make_executor, gate, beacon):
     """As with the stdlib, the pending futures are cancelled by the time shutdown() returns."""
     with make_executor(max_workers=1) as ex, gate:
-        running = ex.submit(_tasks.wait_gate, gate.path, "first", beacon.path)
-        beacon.wait()
-        queued = [ex.submit(_tasks.square, i) for i in range(6)]
+        running, queued = running_and_queued(ex, gate, beacon, 6)
         ex.shutdown(wait=False, cancel_futures=True)
         states = [f.cancelled() for f in queued]
         gate.open()
@@ -114,9 +110,7 @@ def test_shutdown_cancel_futures_has_cancelled_when_it_returns(make_executor, ga
 
 def test_shutdown_cancel_futures_with_wait(make_executor, gate, beacon):
     with make_executor(max_workers=1) as ex, gate:
-        running = ex.submit(_tasks.wait_gate, gate.path, "first", beacon.path)
-        beacon.wait()
-        queued = [ex.submit(_tasks.square, i) for i in range(6)]
+        running, queued = running_and_queued(ex, gate, beacon, 6)
         gate.open()  # let the running task end so that shutdown(wait=True) can return
         ex.shutdown(wait=True, cancel_futures=True)
         assert running.result() == "first"

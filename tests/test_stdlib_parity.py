@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import program_report, run_program
+from tests.conftest import program_output
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def test_contexts_are_one_per_method_and_children_learn_theirs(tmp_path):
-    result = run_program(
+    out, _, detail = program_output(
         tmp_path,
         """
         import ferropool as mp
@@ -38,16 +38,15 @@ def test_contexts_are_one_per_method_and_children_learn_theirs(tmp_path):
                 p.join()
         """,
     )
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == [
+    assert out == [
         "ForkContext ForkProcess fork",
         "SpawnContext SpawnProcess spawn",
         "ForkServerContext ForkServerProcess forkserver",
-    ]
+    ], detail
 
 
 def test_a_child_gets_the_loggers_level_and_runs_its_own_atexit_handlers(tmp_path):
-    result = run_program(
+    out, _, detail = program_output(
         tmp_path,
         """
         import atexit, logging, ferropool as mp
@@ -68,12 +67,11 @@ def test_a_child_gets_the_loggers_level_and_runs_its_own_atexit_handlers(tmp_pat
             print("level", level, flush=True)
         """,
     )
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == ["child handler", "level 32", "parent handler"]
+    assert out == ["child handler", "level 32", "parent handler"], detail
 
 
 def test_shareable_list_slots_hold_as_much_as_the_stdlibs(tmp_path):
-    result = run_program(
+    out, _, detail = program_output(
         tmp_path,
         """
         import pickle
@@ -95,12 +93,11 @@ def test_shareable_list_slots_hold_as_much_as_the_stdlibs(tmp_path):
             sl.shm.unlink()
         """,
     )
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == ["shorter newvalue 9", "ValueError bytes/str item exceeds available storage"]
+    assert out == ["shorter newvalue 9", "ValueError bytes/str item exceeds available storage"], detail
 
 
 def test_empty_on_a_closed_queue(tmp_path):
-    result = run_program(
+    out, _, detail = program_output(
         tmp_path,
         """
         import ferropool as mp
@@ -125,11 +122,10 @@ def test_empty_on_a_closed_queue(tmp_path):
             print("SimpleQueue", exc)
         """,
     )
-    assert result.returncode == 0, program_report(result)
-    assert result.stdout.splitlines() == [
+    assert out == [
         "Queue unused True",
         "Queue used handle is closed",
         "JoinableQueue unused True",
         "JoinableQueue used handle is closed",
         "SimpleQueue handle is closed",
-    ]
+    ], detail

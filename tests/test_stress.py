@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -64,22 +65,49 @@ class Chaos(threading.Thread):
                         continue
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
                     self.killed.append(pid)
-                except (ProcessLookupError, psutil.NoSuchProcess):
-                    pass
+                except (ProcessLookupError, psutil.NoSuchProcess, FileNotFoundError):
+                    pass  # gone already (FileNotFoundError: reaped before _age read /proc)
                 finally:
                     os.close(fd)
         except BaseException as exc:  # reported by the test, not as a thread warning
             self.error = exc
 
+    def finish(self) -> None:
+        """Stops the killing; the test fails if the thread met an error."""
+        self.stop.set()
+        self.join(timeout=WAIT)
+        assert self.error is None, repr(self.error)
 
-@pytest.mark.timeout(120)
-def test_chaos_monkey_during_100k_tasks():
+
+@contextlib.contextmanager
+def chaos_in_executor():
+    """A two-worker ``ProcessPoolExecutor``, checked to work, with a ``Chaos`` thread started on
+    it; on exit, the thread is stopped and the executor shut down."""
     ex = ferropool.ProcessPoolExecutor(max_workers=2)
     chaos = Chaos(engine_of(ex))
-    completed: list[ferropool.Future] = []
     try:
         assert ex.submit(_tasks.square, 2).result(timeout=WAIT) == 4
         chaos.start()
+        yield ex, chaos
+    finally:
+        chaos.stop.set()
+        if chaos.is_alive():
+            chaos.join(timeout=WAIT)
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def assert_still_works(ex) -> None:
+    """The pool is not broken and runs new calls."""
+    assert broken_reason(ex) is None
+    assert [f.result(timeout=WAIT) for f in [ex.submit(_tasks.square, i) for i in range(20)]] == [
+        i * i for i in range(20)
+    ]
+
+
+@pytest.mark.timeout(120)
+def test_chaos_monkey_during_100k_tasks():
+    completed: list[ferropool.Future] = []
+    with chaos_in_executor() as (ex, chaos):
         futures = []
         for start in range(0, N_TASKS, BATCH):
             batch = [ex.submit(_tasks.square, i) for i in range(start, start + BATCH)]
@@ -87,9 +115,7 @@ def test_chaos_monkey_during_100k_tasks():
                 fut.add_done_callback(completed.append)
             futures.extend(batch)
         ferropool.wait(futures, timeout=90)
-        chaos.stop.set()
-        chaos.join(timeout=WAIT)
-        assert chaos.error is None, repr(chaos.error)
+        chaos.finish()
 
         not_done = [i for i, f in enumerate(futures) if not f.done()]
         assert not not_done, f"{len(not_done)} futures never completed (first: {not_done[:5]})"
@@ -115,18 +141,9 @@ def test_chaos_monkey_during_100k_tasks():
         # a kill costs at most the one task that worker was running
         assert died <= len(chaos.killed), (died, len(chaos.killed))
         assert ok + died == N_TASKS
-        assert broken_reason(ex) is None
-
-        assert [f.result(timeout=WAIT) for f in [ex.submit(_tasks.square, i) for i in range(20)]] == [
-            i * i for i in range(20)
-        ]
+        assert_still_works(ex)
         assert list(ex.map(_tasks.square, range(100), chunksize=10)) == [i * i for i in range(100)]
         print(f"chaos: {len(chaos.killed)} kills, {died} tasks died, {ok} succeeded")
-    finally:
-        chaos.stop.set()
-        if chaos.is_alive():
-            chaos.join(timeout=WAIT)
-        ex.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.mark.timeout(120)
@@ -134,13 +151,9 @@ def test_chaos_with_kills_and_time_limits():
     """Chaos SIGKILLs, ``kill()`` of random futures and calls past their time limit, all at once:
     each future ends exactly once with the outcome its own story allows, and the pool works."""
     rng = random.Random(7)
-    ex = ferropool.ProcessPoolExecutor(max_workers=2)
-    limited = ex.options(timeout=0.2)
-    chaos = Chaos(engine_of(ex))
     completed: list[ferropool.Future] = []
-    try:
-        assert ex.submit(_tasks.square, 2).result(timeout=WAIT) == 4
-        chaos.start()
+    with chaos_in_executor() as (ex, chaos):
+        limited = ex.options(timeout=0.2)
         futures, slow, killed = [], set(), {}
         for i in range(20_000):
             if i % 500 == 250:
@@ -155,9 +168,7 @@ def test_chaos_with_kills_and_time_limits():
                 if victim not in killed:
                     killed[victim] = futures[victim].kill()
         ferropool.wait(futures, timeout=90)
-        chaos.stop.set()
-        chaos.join(timeout=WAIT)
-        assert chaos.error is None, repr(chaos.error)
+        chaos.finish()
 
         counts = {"ok": 0, "died": 0, "timed_out": 0, "cancelled": 0}
         for i, fut in enumerate(futures):
@@ -182,13 +193,5 @@ def test_chaos_with_kills_and_time_limits():
         assert len({id(f) for f in completed}) == len(futures)
         assert counts["died"] <= len(chaos.killed), (counts, len(chaos.killed))
         assert counts["timed_out"] >= 1 and counts["cancelled"] >= 1, counts
-        assert broken_reason(ex) is None
-        assert [f.result(timeout=WAIT) for f in [ex.submit(_tasks.square, i) for i in range(20)]] == [
-            i * i for i in range(20)
-        ]
+        assert_still_works(ex)
         print(f"chaos: {len(chaos.killed)} kills; outcomes {counts}")
-    finally:
-        chaos.stop.set()
-        if chaos.is_alive():
-            chaos.join(timeout=WAIT)
-        ex.shutdown(wait=True, cancel_futures=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 import signal
 import threading
@@ -11,24 +10,9 @@ import threading
 import ferropool
 import pytest
 
-from tests.conftest import WAIT, run_script
+from tests.conftest import WAIT, run_script, script_output, start_spawned
 
-CTX = multiprocessing.get_context("spawn")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _resource_tracker():
-    # a spawn-context Process starts the stdlib's resource tracker once per session: start it
-    # before the leak check takes its first snapshot, so it is not counted as a leak
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()
-
-
-def start(target, *args):
-    p = CTX.Process(target=target, args=args)
-    p.start()
-    return p
+pytestmark = pytest.mark.usefixtures("spawn_resource_tracker")
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,7 +63,7 @@ def set_event(ev):
 
 def test_lock_excludes_another_process_until_released():
     lock, held, go = ferropool.Lock(), ferropool.Event(), ferropool.Event()
-    p = start(hold_until, lock, held, go)
+    p = start_spawned(hold_until, lock, held, go)
     assert held.wait(WAIT)
     assert lock.acquire(timeout=0.05) is False
     assert lock.acquire(False) is False
@@ -110,7 +94,7 @@ def test_releasing_an_unlocked_lock_raises_value_error():
 
 def test_a_dead_holders_lock_is_taken_over_with_a_warning():
     lock, held = ferropool.Lock(), ferropool.Event()
-    p = start(hold_and_hang, lock, held)
+    p = start_spawned(hold_and_hang, lock, held)
     assert held.wait(WAIT)
     os.kill(p.pid, signal.SIGKILL)
     # not joined yet: the holder is a zombie, which must count as dead
@@ -122,7 +106,7 @@ def test_a_dead_holders_lock_is_taken_over_with_a_warning():
 
 def test_a_non_blocking_acquire_takes_over_from_a_dead_holder():
     lock, held = ferropool.Lock(), ferropool.Event()
-    p = start(hold_and_hang, lock, held)
+    p = start_spawned(hold_and_hang, lock, held)
     assert held.wait(WAIT)
     p.kill()
     p.join(WAIT)
@@ -167,7 +151,7 @@ def test_rlock_released_by_another_thread_raises_assertion_error():
 
 def test_rlock_excludes_another_process_and_survives_a_dead_holder():
     lock, held = ferropool.RLock(), ferropool.Event()
-    p = start(hold_and_hang, lock, held)
+    p = start_spawned(hold_and_hang, lock, held)
     assert held.wait(WAIT)
     assert not lock.acquire(timeout=0.05)
     p.kill()
@@ -185,7 +169,7 @@ def test_rlock_excludes_another_process_and_survives_a_dead_holder():
 def test_semaphore_counts_units_released_by_another_process():
     sem = ferropool.Semaphore(0)
     assert sem.acquire(timeout=0.05) is False
-    p = start(release_n, sem, 3)
+    p = start_spawned(release_n, sem, 3)
     for _ in range(3):
         assert sem.acquire(timeout=WAIT)
     assert sem.acquire(False) is False
@@ -209,7 +193,7 @@ def test_semaphore_bad_values():
 
 def test_semaphore_units_of_a_dead_holder_come_back():
     sem, held = ferropool.Semaphore(2), ferropool.Event()
-    p = start(hold_and_hang, sem, held)
+    p = start_spawned(hold_and_hang, sem, held)
     assert held.wait(WAIT)
     assert sem.acquire(False)  # the second unit
     p.kill()
@@ -225,7 +209,7 @@ def test_semaphore_consumed_as_a_signal_is_not_given_back():
     # the dead process acquired a unit that this process released: nothing to give back
     sem, held = ferropool.Semaphore(0), ferropool.Event()
     sem.release()
-    p = start(hold_and_hang, sem, held)
+    p = start_spawned(hold_and_hang, sem, held)
     assert held.wait(WAIT)
     sem.release()  # cancels the dead process's holding
     p.kill()
@@ -262,14 +246,13 @@ except OSError as e:
 def test_a_segment_cannot_be_resized_by_another_opener_nor_attached_past_its_end(tmp_path):
     # a same-user process could open a Lock's memory through /proc and truncate it: the next
     # acquire() died of SIGBUS
-    result = run_script(tmp_path, SEALED_SEGMENT_SCRIPT)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+    out, _, detail = script_output(tmp_path, SEALED_SEGMENT_SCRIPT)
+    assert out == [
         "resize refused",
         "resize refused",
         "acquired True",
         "attach refused: True",
-    ]
+    ], detail
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,7 +261,7 @@ def test_a_segment_cannot_be_resized_by_another_opener_nor_attached_past_its_end
 
 def test_event_across_processes():
     ping, pong = ferropool.Event(), ferropool.Event()
-    p = start(set_after_wait, ping, pong)
+    p = start_spawned(set_after_wait, ping, pong)
     assert not pong.wait(0.05)
     ping.set()
     assert pong.wait(WAIT) and pong.is_set()
@@ -289,7 +272,7 @@ def test_event_across_processes():
 
 def test_condition_notify_wakes_a_waiting_process():
     cond, ready, result = ferropool.Condition(), ferropool.Event(), ferropool.Event()
-    p = start(wait_on_condition, cond, ready, result)
+    p = start_spawned(wait_on_condition, cond, ready, result)
     assert ready.wait(WAIT)
     with cond:  # the child is asleep once it released the lock
         cond.notify()
@@ -407,7 +390,7 @@ def test_barrier_releases_all_parties_with_distinct_indices():
     done = ferropool.Event()
     barrier = ferropool.Barrier(3, action=functools.partial(set_event, done))
     out = ferropool.Queue()
-    procs = [start(barrier_party, barrier, out) for _ in range(2)]
+    procs = [start_spawned(barrier_party, barrier, out) for _ in range(2)]
     mine = barrier.wait(WAIT)
     others = {out.get(timeout=WAIT) for _ in procs}
     assert {mine, *others} == {0, 1, 2}
@@ -519,6 +502,5 @@ if __name__ == "__main__":
 def test_five_thousand_locks_and_values_within_1024_descriptors(tmp_path):
     # each object held a descriptor of its own (a Value two): 1,018 Locks or 509 Values used
     # up the common limit
-    result = run_script(tmp_path, MANY_OBJECTS_SCRIPT)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["parent fds True", "child fds True", "exitcode 0", "values True"]
+    out, _, detail = script_output(tmp_path, MANY_OBJECTS_SCRIPT)
+    assert out == ["parent fds True", "child fds True", "exitcode 0", "values True"], detail

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import program_report, run_program
+from tests.conftest import program_output
 
 PROGRAM = """
 import sys, threading
@@ -59,12 +59,9 @@ def test_prints_from_tasks_reach_the_parent(tmp_path, start, tty, unbuffered):
     setup, pool, executor = STARTS[start]
     source = PROGRAM.replace("SETUP", setup).replace("POOL", pool).replace("EXECUTOR", executor)
     env = {"PYTHONUNBUFFERED": "1"} if unbuffered else {}
-    result = run_program(tmp_path, source, tty=tty, env=env)
-    detail = program_report(result)
-    assert result.returncode == 0, detail
-    out = result.stdout.splitlines()
+    out, stderr, detail = program_output(tmp_path, source, tty=tty, env=env)
     assert "map [0, 1, 4, 9]" in out, detail
     assert "executor [16, 25, 36, 49]" in out, detail
     task_lines = [line for line in out if not line.startswith(("map ", "executor "))]
     assert sorted(task_lines) == sorted([*expected_stdout(range(8)), "submitted"]), detail
-    assert sorted(result.stderr.splitlines()) == sorted(f"stderr {x}" for x in range(8)), detail
+    assert sorted(stderr.splitlines()) == sorted(f"stderr {x}" for x in range(8)), detail

@@ -43,14 +43,18 @@ def state_or_error(_: object = None) -> str:
         return f"LookupError: {exc}"
 
 
-@pytest.mark.parametrize("front", ["pool", "executor"])
+def map_with_model(front, workers, scale, fn, n):
+    """``fn`` over ``range(n)`` in a pool (``Pool.map``, one item a chunk) or an executor of
+    ``workers`` whose initializer builds a ``Model(scale)``."""
+    with front(workers, initializer=build_model, initargs=(scale,)) as pool:
+        if isinstance(pool, ferropool.Executor):
+            return list(pool.map(fn, range(n)))
+        return pool.map(fn, range(n), chunksize=1)
+
+
+@pytest.mark.parametrize("front", [ferropool.Pool, ferropool.ProcessPoolExecutor])
 def test_each_process_builds_its_state_once(front):
-    if front == "pool":
-        with ferropool.Pool(2, initializer=build_model, initargs=(3,)) as pool:
-            out = pool.map(predict, range(40), chunksize=1)
-    else:
-        with ferropool.ProcessPoolExecutor(2, initializer=build_model, initargs=(3,)) as ex:
-            out = list(ex.map(predict, range(40)))
+    out = map_with_model(front, 2, 3, predict, 40)
     assert [value for value, *_ in out] == [3 * x for x in range(40)]
     assert all(built_in == pid for _, built_in, pid, _ in out)  # the worker's own object
     per_worker: dict[int, list[int]] = {}
@@ -66,14 +70,9 @@ def test_a_lambda_initializer_works():
         assert ex.submit(state_or_error).result(timeout=WAIT) == "{'answer': 42}"
 
 
-@pytest.mark.parametrize("front", ["pool", "executor"])
+@pytest.mark.parametrize("front", [ferropool.ThreadPool, ferropool.ThreadPoolExecutor])
 def test_each_thread_has_its_own_state(front):
-    if front == "pool":
-        with ferropool.ThreadPool(3, initializer=build_model, initargs=(2,)) as pool:
-            out = pool.map(predict_in_thread, range(60), chunksize=1)
-    else:
-        with ferropool.ThreadPoolExecutor(3, initializer=build_model, initargs=(2,)) as ex:
-            out = list(ex.map(predict_in_thread, range(60)))
+    out = map_with_model(front, 3, 2, predict_in_thread, 60)
     assert [value for value, _, _ in out] == [2 * x for x in range(60)]
     assert all(built_by == running_on for _, built_by, running_on in out)
 

@@ -29,7 +29,7 @@ import sys
 import time
 
 from . import _core, connection
-from ._runtime import lifecycle, naming, start_methods
+from ._runtime import lifecycle, logger_setup, naming, start_methods
 from ._runtime.serialize import dumps, load_in_child
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
@@ -129,7 +129,7 @@ class Process:
         connection._passing.fds = inherited
         # the child's get_start_method(), as the stdlib's children learn the method they came by
         self._started_by = self._start_method or start_methods.current()
-        self._log_config = _log_config()
+        self._log_config = logger_setup.for_child()
         try:
             payload = dumps((self, sys.argv))
         finally:
@@ -513,9 +513,12 @@ def __getattr__(name: str) -> Any:
 
 
 def _child_logger() -> Any:
+    """The ``ferropool`` logger (``get_logger()``, without loading the pools' machinery), made here."""
     import logging
 
-    return logging.getLogger("ferropool")  # get_logger(), without loading the pools' machinery
+    log = logging.getLogger("ferropool")
+    logger_setup.logger = log  # what this child's own children inherit
+    return log
 
 
 def _log_info(msg: str, *args: object) -> None:
@@ -526,19 +529,6 @@ def _log_info(msg: str, *args: object) -> None:
     """
     if "logging" in sys.modules:
         _child_logger().info(msg, *args)
-
-
-def _log_config() -> tuple[int | None, bool]:
-    """The parent's logger level and ``log_to_stderr()``, for the child.
-
-    As the stdlib passes them: only once the logger exists (its effective level; whether it
-    writes to stderr).
-    """
-    logging = sys.modules.get("logging")
-    if logging is None or not isinstance(logging.Logger.manager.loggerDict.get("ferropool"), logging.Logger):
-        return None, False
-    logs = sys.modules.get("ferropool._pool.logs")  # loaded if log_to_stderr() was called
-    return logging.getLogger("ferropool").getEffectiveLevel(), getattr(logs, "_stderr_handler", None) is not None
 
 
 def _child_main(fd: int) -> None:

@@ -23,7 +23,7 @@ from ._runtime import lifecycle
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
-    from typing import Any, TypeVar
+    from typing import Any, Self, TypeVar
 
     _Q = TypeVar("_Q", bound=_core.Queue)
 
@@ -67,6 +67,8 @@ class Queue(_core.Queue):
     after ``close()``.
     """
 
+    _joinable = False  # whether the ring counts unfinished items for task_done() and join()
+
     def __new__(
         cls,
         maxsize: int = 0,
@@ -74,12 +76,12 @@ class Queue(_core.Queue):
         capacity: int | None = None,
         handle: tuple[int, int, int, int, int] | None = None,
         ctx: Any = None,
-    ) -> Queue:
+    ) -> Self:
         """Creates the object, or attaches to an existing one by its ``handle`` (pickling).
 
         ``ctx`` is accepted for ``multiprocessing.queues.Queue(ctx=...)`` and not needed.
         """
-        return _track(super().__new__(cls, maxsize, False, capacity, handle))
+        return _track(super().__new__(cls, maxsize, cls._joinable, capacity, handle))
 
     @staticmethod
     def _on_queue_feeder_error(e: Exception, obj: object) -> None:
@@ -131,16 +133,7 @@ class JoinableQueue(Queue):
     them are processed.
     """
 
-    def __new__(
-        cls,
-        maxsize: int = 0,
-        *,
-        capacity: int | None = None,
-        handle: tuple[int, int, int, int, int] | None = None,
-        ctx: Any = None,
-    ) -> JoinableQueue:
-        """Creates the object, or attaches to an existing one by its ``handle`` (pickling)."""
-        return _track(_core.Queue.__new__(cls, maxsize, True, capacity, handle))
+    _joinable = True
 
     def join(self, timeout: float | None = None) -> bool:
         """Blocks until every item put has been marked done with ``task_done()``.

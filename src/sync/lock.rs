@@ -150,6 +150,23 @@ impl MutexRecord {
         }
         Ok(got)
     }
+
+    /// `acquire`, recording the calling thread as the owner, `count` levels deep, when it got
+    /// the lock: how `Lock` and `RLock` take it.
+    fn acquire_mine(
+        &self,
+        py: Python<'_>,
+        block: bool,
+        timeout: Option<Duration>,
+        what: &str,
+        count: u32,
+    ) -> PyResult<bool> {
+        let got = self.acquire(py, block, timeout, what)?;
+        if got {
+            self.mark_mine(count);
+        }
+        Ok(got)
+    }
 }
 
 fn parse_timeout(block: bool, timeout: Option<f64>) -> PyResult<Option<Duration>> {
@@ -180,11 +197,8 @@ impl PyLock {
     /// Acquires the lock, blocking until it is free unless `block` is false; `True` if acquired.
     #[pyo3(signature = (block=true, timeout=None))]
     fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
-        let got = self.rec.acquire(py, block, parse_timeout(block, timeout)?, "Lock")?;
-        if got {
-            self.rec.mark_mine(1);
-        }
-        Ok(got)
+        self.rec
+            .acquire_mine(py, block, parse_timeout(block, timeout)?, "Lock", 1)
     }
 
     /// Releases the lock; any process or thread may release it.
@@ -253,11 +267,8 @@ impl PyRLock {
             self.rec.count.fetch_add(1, Ordering::Relaxed);
             return Ok(true);
         }
-        let got = self.rec.acquire(py, block, parse_timeout(block, timeout)?, "RLock")?;
-        if got {
-            self.rec.mark_mine(1);
-        }
-        Ok(got)
+        self.rec
+            .acquire_mine(py, block, parse_timeout(block, timeout)?, "RLock", 1)
     }
 
     /// Undoes one acquisition by the owning thread.
@@ -309,9 +320,7 @@ impl PyRLock {
     }
 
     fn _acquire_restore(&self, py: Python<'_>, count: u32) -> PyResult<()> {
-        self.rec.acquire(py, true, None, "RLock")?;
-        self.rec.mark_mine(count.max(1));
-        Ok(())
+        self.rec.acquire_mine(py, true, None, "RLock", count.max(1)).map(|_| ())
     }
 
     #[getter]

@@ -47,20 +47,20 @@ import weakref
 from collections.abc import Callable
 
 from .. import _core
-from .._runtime import lifecycle
+from .._runtime import lifecycle, logger_setup
 from .._worker.start import DROPPED, MESSAGE_MAX, RECORD, STDERR, STDOUT
 
 __all__ = ["get_logger", "log_to_stderr"]
 
 LOGGER_NAME = "ferropool"
 _log = logging.getLogger(LOGGER_NAME)
+logger_setup.logger = _log
 
 
 # --------------------------------------------------------------------------------------------
 # the public logger (multiprocessing.get_logger / log_to_stderr)
 
 DEFAULT_FORMAT = "[%(levelname)s/%(processName)s] %(message)s"
-_stderr_handler: logging.Handler | None = None
 
 
 def get_logger() -> logging.Logger:
@@ -108,13 +108,13 @@ def log_to_stderr(level: int | str | None = None) -> logging.Logger:
     Raises:
         ValueError: ``level`` is not a logging level.
     """
-    global _stderr_handler
     if level is not None:
         _log.setLevel(check_level(level))
-    if _stderr_handler is None:
-        _stderr_handler = logging.StreamHandler()
-        _stderr_handler.setFormatter(logging.Formatter(DEFAULT_FORMAT))
-        _log.addHandler(_stderr_handler)
+    if logger_setup.stderr_handler not in _log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(DEFAULT_FORMAT))
+        logger_setup.stderr_handler = handler
+        _log.addHandler(handler)
         _log.propagate = False
     return _log
 
