@@ -38,6 +38,31 @@ pub const HEADER: usize = 8;
 /// How long a blocked call waits before it looks for a signal (Ctrl-C) again.
 const SLICE: Duration = Duration::from_millis(50);
 
+/// How long a receive looks for a message, yielding the CPU between looks, before it sleeps.
+///
+/// A reply to a short message usually comes within a few microseconds. Sleeping for it and
+/// being woken costs more than that when the peer runs on another CPU (an inter-processor
+/// interrupt, and the CPU's way out of idle: tens of microseconds in a virtual machine), which
+/// made a ping-pong over two CPUs several times slower than over one. Yielding between looks
+/// lets a peer on this CPU run, so the look costs little there either.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// Returns once `fd` is readable or `SPIN` has passed (at once on a machine of one CPU).
+fn spin_until_readable(fd: RawFd) {
+    static CPUS: std::sync::OnceLock<libc::c_long> = std::sync::OnceLock::new();
+    // SAFETY: sysconf only reads a system setting.
+    if *CPUS.get_or_init(|| unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }) < 2 {
+        return;
+    }
+    let deadline = std::time::Instant::now() + SPIN;
+    while !crate::fd::wait_ready(fd, libc::POLLIN, Some(Duration::ZERO)).unwrap_or(true) {
+        if std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// A connected pair of close-on-exec sequenced-packet sockets.
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [-1 as RawFd; 2];
@@ -183,6 +208,11 @@ pub struct Receiver {
 }
 
 impl Receiver {
+    /// Whether a message is half received (its next packets are already on their way).
+    pub fn has_partial(&self) -> bool {
+        self.partial.is_some()
+    }
+
     /// Receives one message. `wait` as for [`send_message`].
     pub fn recv(
         &mut self,
@@ -388,9 +418,11 @@ impl PyConnection {
         let fd = self.fd_for(true, false)?;
         let rx = &self.rx;
         let result = self.blocking(py, fd, |wait| {
-            rx.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .recv(fd, maxlength, wait)
+            let mut rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
+            if !rx.has_partial() {
+                spin_until_readable(fd);
+            }
+            rx.recv(fd, maxlength, wait)
         })?;
         result.map_err(|err| match err {
             RecvError::Eof => Error::Eof.into(),
