@@ -586,6 +586,15 @@ impl Drop for PyConnection {
     }
 }
 
+/// Returns once `fd` is readable or a short while (`SPIN`) has passed, the GIL released: what a
+/// socket connection (a manager's) does before it blocks in `recv`.
+#[pyfunction]
+pub fn spin_until_readable_fd(py: Python<'_>, fd: RawFd) -> PyResult<()> {
+    let fd = crate::errors::fd_arg(fd)?;
+    py.detach(|| spin_until_readable(fd));
+    Ok(())
+}
+
 /// A connected pair of sockets for `Pipe()`, as descriptors the two Connections will own.
 #[pyfunction]
 pub fn socket_pair() -> PyResult<(RawFd, RawFd)> {
