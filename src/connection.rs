@@ -690,6 +690,20 @@ mod tests {
     }
 
     #[test]
+    fn a_receive_looks_before_it_sleeps_and_not_for_long() {
+        let (a, b) = pair();
+        let started = std::time::Instant::now();
+        spin_until_readable(b.as_raw_fd()); // nothing comes: gives up after about SPIN
+        let waited = started.elapsed();
+        assert!(waited >= SPIN || unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } < 2);
+        assert!(waited < Duration::from_secs(1), "looked for {waited:?}");
+        send_message(a.as_raw_fd(), b"x", &mut never_wait, &mut false).unwrap();
+        spin_until_readable(b.as_raw_fd()); // returns at once: a message is waiting
+        let mut rx = Receiver::default();
+        assert_eq!(rx.recv(b.as_raw_fd(), None, &mut never_wait).unwrap(), b"x");
+    }
+
+    #[test]
     fn first_packets_from_strangers_are_refused() {
         let packet = |len: u64, body: &[u8]| [&len.to_le_bytes()[..], body].concat();
         let ok = packet(5, b"abc");
