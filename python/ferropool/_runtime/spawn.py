@@ -62,7 +62,7 @@ _relay_asked = 0.0  # time.monotonic() of the last _authkey_relay() call
 #: how long the relay stays open after the last command line that names it was made, and
 #: between two looks for a child that still names it
 _RELAY_GRACE = 2.0
-_RELAY_LOOK = 0.5
+_RELAY_LOOK = 1.0
 
 
 def _authkey_relay() -> bytes:
@@ -126,17 +126,27 @@ def _serve_authkey(listener: Any, address: bytes) -> None:
 
 def _children_naming(name: bytes) -> bool:
     """Whether a child of this process has ``name`` on its command line."""
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or _parent_of(int(entry)) != me:
-            continue
+    for child in _children():
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
                 if name in f.read():
                     return True
         except OSError:
             pass
     return False
+
+
+def _children() -> list[int]:
+    """This process's children (each thread's ``children`` list, else every process's parent)."""
+    try:
+        pids: list[int] = []
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children", "rb") as f:
+                pids += map(int, f.read().split())
+        return pids
+    except OSError:
+        me = os.getpid()
+        return [int(e) for e in os.listdir("/proc") if e.isdigit() and _parent_of(int(e)) == me]
 
 
 def _parent_of(pid: int) -> int | None:
