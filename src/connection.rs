@@ -12,8 +12,9 @@
 //! per packet: each connection's socket has 50 ms send and receive timeouts (`SO_SNDTIMEO`,
 //! `SO_RCVTIMEO`), and between two timed-out (or signal-interrupted) attempts the caller checks
 //! for signals, as `signals::wait_interruptible` does, so Ctrl-C interrupts a blocked
-//! `recv`/`send` within one slice. Blocking in `poll` first would cost two more system calls
-//! per message.
+//! `recv`/`send` within one slice. Before it blocks, a receive looks for its message for up to
+//! `SPIN` (50 µs), yielding the CPU between looks, and a one-packet send is first tried without
+//! blocking and without releasing the GIL: see `spin_until_readable` and `send_slice` for why.
 
 use std::io;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
