@@ -122,31 +122,6 @@ def test_spawned_pool_workers_share_the_parents_authkey_and_use_proxies(tmp_path
     assert out[0] == "True 4"
 
 
-def test_the_authkey_relay_answers_only_the_parents_own_children(tmp_path):
-    out = _prints(
-        tmp_path,
-        """
-        import subprocess, sys
-        from ferropool import current_process
-        from ferropool._runtime.spawn import _authkey_relay
-
-        ASK = (
-            "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(chr(0) + sys.argv[1]); "
-            "sys.stdout.write(s.recv(4096).hex())"
-        )
-        address = _authkey_relay()[1:]  # abstract: after its NUL, which no argument can hold
-        child = subprocess.run([sys.executable, "-c", ASK, address], capture_output=True, text=True)
-        print(bytes.fromhex(child.stdout) == bytes(current_process().authkey))
-        via = "import subprocess, sys; subprocess.run(sys.argv[1:])"
-        grandchild = subprocess.run(
-            [sys.executable, "-c", via, sys.executable, "-c", ASK, address], capture_output=True, text=True
-        )
-        print(repr(grandchild.stdout), grandchild.returncode)
-        """,
-    )
-    assert out[:2] == ["True", "'' 0"]
-
-
 def test_nested_proxies_are_seen_by_every_process(tmp_path):
     out = _prints(
         tmp_path,

@@ -9,11 +9,7 @@ import os
 import sys
 import threading
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
-if TYPE_CHECKING:
-    from typing import Any
-
-_relay_lock = threading.Lock()
+_keyfd_lock = threading.Lock()
 
 #: the interpreter fresh children run, when ``set_executable()`` chose one
 _executable: str | None = None
@@ -47,81 +43,67 @@ def interpreter_argv(code: str) -> list[str]:
 def worker_argv() -> list[str]:
     """The command line of a pool worker.
 
-    A spawned worker first takes this process's ``current_process().authkey`` from its authkey
-    relay (a forked one has it already), so that proxies and pickled connections it receives
-    authenticate as they would here.
+    A spawned worker first reads this process's ``current_process().authkey`` from the
+    descriptor it inherits for that (a forked one has the key already), so that proxies and
+    pickled connections it receives authenticate as they would here.
     """
+    fd, token = _authkey_fd()
     return interpreter_argv(
-        f"from ferropool._worker.start import take_authkey; take_authkey({_authkey_relay()!r}); "
+        f"from ferropool._worker.start import take_authkey; take_authkey({fd}, {token!r}); "
         f"from ferropool._worker.main import main; main({os.getpid()})"
     )
 
 
-_relay: tuple[int, bytes] | None = None  # (pid, address) of this process's authkey relay
-_relay_asked = 0.0  # time.monotonic() of the last _authkey_relay() call
-#: how long the relay stays open after the last command line that names it was made, and
+_keyfd: tuple[int, int, str] | None = None  # (pid, descriptor, token) of the key's memfd
+_keyfd_asked = 0.0  # time.monotonic() of the last _authkey_fd() call
+#: how long the descriptor stays open after the last command line that names it was made, and
 #: between two looks for a child that still names it
-_RELAY_GRACE = 2.0
-_RELAY_LOOK = 1.0
+_KEYFD_GRACE = 2.0
+_KEYFD_LOOK = 1.0
 
 
-def _authkey_relay() -> bytes:
-    """The abstract socket address of this process's authkey relay, started if need be.
+def _authkey_fd() -> tuple[int, str]:
+    """An inheritable descriptor holding ``current_process().authkey``, and a token naming it.
 
-    The key goes to a connecting process only if it runs as this user and is a child of this
-    process (``SO_PEERCRED``), as the stdlib hands its children the key and no one else: the
-    address itself is no secret, and it is on a command line anyone can read. The relay closes
-    once no child of this process names it on its command line (a spawned pool's workers, who
-    may be replaced at any time, do), so a process without spawned pools holds no socket for it.
+    A child started with a command line (a spawned pool's worker) inherits it, as children
+    inherit the key in the stdlib; no other user can reach it (no address to connect to, as for
+    every other endpoint of a pool). It is closed once no child of this process has the token on
+    its command line (the pool's workers, who may be replaced at any time, do), so a process
+    without spawned pools holds no descriptor for it.
     """
-    global _relay, _relay_asked
-    import socket
-    import time
-
-    with _relay_lock:
-        _relay_asked = time.monotonic()
-        if _relay is None or _relay[0] != os.getpid():
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listener.bind(f"\0ferropool-authkey-{os.getpid()}-{os.urandom(8).hex()}")
-            listener.listen(64)
-            listener.settimeout(_RELAY_LOOK)
-            _relay = (os.getpid(), listener.getsockname())
-            threading.Thread(
-                target=_serve_authkey, args=(listener, _relay[1]), name="ferropool-authkey", daemon=True
-            ).start()
-        return _relay[1]
-
-
-def _serve_authkey(listener: Any, address: bytes) -> None:
-    global _relay
-    import socket
-    import struct
+    global _keyfd, _keyfd_asked
     import time
 
     from ..process import current_process
 
-    creds = struct.Struct("3i")  # struct ucred: pid, uid, gid
-    name = address[1:]
+    with _keyfd_lock:
+        _keyfd_asked = time.monotonic()
+        if _keyfd is None or _keyfd[0] != os.getpid():
+            fd = os.memfd_create("ferropool-authkey")
+            _keyfd = (os.getpid(), fd, f"authkey-{os.urandom(8).hex()}")
+            threading.Thread(target=_close_when_unused, args=(_keyfd,), name="ferropool-authkey", daemon=True).start()
+        fd, token = _keyfd[1], _keyfd[2]
+        key = current_process().authkey  # as it is now: a later change reaches later workers
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, key, 0)
+        os.set_inheritable(fd, True)
+        return fd, token
+
+
+def _close_when_unused(keyfd: tuple[int, int, str]) -> None:
+    global _keyfd
+    import time
+
+    name = keyfd[2].encode()
     while True:
-        try:
-            conn, _ = listener.accept()
-        except TimeoutError:
-            with _relay_lock:
-                if time.monotonic() - _relay_asked > _RELAY_GRACE and not _children_naming(name):
-                    _relay = None
-                    listener.close()
-                    return
-            continue
-        except OSError:
-            return
-        with conn:
-            try:
-                conn.settimeout(None)
-                pid, uid, _gid = creds.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, creds.size))
-                if uid == os.getuid() and _parent_of(pid) == os.getpid():
-                    conn.sendall(current_process().authkey)
-            except OSError:
-                pass
+        time.sleep(_KEYFD_LOOK)  # a periodic look, nothing to wait on
+        with _keyfd_lock:
+            if _keyfd is not keyfd:
+                return
+            if time.monotonic() - _keyfd_asked > _KEYFD_GRACE and not _children_naming(name):
+                _keyfd = None
+                os.close(keyfd[1])
+                return
 
 
 def _children_naming(name: bytes) -> bool:

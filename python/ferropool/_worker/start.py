@@ -54,25 +54,18 @@ def name_worker() -> None:
         naming.rename(f"PoolWorker-{number}")
 
 
-def take_authkey(address: bytes) -> None:
+def take_authkey(fd: int, token: str) -> None:
     """In a spawned worker, first thing: ``current_process().authkey`` becomes the parent's.
 
-    The parent's relay (``_runtime/spawn.py``) sends it to its own children only. Should that
-    fail, the worker keeps a key of its own, as before: its tasks still run.
+    ``fd`` is the descriptor the parent filled for that (``_runtime/spawn.py``); ``token`` only
+    names it on this command line. Should reading it fail, the worker keeps a key of its own,
+    as before: its tasks still run.
     """
-    from _socket import AF_UNIX, SOCK_STREAM
-
-    key = b""
-    sock = _Socket(AF_UNIX, SOCK_STREAM)
     try:
-        sock.settimeout(30.0)
-        sock.connect(address)
-        while len(key) < 4096 and (more := sock.recv(4096)):
-            key += more
+        key = os.pread(fd, 4096, 0)
+        os.close(fd)
     except OSError:
         return
-    finally:
-        sock.close()
     if not key:
         return
 
