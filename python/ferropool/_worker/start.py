@@ -54,31 +54,6 @@ def name_worker() -> None:
         naming.rename(f"PoolWorker-{number}")
 
 
-def take_authkey(fd: int, token: str) -> None:
-    """In a spawned worker, first thing: ``current_process().authkey`` becomes the parent's.
-
-    ``fd`` is the descriptor the parent filled for that (``_runtime/spawn.py``); ``token`` only
-    names it on this command line. Should reading it fail, the worker keeps a key of its own,
-    as before: its tasks still run.
-    """
-    try:
-        key = os.pread(fd, 4096, 0)
-        os.close(fd)
-    except OSError:
-        return
-    if not key:
-        return
-
-    def take(process_module: Any) -> None:
-        process_module.current_process().authkey = key
-
-    if "ferropool.process" in sys.modules:
-        take(sys.modules["ferropool.process"])
-    else:
-        # set when something needs it (a proxy, a connection): a bare worker never loads it
-        sys.meta_path.insert(0, _WhenImported("ferropool.process", take))
-
-
 class WorkerConfig:
     """What a pool asks of each of its workers at start-up; pickled to the worker.
 
@@ -139,8 +114,7 @@ def _take_output_socket(fd: int, level: int | None, output: bool) -> None:
         else:
             # importing logging now would cost most of a fresh worker's start-up, and tasks
             # that never log never need it: set it up when something imports it
-            forward = _WhenImported("logging", lambda module: _load_forwarding().forward_records(module, level))
-            sys.meta_path.insert(0, forward)
+            sys.meta_path.insert(0, _WhenLoggingIsImported(level))
 
 
 def _text_stream(kind: bytes, old: Any, fd: int) -> Any:
@@ -286,15 +260,14 @@ def _forget_after_fork() -> None:
         sink._target = _FdWriter(sink._fd)
 
 
-class _WhenImported:
-    """An import hook: ``then(module)`` runs once the module ``name`` is first imported."""
+class _WhenLoggingIsImported:
+    """An import hook: forwards log records from the moment ``logging`` is first imported."""
 
-    def __init__(self, name: str, then: Any) -> None:
-        self._name = name
-        self._then = then
+    def __init__(self, level: int) -> None:
+        self._level = level
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != self._name:
+        if name != "logging":
             return None
         sys.meta_path.remove(self)
         import importlib.util
@@ -304,11 +277,11 @@ class _WhenImported:
         if loader is None:
             return spec
         run_module = loader.exec_module
-        then = self._then
+        level = self._level
 
         def exec_module(module: Any) -> None:
             run_module(module)
-            then(module)
+            _load_forwarding().forward_records(module, level)
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
