@@ -12,8 +12,9 @@
 //! per packet: each connection's socket has 50 ms send and receive timeouts (`SO_SNDTIMEO`,
 //! `SO_RCVTIMEO`), and between two timed-out (or signal-interrupted) attempts the caller checks
 //! for signals, as `signals::wait_interruptible` does, so Ctrl-C interrupts a blocked
-//! `recv`/`send` within one slice. Blocking in `poll` first would cost two more system calls
-//! per message.
+//! `recv`/`send` within one slice. Before it blocks, a receive looks for its message for up to
+//! `SPIN` (50 µs), yielding the CPU between looks, and a one-packet send is first tried without
+//! blocking and without releasing the GIL: see `spin_until_readable` and `send_slice` for why.
 
 use std::io;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -37,6 +38,31 @@ pub const PACKET: usize = 64 * 1024;
 pub const HEADER: usize = 8;
 /// How long a blocked call waits before it looks for a signal (Ctrl-C) again.
 const SLICE: Duration = Duration::from_millis(50);
+
+/// How long a receive looks for a message, yielding the CPU between looks, before it sleeps.
+///
+/// A reply to a short message usually comes within a few microseconds. Sleeping for it and
+/// being woken costs more than that when the peer runs on another CPU (an inter-processor
+/// interrupt, and the CPU's way out of idle: tens of microseconds in a virtual machine), which
+/// made a ping-pong over two CPUs several times slower than over one. Yielding between looks
+/// lets a peer on this CPU run, so the look costs little there either.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// Returns once `fd` is readable or `SPIN` has passed (at once on a machine of one CPU).
+fn spin_until_readable(fd: RawFd) {
+    static CPUS: std::sync::OnceLock<libc::c_long> = std::sync::OnceLock::new();
+    // SAFETY: sysconf only reads a system setting.
+    if *CPUS.get_or_init(|| unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }) < 2 {
+        return;
+    }
+    let deadline = std::time::Instant::now() + SPIN;
+    while !crate::fd::wait_ready(fd, libc::POLLIN, Some(Duration::ZERO)).unwrap_or(true) {
+        if std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
 
 /// A connected pair of close-on-exec sequenced-packet sockets.
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -84,6 +110,11 @@ pub fn set_slice_timeouts(fd: RawFd) -> io::Result<()> {
 /// Sends one packet made of `parts`: `Ok(false)` when the socket stayed full for its send timeout
 /// or a signal arrived (nothing was sent; try again after checking signals).
 fn send_packet(fd: RawFd, parts: &[&[u8]]) -> io::Result<bool> {
+    send_packet_flags(fd, parts, libc::MSG_NOSIGNAL)
+}
+
+/// `send_packet` with the `sendmsg` flags given (`MSG_NOSIGNAL` at least).
+fn send_packet_flags(fd: RawFd, parts: &[&[u8]], flags: libc::c_int) -> io::Result<bool> {
     let mut iov: [libc::iovec; 2] = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -98,7 +129,7 @@ fn send_packet(fd: RawFd, parts: &[&[u8]]) -> io::Result<bool> {
     msg.msg_iovlen = parts.len().min(2) as _;
     // SAFETY: `msg` points at iovecs describing borrowed slices that outlive the call; the
     // kernel only reads them.
-    let rc = unsafe { libc::sendmsg(fd, &raw const msg, libc::MSG_NOSIGNAL) };
+    let rc = unsafe { libc::sendmsg(fd, &raw const msg, flags) };
     if rc >= 0 {
         return Ok(true); // a sequenced packet is sent whole or not at all
     }
@@ -178,6 +209,11 @@ pub struct Receiver {
 }
 
 impl Receiver {
+    /// Whether a message is half received (its next packets are already on their way).
+    pub fn has_partial(&self) -> bool {
+        self.partial.is_some()
+    }
+
     /// Receives one message. `wait` as for [`send_message`].
     pub fn recv(
         &mut self,
@@ -349,6 +385,21 @@ impl PyConnection {
     fn send_slice(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         let fd = self.fd_for(false, true)?;
         let tx = &self.tx;
+        // A message of one packet into a socket with room: one non-blocking sendmsg, the GIL
+        // kept (releasing and taking it back would cost more than the call). `try_lock`: a
+        // sender blocked in another thread holds `tx` and may wait for the GIL to check signals.
+        if data.len() <= PACKET - HEADER {
+            if let Ok(broken) = tx.try_lock() {
+                if !*broken {
+                    let header = (data.len() as u64).to_le_bytes();
+                    let sent = send_packet_flags(fd, &[&header, data], libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+                        .map_err(Error::Io)?;
+                    if sent {
+                        return Ok(());
+                    }
+                }
+            }
+        }
         let mut cut_short = false;
         let sent = self.blocking(py, fd, |wait| {
             let mut broken = tx.lock().unwrap_or_else(PoisonError::into_inner);
@@ -368,9 +419,11 @@ impl PyConnection {
         let fd = self.fd_for(true, false)?;
         let rx = &self.rx;
         let result = self.blocking(py, fd, |wait| {
-            rx.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .recv(fd, maxlength, wait)
+            let mut rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
+            if !rx.has_partial() {
+                spin_until_readable(fd);
+            }
+            rx.recv(fd, maxlength, wait)
         })?;
         result.map_err(|err| match err {
             RecvError::Eof => Error::Eof.into(),
@@ -534,6 +587,15 @@ impl Drop for PyConnection {
     }
 }
 
+/// Returns once `fd` is readable or a short while (`SPIN`) has passed, the GIL released: what a
+/// socket connection (a manager's) does before it blocks in `recv`.
+#[pyfunction]
+pub fn spin_until_readable_fd(py: Python<'_>, fd: RawFd) -> PyResult<()> {
+    let fd = crate::errors::fd_arg(fd)?;
+    py.detach(|| spin_until_readable(fd));
+    Ok(())
+}
+
 /// A connected pair of sockets for `Pipe()`, as descriptors the two Connections will own.
 #[pyfunction]
 pub fn socket_pair() -> PyResult<(RawFd, RawFd)> {
@@ -626,6 +688,20 @@ mod tests {
         let big = vec![0u8; 4 * 1024 * 1024]; // more than the socket holds: nobody reads
         assert!(send_message(a.as_raw_fd(), &big, &mut never_wait, &mut cut_short).is_err());
         assert!(cut_short);
+    }
+
+    #[test]
+    fn a_receive_looks_before_it_sleeps_and_not_for_long() {
+        let (a, b) = pair();
+        let started = std::time::Instant::now();
+        spin_until_readable(b.as_raw_fd()); // nothing comes: gives up after about SPIN
+        let waited = started.elapsed();
+        assert!(waited >= SPIN || unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } < 2);
+        assert!(waited < Duration::from_secs(1), "looked for {waited:?}");
+        send_message(a.as_raw_fd(), b"x", &mut never_wait, &mut false).unwrap();
+        spin_until_readable(b.as_raw_fd()); // returns at once: a message is waiting
+        let mut rx = Receiver::default();
+        assert_eq!(rx.recv(b.as_raw_fd(), None, &mut never_wait).unwrap(), b"x");
     }
 
     #[test]

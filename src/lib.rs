@@ -34,7 +34,7 @@ pub mod _core {
     #[pymodule_export]
     use crate::buffers::{buffer_span, detach_mapping};
     #[pymodule_export]
-    use crate::connection::{socket_pair, PyConnection};
+    use crate::connection::{socket_pair, spin_until_readable_fd, PyConnection};
     #[pymodule_export]
     use crate::fd::{any_readable, wait_readable};
     #[pymodule_export]

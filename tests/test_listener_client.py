@@ -57,6 +57,21 @@ class Peer(threading.Thread):
         return self.value
 
 
+@pytest.fixture
+def linked():
+    """``(a, b, listener)``: an accepted connection, its Client end, and their ``Listener``."""
+    with connection.Listener() as listener:
+        a, b = connected(listener)
+        with a, b:
+            yield a, b, listener
+
+
+def connected(listener):
+    """``(accepted, client)``: both ends of a connection to ``listener``, its Client in a thread."""
+    peer = Peer(lambda: connection.Client(listener.address))
+    return listener.accept(), peer.result()
+
+
 # ----------------------------------------------------------------------------------------------
 # interop in both directions
 
@@ -221,52 +236,46 @@ def test_half_open_client_does_not_block_other_accepts_forever():
 # messages, addresses, lifecycle
 
 
-def test_messages_bytes_into_and_buffer_too_short():
-    with connection.Listener() as listener:
-        peer = Peer(lambda: connection.Client(listener.address))
-        with listener.accept() as a, peer.result() as b:
-            b.send_bytes(b"0123456789", 2, 3)
-            assert a.recv_bytes() == b"234"
-            b.send_bytes(b"")
-            assert a.recv_bytes() == b""
-            buf = bytearray(8)
-            b.send_bytes(b"abc")
-            assert a.recv_bytes_into(buf, 2) == 3
-            assert bytes(buf) == b"\0\0abc\0\0\0"
-            b.send_bytes(b"x" * 20)
-            with pytest.raises(multiprocessing.BufferTooShort) as info:
-                a.recv_bytes_into(bytearray(4))
-            assert info.value.args[0] == b"x" * 20
-            with pytest.raises(ValueError):
-                b.send_bytes(b"abc", 4)
-            assert not a.poll(0)
-            b.send(None)
-            assert a.poll(WAIT)
-            assert connection.wait([a, listener], WAIT) == [a]
-            assert a.recv() is None
-            b.close()
-            with pytest.raises(EOFError):
-                a.recv()
+def test_messages_bytes_into_and_buffer_too_short(linked):
+    a, b, listener = linked
+    b.send_bytes(b"0123456789", 2, 3)
+    assert a.recv_bytes() == b"234"
+    b.send_bytes(b"")
+    assert a.recv_bytes() == b""
+    buf = bytearray(8)
+    b.send_bytes(b"abc")
+    assert a.recv_bytes_into(buf, 2) == 3
+    assert bytes(buf) == b"\0\0abc\0\0\0"
+    b.send_bytes(b"x" * 20)
+    with pytest.raises(multiprocessing.BufferTooShort) as info:
+        a.recv_bytes_into(bytearray(4))
+    assert info.value.args[0] == b"x" * 20
+    with pytest.raises(ValueError):
+        b.send_bytes(b"abc", 4)
+    assert not a.poll(0)
+    b.send(None)
+    assert a.poll(WAIT)
+    assert connection.wait([a, listener], WAIT) == [a]
+    assert a.recv() is None
+    b.close()
+    with pytest.raises(EOFError):
+        a.recv()
 
 
-def test_recv_bytes_maxlength_closes_the_connection():
-    with connection.Listener() as listener:
-        peer = Peer(lambda: connection.Client(listener.address))
-        with listener.accept() as a, peer.result() as b:
-            b.send_bytes(b"y" * 100)
-            with pytest.raises(OSError, match="bad message length"):
-                a.recv_bytes(10)
-            assert a.closed
+def test_recv_bytes_maxlength_closes_the_connection(linked):
+    a, b, _ = linked
+    b.send_bytes(b"y" * 100)
+    with pytest.raises(OSError, match="bad message length"):
+        a.recv_bytes(10)
+    assert a.closed
 
 
-def test_large_message_round_trips():
+def test_large_message_round_trips(linked):
     big = os.urandom(3 * 1024 * 1024 + 7)
-    with connection.Listener() as listener:
-        peer = Peer(lambda: connection.Client(listener.address))
-        with listener.accept() as a, peer.result() as b:
-            sender = Peer(lambda: b.send_bytes(big))
-            assert a.recv_bytes() == big
-            sender.result()
+    a, b, _ = linked
+    sender = Peer(lambda: b.send_bytes(big))
+    assert a.recv_bytes() == big
+    sender.result()
 
 
 def test_listener_address_family_and_last_accepted(tmp_path):
@@ -281,8 +290,8 @@ def test_listener_address_family_and_last_accepted(tmp_path):
     with connection.Listener(("127.0.0.1", 0)) as listener:
         host, port = listener.address
         assert host == "127.0.0.1" and port > 0
-        peer = Peer(lambda: connection.Client(listener.address))
-        with listener.accept(), peer.result():
+        a, b = connected(listener)
+        with a, b:
             assert listener.last_accepted[0] == "127.0.0.1"
     assert connection.families == ["AF_UNIX", "AF_INET"]
 
@@ -308,22 +317,20 @@ def test_accept_after_close_raises():
         listener.accept()
 
 
-def test_connection_passes_into_a_process():
+def test_connection_passes_into_a_process(linked):
     import ferropool
 
     from tests import _process_tasks as tasks
 
-    with connection.Listener() as listener:
-        peer = Peer(lambda: connection.Client(listener.address))
-        with listener.accept() as a, peer.result() as b:
-            p = ferropool.Process(target=tasks.echo_until_eof, args=(b,))
-            p.start()
-            b.close()
-            a.send("ping")
-            assert a.recv() == "ping"
-            a.close()
-            p.join(WAIT)
-            assert p.exitcode == 0
+    a, b, _ = linked
+    p = ferropool.Process(target=tasks.echo_until_eof, args=(b,))
+    p.start()
+    b.close()
+    a.send("ping")
+    assert a.recv() == "ping"
+    a.close()
+    p.join(WAIT)
+    assert p.exitcode == 0
 
 
 def test_import_does_not_load_listener_until_used():
@@ -346,9 +353,7 @@ def test_send_handle_and_recv_handle(make, tmp_path):
         a, b = ferropool.Pipe()
     else:
         with connection.Listener() as listener:
-            peer = Peer(lambda: connection.Client(listener.address))
-            a = listener.accept()
-            b = peer.result()
+            a, b = connected(listener)
     path = tmp_path / "f"
     with a, b, open(path, "wb") as f:
         reduction.send_handle(a, f.fileno(), os.getpid())

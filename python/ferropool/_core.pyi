@@ -55,6 +55,7 @@ __all__ = [
     "die_with_parent",
     "shutdown_all",
     "socket_pair",
+    "spin_until_readable_fd",
     "wait_readable",
     "worker_main",
 ]
@@ -152,6 +153,9 @@ class ThreadEngine:
 
 def socket_pair() -> tuple[int, int]:
     """A connected pair of close-on-exec ``SOCK_SEQPACKET`` sockets, for ``Pipe()``."""
+
+def spin_until_readable_fd(fd: int) -> None:
+    """Returns once ``fd`` is readable or about 50 µs have passed (yielding the CPU), GIL released."""
 
 def wait_readable(fds: Sequence[int], timeout: float | None = None) -> list[int]:
     """Those of ``fds`` ready to read within ``timeout`` seconds; GIL released, Ctrl-C honoured."""

@@ -106,16 +106,25 @@ class Connection(_core.Connection):
         return f"<{type(self).__module__}.{type(self).__qualname__} {state} {mode}>"
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        fds: dict[int, None] | None = getattr(_passing, "fds", None)
-        fd = self.fileno()
-        if fds is None:
-            # anywhere else (a Queue, another Pipe, a pool task): by this process's fd sharer
-            from ._runtime.fd_sharing import share
+        return reduce_connection(self, Connection, _rebuild_connection)
 
-            address, key = share(fd)
-            return _take_shared, (Connection, address, key, self.readable, self.writable)
-        fds[fd] = None
-        return _rebuild_connection, (fd, self.readable, self.writable)
+
+def reduce_connection(conn: Any, cls: Any, rebuild: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``conn.__reduce__()`` for a connection of class ``cls`` (a ``Connection`` or a socket one).
+
+    Into a ``Process`` being started: its descriptor number, inherited by the child, and
+    ``rebuild(fd, readable, writable)`` there. Anywhere else (a Queue, another Pipe, a pool
+    task): a duplicate filed with this process's descriptor sharer.
+    """
+    fds: dict[int, None] | None = getattr(_passing, "fds", None)
+    fd = conn.fileno()
+    if fds is None:
+        from ._runtime.fd_sharing import share
+
+        address, key = share(fd)
+        return _take_shared, (cls, address, key, conn.readable, conn.writable)
+    fds[fd] = None
+    return rebuild, (fd, conn.readable, conn.writable)
 
 
 def _rebuild_connection(fd: int, readable: bool, writable: bool) -> Connection:

@@ -17,29 +17,16 @@ What differs from the stdlib, all in the user's favour (see docs/managers.md):
 
 from __future__ import annotations
 
+import _pickle
 import itertools
 import os
-import pickle
 import queue
 import threading
 import time
 import weakref
 
-from ._managers.server import (
-    ERROR,
-    PROXY,
-    REMOTE,
-    RETURN,
-    Server,
-    TrackedBoundedSemaphore,
-    TrackedCondition,
-    TrackedLock,
-    TrackedRLock,
-    TrackedSemaphore,
-    codec,
-    current_client,
-    run_server,
-)
+from ._managers import server as _server
+from ._managers.server import ERROR, PROXY, REMOTE, RETURN, Server, codec, current_client, run_server
 from ._managers.types import Array, JoinableQueue, Namespace, Value, make_pool
 from ._runtime import lifecycle
 from ._runtime import listener as _listener
@@ -148,6 +135,7 @@ _pending_decrefs: dict[Any, list[str]] = {}
 
 
 _PICKLE = codec("pickle")
+_NO_KWDS: dict[str, Any] = {}  # sent, never changed: the server only unpacks it
 
 
 def _open(address: Any, authkey: bytes, dumps: Callable[[Any], bytes]) -> _listener.BufferedSocketConnection:
@@ -191,8 +179,7 @@ def _request(
             ids = _pending_decrefs.pop(address, None)
             if ids:
                 conn.send_message(dumps((None, "decref", (ids,), {})))
-        conn.send_message(dumps((ident, method, args, kwds or {})))
-        return loads(conn.recv_bytes())
+        return loads(conn.call(dumps((ident, method, args, kwds or _NO_KWDS))))
     except (EOFError, OSError):
         # the server is gone or the stream is no longer in step: the next call reconnects
         _drop_connection(address, authkey)
@@ -424,11 +411,24 @@ def RebuildProxy(func: Any, token: Token, serializer: str, kwds: dict[str, Any])
 
 
 def _forwarder(name: str) -> Callable[..., Any]:
+    """A proxy method that calls the referent's method ``name`` with the arguments it is given."""
+
     def method(self: BaseProxy, /, *args: Any, **kwds: Any) -> Any:
         return self._callmethod(name, args, kwds)
 
     method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"The referent's ``{name}``."
     return method
+
+
+def _forwarders(*names: str) -> tuple[Callable[..., Any], ...]:
+    """``_forwarder(name)`` for each of ``names``, in order."""
+    return tuple(_forwarder(name) for name in names)
+
+
+def _attribute(name: str) -> property:
+    """A read-only property: the referent's attribute ``name``."""
+    return property(lambda self: self._callmethod("__getattribute__", (name,)), doc=f"The referent's ``{name}``.")
 
 
 def MakeProxyType(name: str, exposed: Iterable[str], _cache: dict[Any, type] = {}) -> type:  # noqa: B006
@@ -477,17 +477,7 @@ class IteratorProxy(BaseProxy):
     def __next__(self, *args: Any) -> Any:
         return self._callmethod("__next__", args)
 
-    def send(self, *args: Any) -> Any:
-        """The referent's ``send``."""
-        return self._callmethod("send", args)
-
-    def throw(self, *args: Any) -> Any:
-        """The referent's ``throw``."""
-        return self._callmethod("throw", args)
-
-    def close(self, *args: Any) -> Any:
-        """The referent's ``close``."""
-        return self._callmethod("close", args)
+    send, throw, close = _forwarders("send", "throw", "close")
 
 
 class AcquirerProxy(BaseProxy):
@@ -500,13 +490,7 @@ class AcquirerProxy(BaseProxy):
         args = (blocking,) if timeout is None else (blocking, timeout)
         return self._callmethod("acquire", args)  # type: ignore[no-any-return]
 
-    def release(self) -> None:
-        """The referent's ``release``."""
-        return self._callmethod("release")  # type: ignore[no-any-return]
-
-    def locked(self) -> bool:
-        """The referent's ``locked``."""
-        return self._callmethod("locked")  # type: ignore[no-any-return]
+    release, locked = _forwarders("release", "locked")
 
     def __enter__(self) -> bool:
         return self._callmethod("acquire")  # type: ignore[no-any-return]
@@ -520,12 +504,7 @@ class SemaphoreProxy(AcquirerProxy):
 
     _exposed_: tuple[str, ...] = ("acquire", "release", "locked", "get_value")
 
-    def release(self, n: int = 1) -> None:
-        return self._callmethod("release", (n,))  # type: ignore[no-any-return]
-
-    def get_value(self) -> int:
-        """The referent's ``release``."""
-        return self._callmethod("get_value")  # type: ignore[no-any-return]
+    get_value = _forwarder("get_value")
 
 
 class ConditionProxy(AcquirerProxy):
@@ -533,17 +512,7 @@ class ConditionProxy(AcquirerProxy):
 
     _exposed_: tuple[str, ...] = ("acquire", "release", "locked", "wait", "notify", "notify_all")
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """The referent's ``wait``."""
-        return self._callmethod("wait", (timeout,))  # type: ignore[no-any-return]
-
-    def notify(self, n: int = 1) -> None:
-        """The referent's ``notify``."""
-        return self._callmethod("notify", (n,))  # type: ignore[no-any-return]
-
-    def notify_all(self) -> None:
-        """The referent's ``notify_all``."""
-        return self._callmethod("notify_all")  # type: ignore[no-any-return]
+    wait, notify, notify_all = _forwarders("wait", "notify", "notify_all")
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
         """Waits until ``predicate()`` is true (evaluated here, between notifications)."""
@@ -567,21 +536,7 @@ class EventProxy(BaseProxy):
 
     _exposed_: tuple[str, ...] = ("is_set", "set", "clear", "wait")
 
-    def is_set(self) -> bool:
-        """The referent's ``is_set``."""
-        return self._callmethod("is_set")  # type: ignore[no-any-return]
-
-    def set(self) -> None:
-        """The referent's ``set``."""
-        return self._callmethod("set")  # type: ignore[no-any-return]
-
-    def clear(self) -> None:
-        """The referent's ``clear``."""
-        return self._callmethod("clear")  # type: ignore[no-any-return]
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """The referent's ``wait``."""
-        return self._callmethod("wait", (timeout,))  # type: ignore[no-any-return]
+    is_set, set, clear, wait = _forwarders("is_set", "set", "clear", "wait")
 
 
 class BarrierProxy(BaseProxy):
@@ -589,32 +544,10 @@ class BarrierProxy(BaseProxy):
 
     _exposed_: tuple[str, ...] = ("__getattribute__", "wait", "abort", "reset")
 
-    def wait(self, timeout: float | None = None) -> int:
-        """The referent's ``wait``."""
-        return self._callmethod("wait", (timeout,))  # type: ignore[no-any-return]
-
-    def abort(self) -> None:
-        """The referent's ``abort``."""
-        return self._callmethod("abort")  # type: ignore[no-any-return]
-
-    def reset(self) -> None:
-        """The referent's ``reset``."""
-        return self._callmethod("reset")  # type: ignore[no-any-return]
-
-    @property
-    def parties(self) -> int:
-        """The referent's ``parties``."""
-        return self._callmethod("__getattribute__", ("parties",))  # type: ignore[no-any-return]
-
-    @property
-    def n_waiting(self) -> int:
-        """The referent's ``n_waiting``."""
-        return self._callmethod("__getattribute__", ("n_waiting",))  # type: ignore[no-any-return]
-
-    @property
-    def broken(self) -> bool:
-        """The referent's ``broken``."""
-        return self._callmethod("__getattribute__", ("broken",))  # type: ignore[no-any-return]
+    wait, abort, reset = _forwarders("wait", "abort", "reset")
+    parties = _attribute("parties")
+    n_waiting = _attribute("n_waiting")
+    broken = _attribute("broken")
 
 
 class NamespaceProxy(BaseProxy):
@@ -645,13 +578,7 @@ class ValueProxy(BaseProxy):
 
     _exposed_: tuple[str, ...] = ("get", "set")
 
-    def get(self) -> Any:
-        """The referent's ``get``."""
-        return self._callmethod("get")
-
-    def set(self, value: Any) -> None:
-        """The referent's ``set``."""
-        return self._callmethod("set", (value,))  # type: ignore[no-any-return]
+    get, set = _forwarders("get", "set")
 
     value = property(get, set)
 
@@ -878,7 +805,7 @@ class BaseManager:
         except Exception as exc:
             parent_end.close()
             child_end.close()
-            if isinstance(exc, (pickle.PicklingError, TypeError, AttributeError)):
+            if isinstance(exc, (_pickle.PicklingError, TypeError, AttributeError)):
                 raise TypeError(
                     f"{type(self).__name__}.start(): the registered callables must be picklable, because "
                     "the server is a fresh process (as with the stdlib's spawn start method). Register "
@@ -1081,11 +1008,11 @@ class SyncManager(BaseManager):
 SyncManager.register("Queue", queue.Queue)
 SyncManager.register("JoinableQueue", JoinableQueue)
 SyncManager.register("Event", threading.Event, EventProxy)
-SyncManager.register("Lock", TrackedLock, AcquirerProxy)
-SyncManager.register("RLock", TrackedRLock, AcquirerProxy)
-SyncManager.register("Semaphore", TrackedSemaphore, SemaphoreProxy)
-SyncManager.register("BoundedSemaphore", TrackedBoundedSemaphore, SemaphoreProxy)
-SyncManager.register("Condition", TrackedCondition, ConditionProxy)
+SyncManager.register("Lock", _server.TrackedLock, AcquirerProxy)
+SyncManager.register("RLock", _server.TrackedRLock, AcquirerProxy)
+SyncManager.register("Semaphore", _server.TrackedSemaphore, SemaphoreProxy)
+SyncManager.register("BoundedSemaphore", _server.TrackedBoundedSemaphore, SemaphoreProxy)
+SyncManager.register("Condition", _server.TrackedCondition, ConditionProxy)
 SyncManager.register("Barrier", threading.Barrier, BarrierProxy)
 SyncManager.register("Pool", make_pool, PoolProxy)
 SyncManager.register("list", list, ListProxy)

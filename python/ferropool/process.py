@@ -329,19 +329,15 @@ class Process:
         sys.argv[:] = argv
         start_methods.choose(self._started_by, force=True)
         naming.rename(self.name)
-        import logging
-
-        log = logging.getLogger("ferropool")  # get_logger(), without loading the pools' machinery
-        logger_setup.logger = log
         level, to_stderr = self._log_config
         if to_stderr:
             from ._pool.logs import log_to_stderr
 
             log_to_stderr()
         if level is not None:
-            log.setLevel(level)
+            _child_logger().setLevel(level)
         try:
-            log.info("child process calling self.run()")
+            _log_info("child process calling self.run()")
             self.run()
             exitcode = 0
         except SystemExit as exc:
@@ -359,7 +355,7 @@ class Process:
             sys.stderr.write(f"Process {self.name}:\n")
             traceback.print_exc()
         finally:
-            log.info("process exiting with exitcode %d", exitcode)
+            _log_info("process exiting with exitcode %d", exitcode)
             for stream in (sys.stdout, sys.stderr):
                 try:
                     stream.flush()
@@ -514,6 +510,25 @@ def __getattr__(name: str) -> Any:
 
         return multiprocessing.ProcessError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _child_logger() -> Any:
+    """The ``ferropool`` logger (``get_logger()``, without loading the pools' machinery), made here."""
+    import logging
+
+    log = logging.getLogger("ferropool")
+    logger_setup.logger = log  # what this child's own children inherit
+    return log
+
+
+def _log_info(msg: str, *args: object) -> None:
+    """Logs ``msg`` at INFO to ferropool's logger, if ``logging`` is loaded at all.
+
+    Without it nothing can have configured a handler or a level that would show the record, and
+    importing it costs a forked child (a manager's server, say) milliseconds of its start.
+    """
+    if "logging" in sys.modules:
+        _child_logger().info(msg, *args)
 
 
 def _child_main(fd: int) -> None:

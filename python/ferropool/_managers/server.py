@@ -24,7 +24,6 @@ import select
 import socket
 import sys
 import threading
-import traceback
 import warnings
 
 from .._runtime.listener import BufferedSocketConnection, Listener
@@ -171,7 +170,7 @@ class Server:
             try:
                 cleanup()
             except Exception:
-                traceback.print_exc()
+                _traceback().print_exc()
 
     def add_cleanup(self, cleanup: Callable[[], None]) -> None:
         """Runs ``cleanup()`` when the server stops (a ``SharedMemoryManager`` frees its blocks)."""
@@ -215,19 +214,20 @@ class Server:
 
     def _serve_client(self, client: _Client) -> None:
         conn = client.conn
-        recv_bytes = conn.recv_bytes
+        recv_message = conn._recv_message
         send = conn.send_message
         dumps, loads = self.dumps, self.loads
+        returned_none = dumps((RETURN, None))  # the reply of most mutating calls, pickled once
         objects = self.objects
         stop = self.stop_event
         while not stop.is_set():
             try:
-                ident, method, args, kwds = loads(recv_bytes())
+                ident, method, args, kwds = loads(recv_message(None))
             except (EOFError, OSError):
                 return
             except Exception:
                 # an authenticated client sent something that is not a request
-                traceback.print_exc()
+                _traceback().print_exc()
                 return
             if ident is None:
                 if method in NO_REPLY:
@@ -237,9 +237,9 @@ class Server:
             else:
                 reply = self._call(objects, ident, method, args, kwds)
             try:
-                data = dumps(reply)
+                data = returned_none if reply[1] is None and reply[0] == RETURN else dumps(reply)
             except Exception:
-                data = dumps((REMOTE, "the result could not be pickled:\n" + traceback.format_exc()))
+                data = dumps((REMOTE, "the result could not be pickled:\n" + _traceback().format_exc()))
             try:
                 send(data)
             except OSError:
@@ -302,7 +302,7 @@ class Server:
             return (REMOTE, f"unknown manager operation {method!r}\n")
         except Exception:
             # as the stdlib's: a failure to create is reported with the server's traceback
-            return (REMOTE, traceback.format_exc())
+            return (REMOTE, _traceback().format_exc())
 
     # --- the object table
 
@@ -599,6 +599,13 @@ def _watch_parent(pipe_end: Any, parent_pid: int, server: Server) -> None:
     finally:
         os.close(pidfd)
     server.stop_event.set()
+
+
+def _traceback() -> Any:
+    """The ``traceback`` module, loaded at the first failure rather than on every start."""
+    import traceback
+
+    return traceback
 
 
 def run_server(

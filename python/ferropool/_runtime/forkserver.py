@@ -29,12 +29,15 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Callable
-from typing import Any
 
 from .. import _core
 from . import forkserver_wire as wire
 from . import lifecycle
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a few ms of every first start)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 _lock = threading.Lock()
 #: modules a fork server imports as it starts (``set_forkserver_preload``)

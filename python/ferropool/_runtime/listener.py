@@ -14,13 +14,14 @@ prefix is the 16-byte HMAC-MD5 of Python 3.11 and older, accepted as the stdlib 
 
 from __future__ import annotations
 
-import hmac
 import itertools
+import operator
 import os
 import socket
 import struct
 import time
 
+from .. import _core
 from .serialize import dumps, loads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
@@ -29,17 +30,7 @@ if TYPE_CHECKING:
 
     _Conn = TypeVar("_Conn", bound="SocketConnection")
 
-__all__ = [
-    "CHALLENGE",
-    "FAILURE",
-    "WELCOME",
-    "Client",
-    "Listener",
-    "SocketConnection",
-    "answer_challenge",
-    "deliver_challenge",
-    "families",
-]
+# no __all__: ferropool.connection re-exports the public names (its _LISTENER_NAMES)
 
 families = ["AF_UNIX", "AF_INET"]
 
@@ -70,6 +61,11 @@ def _authentication_error(message: str) -> Exception:
     import multiprocessing
 
     return multiprocessing.AuthenticationError(message)
+
+
+def _read_only(attribute: str, doc: str) -> Any:
+    """A read-only property: the instance's ``attribute``."""
+    return property(operator.attrgetter(attribute), doc=doc)
 
 
 class SocketConnection:
@@ -106,15 +102,8 @@ class SocketConnection:
         """Whether the connection is closed."""
         return self._sock is None
 
-    @property
-    def readable(self) -> bool:
-        """Whether the connection can receive."""
-        return self._readable
-
-    @property
-    def writable(self) -> bool:
-        """Whether the connection can send."""
-        return self._writable
+    readable = _read_only("_readable", "Whether the connection can receive.")
+    writable = _read_only("_writable", "Whether the connection can send.")
 
     def fileno(self) -> int:
         """The socket's file descriptor."""
@@ -200,14 +189,20 @@ class SocketConnection:
         (size,) = _HEADER.unpack(self._read_exact(sock, 4))
         if size == -1:
             (size,) = _LONG_HEADER.unpack(self._read_exact(sock, 8))
-        elif size < 0:
+        self._check_size(size, maxlength)
+        return self._read_exact(sock, size) if size else bytearray()
+
+    def _check_size(self, size: int, maxlength: int | None) -> None:
+        """Closes the connection and raises ``OSError`` for a length it must not read.
+
+        The rest of the stream cannot be trusted to start at a message boundary then.
+        """
+        if size < 0:
             self.close()
             raise OSError(f"bad message length {size}: the peer is not speaking this protocol")
         if maxlength is not None and size > maxlength:
-            # the rest of the stream cannot be trusted to start at a message boundary
             self.close()
             raise OSError("bad message length")
-        return self._read_exact(sock, size) if size else bytearray()
 
     def recv_bytes(self, maxlength: int | None = None) -> bytes:
         """Receives one message as bytes; blocks until one arrives.
@@ -256,18 +251,9 @@ class SocketConnection:
         return bool(wait([sock.fileno()], timeout))
 
     def __reduce__(self) -> Any:
-        from ..connection import _passing
+        from ..connection import reduce_connection
 
-        fds: dict[int, None] | None = getattr(_passing, "fds", None)
-        fd = self.fileno()
-        if fds is None:
-            from ..connection import _take_shared
-            from .fd_sharing import share
-
-            address, key = share(fd)
-            return _take_shared, (SocketConnection, address, key, self._readable, self._writable)
-        fds[fd] = None
-        return _rebuild_socket_connection, (fd, self._readable, self._writable)
+        return reduce_connection(self, SocketConnection, _rebuild_socket_connection)
 
 
 def _rebuild_socket_connection(fd: int, readable: bool, writable: bool) -> SocketConnection:
@@ -310,6 +296,19 @@ class BufferedSocketConnection(SocketConnection):
         if not self._readable:
             raise OSError("connection is write-only")
         buf = self._buf
+        sock = self._sock
+        if not buf and sock is not None:
+            # the common case first: one read brings exactly one whole message. A reply comes
+            # within microseconds: looking for it briefly first spares the wake-up from sleep,
+            # which costs more than that when the peer runs on another CPU
+            _core.spin_until_readable_fd(sock.fileno())
+            buf = sock.recv(65536)
+            if len(buf) >= 4 and _HEADER.unpack_from(buf)[0] == len(buf) - 4:
+                if maxlength is None or len(buf) - 4 <= maxlength:
+                    return buf[4:]
+            elif not buf:
+                raise EOFError
+            self._buf = buf  # kept if a later read fails
         if len(buf) < 4:
             buf = self._fill(buf, 4)
         (size,) = _HEADER.unpack_from(buf)
@@ -319,12 +318,7 @@ class BufferedSocketConnection(SocketConnection):
                 buf = self._fill(buf, 12)
             (size,) = _LONG_HEADER.unpack_from(buf, 4)
             start = 12
-        elif size < 0:
-            self.close()
-            raise OSError(f"bad message length {size}: the peer is not speaking this protocol")
-        if maxlength is not None and size > maxlength:
-            self.close()
-            raise OSError("bad message length")
+        self._check_size(size, maxlength)
         end = start + size
         if len(buf) < end:
             self._buf = buf
@@ -339,6 +333,15 @@ class BufferedSocketConnection(SocketConnection):
             self.send_bytes(data)
         else:
             sock.sendall(_HEADER.pack(len(data)) + data)
+
+    def call(self, data: bytes) -> bytes:
+        """Sends ``data`` as one message and returns the next message received: one round trip.
+
+        A short request and a reply that one read brings whole (the common case) take one
+        ``sendall`` and one ``recv``.
+        """
+        self.send_message(data)
+        return self._recv_message(None)  # type: ignore[no-any-return]
 
     def recv_bytes(self, maxlength: int | None = None) -> bytes:
         """Receives one message as bytes; blocks until one arrives."""
@@ -473,15 +476,8 @@ class Listener:
             except OSError:
                 pass
 
-    @property
-    def address(self) -> Any:
-        """The address the listener is bound to (with the real port for ``("host", 0)``)."""
-        return self._address
-
-    @property
-    def last_accepted(self) -> Any:
-        """The peer address of the connection last accepted, or ``None``."""
-        return self._last_accepted
+    address = _read_only("_address", 'The address the listener is bound to (with the real port for ``("host", 0)``).')
+    last_accepted = _read_only("_last_accepted", "The peer address of the connection last accepted, or ``None``.")
 
     def fileno(self) -> int:
         """The listening socket's descriptor (``wait()`` reports it ready when a peer connects)."""
@@ -567,6 +563,8 @@ def _digest_and_payload(message: bytes) -> tuple[str, bytes]:
 
 
 def _mac(authkey: bytes, message: bytes, digest: str) -> bytes:
+    import hmac  # on first use: it loads OpenSSL, milliseconds a manager's start need not wait for
+
     return hmac.new(authkey, message, digest).digest()
 
 
@@ -584,6 +582,8 @@ def deliver_challenge(connection: Any, authkey: bytes, digest_name: str = _DEFAU
     try:
         digest, mac = _digest_and_payload(answer)
         expected = _mac(authkey, message, digest)
+        import hmac  # loaded by _mac
+
         ok = hmac.compare_digest(mac, expected)
     except Exception:
         ok = False

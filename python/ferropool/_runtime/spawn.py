@@ -6,7 +6,6 @@ The command lines are those of a pool worker and of a ``Process``'s child.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 #: the interpreter fresh children run, when ``set_executable()`` chose one
@@ -32,6 +31,8 @@ def interpreter_argv(code: str) -> list[str]:
     executable = _executable or sys.executable
     if not executable:
         raise RuntimeError("sys.executable is not set; ferropool needs a Python executable to start processes")
+    import subprocess  # here: a start by the fork server needs no command line
+
     flags = [f for f in subprocess._args_from_interpreter_flags() if f != "-S"]  # type: ignore[attr-defined]
     return [executable, *flags, "-S", "-c", f"import sys; sys.path[:] = {sys.path!r}; {code}"]
 
