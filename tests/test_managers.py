@@ -100,11 +100,6 @@ def test_manager_dict_and_queue_in_pool_tasks_and_initializer(tmp_path):
     assert out[:4] == ["True"] * 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a spawned pool worker has a key of its own: the pool's worker set-up (_pool/setup.py) does not "
-    "pass the parent's authkey yet (an inherited memfd or a relay socket each broke a project invariant)",
-)
 def test_spawned_pool_workers_share_the_parents_authkey_and_use_proxies(tmp_path):
     out = _prints(
         tmp_path,

@@ -401,7 +401,7 @@ class _MainProcess(Process):
 
     def __init__(self) -> None:
         self._identity = ()
-        self._config = {"authkey": os.urandom(32)}
+        self._config = {"authkey": naming.authkey or os.urandom(32)}
         self._parent_pid = None
         self._parent_name = ""
         self._popen = None
@@ -588,5 +588,12 @@ def _renamed(name: str) -> None:
         _current_process.name = name
 
 
+def _keyed(key: bytes) -> None:
+    """A spawned pool worker took its parent's key: the main process object takes it too."""
+    if type(_current_process) is _MainProcess:
+        _current_process.authkey = key
+
+
 naming.on_rename(_renamed)
+naming.on_authkey(_keyed)
 lifecycle.after_fork_in_child(_children.clear)

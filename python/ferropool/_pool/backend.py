@@ -392,6 +392,8 @@ def process_backend(
 
     ``setup``: ``(worker_logs, worker_output, limit_blas_threads)`` as the front end was given them.
     """
+    from ..process import current_process
+
     if max_memory_per_child is not None:
         check_positive_int(max_memory_per_child, "max_memory_per_child", "max_memory_per_child must be >= 1 byte")
     return ProcessBackend(
@@ -402,7 +404,9 @@ def process_backend(
         max_tasks_per_child=max_tasks_per_child,
         max_memory_per_child=max_memory_per_child,
         cancel_running=cancel_running,
-        setup=_setup.WorkerSetup(workers, *setup),
+        # every worker takes the parent's key (a spawned one has its own otherwise), as a stdlib
+        # child does: a manager's proxies and pickled connections authenticate with it
+        setup=_setup.WorkerSetup(workers, *setup, authkey=current_process().authkey),
         pool_errors=pool_errors,
         run_initializer=run_initializer,
     )

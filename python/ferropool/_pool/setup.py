@@ -29,12 +29,21 @@ class WorkerSetup:
         worker_logs: see ``Pool``: ``True``, ``False``/``None``, or a level.
         worker_output: see ``Pool``: ``True``, ``False``/``None``, or a prefix template.
         limit_blas_threads: set the BLAS/OpenMP variables in each worker.
+        authkey: the key each worker takes as ``current_process().authkey``.
 
     Raises:
         ValueError, TypeError: an argument is not one of the accepted values.
     """
 
-    def __init__(self, workers: int, worker_logs: object, worker_output: object, limit_blas_threads: bool) -> None:
+    def __init__(
+        self,
+        workers: int,
+        worker_logs: object,
+        worker_output: object,
+        limit_blas_threads: bool,
+        authkey: bytes | None = None,
+    ) -> None:
+        self.authkey = authkey
         self.level = logs.worker_logs_level(worker_logs)
         self.prefix = logs.output_prefix(worker_output)
         self.env = env.blas_env(workers) if limit_blas_threads else {}
@@ -46,7 +55,7 @@ class WorkerSetup:
         self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
     ) -> tuple[Callable[..., object] | None, tuple[Any, ...]]:
         """The initializer (and its arguments) the backend passes to the engine."""
-        if self.level is None and self.prefix is None and not self.env:
+        if self.level is None and self.prefix is None and not self.env and self.authkey is None:
             if initializer is None:
                 return None, initargs
             return functools.partial(start_worker, WorkerConfig({}, None, False), initializer), initargs
@@ -56,7 +65,7 @@ class WorkerSetup:
             # this object lives as long as its pool (or dies at once if making the pool failed):
             # then the output thread stops once the engine has finished
             weakref.finalize(self, self.collector.close)
-        config = WorkerConfig(self.env, log_level=self.level, forward_output=self.prefix is not None)
+        config = WorkerConfig(self.env, self.level, self.prefix is not None, self.authkey)
         return functools.partial(start_worker, config, initializer), initargs
 
     def output_fd(self) -> int | None:

@@ -1,8 +1,9 @@
-"""This process's name, as ``current_process().name`` gives it: ferropool's and the stdlib's.
+"""This process's name and key, as ``current_process()`` gives them: ferropool's and the stdlib's.
 
 A pool worker calls itself ``PoolWorker-<n>``, a ``Process`` child takes its object's name.
 Whoever names the process calls ``rename``; ``process.py`` listens (``on_rename``), so neither
-side reaches into the other's module.
+side reaches into the other's module. A spawned pool worker takes its parent's ``authkey``
+(``adopt_authkey``) the same way, so proxies and pickled connections authenticate there.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ if TYPE_CHECKING:
 
 #: The name given by ``rename``; ``None`` in a main program.
 name: str | None = None
+#: The key given by ``adopt_authkey``; ``None`` in a main program (it makes its own).
+authkey: bytes | None = None
 _listeners: list[Callable[[str], None]] = []
+_key_listeners: list[Callable[[bytes], None]] = []
 
 
 def on_rename(listener: Callable[[str], None]) -> None:
@@ -35,3 +39,23 @@ def rename(new_name: str) -> None:
     import multiprocessing.process
 
     multiprocessing.process.current_process().name = new_name
+
+
+def on_authkey(listener: Callable[[bytes], None]) -> None:
+    """Calls ``listener(key)`` at each later ``adopt_authkey``."""
+    _key_listeners.append(listener)
+
+
+def adopt_authkey(key: bytes) -> None:
+    """Makes ``key`` what ``current_process().authkey`` gives, ferropool's and the stdlib's.
+
+    A spawned pool worker starts with a random key of its own; the stdlib gives a spawned child
+    its parent's, and a manager's proxies in that worker need it.
+    """
+    global authkey
+    authkey = bytes(key)
+    for listener in _key_listeners:
+        listener(authkey)
+    import multiprocessing.process
+
+    multiprocessing.process.current_process().authkey = authkey

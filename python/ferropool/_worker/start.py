@@ -59,18 +59,22 @@ class WorkerConfig:
 
     ``env``: variables to set (the BLAS thread limits); ``log_level``: forward log records at
     this level and above to the parent (``None``: none); ``forward_output``: send what the
-    worker prints to the parent.
+    worker prints to the parent; ``authkey``: the parent's key, for a spawned worker (a forked
+    one has it already). It travels only on the worker's own link, never on a command line.
     """
 
-    __slots__ = ("env", "forward_output", "log_level")
+    __slots__ = ("authkey", "env", "forward_output", "log_level")
 
-    def __init__(self, env: dict[str, str], log_level: int | None, forward_output: bool) -> None:
+    def __init__(
+        self, env: dict[str, str], log_level: int | None, forward_output: bool, authkey: bytes | None = None
+    ) -> None:
         self.env = env
         self.log_level = log_level
         self.forward_output = forward_output
+        self.authkey = authkey
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return WorkerConfig, (self.env, self.log_level, self.forward_output)
+        return WorkerConfig, (self.env, self.log_level, self.forward_output, self.authkey)
 
 
 def start_worker(config: WorkerConfig, initializer: Any, *initargs: Any) -> None:
@@ -81,6 +85,8 @@ def start_worker(config: WorkerConfig, initializer: Any, *initargs: Any) -> None
     """
     if config.env:
         os.environ.update(config.env)
+    if config.authkey is not None:
+        naming.adopt_authkey(config.authkey)
     fd = os.environ.pop(WORKER_OUTPUT_FD_VAR, None)  # not for the processes the worker's tasks start
     if fd is not None:
         try:
