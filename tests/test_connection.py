@@ -24,14 +24,6 @@ def pipe(request):
     w.close()
 
 
-@pytest.fixture
-def duplex():
-    a, b = ferropool.Pipe()
-    yield a, b
-    a.close()
-    b.close()
-
-
 # ----------------------------------------------------------------------------------------------
 # sending and receiving
 
