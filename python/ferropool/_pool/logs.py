@@ -15,7 +15,8 @@ exactly as fast as before (nothing is added to a result, nothing is parsed by th
 flood of output can never delay a result frame or the engine's reading, and the engine stays
 free of Python. The price is ordering across the two channels; the pool's result thread reads
 whatever output already arrived before it completes a batch of futures, so what a task printed
-is written before its result is handed to you.
+is written before its result is handed to you, unless that worker had a backlog of output
+waiting (below): neither side waits for output, so its lines may then follow the result.
 
 Each worker is started holding its end of a ``SOCK_SEQPACKET`` socket pair the engine made for
 it; the engine sends the other end to the output thread. Nothing has an address, so no process
