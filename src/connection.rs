@@ -13,8 +13,9 @@
 //! `SO_RCVTIMEO`), and between two timed-out (or signal-interrupted) attempts the caller checks
 //! for signals, as `signals::wait_interruptible` does, so Ctrl-C interrupts a blocked
 //! `recv`/`send` within one slice. Before it blocks, a receive looks for its message for up to
-//! `SPIN` (50 µs), yielding the CPU between looks, and a one-packet send is first tried without
-//! blocking and without releasing the GIL: see `spin_until_readable` and `send_slice` for why.
+//! `SPIN` (50 µs), yielding the CPU between looks (and skips the look for a while after looks
+//! that found nothing), and a one-packet send is first tried without blocking and without
+//! releasing the GIL: see `spin_until_readable` and `send_slice` for why.
 
 use std::io;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -48,20 +49,42 @@ const SLICE: Duration = Duration::from_millis(50);
 /// lets a peer on this CPU run, so the look costs little there either.
 const SPIN: Duration = Duration::from_micros(50);
 
-/// Returns once `fd` is readable or `SPIN` has passed (at once on a machine of one CPU).
+/// Returns once `fd` is readable or `SPIN` has passed (at once on a machine of one CPU, and for
+/// a while after looks in vain: see `SKIP`).
 fn spin_until_readable(fd: RawFd) {
     static CPUS: std::sync::OnceLock<libc::c_long> = std::sync::OnceLock::new();
     // SAFETY: sysconf only reads a system setting.
     if *CPUS.get_or_init(|| unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }) < 2 {
         return;
     }
+    let skip = SKIP.get();
+    if skip > 0 {
+        SKIP.set(skip - 1);
+        return;
+    }
     let deadline = std::time::Instant::now() + SPIN;
     while !crate::fd::wait_ready(fd, libc::POLLIN, Some(Duration::ZERO)).unwrap_or(true) {
         if std::time::Instant::now() >= deadline {
+            // the reply is slow in coming (a busy peer, or more runnable processes than CPUs,
+            // where the looks take CPU time the peer needs): the next receives sleep at once,
+            // more of them after each look in vain, until a look finds its message again
+            let backoff = (BACKOFF.get() * 2).clamp(1, MAX_BACKOFF);
+            BACKOFF.set(backoff);
+            SKIP.set(backoff);
             return;
         }
         std::thread::yield_now();
     }
+    BACKOFF.set(0);
+}
+
+/// The most receives in a row that skip the look after looks in vain.
+const MAX_BACKOFF: u32 = 64;
+thread_local! {
+    /// How many more receives of this thread skip the look.
+    static SKIP: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// How many receives the last look in vain made skip it (doubling, up to `MAX_BACKOFF`).
+    static BACKOFF: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// A connected pair of close-on-exec sequenced-packet sockets.
@@ -702,6 +725,23 @@ mod tests {
         spin_until_readable(b.as_raw_fd()); // returns at once: a message is waiting
         let mut rx = Receiver::default();
         assert_eq!(rx.recv(b.as_raw_fd(), None, &mut never_wait).unwrap(), b"x");
+    }
+
+    #[test]
+    fn looks_in_vain_make_the_next_receives_sleep_at_once() {
+        if unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } < 2 {
+            return;
+        }
+        let (a, b) = pair();
+        spin_until_readable(b.as_raw_fd()); // nothing comes: a look in vain
+        assert_eq!((SKIP.get(), BACKOFF.get()), (1, 1));
+        spin_until_readable(b.as_raw_fd()); // skipped
+        spin_until_readable(b.as_raw_fd()); // in vain again: twice as many skipped
+        assert_eq!((SKIP.get(), BACKOFF.get()), (2, 2));
+        SKIP.set(0);
+        send_message(a.as_raw_fd(), b"x", &mut never_wait, &mut false).unwrap();
+        spin_until_readable(b.as_raw_fd()); // found: the next receives look again
+        assert_eq!((SKIP.get(), BACKOFF.get()), (0, 0));
     }
 
     #[test]

@@ -532,6 +532,45 @@ def test_hostile_clients_do_not_disturb_the_server(tmp_path):
     assert out[:2] == ["100 4950", "99"]
 
 
+def test_a_blocked_call_holds_up_no_other_client_and_bad_requests_end_only_their_sender(tmp_path):
+    # the server's loop runs a dict's calls itself and a call that may block on the connection's
+    # own thread: a client waiting in Queue.get, one holding an RLock across dict calls, and
+    # authenticated clients sending what is not a request leave the others served
+    out = _prints(
+        tmp_path,
+        """
+        import threading
+        import ferropool
+        from ferropool.connection import Client
+
+        if __name__ == "__main__":
+            with ferropool.Manager() as m:
+                d, q, rlock = m.dict(), m.Queue(), m.RLock()
+                got = []
+                waiter = threading.Thread(target=lambda: got.append(q.get(timeout=60)))
+                waiter.start()  # its own connection, blocked in the server until the put
+                rlock.acquire()
+                rlock.acquire()
+                for i in range(100):
+                    d[i] = i
+                rlock.release()
+                rlock.release()
+                for bad in (b"not a pickle", ("junk",), (None, ["unhashable"], (), {}), (d._id, ["x"], (), {})):
+                    c = Client(m.address, authkey=m._authkey)
+                    c.send_bytes(bad) if isinstance(bad, bytes) else c.send(bad)
+                    try:
+                        c.recv()
+                    except EOFError:
+                        print("dropped")
+                    c.close()
+                q.put(sum(d.values()))
+                waiter.join(timeout=60)
+                print(got, len(d), rlock.acquire(timeout=5))
+        """,
+    )
+    assert out[:5] == ["dropped"] * 4 + ["[4950] 100 True"]
+
+
 def test_manager_start_and_shutdown_leave_no_process(tmp_path):
     out = _prints(
         tmp_path,

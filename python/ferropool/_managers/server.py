@@ -1,8 +1,9 @@
 """The manager's server: the process that owns the shared objects and serves their proxies.
 
-One ``Listener`` (the stdlib's wire format, authenticated before anything is unpickled) and one
-thread per client connection; a proxy's call is one request and one reply on its thread's
-connection::
+One ``Listener`` (the stdlib's wire format, authenticated before anything is unpickled, each
+handshake on a thread of its own), and one loop (``hub.py``) that serves every authenticated
+connection, handing the calls that may block to the connection's own thread; a proxy's call is
+one request and one reply on its thread's connection::
 
     request  (ident, method, args, kwds)     ident None: an operation of the server itself
     reply    (status, value)                 RETURN, ERROR (an exception to raise), PROXY
@@ -143,6 +144,10 @@ class Server:
         self.stop_event = threading.Event()
         self._ids = iter(range(1, sys.maxsize))
         self._cleanups: list[Callable[[], None]] = []
+        self._returned_none = self.dumps((RETURN, None))
+        from .hub import Hub
+
+        self.hub = Hub(self)
 
     # --- running
 
@@ -154,6 +159,7 @@ class Server:
         current._manager_server = self  # type: ignore[attr-defined]  # proxies rebuilt here find it
         accepter = threading.Thread(target=self._accept_loop, name="ferropool-manager-accepter", daemon=True)
         accepter.start()
+        threading.Thread(target=self.hub.run, name="ferropool-manager-hub", daemon=True).start()
         try:
             self.stop_event.wait()
         except KeyboardInterrupt:
@@ -164,6 +170,7 @@ class Server:
     def close(self) -> None:
         """Stops accepting and runs the cleanups registered with ``add_cleanup``."""
         self.stop_event.set()
+        self.hub.wake()
         self.listener.close()
         cleanups, self._cleanups = self._cleanups, []
         for cleanup in reversed(cleanups):
@@ -185,8 +192,8 @@ class Server:
                     return
                 continue
             conn = BufferedSocketConnection(sock)
-            # the handshake runs on the connection's own thread: a slow or silent peer holds up
-            # no one else
+            # the handshake runs on a thread of its own: a slow or silent peer holds up no one
+            # else; the hub serves the connection once it is authenticated
             threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
 
     def _serve_connection(self, conn: BufferedSocketConnection) -> None:
@@ -198,52 +205,26 @@ class Server:
             deliver_challenge(conn, self.authkey)
             answer_challenge(conn, self.authkey)
             conn._sock.settimeout(None)  # type: ignore[union-attr]
+            self.hub.add(_Client(conn))
         except Exception:
             conn.close()
-            return
-        client = _Client(conn)
-        _serving.client = client
+
+    # --- one request
+
+    def respond(self, client: _Client, ident: str | None, method: str, args: Any, kwds: Any) -> Any:
+        """The reply to one request from ``client`` (``hello``, ``incref``, ``decref`` excepted)."""
+        if ident is None:
+            return self._server_op(client, method, args, kwds)
+        return self._call(self.objects, ident, method, args, kwds)
+
+    def encode(self, reply: Any) -> bytes:
+        """``reply`` pickled; a reply that cannot be pickled becomes a remote error."""
+        if reply[1] is None and reply[0] == RETURN:
+            return self._returned_none  # the reply of most mutating calls, pickled once
         try:
-            self._serve_client(client)
-        finally:
-            _serving.client = None
-            conn.close()
-            self._connection_closed(client)
-
-    # --- one client's requests
-
-    def _serve_client(self, client: _Client) -> None:
-        conn = client.conn
-        recv_message = conn._recv_message
-        send = conn.send_message
-        dumps, loads = self.dumps, self.loads
-        returned_none = dumps((RETURN, None))  # the reply of most mutating calls, pickled once
-        objects = self.objects
-        stop = self.stop_event
-        while not stop.is_set():
-            try:
-                ident, method, args, kwds = loads(recv_message(None))
-            except (EOFError, OSError):
-                return
-            except Exception:
-                # an authenticated client sent something that is not a request
-                _traceback().print_exc()
-                return
-            if ident is None:
-                if method in NO_REPLY:
-                    self._no_reply_op(client, method, args)
-                    continue
-                reply = self._server_op(client, method, args, kwds)
-            else:
-                reply = self._call(objects, ident, method, args, kwds)
-            try:
-                data = returned_none if reply[1] is None and reply[0] == RETURN else dumps(reply)
-            except Exception:
-                data = dumps((REMOTE, "the result could not be pickled:\n" + _traceback().format_exc()))
-            try:
-                send(data)
-            except OSError:
-                return
+            return self.dumps(reply)
+        except Exception:
+            return self.dumps((REMOTE, "the result could not be pickled:\n" + _traceback().format_exc()))
 
     def _call(self, objects: dict[str, _Entry], ident: str, method: str, args: Any, kwds: Any) -> Any:
         """One method call on a served object, as its reply."""
