@@ -13,10 +13,12 @@ Workloads, each measured in a fresh interpreter per library and repeat (medians 
   less than the rate);
 * ``lock acquire+release``: a ``manager.Lock()`` taken and released by one client, pairs/s;
 * ``d[k] = v, 4 clients``: four client processes assigning to one dict at once, ops/s over the
-  span from the first client's start to the last one's end (clients start on one Event);
+  span from the first client's start to the last one's end (clients start on one Event), and
+  the CPU time of the four clients and the server per assignment: with more runnable processes
+  than CPUs, the rate is the CPUs' time divided by this;
 * ``floor``: what no manager can beat here, a raw two-process ping-pong of one small message
   (``socket.socketpair``, an echoing ``os.fork`` child; no pickling, no library), round trips/s,
-  for one pair and for four pairs at once.
+  for one pair and for four pairs at once, and the CPU time of both processes per round trip.
 
 Children run with bytecode writing on (``PYTHONDONTWRITEBYTECODE`` removed), as an installed
 wheel has its ``.pyc`` files: the standard library's modules always have theirs.
@@ -51,10 +53,11 @@ CHILD = textwrap.dedent(
         d[n] = n  # connected
         ready.put(n)
         go.wait()
+        cpu = time.process_time()
         t0 = time.perf_counter()
         for i in range(ops):
             d[i % 64] = i
-        results.put((t0, time.perf_counter()))
+        results.put((t0, time.perf_counter(), time.process_time() - cpu))
 
     def ping_pong(pairs):
         # raw round trips/s of `pairs` client/echo process pairs at once: the floor
@@ -84,17 +87,23 @@ CHILD = textwrap.dedent(
             b.close()
             pids += [echo, client]
         os.close(spans_w)
+        cpu = os.times()
         for pid in pids:
             os.waitpid(pid, 0)
+        after = os.times()
+        cpu = after.children_user + after.children_system - cpu.children_user - cpu.children_system
         with os.fdopen(spans_r) as f:
             spans = [json.loads(line) for line in f]
-        return pairs * OPS / (max(e for _, e in spans) - min(s for s, _ in spans))
+        rate = pairs * OPS / (max(e for _, e in spans) - min(s for s, _ in spans))
+        return rate, cpu / (pairs * OPS) * 1e6
 
     def main():
         out = {}
         if LIB == "floor":
-            out["floor: raw ping-pong, 1 pair (round trips/s)"] = ping_pong(1)
-            out[f"floor: raw ping-pong, {CLIENTS} pairs (round trips/s)"] = ping_pong(CLIENTS)
+            for pairs in (1, CLIENTS):
+                rate, cpu = ping_pong(pairs)
+                out[f"floor: raw ping-pong, {pairs} pair{'s' if pairs > 1 else ''} (round trips/s)"] = rate
+                out[f"floor: raw ping-pong, {pairs} pair{'s' if pairs > 1 else ''}: CPU µs per round trip"] = cpu
             print(json.dumps(out))
             return
         m = mp.Manager()
@@ -133,13 +142,17 @@ CHILD = textwrap.dedent(
                 p.start()
             for _ in procs:
                 ready.get(timeout=300)
+            server_cpu = cpu_seconds(m._process.pid)
             go.set()
             spans = [results.get(timeout=300) for _ in procs]
+            server_cpu = cpu_seconds(m._process.pid) - server_cpu
             for p in procs:
                 p.join()
-            start = min(s for s, _ in spans)
-            end = max(e for _, e in spans)
+            start = min(s for s, _, _ in spans)
+            end = max(e for _, e, _ in spans)
             out[f"d[k] = v, {CLIENTS} clients (ops/s)"] = CLIENTS * OPS / (end - start)
+            cpu = sum(c for _, _, c in spans) + server_cpu
+            out[f"d[k] = v, {CLIENTS} clients: CPU µs per op, clients + server"] = cpu / (CLIENTS * OPS) * 1e6
         print(json.dumps(out))
 
     if __name__ == "__main__":
@@ -192,6 +205,15 @@ def main() -> None:
         print(f"| {name} | {std:,.1f} | {fp:,.1f} | {ratio:.2f}x{'' if ratio >= 1 else ' (slower)'} |")
     for name in raw["floor"][0]:
         pairs = name.split(", ")[1].split()[0]
+        if "CPU" in name:
+            same = f"d[k] = v, {pairs} client{'s' if pairs != '1' else ''}: CPU µs per op, client"
+            same += "s + server" if pairs != "1" else " + server"
+            floor = median("floor", name)
+            print(
+                f"| {name} | the stdlib's {median('stdlib', same) / floor:.2f}x this "
+                f"| ferropool's {median('ferropool', same) / floor:.2f}x this | {floor:,.1f} |"
+            )
+            continue
         same = "d[k] = v, 1 client (ops/s)" if pairs == "1" else f"d[k] = v, {pairs} clients (ops/s)"
         floor = median("floor", name)
         print(

@@ -9,8 +9,9 @@ and the no-reply operations. Any other call (a ``Lock``'s acquire, a ``Queue``'s
 registered type's method, the server's own operations) runs on its connection's own thread,
 made at its first such call and kept, so an ``RLock`` or a ``Condition`` is always acquired and
 released by one thread; the loop leaves that connection alone until the thread has sent the
-reply. A reply the socket cannot take at once is finished by that thread too: a client that
-stops reading holds up no one else.
+reply, and keeps the connection while its next requests come at once and may block too (a
+Lock's ``release`` after its ``acquire``). A reply the socket cannot take at once is finished by
+that thread too: a client that stops reading holds up no one else.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import socket
 import struct
 import threading
 
+from .. import _core
 from .server import NO_REPLY, _serving, _traceback
 from .types import Namespace, Value
 
@@ -40,6 +42,8 @@ _LONG_HEADER = struct.Struct("!Q")
 #: most bytes read from one connection per turn: a long message does not starve the others
 _READ_LIMIT = 1 << 20
 _CALL, _SEND = 0, 1
+#: the most quick calls in a row a connection's thread runs before it gives the connection back
+_QUICK_ON_THREAD = 4
 
 
 def frame(data: bytes) -> bytes:
@@ -49,10 +53,38 @@ def frame(data: bytes) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
+def _take_message(conn: _Conn) -> bytes | None:
+    """The first whole message in ``conn.buf``, taken out; ``None`` while it is incomplete.
+
+    ``ValueError`` for a negative length: the rest of the stream cannot be trusted to start at a
+    message boundary.
+    """
+    buf = conn.buf
+    if len(buf) < 4:
+        return None
+    (size,) = _HEADER.unpack_from(buf)
+    start = 4
+    if size == -1:
+        if len(buf) < 12:
+            return None
+        (size,) = _LONG_HEADER.unpack_from(buf, 4)
+        start = 12
+    elif size < 0:
+        raise ValueError(f"bad message length {size}")
+    end = start + size
+    if len(buf) < end:
+        conn.need = end - len(buf)
+        return None
+    conn.need = 0
+    body = bytes(buf[start:end])
+    del buf[:end]
+    return body
+
+
 class _Conn:
     """The loop's state of one connection."""
 
-    __slots__ = ("buf", "client", "fd", "jobs", "need", "sock")
+    __slots__ = ("buf", "client", "fd", "jobs", "need", "pending", "quick", "sock")
 
     def __init__(self, client: _Client) -> None:
         self.client = client
@@ -61,6 +93,8 @@ class _Conn:
         self.buf = bytearray()  # bytes read that do not yet make a whole message
         self.need = 0  # how many more bytes the message begun in `buf` needs, when known
         self.jobs: queue.SimpleQueue[Any] | None = None  # the connection's thread's work
+        self.pending: Any = None  # a request its thread read and left to the loop
+        self.quick = 0  # the quick calls its thread ran in a row (see `Hub._follow_up`)
 
 
 class Hub:
@@ -147,6 +181,9 @@ class Hub:
         for conn in resumed:
             if self.conns.get(conn.fd) is conn:
                 self.epoll.register(conn.fd, select.EPOLLIN)
+                request, conn.pending = conn.pending, None
+                if request is not None and not self._message(conn, None, request):
+                    continue
                 if conn.buf:
                     self._parse(conn)
 
@@ -176,34 +213,24 @@ class Hub:
 
     def _parse(self, conn: _Conn) -> None:
         """Handles the whole messages at the start of ``conn.buf``, until one goes to a thread."""
-        buf = conn.buf
-        while len(buf) >= 4:
-            (size,) = _HEADER.unpack_from(buf)
-            start = 4
-            if size == -1:
-                if len(buf) < 12:
-                    break
-                (size,) = _LONG_HEADER.unpack_from(buf, 4)
-                start = 12
-            elif size < 0:
-                # the rest of the stream cannot be trusted to start at a message boundary
+        while True:
+            try:
+                body = _take_message(conn)
+            except ValueError:
                 self._drop(conn)
                 return
-            end = start + size
-            if len(buf) < end:
-                conn.need = end - len(buf)
+            if body is None or not self._message(conn, body):
                 return
-            body = bytes(buf[start:end])
-            del buf[:end]
-            conn.need = 0
-            if not self._message(conn, body):
-                return
-        conn.need = 0
 
-    def _message(self, conn: _Conn, body: bytes) -> bool:
-        """Handles one request; ``False`` when the connection is no longer the loop's to read."""
+    def _message(self, conn: _Conn, body: bytes | None, request: Any = None) -> bool:
+        """Handles one request (``body``, or ``request`` already unpickled).
+
+        ``False`` when the connection is no longer the loop's to read.
+        """
         try:
-            return self._dispatch(conn, body)
+            if body is not None:
+                request = self.server.loads(body)
+            return self._dispatch(conn, request)
         except Exception:
             # an authenticated client sent something that is not a request (not a pickle, an
             # unhashable method name): that client is done, the others go on
@@ -211,24 +238,25 @@ class Hub:
             self._drop(conn)
             return False
 
-    def _dispatch(self, conn: _Conn, body: bytes) -> bool:
+    def _dispatch(self, conn: _Conn, request: Any) -> bool:
         server = self.server
-        request = server.loads(body)
         ident, method, args, kwds = request
-        client = conn.client
         if ident is None:
             if method in NO_REPLY:
-                _serving.client = client
-                server._no_reply_op(client, method, args)
+                _serving.client = conn.client
+                server._no_reply_op(conn.client, method, args)
                 return True
-        else:
-            entry = server.objects.get(ident)
-            if entry is None or type(entry.obj) in INLINE:
-                _serving.client = client
-                data = server.encode(server._call(server.objects, ident, method, args, kwds))
-                return self._send(conn, frame(data))
+        elif self._quick(ident):
+            _serving.client = conn.client
+            data = server.encode(server._call(server.objects, ident, method, args, kwds))
+            return self._send(conn, frame(data))
         self._hand_over(conn, (_CALL, request))
         return False
+
+    def _quick(self, ident: Any) -> bool:
+        """Whether calls on object ``ident`` return at once (and so run on the loop's thread)."""
+        entry = self.server.objects.get(ident)
+        return entry is None or type(entry.obj) in INLINE
 
     def _send(self, conn: _Conn, data: bytes) -> bool:
         try:
@@ -271,23 +299,69 @@ class Hub:
     # --- a connection's own thread
 
     def _work(self, conn: _Conn, jobs: queue.SimpleQueue[Any]) -> None:
-        server = self.server
         client = conn.client
         _serving.client = client
         while True:
             job = jobs.get()
             if job is None:
                 return
-            kind, payload = job
             try:
-                if kind == _CALL:
-                    client.conn.send_message(server.encode(server.respond(client, *payload)))
-                else:
-                    conn.sock.sendall(payload)
+                while job is not None:
+                    kind, payload = job
+                    if kind == _CALL:
+                        client.conn.send_message(self.server.encode(self.server.respond(client, *payload)))
+                    else:
+                        conn.sock.sendall(payload)
+                    job = self._follow_up(conn)
             except OSError:
                 pass  # the client is gone: the loop finds the end of file when it reads again
             except Exception:
+                # a request that is not one (the loop drops its connection at the end of file)
                 _traceback().print_exc()
-                self._abandon(conn)
-                continue
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             self._resume(conn)
+
+    def _follow_up(self, conn: _Conn) -> tuple[int, Any] | None:
+        """The connection's next request when it comes at once and may block too, else ``None``.
+
+        A client that calls a Lock's ``acquire`` calls its ``release`` soon after, perhaps with
+        a few dict calls between (``with lock: d[k] = v``): its thread keeps the connection
+        meanwhile rather than handing it to the loop and back (two wake-ups). A request for the
+        loop is left in ``conn.pending``; the ``hello``, ``incref`` and ``decref`` ahead of a
+        request are done here.
+        """
+        _core.spin_until_readable_fd(conn.fd)
+        try:
+            data = conn.sock.recv(65536, socket.MSG_DONTWAIT)
+        except OSError:
+            return None  # nothing yet (or an error the loop meets in its turn)
+        if not data:
+            return None  # the end of file stays for the loop to read
+        conn.buf += data
+        server = self.server
+        quick = conn.quick
+        while True:
+            try:
+                body = _take_message(conn)
+            except ValueError:
+                return None  # the loop drops the connection when it parses the buffer
+            if body is None:
+                return None
+            request = server.loads(body)
+            ident, method, args, _ = request
+            if ident is None and method in NO_REPLY:
+                server._no_reply_op(conn.client, method, args)
+                continue
+            if ident is not None and self._quick(ident):
+                if quick >= _QUICK_ON_THREAD:
+                    conn.pending = request
+                    conn.quick = 0
+                    return None
+                quick += 1
+            else:
+                quick = 0
+            conn.quick = quick
+            return (_CALL, request)
