@@ -153,7 +153,12 @@ class Hub:
         conns = self.conns
         wake_r = self._wake_r
         try:
+            spin = _core.spin_until_readable_fd
+            epoll_fd = self.epoll.fileno()
             while not stop.is_set():
+                # a client's next request usually comes within microseconds of its reply: look
+                # for it before sleeping (see `spin_until_readable` in src/connection.rs)
+                spin(epoll_fd)
                 for fd, _ in poll():
                     if fd == wake_r:
                         self._woken()
