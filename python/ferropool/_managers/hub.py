@@ -44,6 +44,9 @@ _READ_LIMIT = 1 << 20
 _CALL, _SEND = 0, 1
 #: the most quick calls in a row a connection's thread runs before it gives the connection back
 _QUICK_ON_THREAD = 4
+#: how long a connection's thread waits for the connection's next request before it gives the
+#: connection back to the loop, seconds
+_KEEP = 0.002
 
 
 def frame(data: bytes) -> bytes:
@@ -330,7 +333,7 @@ class Hub:
             self._resume(conn)
 
     def _follow_up(self, conn: _Conn) -> tuple[int, Any] | None:
-        """The connection's next request when it comes at once and may block too, else ``None``.
+        """The connection's next request when it comes soon and may block too, else ``None``.
 
         A client that calls a Lock's ``acquire`` calls its ``release`` soon after, perhaps with
         a few dict calls between (``with lock: d[k] = v``): its thread keeps the connection
@@ -339,6 +342,9 @@ class Hub:
         request are done here.
         """
         _core.spin_until_readable_fd(conn.fd)
+        # then sleep a little for it: being woken here costs what waking the loop would, and
+        # the hand-over to the loop and back is spared
+        select.select([conn.fd], [], [], _KEEP)
         try:
             data = conn.sock.recv(65536, socket.MSG_DONTWAIT)
         except OSError:
