@@ -45,8 +45,8 @@ _CALL, _SEND = 0, 1
 #: the most quick calls in a row a connection's thread runs before it gives the connection back
 _QUICK_ON_THREAD = 4
 #: how long a connection's thread waits for the connection's next request before it gives the
-#: connection back to the loop, seconds
-_KEEP = 0.002
+#: connection back to the loop, milliseconds
+_KEEP_MS = 2
 
 
 def frame(data: bytes) -> bytes:
@@ -344,7 +344,9 @@ class Hub:
         _core.spin_until_readable_fd(conn.fd)
         # then sleep a little for it: being woken here costs what waking the loop would, and
         # the hand-over to the loop and back is spared
-        select.select([conn.fd], [], [], _KEEP)
+        waiter = select.poll()  # not select(): a server with many connections has descriptors past 1024
+        waiter.register(conn.fd, select.POLLIN)
+        waiter.poll(_KEEP_MS)
         try:
             data = conn.sock.recv(65536, socket.MSG_DONTWAIT)
         except OSError:
