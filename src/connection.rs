@@ -63,28 +63,20 @@ fn spin_until_readable(fd: RawFd) {
         return;
     }
     let deadline = std::time::Instant::now() + SPIN;
-    let mut crowded = false;
     while !crate::fd::wait_ready(fd, libc::POLLIN, Some(Duration::ZERO)).unwrap_or(true) {
-        let now = std::time::Instant::now();
-        if crowded || now >= deadline {
-            // the reply is slow in coming (a busy peer), or other processes want this CPU (a
-            // yield gave it away for a while): looking takes CPU time they need, and a yield
-            // may not come back for a whole time slice. The next receives sleep at once, more
-            // of them after each look in vain, until a look finds its message again
+        if std::time::Instant::now() >= deadline {
+            // the reply is slow in coming (a busy peer, or more runnable processes than CPUs):
+            // looking takes CPU time the others need. The next receives sleep at once, more of
+            // them after each look in vain, until a look finds its message again
             let backoff = (BACKOFF.get() * 2).clamp(1, MAX_BACKOFF);
             BACKOFF.set(backoff);
             SKIP.set(backoff);
             return;
         }
         std::thread::yield_now();
-        crowded = now.elapsed() >= CROWDED;
     }
     BACKOFF.set(0);
 }
-
-/// A yield that lasts this long ran another process: this CPU is wanted (one more look first,
-/// as that process may have been the peer, sending the message).
-const CROWDED: Duration = Duration::from_micros(20);
 
 /// The most receives in a row that skip the look after looks in vain.
 const MAX_BACKOFF: u32 = 64;
@@ -725,8 +717,7 @@ mod tests {
     fn a_receive_looks_before_it_sleeps_and_not_for_long() {
         let (a, b) = pair();
         let started = std::time::Instant::now();
-        // nothing comes: gives up after about SPIN (sooner when another process wants the CPU)
-        spin_until_readable(b.as_raw_fd());
+        spin_until_readable(b.as_raw_fd()); // nothing comes: gives up after about SPIN
         let waited = started.elapsed();
         assert!(waited < Duration::from_secs(1), "looked for {waited:?}");
         send_message(a.as_raw_fd(), b"x", &mut never_wait, &mut false).unwrap();
