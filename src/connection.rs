@@ -611,7 +611,7 @@ impl Drop for PyConnection {
 }
 
 /// Returns once `fd` is readable or a short while (`SPIN`) has passed, the GIL released: what a
-/// socket connection (a manager's) does before it blocks in `recv`.
+/// socket connection (a manager's, the manager server's loop) does before it blocks.
 #[pyfunction]
 pub fn spin_until_readable_fd(py: Python<'_>, fd: RawFd) -> PyResult<()> {
     let fd = crate::errors::fd_arg(fd)?;
