@@ -8,11 +8,13 @@
 //! every unread message with it), and `recv_bytes(maxlength)` can read the length with
 //! `MSG_PEEK` and refuse the message while leaving it whole in the socket.
 //!
-//! Sends and receives block in the socket call itself, with the GIL released, one system call
-//! per packet: each connection's socket has 50 ms send and receive timeouts (`SO_SNDTIMEO`,
-//! `SO_RCVTIMEO`), and between two timed-out (or signal-interrupted) attempts the caller checks
-//! for signals, as `signals::wait_interruptible` does, so Ctrl-C interrupts a blocked
-//! `recv`/`send` within one slice. Before it blocks, a receive looks for its message for up to
+//! Sends and receives run with the GIL released, one non-blocking system call per packet that
+//! the socket can take or has; when it cannot, the attempt waits in `poll` for up to one 50 ms
+//! slice, and between two attempts that came back empty (or signal-interrupted) the caller
+//! checks for signals, as `signals::wait_interruptible` does, so Ctrl-C interrupts a blocked
+//! `recv`/`send` within one slice. The socket itself stays an ordinary blocking socket with no
+//! timeouts of its own: code that reads `fileno()` directly (`multiprocessing.reduction`'s
+//! `recv_handle`, a child that inherits it) blocks on it as on a stdlib pipe. Before it blocks, a receive looks for its message for up to
 //! `SPIN` (50 µs), yielding the CPU between looks (and skips the look for a while after looks
 //! that found nothing), and a one-packet send is first tried without blocking and without
 //! releasing the GIL: see `spin_until_readable` and `send_slice` for why.
@@ -106,34 +108,17 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Gives `fd` the send and receive timeouts that bound one blocking attempt (see the header).
-pub fn set_slice_timeouts(fd: RawFd) -> io::Result<()> {
-    let slice = libc::timeval {
-        tv_sec: 0,
-        tv_usec: SLICE.as_micros() as libc::suseconds_t,
-    };
-    for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: setsockopt reads `size_of::<timeval>()` bytes from a timeval we own.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&raw const slice).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Sends one packet made of `parts`: `Ok(false)` when the socket stayed full for its send timeout
-/// or a signal arrived (nothing was sent; try again after checking signals).
+/// Sends one packet made of `parts`: `Ok(false)` when the socket stayed full for one slice or a
+/// signal arrived (nothing was sent; try again after checking signals).
 fn send_packet(fd: RawFd, parts: &[&[u8]]) -> io::Result<bool> {
-    send_packet_flags(fd, parts, libc::MSG_NOSIGNAL)
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    if send_packet_flags(fd, parts, flags)? {
+        return Ok(true);
+    }
+    if !wait_ready(fd, libc::POLLOUT, Some(SLICE))? {
+        return Ok(false);
+    }
+    send_packet_flags(fd, parts, flags)
 }
 
 /// `send_packet` with the `sendmsg` flags given (`MSG_NOSIGNAL` at least).
@@ -163,11 +148,22 @@ fn send_packet_flags(fd: RawFd, parts: &[&[u8]], flags: libc::c_int) -> io::Resu
     }
 }
 
-/// Receives one packet into `buf`: `Ok(None)` when none arrived within the receive timeout or a
-/// signal came first, `Ok(Some(0))` at end-of-file. The length is the packet's whole length
+/// Receives one packet into `buf`: `Ok(None)` when none arrived within one slice or a signal
+/// came first, `Ok(Some(0))` at end-of-file. The length is the packet's whole length
 /// (`MSG_TRUNC`), which is more than `buf.len()` when the rest of the packet was cut off.
 fn recv_packet(fd: RawFd, buf: &mut [u8], peek: bool) -> io::Result<Option<usize>> {
-    let flags = libc::MSG_TRUNC | if peek { libc::MSG_PEEK } else { 0 };
+    if let Some(n) = recv_packet_now(fd, buf, peek)? {
+        return Ok(Some(n));
+    }
+    if !wait_ready(fd, libc::POLLIN, Some(SLICE))? {
+        return Ok(None);
+    }
+    recv_packet_now(fd, buf, peek)
+}
+
+/// `recv_packet` without waiting: `Ok(None)` when no packet is there.
+fn recv_packet_now(fd: RawFd, buf: &mut [u8], peek: bool) -> io::Result<Option<usize>> {
+    let flags = libc::MSG_TRUNC | libc::MSG_DONTWAIT | if peek { libc::MSG_PEEK } else { 0 };
     // SAFETY: `buf` is an exclusively borrowed, writable slice of `buf.len()` bytes.
     let rc = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
     if rc >= 0 {
@@ -478,7 +474,6 @@ impl PyConnection {
         if !readable && !writable {
             return Err(Error::InvalidArgument("at least one of `readable` and `writable` must be True".into()).into());
         }
-        set_slice_timeouts(fd).map_err(Error::Io)?;
         Ok(PyConnection {
             fd: AtomicI32::new(fd),
             readable,
@@ -631,12 +626,9 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
-    /// A pair as `PyConnection::new` prepares it: blocking, with slice timeouts.
+    /// A pair as `PyConnection::new` takes it: blocking sockets, no timeouts.
     fn pair() -> (OwnedFd, OwnedFd) {
-        let (a, b) = seqpacket_pair().unwrap();
-        set_slice_timeouts(a.as_raw_fd()).unwrap();
-        set_slice_timeouts(b.as_raw_fd()).unwrap();
-        (a, b)
+        seqpacket_pair().unwrap()
     }
 
     fn never_wait() -> io::Result<()> {

@@ -406,3 +406,28 @@ def test_a_send_interrupted_mid_message_leaves_the_connection_unable_to_send(dup
         a.send(1)
     b.send("the other direction still works")
     assert a.recv() == "the other direction still works"
+
+
+def test_a_blocking_read_of_fileno_waits_as_on_a_stdlib_pipe(pipe):
+    """Code that reads the descriptor itself (``reduction.recv_handle`` does) blocks until data
+    comes, however long that takes: the socket has no timeout of its own."""
+    r, w = pipe
+    got = []
+    done = threading.Event()
+
+    def reader():
+        with socket.socket(fileno=os.dup(r.fileno())) as raw:
+            try:
+                got.append(raw.recv(64))
+            except OSError as exc:  # before the fix: EAGAIN after the engine's 50 ms slice
+                got.append(exc)
+        done.set()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    # several of the 50 ms slices a ferropool receive waits in before it looks at signals
+    assert not done.wait(0.3), f"the read returned before anything was sent: {got}"
+    w.send_bytes(b"x")
+    assert done.wait(WAIT)
+    thread.join(WAIT)
+    assert isinstance(got[0], bytes) and got[0].endswith(b"x"), got
