@@ -16,6 +16,7 @@ from .. import _core
 from .._runtime import by_value
 from .._runtime.buffers import from_segments, pack, pack_outcomes, release_received
 from .._runtime.serialize import (
+    FLAG_BY_VALUE,
     FLAG_CACHEABLE,
     FLAG_ITEM_CHUNK,
     FLAG_OUTCOMES,
@@ -58,12 +59,22 @@ class Handler:
         fn_bytes = body[:fn_len]
         if not flags & FLAG_CACHEABLE:
             return load_in_child(fn_bytes)
-        fn = self._functions.get(fn_bytes)
-        if fn is None:
-            fn = load_in_child(fn_bytes)
-            if len(self._functions) >= _FN_CACHE_MAX:
-                self._functions.clear()
-            self._functions[fn_bytes] = fn
+        kept = self._functions.get(fn_bytes)
+        if kept is not None:
+            if not flags & FLAG_BY_VALUE:
+                return kept
+            if kept.unchanged():
+                return kept.fn
+        fn = load_in_child(fn_bytes)
+        if flags & FLAG_BY_VALUE:
+            from .._runtime.function_cache import Rebuilt
+
+            kept = Rebuilt(fn)
+        else:
+            kept = fn
+        if len(self._functions) >= _FN_CACHE_MAX:
+            self._functions.clear()
+        self._functions[fn_bytes] = kept
         return fn
 
     def call(self, body: bytes, fn_len: int, flags: int, fds: list[int] | None = None) -> Result:
