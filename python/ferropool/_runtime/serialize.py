@@ -68,6 +68,9 @@ def load_in_child(data: Any, buffers: list[Any] | None = None) -> Any:
 plain_dumps = _plain_dumps = pickle.dumps
 PickleError = pickle.PickleError
 _MAIN = b"__main__"
+#: Values the C pickler writes itself, whatever reducers are registered: never out of band, never
+#: by value (a ``str`` naming ``__main__`` pickles the same either way)
+PLAIN_TYPES = frozenset({int, float, str, bool, type(None), complex})
 _FN_CACHE_MAX = 1024
 _fn_cache: dict[Any, Any] = {}  # fn -> (bytes, flags), or a function_cache.Entry
 _CACHEABLE_TYPES = (types.FunctionType, types.BuiltinFunctionType)
