@@ -51,6 +51,8 @@ def counter_closure():
 read, bump = counter_closure()
 def code_a():
     return "a"
+def annotated(x: int = 0) -> str:
+    return f"{K}{x}"
 def code_b():
     return "b"
 
@@ -87,6 +89,11 @@ with ferropool.ProcessPoolExecutor(1, max_tasks_per_child=1) as ex:
     print("closure", run(read), end=" ")
     bump()
     print(run(read))
+    print("annotated", run(annotated), run(annotated), end=" ")
+    K = 5
+    print(run(annotated), end=" ")
+    annotated.__defaults__ = (1,)
+    print(run(annotated))
     print("code", run(code_a), end=" ")
     code_a.__code__ = code_b.__code__
     print(run(code_a))
@@ -101,8 +108,9 @@ print("reused", dump_function(fixed)[0] is dump_function(fixed)[0], dump_functio
 
 def test_a_changed_dependency_is_pickled_again(tmp_path):
     """A rebound global (also to an equal value of another type), a redefined helper, new
-    defaults, a global defined or deleted later, a new attribute, a rebound closure cell and
-    new code each reach the next task; a list changed in place too, as it is never cached."""
+    defaults, a global defined or deleted later, a new attribute, a rebound closure cell, new
+    code and a global of an annotated function each reach the next task; a list changed in
+    place too, as it is never cached."""
     out, _, detail = script_output(tmp_path, FRESH_WORKER_CASES)
     assert out == [
         "rebind (1, 'int') (1, 'int') (2, 'int') (True, 'bool') (1.0, 'float')",
@@ -112,6 +120,7 @@ def test_a_changed_dependency_is_pickled_again(tmp_path):
         "attribute None tagged",
         "list [1] [1, 2] [[1, 2]]",
         "closure 0 1",
+        "annotated 1.00 1.00 50 51",
         "code a b",
         "reused True 65",
     ], detail

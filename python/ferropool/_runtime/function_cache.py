@@ -98,13 +98,40 @@ class Probe:
         except (KeyError, ValueError):  # a global deleted, a cell emptied
             raise Unsafe from None
 
+    def same(self) -> bool:
+        """Whether ``read()`` would give the very objects it gave when the probe was made.
+
+        The common case (no closure, no annotations) is compared piece by piece, without
+        building ``read()``'s tuple: this runs on every submit.
+        """
+        attrs = _attributes(self.fn)
+        old = self.values
+        if attrs[_CLOSURE] is not None or attrs[_ANNOTATIONS]:
+            try:
+                now = self.read()
+            except Unsafe:
+                return False
+            return len(now) == len(old) and all(map(is_, now, old))
+        if not all(map(is_, attrs, old)) or attrs[_DICT]:  # the attributes come first in ``old``
+            return False
+        globals_ = attrs[_GLOBALS]
+        if self.absent and not globals_.keys().isdisjoint(self.absent):
+            return False
+        if self.globals is None:
+            return len(old) == len(attrs)
+        try:
+            found = self.globals(globals_)
+        except KeyError:
+            return False
+        return len(old) == len(attrs) + len(found) and all(map(is_, found, old[len(attrs) :]))
+
 
 class Entry:
     """A reusable pickle of one function: its bytes and the probes that guard them."""
 
-    __slots__ = ("data", "flags", "level", "modules", "probes", "used", "values")
+    __slots__ = ("data", "flags", "level", "modules", "probes", "used")
 
-    def __init__(self, data: bytes, probes: list[Probe], modules: int, values: tuple[Any, ...]) -> None:
+    def __init__(self, data: bytes, probes: list[Probe], modules: int) -> None:
         self.data = data
         # a worker may keep the function it rebuilds only if no other function came with it:
         # one shipped along (a helper) is a fresh copy on every task, to which a task may have
@@ -112,31 +139,20 @@ class Entry:
         self.flags = KEEP_FLAGS if len(probes) == 1 else 0
         self.probes = probes
         self.modules = modules
-        self.values = values
         self.used = False  # whether it saved a pickle
         self.level = 0  # see Sightings
 
     def valid(self) -> bool:
-        """Whether ``data`` is still what pickling the function would give."""
-        try:
-            now = snapshot(self.probes)
-        except Unsafe:
-            return False
-        old = self.values
-        if len(now) == len(old) and all(map(is_, now, old)) and (self.modules < 0 or self.modules == len(sys.modules)):
+        """Whether ``data`` is still what pickling the function would give.
+
+        The probes compare with what they read when they were made, before the pickle was.
+        """
+        probes = self.probes
+        same = probes[0].same() if len(probes) == 1 else all([probe.same() for probe in probes])
+        if same and (self.modules < 0 or self.modules == len(sys.modules)):
             self.used = True
             return True
         return False
-
-
-def snapshot(probes: list[Probe]) -> tuple[Any, ...]:
-    """The objects the probes guard, now."""
-    if len(probes) == 1:
-        return probes[0].read()
-    values: list[Any] = []
-    for probe in probes:
-        values.extend(probe.read())
-    return tuple(values)
 
 
 class Rebuilt:
@@ -154,11 +170,14 @@ class Rebuilt:
         self.state = _state(fn)
 
     def unchanged(self) -> bool:
+        attrs = _attributes(self.fn)
+        old = self.state
+        if attrs[_CLOSURE] is None and not attrs[_ANNOTATIONS]:  # the common case, without a new tuple
+            return len(old) == len(attrs) and not attrs[_DICT] and all(map(is_, attrs, old))
         try:
             now = _state(self.fn)
-        except (ValueError, AttributeError):
+        except ValueError:
             return False
-        old = self.state
         return len(now) == len(old) and all(map(is_, now, old))
 
 
@@ -221,13 +240,12 @@ def pickle(
         return dumps(fn), None
     try:
         probes, names_module = probes_for(fn, by_reference)
-        before = snapshot(probes)
     except Unsafe:
         sighting.back_off()
         return dumps(fn), None
     modules = len(sys.modules) if names_module else -1
     data = dumps(fn)
-    entry = Entry(data, probes, modules, before)
+    entry = Entry(data, probes, modules)
     # a change while it was pickled (another thread) leaves the bytes uncached
     if len(data) > MAX_BYTES or not entry.valid():
         sighting.back_off()
