@@ -4,6 +4,8 @@
 Usage (from the repository root)::
 
     python benches/submit_profile.py             # 20,000 abs() calls on 2 workers, median of 5
+    python benches/submit_profile.py --main      # the same with a function defined in __main__
+    python benches/submit_profile.py --pool      # Pool.apply_async(...).get() instead of submit
 
 On a machine with as many cores as the pool has workers, the parent and the workers share the
 cores, so tasks/s can never beat ``cores / (parent CPU per task + worker CPU per task)``. This
@@ -14,6 +16,7 @@ faster ``submit`` has to shave.
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import io
 import os
@@ -35,18 +38,36 @@ def _cpu_seconds(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def identity(x: int) -> int:
+    """A task defined in ``__main__``, as a script's are: it travels by value (cloudpickle)."""
+    return x
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--main", action="store_true", help="submit a function defined in __main__, not abs")
+    parser.add_argument("--pool", action="store_true", help="Pool.apply_async(...).get(), not executor.submit")
+    options = parser.parse_args()
+    fn = identity if options.main else abs
     rates, parent_us, worker_us = [], [], []
     me = psutil.Process()
-    with ferropool.ProcessPoolExecutor(WORKERS) as ex:
-        for f in [ex.submit(time.sleep, 0.02) for _ in range(2 * WORKERS)]:
-            f.result()
+    with ferropool.Pool(WORKERS) if options.pool else ferropool.ProcessPoolExecutor(WORKERS) as ex:
+        if options.pool:
+
+            def flood() -> int:
+                return sum(r.get() for r in [ex.apply_async(fn, (i,)) for i in range(N)])
+        else:
+
+            def flood() -> int:
+                return sum(f.result() for f in [ex.submit(fn, i) for i in range(N)])
+
+        flood()  # the workers are up, and a function from __main__ has been pickled
         workers = [psutil.Process(pid) for pid in ex._backend.engine.pids]
         for _ in range(REPEAT):
             parent0 = _cpu_seconds(me)
             worker0 = sum(map(_cpu_seconds, workers))
             start = time.perf_counter()
-            total = sum(f.result() for f in [ex.submit(abs, i) for i in range(N)])
+            total = flood()
             wall = time.perf_counter() - start
             assert total == N * (N - 1) // 2
             rates.append(N / wall)
@@ -54,8 +75,7 @@ def main() -> int:
             worker_us.append((sum(map(_cpu_seconds, workers)) - worker0) / N * 1e6)
         profile = cProfile.Profile()
         profile.enable()
-        for f in [ex.submit(abs, i) for i in range(N)]:
-            f.result()
+        flood()
         profile.disable()
     cores = len(os.sched_getaffinity(0))
     p, w = statistics.median(parent_us), statistics.median(worker_us)

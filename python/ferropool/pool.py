@@ -175,6 +175,8 @@ class AsyncResult(Generic[T]):
                 also a ``multiprocessing.TimeoutError``).
             Exception: whatever the call raised, with the worker's traceback as ``__cause__``.
         """
+        if self._settled is None and type(self) is AsyncResult:  # no callback: the future says it all
+            return self._future.result(timeout)  # type: ignore[no-any-return]
         if not self._wait_ready(timeout):
             raise TimeoutError()
         return self._value(self._future)  # type: ignore[no-any-return]
@@ -630,7 +632,7 @@ class Pool:
             ValueError: the pool was closed or terminated.
             TypeError: ``func`` is not callable.
         """
-        if self._state != RUN:
+        if self._common.state != RUN:
             raise ValueError("Pool not running")
         if not callable(func):
             check_callable(func, "func")

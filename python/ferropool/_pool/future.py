@@ -42,11 +42,13 @@ class Future(_base.Future[T]):
     # stores the outcome, then the state, then looks for a condition; a waiter makes the
     # condition first, then reads the state. Under the GIL one of them always sees the other,
     # so the condition (and its lock) exists only for futures someone actually waits on.
-    __slots__ = ("_cond", "_ferro_task")
-    _cond: threading.Condition
+    # The stdlib's state is in slots too: a future then never needs an instance dict.
+    __slots__ = ("_cond", "_done_callbacks", "_exception", "_ferro_task", "_result", "_state", "_waiters")
+    _cond: threading.Condition | None
 
     def __init__(self) -> None:
         self._ferro_task: Any = None
+        self._cond = None
         self._state = PENDING
         self._result = None
         self._exception = None
@@ -55,19 +57,18 @@ class Future(_base.Future[T]):
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
-        try:
-            return self._cond
-        except AttributeError:
-            with _condition_lock:
-                try:
-                    return self._cond
-                except AttributeError:
-                    cond = self._cond = threading.Condition()
-                    return cond
+        cond = self._cond
+        if cond is not None:
+            return cond
+        with _condition_lock:
+            cond = self._cond
+            if cond is None:
+                cond = self._cond = threading.Condition()
+            return cond
 
     def _finish_unlocked(self) -> None:
         """Wakes whoever started waiting while the outcome was being stored."""
-        cond = getattr(self, "_cond", None)
+        cond = self._cond
         if cond is not None:
             with cond:
                 for waiter in self._waiters:
@@ -81,7 +82,7 @@ class Future(_base.Future[T]):
 
     def set_result(self, result: Any) -> None:
         """Sets the future's value and wakes its waiters (executors and tests only)."""
-        if self._ferro_task is None or getattr(self, "_cond", None) is not None:
+        if self._ferro_task is None or self._cond is not None:
             return super().set_result(result)
         if self._state in _DONE:
             raise InvalidStateError(f"{self._state}: {self!r}")
@@ -91,7 +92,7 @@ class Future(_base.Future[T]):
 
     def set_exception(self, exception: BaseException | None) -> None:
         """Sets the future's exception and wakes its waiters (executors and tests only)."""
-        if self._ferro_task is None or getattr(self, "_cond", None) is not None:
+        if self._ferro_task is None or self._cond is not None:
             return super().set_exception(exception)
         if self._state in _DONE:
             raise InvalidStateError(f"{self._state}: {self!r}")

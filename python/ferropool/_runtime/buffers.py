@@ -18,7 +18,7 @@ import mmap
 import os
 
 from .. import _core
-from .serialize import dump_outcomes, dumps, loads, wrap_large
+from .serialize import PLAIN_TYPES, PROTOCOL, dump_outcomes, dumps, loads, plain_dumps, wrap_large
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -33,11 +33,15 @@ def pack(obj: Any) -> tuple[bytes, list[int] | None]:
     items (a result, say). The caller owns the descriptors (the core takes them over when it
     sends them).
     """
+    if type(obj) in PLAIN_TYPES:  # most results: nothing to share, nothing to look for
+        return plain_dumps(obj, PROTOCOL), None
     return _pack(wrap_large(obj))
 
 
 def pack_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, list[int] | None]:
     """``pack`` for the arguments of one call: a large ``bytes`` argument is shared too."""
+    if PLAIN_TYPES.issuperset(map(type, args)) and (not kwargs or PLAIN_TYPES.issuperset(map(type, kwargs.values()))):
+        return plain_dumps((args, kwargs), PROTOCOL), None
     return _pack((wrap_large(args), kwargs))
 
 

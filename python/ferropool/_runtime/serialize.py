@@ -33,12 +33,13 @@ if TYPE_CHECKING:
 PROTOCOL = 5
 
 # Flags of a CALL frame (opaque to the core; read in _worker/main.py).
-FLAG_CACHEABLE = 1  # the function bytes name an importable function: a worker may keep it
+FLAG_CACHEABLE = 1  # the function bytes stand for the same function every time: a worker may keep it
 FLAG_STAR_CHUNK = 2  # the arguments are a list of tuples: return [fn(*a) for a in them]
 FLAG_ITEM_CHUNK = 4  # the arguments are a list of items: return [fn(x) for x in them]
 FLAG_OUTCOMES = 8  # with a chunk flag: return (seconds, [(True, value) | (False, (exc, tb))])
 FLAG_TIMED = 16  # with a chunk flag: return (seconds, [values]), for adaptive chunking
 FLAG_POOL_ERRORS = 32  # a result that cannot be pickled fails with MaybeEncodingError (Pool's)
+FLAG_BY_VALUE = 64  # with FLAG_CACHEABLE: shipped by value; kept while its tasks leave it unchanged
 
 loads = pickle.loads
 
@@ -67,8 +68,11 @@ def load_in_child(data: Any, buffers: list[Any] | None = None) -> Any:
 plain_dumps = _plain_dumps = pickle.dumps
 PickleError = pickle.PickleError
 _MAIN = b"__main__"
+#: Values the C pickler writes itself, whatever reducers are registered: never out of band, never
+#: by value (a ``str`` naming ``__main__`` pickles the same either way)
+PLAIN_TYPES = frozenset({int, float, str, bool, type(None), complex})
 _FN_CACHE_MAX = 1024
-_fn_cache: dict[Any, tuple[bytes, int]] = {}
+_fn_cache: dict[Any, Any] = {}  # fn -> (bytes, flags), or a function_cache.Entry
 _CACHEABLE_TYPES = (types.FunctionType, types.BuiltinFunctionType)
 
 
@@ -188,26 +192,52 @@ def dump_function(fn: Any) -> tuple[bytes, int]:
     """Pickles a task's callable; returns the bytes and the frame flags that go with them.
 
     Importable module-level functions are pickled by reference once and cached, here and in each
-    worker. Everything else is pickled on every call, as the stdlib does, so closures and bound
-    methods see the state they have at submit time.
+    worker. A function shipped by value (defined in ``__main__``, a lambda, a closure) is cached
+    too while nothing its pickle holds has changed (see ``function_cache.py``). Everything else
+    is pickled on every call, as the stdlib does, so bound methods and callable objects see the
+    state they have at submit time.
     """
     try:
-        return _fn_cache[fn]
+        cached = _fn_cache[fn]
     except (KeyError, TypeError):
-        pass
+        cached = None
+    else:
+        if type(cached) is tuple:
+            return cached
+        if cached.valid():
+            return cached.data, cached.flags
     try:
         data = _plain_dumps(fn, PROTOCOL)
         by_reference = _MAIN not in data
     except Exception:
         by_reference = False
     if not by_reference:
-        return _cloudpickle().dumps(fn, PROTOCOL), 0
+        return _dump_by_value(fn, cached)
     flags = FLAG_CACHEABLE if isinstance(fn, _CACHEABLE_TYPES) else 0
     if flags:
-        if len(_fn_cache) >= _FN_CACHE_MAX:
-            _fn_cache.clear()
-        _fn_cache[fn] = (data, flags)
+        _remember(fn, (data, flags))
     return data, flags
+
+
+def _remember(fn: Any, entry: Any) -> None:
+    if len(_fn_cache) >= _FN_CACHE_MAX:
+        _fn_cache.clear()
+    _fn_cache[fn] = entry
+
+
+def _dump_by_value(fn: Any, stale: Any) -> tuple[bytes, int]:
+    cloudpickle = _cloudpickle()
+    by_reference = getattr(cloudpickle.cloudpickle, "_should_pickle_by_reference", None)
+    if type(fn) is not types.FunctionType or by_reference is None:
+        return cloudpickle.dumps(fn, PROTOCOL), 0
+    from . import function_cache
+
+    data, entry = function_cache.pickle(fn, stale, lambda f: cloudpickle.dumps(f, PROTOCOL), by_reference)
+    if entry is None:
+        _fn_cache.pop(fn, None)
+        return data, 0
+    _remember(fn, entry)
+    return data, entry.flags
 
 
 def dump_exception(exc: BaseException, pool: bool = False) -> bytes:

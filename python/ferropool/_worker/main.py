@@ -16,6 +16,7 @@ from .. import _core
 from .._runtime import by_value
 from .._runtime.buffers import from_segments, pack, pack_outcomes, release_received
 from .._runtime.serialize import (
+    FLAG_BY_VALUE,
     FLAG_CACHEABLE,
     FLAG_ITEM_CHUNK,
     FLAG_OUTCOMES,
@@ -26,6 +27,7 @@ from .._runtime.serialize import (
     encoding_error,
     exception_with_traceback,
     load_in_child,
+    loads,
 )
 from . import chunk
 
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     Result = tuple[bool, bytes, list[int] | None]
 
 _FN_CACHE_MAX = 1024
+CHUNK_FLAGS = FLAG_ITEM_CHUNK | FLAG_STAR_CHUNK
 
 
 class Handler:
@@ -54,46 +57,59 @@ class Handler:
     def __init__(self) -> None:
         self._functions: dict[bytes, Any] = {}
 
-    def _function(self, body: bytes, fn_len: int, flags: int) -> Any:
-        fn_bytes = body[:fn_len]
+    def _function(self, fn_bytes: bytes, flags: int, kept: Any) -> Any:
+        """The function of a call whose bytes are not kept, or whose kept function changed."""
         if not flags & FLAG_CACHEABLE:
             return load_in_child(fn_bytes)
-        fn = self._functions.get(fn_bytes)
-        if fn is None:
-            fn = load_in_child(fn_bytes)
-            if len(self._functions) >= _FN_CACHE_MAX:
-                self._functions.clear()
-            self._functions[fn_bytes] = fn
+        if kept is not None and hasattr(kept, "unchanged") and kept.unchanged():  # see function_cache.Rebuilt
+            return kept.fn
+        fn = load_in_child(fn_bytes)
+        if flags & FLAG_BY_VALUE:
+            from .._runtime.function_cache import Rebuilt
+
+            kept = Rebuilt(fn)
+        else:
+            kept = fn
+        if len(self._functions) >= _FN_CACHE_MAX:
+            self._functions.clear()
+        self._functions[fn_bytes] = kept
         return fn
 
-    def call(self, body: bytes, fn_len: int, flags: int, fds: list[int] | None = None) -> Result:
-        if not fds:
-            return self._call(body, fn_len, flags, None)
-        try:
-            return self._call(body, fn_len, flags, fds)
-        finally:  # the call's objects are gone with _call's frame: its segments can go too
-            release_received()
+    def call(
+        self, body: bytes, fn_len: int, flags: int, fds: list[int] | None = None, *, _held: bool = False
+    ) -> Result:
+        """Runs one call: ``body`` is the function's bytes (``fn_len`` of them), then the arguments'.
 
-    def _call(self, body: bytes, fn_len: int, flags: int, fds: list[int] | None) -> Result:
+        This is the worker's per-task path, kept to one Python frame when no descriptors came.
+        """
+        if fds and not _held:
+            try:
+                return self.call(body, fn_len, flags, fds, _held=True)
+            finally:  # the call's objects are gone with that call's frame: its segments can go too
+                release_received()
         if not by_value.installed and ("cloudpickle" in sys.modules or body.find(b"cloudpickle") >= 0):
             by_value.install()  # before the first function shipped by value is rebuilt
         try:
             buffers = from_segments(fds, keep=True) if fds else None
-            fn = self._function(body, fn_len, flags)
-            args = load_in_child(memoryview(body)[fn_len:], buffers)
+            fn_bytes = body[:fn_len]
+            fn = self._functions.get(fn_bytes) if flags & FLAG_CACHEABLE else None
+            if fn is None or flags & FLAG_BY_VALUE:
+                fn = self._function(fn_bytes, flags, fn)
+            try:
+                args = loads(memoryview(body)[fn_len:], buffers=buffers)
+            except ModuleNotFoundError:
+                args = load_in_child(memoryview(body)[fn_len:], buffers)
             del buffers
-            star = bool(flags & FLAG_STAR_CHUNK)
-            if flags & FLAG_OUTCOMES:
-                seconds, outcomes = chunk.per_item(fn, args, star, self.capture)
-                return (True, *self.pack_outcomes(seconds, outcomes, bool(flags & FLAG_POOL_ERRORS)))
-            result: Any
-            if not flags & (FLAG_ITEM_CHUNK | FLAG_STAR_CHUNK):
+            if not flags & CHUNK_FLAGS:
                 result = value = fn(*args[0], **args[1])
+            elif flags & FLAG_OUTCOMES:
+                seconds, outcomes = chunk.per_item(fn, args, bool(flags & FLAG_STAR_CHUNK), self.capture)
+                return (True, *self.pack_outcomes(seconds, outcomes, bool(flags & FLAG_POOL_ERRORS)))
             elif flags & FLAG_TIMED:
-                result = chunk.timed(fn, args, star)
+                result = chunk.timed(fn, args, bool(flags & FLAG_STAR_CHUNK))
                 value = result[1]
             else:
-                result = value = chunk.values(fn, args, star)
+                result = value = chunk.values(fn, args, bool(flags & FLAG_STAR_CHUNK))
         except BaseException as exc:
             return False, dump_exception(exc, bool(flags & FLAG_POOL_ERRORS)), None
         try:
