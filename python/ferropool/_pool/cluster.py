@@ -420,6 +420,9 @@ class ClusterBackend(PickledBackend):
             _settle(fut, outcome)
             return
         try:
+            if type(outcome) is bytes:  # a value returned, nothing printed or logged
+                _settle(fut, None, loads(outcome))
+                return
             kind, payload, output, records = outcome
             self._forward(output, records)
             if kind == remote.KIND_OK:
