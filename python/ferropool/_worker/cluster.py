@@ -150,7 +150,7 @@ def run(
             if kind == KIND_OK and type(value) is bytes and not output and not records:
                 # the pickled value alone: Dask sizes and sends bytes as they are, where a
                 # tuple costs the worker a walk through it and a pickle per item
-                return value  # type: ignore[no-any-return]
+                return value
             return kind, value, output, records
         finally:
             if previous is _MISSING:
