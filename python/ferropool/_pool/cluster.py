@@ -74,6 +74,9 @@ SCATTER_MIN = 1 << 20
 #: cost ~20% more CPU per call.
 GATHER_BATCH = 64
 COALESCE_S = 0.1
+#: ...but a fetch waits no longer once this many seconds pass without a task finishing: longer
+#: tasks are fetched as before, without being held for the batch.
+COALESCE_GAP_S = 0.02
 #: Seconds to wait for the Dask workers to connect when the cluster has none yet.
 CONNECT_TIMEOUT_S = 30.0
 
@@ -357,8 +360,12 @@ class ClusterBackend(PickledBackend):
         """
         self._wanted = min(GATHER_BATCH, len(self._sent) // 2)
         deadline = time.monotonic() + COALESCE_S
-        while len(self._arrived) < self._wanted and (left := deadline - time.monotonic()) > 0:
-            self._lock.wait(left)
+        seen = len(self._arrived)
+        while seen < self._wanted and (left := deadline - time.monotonic()) > 0:
+            self._lock.wait(min(left, COALESCE_GAP_S))
+            if len(self._arrived) == seen:
+                break  # nothing finished meanwhile: these tasks are not short ones in a burst
+            seen = len(self._arrived)
         self._wanted = 1
 
     def _done_and_closed(self) -> bool:
