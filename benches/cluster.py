@@ -11,7 +11,9 @@ tests/test_cluster.py does), then measures, each ``--repeat`` times, reporting t
 - ``cpu``: 16 x fib(30), serially, on a local ``Pool(2)`` and on ``Pool(cluster=...)``: speedup;
 - ``connect``: a new client (or pool) on the scheduler address until the first result arrives.
 
-    python benches/cluster.py [--repeat 5] [--out FILE]
+    python benches/cluster.py [--repeat 5] [--workload submit] [--out FILE]
+
+``--workload`` (repeatable) runs only the named workloads; the report then has their rows only.
 
 Needs the dask extra (``pip install -e '.[dask]'``).
 """
@@ -87,7 +89,12 @@ def cpu_seconds(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
     return {name: sum(sum(p.cpu_times()[:2]) for p in group) for name, group in procs.items()}
 
 
-def measure(address: str, repeat: int, procs: dict[str, list[psutil.Process]]) -> dict[str, list[float]]:
+WORKLOADS = ("map", "submit", "cpu", "connect")
+
+
+def measure(
+    address: str, repeat: int, procs: dict[str, list[psutil.Process]], workloads: tuple[str, ...] = WORKLOADS
+) -> dict[str, list[float]]:
     r: dict[str, list[float]] = {}
 
     def add(name: str, value: float) -> None:
@@ -109,23 +116,41 @@ def measure(address: str, repeat: int, procs: dict[str, list[psutil.Process]]) -
         try:
             pool.map(noop, range(1000))  # warm: functions cached on the workers
             local.map(noop, range(1000))
-            for _ in range(repeat):
-                s = timed(lambda: client.gather(client.map(noop, range(2000), pure=False)))
-                add("dask client.map+gather, items/s", 2000 / s)
-                s = timed(lambda: pool.map(noop, range(100_000)))
-                add("Pool(cluster=).map, items/s", 100_000 / s)
+            [f.result() for f in [ex.submit(noop, n) for n in range(200)]]
+            for i in range(repeat):
+                if "map" in workloads:
+                    s = timed(lambda: client.gather(client.map(noop, range(2000), pure=False)))
+                    add("dask client.map+gather, items/s", 2000 / s)
+                    s = timed(lambda: pool.map(noop, range(100_000)))
+                    add("Pool(cluster=).map, items/s", 100_000 / s)
 
-                s = per_call(
-                    "dask", lambda: client.gather([client.submit(noop, i, pure=False) for i in range(2000)]), 2000
-                )
-                add("dask client.submit+gather, us/call", s / 2000 * 1e6)
-                s = per_call("ferropool", lambda: [f.result() for f in [ex.submit(noop, i) for i in range(2000)]], 2000)
-                add("Executor(cluster=).submit, us/call", s / 2000 * 1e6)
+                if "submit" in workloads:
+                    # alternated, so that neither always runs while the cluster still frees the
+                    # other's 2,000 results
+                    for who in ("dask", "ferropool") if i % 2 == 0 else ("ferropool", "dask"):
+                        if who == "dask":
+                            s = per_call(
+                                "dask",
+                                lambda: client.gather([client.submit(noop, n, pure=False) for n in range(2000)]),
+                                2000,
+                            )
+                            add("dask client.submit+gather, us/call", s / 2000 * 1e6)
+                        else:
+                            s = per_call(
+                                "ferropool",
+                                lambda: [f.result() for f in [ex.submit(noop, n) for n in range(2000)]],
+                                2000,
+                            )
+                            add("Executor(cluster=).submit, us/call", s / 2000 * 1e6)
+                    # a lone call: fetching results in batches must not hold it back
+                    add("dask one submit+result, ms", 1e3 * timed(lambda: client.submit(noop, 1, pure=False).result()))
+                    add("ferropool one submit+result, ms", 1e3 * timed(lambda: ex.submit(noop, 1).result()))
 
-                serial = timed(lambda: [fib(30) for _ in range(16)])
-                add("cpu serial, s", serial)
-                add("cpu local Pool(2) speedup", serial / timed(lambda: local.map(fib, [30] * 16)))
-                add("cpu Pool(cluster=) speedup", serial / timed(lambda: pool.map(fib, [30] * 16)))
+                if "cpu" in workloads:
+                    serial = timed(lambda: [fib(30) for _ in range(16)])
+                    add("cpu serial, s", serial)
+                    add("cpu local Pool(2) speedup", serial / timed(lambda: local.map(fib, [30] * 16)))
+                    add("cpu Pool(cluster=) speedup", serial / timed(lambda: pool.map(fib, [30] * 16)))
 
                 def dask_first() -> None:
                     with distributed.Client(address, set_as_default=False) as c:
@@ -135,8 +160,9 @@ def measure(address: str, repeat: int, procs: dict[str, list[psutil.Process]]) -
                     with ferropool.ProcessPoolExecutor(cluster=address) as e:
                         e.submit(noop, 1).result()
 
-                add("connect+first result, dask, s", timed(dask_first))
-                add("connect+first result, ferropool, s", timed(ours_first))
+                if "connect" in workloads:
+                    add("connect+first result, dask, s", timed(dask_first))
+                    add("connect+first result, ferropool, s", timed(ours_first))
         finally:
             pool.close()
             pool.join()
@@ -158,22 +184,32 @@ def report(results: dict[str, list[float]], repeat: int) -> str:
     for name, values in results.items():
         lines.append(f"| {name} | {statistics.median(values):,.3g} | {min(values):,.3g} | {max(values):,.3g} |")
     med = {k: statistics.median(v) for k, v in results.items()}
-    submit_ratio = med["Executor(cluster=).submit, us/call"] / med["dask client.submit+gather, us/call"]
-    lines += [
-        "",
-        f"- map: ferropool {med['Pool(cluster=).map, items/s'] / med['dask client.map+gather, items/s']:.0f}x "
-        "Dask's items/s",
-        f"- submit: ferropool {submit_ratio:.2f}x Dask's time per call; CPU per call (client, scheduler, "
-        "workers), Dask: "
-        + ", ".join(f"{med[f'dask CPU us/call: {n}']:.0f}" for n in ("client", "scheduler", "workers"))
-        + " us; ferropool: "
-        + ", ".join(f"{med[f'ferropool CPU us/call: {n}']:.0f}" for n in ("client", "scheduler", "workers"))
-        + " us",
-        f"- cpu: cluster speedup {med['cpu Pool(cluster=) speedup'] / med['cpu local Pool(2) speedup']:.2f}x "
-        "the local pool's",
-        f"- connect: ferropool {med['connect+first result, ferropool, s'] / med['connect+first result, dask, s']:.2f}x "
-        "Dask's time",
-    ]
+    lines.append("")
+    if "Pool(cluster=).map, items/s" in med:
+        ratio = med["Pool(cluster=).map, items/s"] / med["dask client.map+gather, items/s"]
+        lines.append(f"- map: ferropool {ratio:.0f}x Dask's items/s")
+    if "Executor(cluster=).submit, us/call" in med:
+        submit_ratio = med["Executor(cluster=).submit, us/call"] / med["dask client.submit+gather, us/call"]
+        cpu = {
+            who: [med[f"{who} CPU us/call: {n}"] for n in ("client", "scheduler", "workers")]
+            for who in ("dask", "ferropool")
+        }
+        lines += [
+            f"- submit: ferropool {submit_ratio:.2f}x Dask's time per call; CPU per call (client, scheduler, "
+            "workers), Dask: "
+            + ", ".join(f"{v:.0f}" for v in cpu["dask"])
+            + f" us (total {sum(cpu['dask']):.0f}); ferropool: "
+            + ", ".join(f"{v:.0f}" for v in cpu["ferropool"])
+            + f" us (total {sum(cpu['ferropool']):.0f}, {sum(cpu['ferropool']) / sum(cpu['dask']):.2f}x)",
+            f"- one call alone: ferropool {med['ferropool one submit+result, ms']:.1f} ms, "
+            f"Dask {med['dask one submit+result, ms']:.1f} ms",
+        ]
+    if "cpu Pool(cluster=) speedup" in med:
+        ratio = med["cpu Pool(cluster=) speedup"] / med["cpu local Pool(2) speedup"]
+        lines.append(f"- cpu: cluster speedup {ratio:.2f}x the local pool's")
+    if "connect+first result, ferropool, s" in med:
+        ratio = med["connect+first result, ferropool, s"] / med["connect+first result, dask, s"]
+        lines.append(f"- connect: ferropool {ratio:.2f}x Dask's time")
     return "\n".join(lines) + "\n"
 
 
@@ -181,6 +217,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--out", help="write the markdown here (default: stdout)")
+    parser.add_argument(
+        "--workload", action="append", choices=WORKLOADS, help="run only this workload (repeatable; default: all)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         procs, address = start_cluster(directory)
@@ -192,7 +231,8 @@ def main() -> None:
                 "scheduler": [scheduler],
                 "workers": [workers, *workers.children(recursive=True)],
             }
-            text = report(measure(address, args.repeat, watched), args.repeat)
+            workloads = tuple(args.workload or WORKLOADS)
+            text = report(measure(address, args.repeat, watched, workloads), args.repeat)
         finally:
             stop_cluster(procs)
     if args.out:

@@ -4,7 +4,8 @@ A ``ClusterBackend`` (``_pool/cluster.py``) submits :func:`run` once per call or
 function and its arguments already pickled by ferropool (``_serialize.dumps``), so functions
 from ``__main__`` and lambdas travel by value exactly as they do to a local worker, and are run
 by a local worker's own call interpreter (``main.Handler``). :func:`run` runs in a Dask worker's
-task thread and returns ``(kind, payload, output, records)``:
+task thread and returns ``(kind, payload, output, records)``, or only the pickled value for a
+call that returned without printing or logging (the common case, and the cheapest for Dask):
 
 - ``kind`` says what ``payload`` holds: the pickled value, the pickled exception with its
   traceback, the time limit that stopped the call, the initializer's exception, or nothing
@@ -126,7 +127,7 @@ def run(
     flags: int,
     payload: bytes,
     limit: float | None,
-) -> tuple[int, Any, list[tuple[str, str]], list[dict[str, Any]]]:
+) -> bytes | tuple[int, Any, list[tuple[str, str]], list[dict[str, Any]]]:
     """Runs one call or chunk in this Dask worker; see the module docstring."""
     token, init, output_prefix, log_level = spec
     if not _by_value.installed:
@@ -144,7 +145,13 @@ def run(
         else:
             _state._thread.value = state
         try:
-            return (*_call_stoppable(key, fn_bytes, flags, payload, limit), *capture.taken())
+            kind, value = _call_stoppable(key, fn_bytes, flags, payload, limit)
+            output, records = capture.taken()
+            if kind == KIND_OK and type(value) is bytes and not output and not records:
+                # the pickled value alone: Dask sizes and sends bytes as they are, where a
+                # tuple costs the worker a walk through it and a pickle per item
+                return value
+            return kind, value, output, records
         finally:
             if previous is _MISSING:
                 _state._thread.__dict__.pop("value", None)
