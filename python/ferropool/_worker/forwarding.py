@@ -12,7 +12,8 @@ import _thread
 import collections
 import sys
 
-from .start import DROPPED, PENDING_MAX, PIECE, RECORD, RECORD_MAX, connection
+from . import start
+from .start import DROPPED, PENDING_MAX, PIECE, RECORD, RECORD_MAX
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -214,8 +215,9 @@ _link: _Link | None = None
 def link() -> _Link | None:
     """The worker's one link to the parent, made on first use; ``None`` if not connected."""
     global _link
-    if _link is None and connection is not None:
-        _link = _Link(connection)
+    # read now, not at import: a fork server imports this module before any worker has a socket
+    if _link is None and start.connection is not None:
+        _link = _Link(start.connection)
     return _link
 
 
