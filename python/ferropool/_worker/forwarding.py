@@ -161,11 +161,23 @@ def _forwarding_handler(link: _Link) -> Any:
     The message is formatted here and a traceback sent as text; ``logging`` is imported only
     when records are forwarded.
     """
+    global _handler_type
+    if _handler_type is None:
+        _handler_type = _make_handler_type()
+    return _handler_type(link)
+
+
+def _make_handler_type() -> Any:
     import json
     import logging
 
     class ForwardHandler(logging.Handler):
+        def __init__(self, link: _Link) -> None:
+            super().__init__()
+            self.link = link
+
         def emit(self, record: logging.LogRecord) -> None:
+            link = self.link
             if link._closed:  # in a process a task forked: nobody forwards its records
                 if logging.lastResort is not None:
                     logging.lastResort.handle(record)
@@ -185,7 +197,13 @@ def _forwarding_handler(link: _Link) -> Any:
             except Exception:
                 self.handleError(record)
 
-    return ForwardHandler()
+    return ForwardHandler
+
+
+#: The handler's class, made once per process: where ``logging`` is loaded already (a fork
+#: server's parent imports this module just before it forks the server), at import, so each
+#: forked worker has it rather than making it at its start.
+_handler_type: Any = _make_handler_type() if "logging" in sys.modules else None
 
 
 def _cut_down(fields: dict[str, Any], json: Any, logging: Any) -> bytes:
