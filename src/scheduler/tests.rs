@@ -447,7 +447,11 @@ fn while_workers_are_still_starting_each_holds_one_task() {
         h.submit(id, None);
     }
     h.dispatch();
-    assert_eq!(first.calls(), vec![1], "the others wait for the next worker, not behind task 1");
+    assert_eq!(
+        first.calls(),
+        vec![1],
+        "the others wait for the next worker, not behind task 1"
+    );
     let mut second = h.add_worker();
     h.dispatch();
     assert_eq!(second.calls(), vec![2]);
