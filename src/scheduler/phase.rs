@@ -33,10 +33,10 @@ const STARTUP_FAILURES_MAX: u32 = 3;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 impl Sched {
-    /// One step of the engine between two waits: start workers, hand out work, move phases.
+    /// One step of the engine between two waits: hand out work, move phases (the workers the
+    /// pool lacked were started just before, without the lock: `poll::start_workers`).
     pub(super) fn maintain(&mut self) {
         if matches!(self.phase, Phase::Running | Phase::Draining) {
-            // the workers the pool lacks were started just before, without the lock (`poll.rs`)
             self.dispatch();
             if self.phase == Phase::Draining
                 && self.pending.is_empty()
