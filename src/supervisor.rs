@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use crate::child::ChildHandle;
 
 /// How to start a worker.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct WorkerSpec {
     /// The command line of a fresh worker interpreter (`python/ferropool/_runtime/spawn.py`).
     pub argv: Vec<String>,

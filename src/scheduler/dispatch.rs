@@ -58,8 +58,13 @@ pub(super) fn send_call(w: &mut Worker, task: Task) -> bool {
 }
 
 impl Sched {
-    /// Tasks one worker may hold, from the measured task time.
+    /// Tasks one worker may hold, from the measured task time; one while the pool is still
+    /// starting workers (`poll::start_workers` hands out work as each arrives): a task must not
+    /// queue behind one that may run long when the next worker is moments away.
     pub(super) fn window(&self) -> usize {
+        if self.workers.len() < self.cfg.workers {
+            return 1;
+        }
         window_for(self.ewma_us)
     }
 

@@ -33,22 +33,10 @@ const STARTUP_FAILURES_MAX: u32 = 3;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 impl Sched {
-    /// One step of the engine between two waits: start workers, hand out work, move phases.
+    /// One step of the engine between two waits: hand out work, move phases (the workers the
+    /// pool lacked were started just before, without the lock: `poll::start_workers`).
     pub(super) fn maintain(&mut self) {
         if matches!(self.phase, Phase::Running | Phase::Draining) {
-            // a pool with the user's initializer starts its first workers even if it is closed
-            // before any task, as multiprocessing.Pool does: each of them runs the initializer
-            let first_workers = self.cfg.run_initializer && self.counters.workers_started < self.cfg.workers as u64;
-            let wanted = if self.phase == Phase::Running || !self.pending.is_empty() || first_workers {
-                self.cfg.workers
-            } else {
-                0
-            };
-            while self.broken.is_none() && self.active_workers() < wanted {
-                if let Err(e) = self.spawn_worker() {
-                    self.mark_broken(format!("could not start a worker process: {e}"), None);
-                }
-            }
             self.dispatch();
             if self.phase == Phase::Draining
                 && self.pending.is_empty()
@@ -73,18 +61,51 @@ impl Sched {
                 }
             }
         }
+        self.flush_links();
+        self.send_out();
+    }
+
+    /// Writes what each worker's outgoing buffer holds, as far as its link takes it now.
+    pub(super) fn flush_links(&mut self) {
         for w in &mut self.workers {
             if !w.out.is_empty() && !w.link_closed {
                 let _ = w.out.flush_to_link(&w.link);
             }
         }
-        self.send_out();
     }
 
-    pub(super) fn spawn_worker(&mut self) -> io::Result<()> {
-        let (child, link) = crate::supervisor::start(&mut self.cfg.spec)?;
-        let mut w = Worker::new(child, link, self.cfg.max_tasks_per_child)?;
+    /// Whether the pool should start another worker now.
+    pub(super) fn lacks_worker(&self) -> bool {
+        if self.broken.is_some() || !matches!(self.phase, Phase::Running | Phase::Draining) {
+            return false;
+        }
+        // a pool with the user's initializer starts its first workers even if it is closed
+        // before any task, as multiprocessing.Pool does: each of them runs the initializer
+        let first_workers = self.cfg.run_initializer && self.counters.workers_started < self.cfg.workers as u64;
+        let wanted = if self.phase == Phase::Running || !self.pending.is_empty() || first_workers {
+            self.cfg.workers
+        } else {
+            0
+        };
+        self.active_workers() < wanted
+    }
+
+    /// Takes in a worker `supervisor::start` started (without the lock: the pool may have been
+    /// terminated or broken meanwhile, and then the worker is killed at once) and sends its
+    /// `INIT`, or marks the pool broken if it could not be started.
+    pub(super) fn add_worker(&mut self, started: io::Result<crate::supervisor::Started>) {
+        let mut w = match started.and_then(|(child, link)| Worker::new(child, link, self.cfg.max_tasks_per_child)) {
+            Ok(w) => w,
+            Err(e) => return self.mark_broken(format!("could not start a worker process: {e}"), None),
+        };
         self.counters.workers_started += 1;
+        if self.broken.is_some() || !matches!(self.phase, Phase::Running | Phase::Draining) {
+            w.stopping = true;
+            w.counters.stopping_for(ExitCause::Terminated);
+            w.signal_group(libc::SIGKILL);
+            self.workers.push(w);
+            return;
+        }
         // every worker gets an INIT first (empty without an initializer): it answers READY after it
         let limit = self.cfg.max_memory_per_child;
         match &self.cfg.init {
@@ -92,7 +113,6 @@ impl Sched {
             None => wire::encode_init(&mut w.out.buf, 0, limit, 0, &[]),
         }
         self.workers.push(w);
-        Ok(())
     }
     /// Tells every worker to finish; those that never started and hold nothing are killed, as
     /// waiting for an interpreter to boot only to tell it to exit helps nobody, unless the user

@@ -51,7 +51,7 @@ pub(super) fn run(shared: &EngineState) {
     let mut watch: Vec<Watch> = Vec::new();
     loop {
         let timeout_ms = {
-            let mut s = shared.lock();
+            let mut s = start_workers(shared, shared.lock());
             s.maintain();
             if s.phase == Phase::Done {
                 return;
@@ -164,6 +164,26 @@ impl Sched {
             }
         }
     }
+}
+
+/// Starts the workers the pool lacks, one at a time, each without the lock: a worker takes
+/// milliseconds to start (the fork server's fork, or a fresh interpreter), and meanwhile
+/// submitters must not wait, nor the workers already started: the first can take a task while
+/// the next is being forked. Only this thread adds workers, and it holds the spec meanwhile.
+fn start_workers<'a>(shared: &'a EngineState, mut s: MutexGuard<'a, Sched>) -> MutexGuard<'a, Sched> {
+    while s.lacks_worker() {
+        let mut spec = mem::take(&mut s.cfg.spec);
+        drop(s);
+        let started = crate::supervisor::start(&mut spec);
+        s = shared.lock();
+        s.cfg.spec = spec;
+        s.add_worker(started);
+        // its INIT, and any queued work, go now: it reads them as soon as it runs
+        s.dispatch();
+        s.flush_links();
+        s.send_out();
+    }
+    s
 }
 
 /// A worker's link to read: its index, the link, its reader (taken out of the worker meanwhile)

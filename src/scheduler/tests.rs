@@ -437,3 +437,38 @@ fn stopping_kills_a_worker_still_starting_unless_the_user_gave_an_initializer() 
         "it runs the initializer, then stops"
     );
 }
+
+#[test]
+fn while_workers_are_still_starting_each_holds_one_task() {
+    let mut h = Harness::new();
+    h.s.cfg.workers = 2;
+    let mut first = h.add_worker();
+    for id in 1..=3 {
+        h.submit(id, None);
+    }
+    h.dispatch();
+    assert_eq!(
+        first.calls(),
+        vec![1],
+        "the others wait for the next worker, not behind task 1"
+    );
+    let mut second = h.add_worker();
+    h.dispatch();
+    assert_eq!(second.calls(), vec![2]);
+    assert_eq!(first.calls(), vec![3], "the pool is whole: the usual window again");
+}
+
+#[test]
+fn a_worker_that_finished_starting_after_the_pool_was_terminated_is_killed_at_once() {
+    let mut h = Harness::new();
+    h.s.cfg.workers = 1;
+    h.s.terminate();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut command = Command::new("sleep");
+    command.arg("60").process_group(0);
+    h.s.add_worker(Ok((ChildHandle::spawn(&mut command).unwrap(), ours)));
+    drop(theirs);
+    assert!(h.s.workers[0].stopping);
+    assert_eq!(h.exit_of(0).signal, Some(libc::SIGKILL));
+    assert!(!h.s.lacks_worker(), "a terminated pool starts no worker");
+}

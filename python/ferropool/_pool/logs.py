@@ -36,6 +36,7 @@ Bytes that are not UTF-8 are written with replacement characters.
 
 from __future__ import annotations
 
+import _thread
 import array
 import json
 import logging
@@ -215,6 +216,7 @@ class Collector:
         self._engine_done = False
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._launched = threading.Event()
         _collectors.add(self)
 
     def engine_end(self) -> int:
@@ -222,10 +224,22 @@ class Collector:
         return self._engine_end.detach()
 
     def start(self) -> None:
-        """Starts the thread (after the fork server exists: it must be made single-threaded)."""
+        """Starts the thread (after the fork server exists: it must be made single-threaded).
+
+        Without waiting for it to run, as ``Thread.start()`` would: on a busy machine that is a
+        round of the scheduler in every pool's start-up. A short-lived helper starts it instead.
+        """
         if self._thread is None and not self._closing:
             self._thread = threading.Thread(target=self._run, name="ferropool-output", daemon=True)
-            self._thread.start()
+            _thread.start_new_thread(self._launch, (self._thread,))
+
+    def _launch(self, thread: threading.Thread) -> None:
+        try:
+            thread.start()
+        except BaseException:
+            self._close_sockets()  # no thread (interpreter shutdown, no resources): nothing forwards
+        finally:
+            self._launched.set()
 
     def close(self, wait: bool = False) -> None:
         """Delivers what arrived and stops; ``wait``: wait for that (5 s at most).
@@ -238,7 +252,7 @@ class Collector:
         thread = self._thread
         if thread is None:
             self._close_sockets()
-        elif wait and thread is not threading.current_thread():
+        elif wait and thread is not threading.current_thread() and self._launched.wait(5.0) and thread.ident:
             thread.join(5.0)
 
     def _wake(self) -> None:

@@ -130,6 +130,14 @@ def _start() -> tuple[int, socket.socket]:
     # here first, the server's forks share the parent's key (a manager's, a connection's)
     from .. import process  # noqa: F401
 
+    # the worker side too, once here rather than in the server or every worker, where importing
+    # after the fork also copies every page it touches; output forwarding when logging is loaded,
+    # as then each forwarding worker loads it at start-up
+    from .._worker import main  # noqa: F401
+
+    if "logging" in sys.modules:
+        from .._worker import forwarding  # noqa: F401
+
     ours, theirs = socket.socketpair()
     for stream in (sys.stdout, sys.stderr):
         try:

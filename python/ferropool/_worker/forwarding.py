@@ -12,7 +12,8 @@ import _thread
 import collections
 import sys
 
-from .start import DROPPED, PENDING_MAX, PIECE, RECORD, RECORD_MAX, connection
+from . import start
+from .start import DROPPED, PENDING_MAX, PIECE, RECORD, RECORD_MAX
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -160,11 +161,23 @@ def _forwarding_handler(link: _Link) -> Any:
     The message is formatted here and a traceback sent as text; ``logging`` is imported only
     when records are forwarded.
     """
+    global _handler_type
+    if _handler_type is None:
+        _handler_type = _make_handler_type()
+    return _handler_type(link)
+
+
+def _make_handler_type() -> Any:
     import json
     import logging
 
     class ForwardHandler(logging.Handler):
+        def __init__(self, link: _Link) -> None:
+            super().__init__()
+            self.link = link
+
         def emit(self, record: logging.LogRecord) -> None:
+            link = self.link
             if link._closed:  # in a process a task forked: nobody forwards its records
                 if logging.lastResort is not None:
                     logging.lastResort.handle(record)
@@ -184,7 +197,13 @@ def _forwarding_handler(link: _Link) -> Any:
             except Exception:
                 self.handleError(record)
 
-    return ForwardHandler()
+    return ForwardHandler
+
+
+#: The handler's class, made once per process: where ``logging`` is loaded already (a fork
+#: server's parent imports this module just before it forks the server), at import, so each
+#: forked worker has it rather than making it at its start.
+_handler_type: Any = _make_handler_type() if "logging" in sys.modules else None
 
 
 def _cut_down(fields: dict[str, Any], json: Any, logging: Any) -> bytes:
@@ -214,8 +233,9 @@ _link: _Link | None = None
 def link() -> _Link | None:
     """The worker's one link to the parent, made on first use; ``None`` if not connected."""
     global _link
-    if _link is None and connection is not None:
-        _link = _Link(connection)
+    # read now, not at import: a fork server imports this module before any worker has a socket
+    if _link is None and start.connection is not None:
+        _link = _Link(start.connection)
     return _link
 
 
