@@ -24,6 +24,8 @@ __all__ = ["Future"]
 T = TypeVar("T")
 
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+#: Seconds a wait without a timeout sleeps before it lets the interpreter look at signals.
+_SIGNAL_SLICE = 0.05
 _condition_lock = threading.Lock()
 
 
@@ -177,7 +179,15 @@ class Future(_base.Future[T]):
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 raise CancelledError()
             if self._state != FINISHED:
-                self._condition.wait(timeout)
+                if timeout is None:
+                    # In slices: a lock wait is interrupted by a signal only if the signal
+                    # comes while it sleeps. Ctrl-C landing just before the wait begins would
+                    # otherwise go unnoticed until the call finished (a hang, with tasks that
+                    # wait for the program). After a slice the interpreter runs the handler.
+                    while self._state not in _DONE:
+                        self._condition.wait(_SIGNAL_SLICE)
+                else:
+                    self._condition.wait(timeout)
                 if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                     raise CancelledError()
                 if self._state != FINISHED:
