@@ -511,6 +511,7 @@ sys.path.insert(0, {root!r})
 import ferropool
 import psutil
 from tests import _tasks
+from tests.conftest import live_processes
 
 def use():
     p = ferropool.{cls}(2)
@@ -522,7 +523,8 @@ p, pids = use()
 print("workers", *sorted(pids), flush=True)
 del p
 gc.collect()
-procs = [psutil.Process(pid) for pid in pids if pid != os.getpid() and psutil.pid_exists(pid)]
+# a worker may exit between two looks at it: live_processes skips those already gone
+procs = live_processes(pid for pid in pids if pid != os.getpid())
 _, alive = psutil.wait_procs(procs, timeout=10)
 print("alive-after-del", *[p.pid for p in alive], flush=True)
 """
