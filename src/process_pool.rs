@@ -3,8 +3,11 @@
 //!
 //! The engine (`scheduler/`) never touches Python. Its outcomes travel over a channel to one
 //! completion thread per pool, which takes the GIL once per batch and hands the batch to the
-//! front end's `on_results` callable (`_ResultSink.deliver` in `python/ferropool/futures.py`).
-//! Done-callbacks therefore run on that one thread, in completion order, as `Pool` promises.
+//! front end's `on_results` callable (`ResultSink.deliver` in `_pool/backend.py`). Done-callbacks
+//! therefore run on that one thread, in completion order, as `Pool` promises. The one exception
+//! is a future without done-callbacks whose caller is waiting for it: that caller reads the
+//! outcome off the worker's link and hands it to `on_results` itself (`PoolControl::wait_own`,
+//! `scheduler/claim.rs`), which takes two thread hand-offs out of a round trip.
 
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -18,10 +21,10 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::errors::Error;
 use crate::registry;
-use crate::scheduler::{Engine, EngineConfig, InitCall};
+use crate::scheduler::{Engine, EngineConfig, EngineState, InitCall};
 use crate::signals::{timeout_from_secs, wait_interruptible, CountLatch};
 use crate::supervisor::WorkerSpec;
-use crate::task::{attach_handle, Completion, Outcome, PyTaskHandle, Task, TaskState};
+use crate::task::{attach_handle, Completion, Outcome, PyTaskHandle, Task, TaskControl, TaskState};
 use crate::wire;
 
 /// Outcome kinds: the second field of each `(id, kind, payload)` the completion thread hands to
@@ -52,8 +55,9 @@ pub const OUTCOME_KINDS: [(&str, u8); 8] = [
 #[pyclass(name = "ProcessEngine", module = "ferropool._core", frozen)]
 pub struct PyProcessEngine {
     engine: Engine,
-    /// Handed (weakly) to each task's handle, for `Future.kill()`.
-    stopper: std::sync::Weak<dyn crate::task::Stopper>,
+    /// Handed (weakly) to each task's handle, for `Future.kill()` and waits that read the
+    /// outcome themselves. The completion thread holds it.
+    control: std::sync::Weak<dyn TaskControl>,
     /// `cancel_running=True`: a future's `cancel()` stops its running task too.
     cancel_stops: bool,
     /// The fork epoch this pool was made in (see `registry.rs`).
@@ -132,19 +136,25 @@ impl PyProcessEngine {
         });
         registry::register(Arc::clone(&life) as Arc<dyn registry::Pool>);
         let id = Arc::clone(&completer);
+        let control = Arc::new(PoolControl {
+            engine: engine.state(),
+            on_results,
+            epoch: registry::fork_epoch(),
+        });
+        let weak_control: Arc<dyn TaskControl> = Arc::clone(&control) as Arc<dyn TaskControl>;
+        let weak_control = Arc::downgrade(&weak_control);
         thread::Builder::new()
             .name("ferropool-results".into())
             .spawn(move || {
                 let _ = id.set(thread::current().id());
-                complete_forever(&rx, &on_results);
-                Python::attach(|_py| drop(on_results));
+                complete_forever(&rx, &control.on_results);
+                Python::attach(|_py| drop(control));
                 life.completer_done.count_down();
             })
             .map_err(Error::from)?;
-        let stopper = engine.stopper();
         Ok(PyProcessEngine {
             engine,
-            stopper,
+            control: weak_control,
             cancel_stops: cancel_running,
             epoch: registry::fork_epoch(),
             completer_done,
@@ -180,11 +190,10 @@ impl PyProcessEngine {
         body.extend_from_slice(fn_bytes);
         body.extend_from_slice(args);
         let state = Arc::new(TaskState::default());
-        let stopper = Some(self.stopper.clone());
         let handle = PyTaskHandle {
             state: Arc::clone(&state),
             id,
-            stopper,
+            control: Some(self.control.clone()),
             cancel_stops: self.cancel_stops,
         };
         attach_handle(py, future, handle)?;
@@ -303,6 +312,35 @@ impl PyProcessEngine {
         } else {
             Some("this pool belongs to the parent process (it was created before os.fork())".into())
         }
+    }
+}
+
+/// What a process pool's task handles reach, weakly: the engine, and the pool's `on_results`
+/// for a caller that read its own outcome. Lives as long as the completion thread.
+struct PoolControl {
+    engine: Arc<EngineState>,
+    on_results: Py<PyAny>,
+    /// The fork epoch of the pool: in a forked child its engine is a copy nothing runs.
+    epoch: u64,
+}
+
+impl TaskControl for PoolControl {
+    fn stop(&self, id: u64) -> bool {
+        registry::is_ours(self.epoch) && self.engine.stop(id)
+    }
+
+    fn wait_own(&self, py: Python<'_>, id: u64, within: Duration) -> PyResult<bool> {
+        if !registry::is_ours(self.epoch) {
+            return Ok(false);
+        }
+        let engine = &self.engine;
+        let Some(outcome) = py.detach(|| engine.wait_own(id, within)) else {
+            return Ok(false);
+        };
+        // as the completion thread would deliver it, in a batch of one
+        let batch = to_python(py, vec![outcome])?;
+        self.on_results.call1(py, (batch,))?;
+        Ok(true)
     }
 }
 

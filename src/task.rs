@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pyo3::prelude::*;
 
@@ -105,10 +106,14 @@ pub struct Completion {
     pub outcome: Outcome,
 }
 
-/// Something that can stop a task that is already running (a process pool's engine).
-pub trait Stopper: Send + Sync {
+/// What a task's handle may ask of its pool beyond cancelling: a process pool's engine.
+pub trait TaskControl: Send + Sync {
     /// Stops task `id` wherever it is; `false` if it is no longer in the pool.
     fn stop(&self, id: u64) -> bool;
+
+    /// Waits up to `within` for task `id`'s outcome in this thread and completes its future
+    /// with it; `false` if it did not come that way (see `scheduler/claim.rs`).
+    fn wait_own(&self, py: Python<'_>, id: u64, within: Duration) -> PyResult<bool>;
 }
 
 /// The Python-side handle on a task's state, kept by its `Future`.
@@ -118,7 +123,7 @@ pub struct PyTaskHandle {
     pub id: u64,
     /// The pool's engine, weakly: a handle never keeps a pool alive. `None` for thread pools,
     /// whose threads cannot be stopped.
-    pub stopper: Option<std::sync::Weak<dyn Stopper>>,
+    pub control: Option<std::sync::Weak<dyn TaskControl>>,
     /// The pool was made with `cancel_running=True`: `Future.cancel()` stops running tasks too.
     pub cancel_stops: bool,
 }
@@ -138,11 +143,23 @@ impl PyTaskHandle {
     /// Stops the task even if it is running, by killing its worker. `False` if it finished, or
     /// if its pool cannot stop running tasks (threads).
     fn stop(&self, py: Python<'_>) -> bool {
-        let Some(stopper) = self.stopper.as_ref().and_then(std::sync::Weak::upgrade) else {
+        let Some(control) = self.control.as_ref().and_then(std::sync::Weak::upgrade) else {
             return false;
         };
         // the pool's lock may be held for a while; never wait for it holding the GIL
-        py.detach(|| stopper.stop(self.id))
+        py.detach(|| control.stop(self.id))
+    }
+
+    /// Waits up to `within` seconds for the outcome by reading it in this thread, as it comes
+    /// from the worker, and completes the future with it. `False` if it did not come that way
+    /// (not yet, or the task is queued, or its worker died): wait on the future then.
+    fn wait_own(&self, py: Python<'_>, within: f64) -> PyResult<bool> {
+        let Some(control) = self.control.as_ref().and_then(std::sync::Weak::upgrade) else {
+            return Ok(false);
+        };
+        // a bad value only shortens the wait: the future's own wait follows
+        let within = Duration::try_from_secs_f64(within).unwrap_or(Duration::ZERO);
+        control.wait_own(py, self.id, within)
     }
 
     /// Whether `Future.cancel()` should stop the task when it is already running.

@@ -143,7 +143,7 @@ impl PyThreadEngine {
             let handle = PyTaskHandle {
                 state: Arc::clone(&state),
                 id: 0,
-                stopper: None,
+                control: None,
                 cancel_stops: false,
             };
             attach_handle(py, &future, handle)?;

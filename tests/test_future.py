@@ -306,3 +306,67 @@ def test_done_callback_sees_failed_future(make_executor):
         ex.submit(_tasks.fail).add_done_callback(callback)
         assert done.wait(WAIT)
     assert seen == [ValueError]
+
+
+# --------------------------------------------------------------------------------------------
+# a process pool's caller reading its own result (scheduler/claim.rs): the same outcomes, the
+# same threads for callbacks, whatever ends the task while the caller waits on its worker
+
+
+def test_every_waiter_sees_a_result_the_caller_read_itself(make_executor, gate):
+    with make_executor() as ex, gate:
+        fut = ex.submit(_tasks.wait_gate, gate.path, "done")
+        seen = []
+        other = threading.Thread(target=lambda: seen.append(cf.wait([fut], timeout=WAIT)))
+        other.start()
+        opener = threading.Timer(0, gate.open)
+        opener.start()
+        assert fut.result(timeout=WAIT) == "done"
+        other.join(WAIT)
+        opener.join(WAIT)
+        assert seen and seen[0].done == {fut}
+
+
+def test_done_callbacks_run_on_the_pools_thread_while_the_caller_waits(gate):
+    with ferropool.ProcessPoolExecutor(2) as ex, gate:
+        fut = ex.submit(_tasks.wait_gate, gate.path, "done")
+        ran_on = []
+        fut.add_done_callback(lambda f: ran_on.append(threading.current_thread()))
+        gate.open()
+        assert fut.result(timeout=WAIT) == "done"
+        ex.shutdown(wait=True)
+        assert len(ran_on) == 1
+        assert ran_on[0] is not threading.current_thread()
+
+
+def test_a_time_limit_ends_a_call_its_caller_waits_on():
+    # a limit far shorter than the caller's first slice on the worker's link: the engine stops
+    # the call while the caller reads that link
+    with ferropool.ProcessPoolExecutor(2) as ex:
+        fut = ex.options(timeout=0.01).submit(_tasks.sleep_then, 30)
+        with pytest.raises(ferropool.TimeoutError, match="0.01 s limit"):
+            fut.result(timeout=WAIT)
+        assert ex.submit(_tasks.square, 5).result(timeout=WAIT) == 25
+
+
+def test_a_kill_from_another_thread_ends_the_wait_on_a_running_call(beacon):
+    with ferropool.ProcessPoolExecutor(2) as ex:
+        fut = ex.submit(_tasks.beacon_then_sleep, beacon.path, 30)
+
+        def kill_when_started():
+            beacon.wait()
+            fut.kill()
+
+        killer = threading.Thread(target=kill_when_started)
+        killer.start()
+        with pytest.raises(ferropool.CancelledError):
+            fut.result(timeout=WAIT)
+        killer.join(WAIT)
+        assert ex.submit(_tasks.square, 6).result(timeout=WAIT) == 36
+
+
+def test_a_worker_dying_under_a_waiting_caller_fails_only_its_call():
+    with ferropool.ProcessPoolExecutor(2) as ex:
+        with pytest.raises(ferropool.WorkerDiedError, match="exited with code 3"):
+            ex.submit(_tasks.exit_now, 3).result(timeout=WAIT)
+        assert [ex.submit(_tasks.square, i).result(timeout=WAIT) for i in range(20)] == [i * i for i in range(20)]

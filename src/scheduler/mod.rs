@@ -23,6 +23,7 @@
 //! - `slot`: what the engine keeps per worker: its child process (`child.rs`), its link, the
 //!   tasks it holds.
 //! - `dispatch`: handing tasks to workers, and how many each may hold (its window).
+//! - `claim`: a caller waiting for its own task reads the result off the worker's link itself.
 //! - `deadlines`: time limits and `Future.kill()`: stopping a task that runs.
 //! - `link`: reading what workers send, checking it, acting on each frame.
 //! - `phase`: the pool's life (running, draining, stopping, done), starting and stopping
@@ -30,6 +31,7 @@
 //! - `poll`: the engine thread's loop: one `poll` over the wake-up socket, every link and every
 //!   worker's exit descriptor.
 
+mod claim;
 mod deadlines;
 mod dispatch;
 mod link;
@@ -112,6 +114,9 @@ struct Sched {
     /// Cleared by the engine just before it sleeps; set by whoever wakes it. Both happen under
     /// the lock, so a task queued after the engine looked is always followed by a wake-up byte.
     wake_sent: bool,
+    /// The engine's last `poll` left out a worker a caller had claimed (`claim.rs`): whoever
+    /// puts that worker's reader back wakes the engine, so that it watches the worker again.
+    claim_skipped: bool,
     /// What `stats()` reports beyond the live workers (see `stats.rs`).
     counters: PoolCounters,
 }
@@ -185,10 +190,10 @@ impl Engine {
         self.shared.lock().workers.iter().map(Worker::pid).collect()
     }
 
-    /// What a task handle uses to stop its task.
-    pub fn stopper(&self) -> std::sync::Weak<dyn crate::task::Stopper> {
-        let shared: Arc<dyn crate::task::Stopper> = Arc::clone(&self.shared) as Arc<dyn crate::task::Stopper>;
-        Arc::downgrade(&shared)
+    /// The state the engine thread runs on, for what a task's handle asks of the pool
+    /// ([`EngineState::stop`], [`EngineState::wait_own`]).
+    pub fn state(&self) -> Arc<EngineState> {
+        Arc::clone(&self.shared)
     }
 
     /// The engine's side of interpreter-exit bookkeeping (see `registry.rs`).
@@ -256,8 +261,9 @@ impl Drop for Engine {
     }
 }
 
-impl crate::task::Stopper for EngineState {
-    fn stop(&self, id: u64) -> bool {
+impl EngineState {
+    /// Stops task `id` wherever it is (`Future.kill()`); `false` if it is no longer in the pool.
+    pub fn stop(&self, id: u64) -> bool {
         let mut s = self.lock();
         let found = s.kill_task(id);
         s.send_out();
@@ -332,6 +338,7 @@ impl Sched {
             wake_rx: Some(wake_rx),
             wake_tx: Some(wake_tx),
             wake_sent: false,
+            claim_skipped: false,
             counters: PoolCounters::default(),
         })
     }

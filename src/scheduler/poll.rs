@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::link::{pull_frames, READ_BUDGET};
 use super::phase::Phase;
+use super::slot::ReaderAt;
 use super::{EngineState, Sched};
 use crate::wire;
 
@@ -63,17 +64,23 @@ pub(super) fn run(shared: &EngineState) {
                 watch.push(Watch::Wake);
             }
             let mut need_tick = s.phase == Phase::Stopping;
+            let mut skipped = false;
             for (i, w) in s.workers.iter().enumerate() {
-                if !w.link_closed {
-                    let ev = if w.out.is_empty() {
-                        libc::POLLIN
-                    } else {
-                        libc::POLLIN | libc::POLLOUT
+                // a caller reading this link for its own result watches the link and the exit
+                // (`claim.rs`); the engine only finishes writes, and looks again when woken
+                let claimed = w.reader_at == ReaderAt::Caller;
+                skipped |= claimed;
+                if !(w.link_closed || claimed && w.out.is_empty()) {
+                    let ev = match (claimed, w.out.is_empty()) {
+                        (true, _) => libc::POLLOUT,
+                        (false, true) => libc::POLLIN,
+                        (false, false) => libc::POLLIN | libc::POLLOUT,
                     };
                     fds.push(pollfd(w.link_fd(), ev));
                     watch.push(Watch::Link(i));
                 }
                 match w.exit_fd() {
+                    Some(_) if claimed => {}
                     Some(fd) => {
                         fds.push(pollfd(fd, libc::POLLIN));
                         watch.push(Watch::Exit(i));
@@ -81,6 +88,7 @@ pub(super) fn run(shared: &EngineState) {
                     None => need_tick = true, // no pidfd: look for exits on a timer
                 }
             }
+            s.claim_skipped = skipped;
             s.wake_sent = false;
             let tick = if need_tick {
                 Some(Duration::from_millis(20))
@@ -117,13 +125,17 @@ pub(super) fn run(shared: &EngineState) {
                     if fd.revents & libc::POLLOUT != 0 && w.out.flush_to_link(&w.link).is_err() {
                         w.link_closed = true;
                     }
-                    if fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && !w.link_closed {
+                    if fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+                        && !w.link_closed
+                        && w.reader_at == ReaderAt::Slot
+                    {
+                        w.reader_at = ReaderAt::Engine;
                         let reader = mem::take(&mut w.reader);
                         to_read.push((i, Arc::clone(&w.link), reader, w.expected_results()));
                     }
                 }
-                Watch::Exit(i) => exited.push(i),
-                Watch::Link(_) => {} // the pool broke while handling an earlier event
+                Watch::Exit(i) => exited.push(i), // skipped by `handle_exits` while claimed
+                Watch::Link(_) => {}              // the pool broke while handling an earlier event
             }
         }
         if !to_read.is_empty() {
@@ -141,6 +153,13 @@ impl Sched {
             if w.exit_fd().is_none() && w.link_closed && !exited.contains(&i) {
                 exited.push(i);
             }
+        }
+        // a caller has this worker's reader, and maybe its last bytes still to read: its exit is
+        // handled once the caller puts the reader back and wakes the engine (`claim.rs`)
+        let before = exited.len();
+        exited.retain(|&i| self.workers.get(i).is_none_or(|w| w.reader_at != ReaderAt::Caller));
+        if exited.len() != before {
+            self.claim_skipped = true;
         }
         // remove from the back so the other indices stay valid
         exited.sort_unstable();
@@ -207,6 +226,7 @@ pub(super) fn read_links<'a>(
     for ((i, _, reader, _), pulled) in to_read.into_iter().zip(pulled) {
         if let Some(w) = s.workers.get_mut(i) {
             w.reader = reader;
+            w.reader_at = ReaderAt::Slot;
         }
         s.on_pulled(i, pulled);
     }

@@ -17,6 +17,19 @@ use crate::stats::WorkerCounters;
 use crate::task::{ExitInfo, Task};
 use crate::wire::{FrameReader, WriteBuf};
 
+/// Where a worker's `FrameReader` is. Whoever reads the link takes it out of the slot, reads
+/// without the scheduler's lock, and puts it back under the lock; nobody else reads that link
+/// meanwhile, as the bytes of a frame in progress live in the reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReaderAt {
+    Slot,
+    /// The engine thread, between its `poll` and the end of `read_links`.
+    Engine,
+    /// A caller waiting for its own task's result (`claim.rs`). Until it puts the reader back,
+    /// the engine neither reads the link nor reaps the worker.
+    Caller,
+}
+
 /// One worker: its process and the engine's slot.
 pub(super) struct Worker {
     pub(super) child: ChildHandle,
@@ -24,6 +37,8 @@ pub(super) struct Worker {
     /// it without holding the scheduler's lock (see `poll.rs`).
     pub(super) link: Arc<UnixStream>,
     pub(super) reader: FrameReader,
+    /// Who has `reader` while the link is read without the lock.
+    pub(super) reader_at: ReaderAt,
     pub(super) out: WriteBuf,
     /// Tasks sent and not yet answered, oldest first. A worker runs them in order, so the
     /// first is the one running and the others have not started.
@@ -54,6 +69,7 @@ impl Worker {
             child,
             link: Arc::new(link),
             reader: FrameReader::default(),
+            reader_at: ReaderAt::Slot,
             out: WriteBuf::default(),
             inflight: VecDeque::new(),
             head_started: None,

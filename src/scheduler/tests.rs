@@ -10,6 +10,7 @@ use crossbeam_channel::{unbounded, Receiver};
 
 use super::deadlines::time_left;
 use super::dispatch::{window_for, WINDOW_INITIAL, WINDOW_MAX};
+use super::slot::ReaderAt;
 use super::*;
 use crate::child::ChildHandle;
 use crate::task::{ExitInfo, TaskState};
@@ -134,25 +135,19 @@ impl Harness {
 
     /// A harness whose pool's user gave an initializer (`EngineConfig::run_initializer`).
     fn with_initializer(run_initializer: bool) -> Harness {
-        let (tx, results) = unbounded();
-        let cfg = EngineConfig {
-            spec: WorkerSpec {
-                argv: Vec::new(),
-                forkserver: None,
-                output: None,
-                started: 0,
-            },
-            // the harness adds workers itself; the engine starts none
-            workers: 0,
-            init: None,
-            run_initializer,
-            max_tasks_per_child: None,
-            max_memory_per_child: 0,
-        };
-        Harness {
-            s: Sched::new(cfg, tx).unwrap(),
-            results,
-        }
+        let (s, results) = empty_sched(run_initializer);
+        Harness { s, results }
+    }
+
+    /// The state as an engine thread and the pool's callers share it (for what callers do
+    /// with the lock: `claim.rs`); the harness keeps an empty one. The test plays the engine.
+    fn share(&mut self) -> SharedState {
+        let (empty, _) = empty_sched(false);
+        let s = mem::replace(&mut self.s, empty);
+        SharedState(Arc::new(EngineState {
+            sched: Mutex::new(s),
+            finished: CountLatch::new(1),
+        }))
     }
 
     /// Adds a worker that has started and sent `READY`.
@@ -222,6 +217,37 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         for w in &mut self.s.workers {
+            w.kill_and_reap();
+        }
+    }
+}
+
+/// A scheduler with no workers, and the channel its outcomes go to.
+fn empty_sched(run_initializer: bool) -> (Sched, Receiver<Vec<Completion>>) {
+    let (tx, results) = unbounded();
+    let cfg = EngineConfig {
+        spec: WorkerSpec {
+            argv: Vec::new(),
+            forkserver: None,
+            output: None,
+            started: 0,
+        },
+        // the harness adds workers itself; the engine starts none
+        workers: 0,
+        init: None,
+        run_initializer,
+        max_tasks_per_child: None,
+        max_memory_per_child: 0,
+    };
+    (Sched::new(cfg, tx).unwrap(), results)
+}
+
+/// An engine's shared state taken from a harness; its workers are killed and reaped at the end.
+struct SharedState(Arc<EngineState>);
+
+impl Drop for SharedState {
+    fn drop(&mut self) {
+        for w in &mut self.0.lock().workers {
             w.kill_and_reap();
         }
     }
@@ -471,4 +497,93 @@ fn a_worker_that_finished_starting_after_the_pool_was_terminated_is_killed_at_on
     assert!(h.s.workers[0].stopping);
     assert_eq!(h.exit_of(0).signal, Some(libc::SIGKILL));
     assert!(!h.s.lacks_worker(), "a terminated pool starts no worker");
+}
+
+#[test]
+fn a_waiting_caller_takes_its_own_result_and_the_rest_goes_on_as_usual() {
+    let (mut h, mut a) = one_worker_with_tasks(3);
+    a.send(kind::OK, 1, 100);
+    let shared = h.share();
+    let own = shared
+        .0
+        .wait_own(1, Duration::from_secs(10))
+        .expect("its result was on the link");
+    assert_eq!(own.id, 1);
+    assert!(matches!(&own.outcome, Outcome::Ok(body, _) if body == b"result"));
+    {
+        let s = shared.0.lock();
+        let w = &s.workers[0];
+        assert_eq!(w.reader_at, ReaderAt::Slot, "the reader is back in its slot");
+        assert_eq!(w.inflight.iter().map(|t| t.id).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(w.counters.tasks_done, 1, "counted as any result is");
+    }
+    // the room it left was filled, as the engine would have: task 3 went to the worker
+    assert_eq!(a.calls(), vec![3]);
+    assert!(
+        h.results.try_iter().flatten().next().is_none(),
+        "the caller's outcome never reaches the completion thread"
+    );
+    // task 2 is not its worker's running task: no caller reads for it
+    assert!(shared.0.wait_own(2, Duration::ZERO).is_none());
+    // a queued task neither
+    assert!(shared.0.wait_own(99, Duration::ZERO).is_none());
+}
+
+#[test]
+fn a_caller_whose_worker_dies_stops_waiting_and_the_engine_reports_the_death() {
+    let (mut h, mut a) = one_worker_with_tasks(2);
+    let shared = h.share();
+    let pid = shared.0.lock().workers[0].pid();
+    // SAFETY: plain kill(2) of the test's own `sleep` child, which is not reaped yet
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    // it returns on the exit, not after the time given
+    assert!(shared.0.wait_own(1, Duration::from_secs(3600)).is_none());
+    let mut s = shared.0.lock();
+    assert_eq!(s.workers[0].reader_at, ReaderAt::Slot);
+    assert!(s.wake_sent, "the engine is told to reap it");
+    s.handle_exits(vec![0]);
+    s.send_out();
+    drop(s);
+    let done: Vec<Completion> = h.results.try_iter().flatten().collect();
+    assert_eq!(ids(&done), vec![1]);
+    assert!(matches!(done[0].outcome, Outcome::Died(..)));
+    assert!(a.calls().is_empty());
+}
+
+#[test]
+fn while_a_caller_reads_a_link_the_engine_neither_reads_nor_reaps_that_worker() {
+    let (mut h, _a) = one_worker_with_tasks(2);
+    let shared = h.share();
+    let waiter = {
+        let state = Arc::clone(&shared.0);
+        thread::spawn(move || state.wait_own(1, Duration::from_secs(3600)))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shared.0.lock().workers[0].reader_at != ReaderAt::Caller {
+        assert!(Instant::now() < deadline, "the caller never claimed the link");
+        thread::yield_now();
+    }
+    // the engine stops the task (Future.kill()): the worker is killed, the task fails
+    assert!(shared.0.stop(1));
+    {
+        let mut s = shared.0.lock();
+        let fd = s.workers[0].exit_fd().expect("a pidfd");
+        assert!(crate::fd::wait_ready(fd, libc::POLLIN, Some(Duration::from_secs(10))).unwrap());
+        // the engine's round finds the exit but leaves the worker to the caller
+        s.handle_exits(vec![0]);
+        assert_eq!(s.workers.len(), 1, "not reaped while the caller has its reader");
+        assert!(s.claim_skipped);
+    }
+    assert!(
+        waiter.join().unwrap().is_none(),
+        "the task is no longer the caller's to complete"
+    );
+    let mut s = shared.0.lock();
+    s.handle_exits(vec![0]);
+    assert!(s.workers.is_empty(), "reaped once the reader is back");
+    s.send_out();
+    drop(s);
+    let done: Vec<Completion> = h.results.try_iter().flatten().collect();
+    assert_eq!(ids(&done), vec![1]);
+    assert!(matches!(done[0].outcome, Outcome::Killed));
 }

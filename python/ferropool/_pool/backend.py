@@ -39,7 +39,9 @@ from .future import Future
 class ResultSink:
     """Completes process-pool futures from the outcomes the core delivers.
 
-    Called on the pool's completion thread with a batch of ``(id, kind, payload)``. It holds no
+    Called on the pool's completion thread with a batch of ``(id, kind, payload)``, or in a
+    caller's thread with its own outcome, which it read off its worker's link while it waited
+    (``scheduler/claim.rs``). It holds no
     reference to its pool, so a pool nobody uses can be garbage-collected while its last tasks
     finish.
     """

@@ -15,6 +15,7 @@ from concurrent.futures._base import (
     PENDING,
     RUNNING,
 )
+from time import monotonic
 from typing import Any, TypeVar
 
 from ..errors import CancelledError, InvalidStateError, TimeoutError
@@ -175,6 +176,20 @@ class Future(_base.Future[T]):
 
     def _wait_finished(self, timeout: float | None) -> None:
         """Waits (with the GIL released) until the call finished; raises if it cannot."""
+        task = self._ferro_task
+        if task is not None and not self._done_callbacks and self._state not in _DONE:
+            # A process pool's call: for its first slice this thread reads the outcome off the
+            # worker's link itself and completes the future (two thread hand-offs fewer per
+            # round trip; see scheduler/claim.rs). Not with done-callbacks, which then would
+            # run in this thread instead of the pool's completion thread.
+            if timeout is None:
+                if task.wait_own(_SIGNAL_SLICE) and self._state == FINISHED:
+                    return
+            else:
+                began = monotonic()
+                if task.wait_own(min(timeout, _SIGNAL_SLICE)) and self._state == FINISHED:
+                    return
+                timeout = max(0.0, timeout - (monotonic() - began))
         with self._condition:
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 raise CancelledError()
