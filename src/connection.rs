@@ -53,7 +53,7 @@ const SPIN: Duration = Duration::from_micros(50);
 
 /// Returns once `fd` is readable or `SPIN` has passed (at once on a machine of one CPU, and for
 /// a while after looks in vain: see `SKIP`).
-fn spin_until_readable(fd: RawFd) {
+pub(crate) fn spin_until_readable(fd: RawFd) {
     static CPUS: std::sync::OnceLock<libc::c_long> = std::sync::OnceLock::new();
     // SAFETY: sysconf only reads a system setting.
     if *CPUS.get_or_init(|| unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }) < 2 {

@@ -17,6 +17,7 @@
 //! exit, finds its task no longer running there, and waits on its future like anyone else.
 
 use std::mem;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use super::link::{pull_frames, READ_BUDGET};
@@ -54,10 +55,11 @@ impl EngineState {
                     w.expected_results(),
                 )
             };
+            // a short call's result comes within microseconds: looking for it a moment before
+            // sleeping saves the wake-up, as a `Connection` does for a reply
+            crate::connection::spin_until_readable(link.as_raw_fd());
             let left = deadline.saturating_duration_since(Instant::now());
-            let watched: Vec<i32> = std::iter::once(std::os::fd::AsRawFd::as_raw_fd(&*link))
-                .chain(exit_fd)
-                .collect();
+            let watched: Vec<i32> = std::iter::once(link.as_raw_fd()).chain(exit_fd).collect();
             // a failed poll reads as "nothing yet": the reader goes back, the engine takes over
             let ready = crate::fd::ready_to_read(&watched, Some(left)).unwrap_or_default();
             let exited = exit_fd.is_some_and(|fd| ready.contains(&fd));
