@@ -10,7 +10,8 @@ Usage (from the repository root)::
 On a machine with as many cores as the pool has workers, the parent and the workers share the
 cores, so tasks/s can never beat ``cores / (parent CPU per task + worker CPU per task)``. This
 prints both per-task CPU costs (process CPU time from ``/proc``, all threads), the bound they
-set, the measured rate, and the parent's hottest Python functions (cProfile), which is what a
+set, the measured rate, the parent's CPU by thread (the caller, the engine thread, the
+completion thread), and the parent's hottest Python functions (cProfile), which is what a
 faster ``submit`` has to shave.
 """
 
@@ -38,6 +39,23 @@ def _cpu_seconds(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def _threads_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of each of this process's threads, by thread name (the core names its own)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        name = "caller" if tid == str(os.getpid()) else name
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def identity(x: int) -> int:
     """A task defined in ``__main__``, as a script's are: it travels by value (cloudpickle)."""
     return x
@@ -63,7 +81,9 @@ def main() -> int:
 
         flood()  # the workers are up, and a function from __main__ has been pickled
         workers = [psutil.Process(pid) for pid in ex._backend.engine.pids]
+        by_thread: dict[str, list[float]] = {}
         for _ in range(REPEAT):
+            threads0 = _threads_cpu_seconds()
             parent0 = _cpu_seconds(me)
             worker0 = sum(map(_cpu_seconds, workers))
             start = time.perf_counter()
@@ -73,6 +93,8 @@ def main() -> int:
             rates.append(N / wall)
             parent_us.append((_cpu_seconds(me) - parent0) / N * 1e6)
             worker_us.append((sum(map(_cpu_seconds, workers)) - worker0) / N * 1e6)
+            for name, seconds in _threads_cpu_seconds().items():
+                by_thread.setdefault(name, []).append((seconds - threads0.get(name, 0.0)) / N * 1e6)
         profile = cProfile.Profile()
         profile.enable()
         flood()
@@ -82,6 +104,8 @@ def main() -> int:
     print(f"tasks/s (median of {REPEAT}): {statistics.median(rates):,.0f}")
     print(f"parent CPU per task: {p:.1f} us (all threads); workers' CPU per task: {w:.1f} us")
     print(f"bound from CPU on {cores} cores: {cores / (p + w) * 1e6:,.0f} tasks/s")
+    threads = ", ".join(f"{name} {statistics.median(us):.1f}" for name, us in sorted(by_thread.items()))
+    print(f"parent CPU per task by thread, us: {threads}")
     out = io.StringIO()
     pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(10)
     print(out.getvalue())
