@@ -95,6 +95,17 @@ def cpu_seconds(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
 WORKLOADS = ("map", "submit", "cpu", "connect")
 
 
+def scheduler_tasks(dask_scheduler: Any) -> int:
+    return len(dask_scheduler.tasks)
+
+
+def wait_until_forgotten(client: distributed.Client, timeout: float = 30.0) -> None:
+    """Waits until the scheduler holds no task: the last run's results are freed everywhere."""
+    deadline = time.monotonic() + timeout
+    while client.run_on_scheduler(scheduler_tasks) and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling the scheduler: it has no event for "all tasks forgotten"
+
+
 @contextlib.contextmanager
 def counting_round_trips() -> Iterator[dict[str, int]]:
     """Counts the graphs ferropool's cluster backend sends and the result fetches it makes.
@@ -130,7 +141,12 @@ def measure(
         r.setdefault(name, []).append(value)
 
     def per_call(who: str, run: Callable[[], object], calls: int) -> float:
-        """Runs ``run``; records each process's CPU microseconds per call; its wall seconds."""
+        """Runs ``run``; records each process's CPU microseconds per call; its wall seconds.
+
+        Starts once the scheduler has forgotten every task: the freeing of the previous run's
+        results (Dask's own, after its ``gather`` returned) is then timed in neither run.
+        """
+        wait_until_forgotten(client)
         before = cpu_seconds(procs)
         seconds = timed(run)
         after = cpu_seconds(procs)
