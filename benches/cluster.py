@@ -21,18 +21,21 @@ Needs the dask extra (``pip install -e '.[dask]'``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import distributed
 import ferropool
 import psutil
+from ferropool._pool import cluster as ferropool_cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_tasks import fib, noop
@@ -92,6 +95,43 @@ def cpu_seconds(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
 WORKLOADS = ("map", "submit", "cpu", "connect")
 
 
+def scheduler_tasks(dask_scheduler: Any) -> int:
+    return len(dask_scheduler.tasks)
+
+
+def wait_until_forgotten(client: distributed.Client, timeout: float = 30.0) -> None:
+    """Waits until the scheduler holds no task: the last run's results are freed everywhere."""
+    deadline = time.monotonic() + timeout
+    while client.run_on_scheduler(scheduler_tasks) and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling the scheduler: it has no event for "all tasks forgotten"
+
+
+@contextlib.contextmanager
+def counting_round_trips() -> Iterator[dict[str, int]]:
+    """Counts the graphs ferropool's cluster backend sends and the result fetches it makes.
+
+    Each is one round trip through the scheduler whatever its size: the figures say how well
+    the backend batches them (it wraps two private methods for the duration).
+    """
+    backend = ferropool_cluster.ClusterBackend
+    counts = {"graphs": 0, "fetches": 0}
+    send, settle = backend._send, backend._settle_batch
+
+    def counted_send(self: Any, batch: Any) -> None:
+        counts["graphs"] += 1
+        send(self, batch)
+
+    def counted_settle(self: Any, batch: Any) -> None:
+        counts["fetches"] += any(d.status == "finished" for d in batch)
+        settle(self, batch)
+
+    backend._send, backend._settle_batch = counted_send, counted_settle  # type: ignore[method-assign]
+    try:
+        yield counts
+    finally:
+        backend._send, backend._settle_batch = send, settle  # type: ignore[method-assign]
+
+
 def measure(
     address: str, repeat: int, procs: dict[str, list[psutil.Process]], workloads: tuple[str, ...] = WORKLOADS
 ) -> dict[str, list[float]]:
@@ -101,12 +141,22 @@ def measure(
         r.setdefault(name, []).append(value)
 
     def per_call(who: str, run: Callable[[], object], calls: int) -> float:
-        """Runs ``run``; records each process's CPU microseconds per call; its wall seconds."""
+        """Runs ``run``; records each process's CPU microseconds per call; its wall seconds.
+
+        Starts once the scheduler has forgotten every task: the freeing of the previous run's
+        results (Dask's own, after its ``gather`` returned) is then timed in neither run.
+        """
+        wait_until_forgotten(client)
         before = cpu_seconds(procs)
         seconds = timed(run)
         after = cpu_seconds(procs)
         for name in procs:
             add(f"{who} CPU us/call: {name}", (after[name] - before[name]) / calls * 1e6)
+        # the freeing of the results once the run is over (Dask's: its futures are dropped
+        # when its gather returns), untimed: how much of each run's cost lies outside its time
+        wait_until_forgotten(client)
+        freed = cpu_seconds(procs)
+        add(f"{who} CPU us/call after the run (freeing), all", sum(freed[n] - after[n] for n in procs) / calls * 1e6)
         return seconds
 
     with distributed.Client(address, set_as_default=False) as client:
@@ -136,12 +186,20 @@ def measure(
                             )
                             add("dask client.submit+gather, us/call", s / 2000 * 1e6)
                         else:
-                            s = per_call(
-                                "ferropool",
-                                lambda: [f.result() for f in [ex.submit(noop, n) for n in range(2000)]],
-                                2000,
-                            )
+                            with counting_round_trips() as trips:
+                                s = per_call(
+                                    "ferropool",
+                                    lambda: [f.result() for f in [ex.submit(noop, n) for n in range(2000)]],
+                                    2000,
+                                )
                             add("Executor(cluster=).submit, us/call", s / 2000 * 1e6)
+                            add("ferropool graphs sent (client.map) per 2,000 calls", trips["graphs"])
+                            add("ferropool result fetches (gather) per 2,000 calls", trips["fetches"])
+                    # this repeat's ratio: both ran back to back, so under about the same load
+                    add(
+                        "submit time ratio, ferropool/dask, same repeat",
+                        r["Executor(cluster=).submit, us/call"][-1] / r["dask client.submit+gather, us/call"][-1],
+                    )
                     # a lone call: fetching results in batches must not hold it back
                     add("dask one submit+result, ms", 1e3 * timed(lambda: client.submit(noop, 1, pure=False).result()))
                     add("ferropool one submit+result, ms", 1e3 * timed(lambda: ex.submit(noop, 1).result()))
@@ -201,6 +259,10 @@ def report(results: dict[str, list[float]], repeat: int) -> str:
             + f" us (total {sum(cpu['dask']):.0f}); ferropool: "
             + ", ".join(f"{v:.0f}" for v in cpu["ferropool"])
             + f" us (total {sum(cpu['ferropool']):.0f}, {sum(cpu['ferropool']) / sum(cpu['dask']):.2f}x)",
+            "- submit, repeat by repeat (ferropool/Dask): "
+            + ", ".join(f"{v:.2f}" for v in results["submit time ratio, ferropool/dask, same repeat"])
+            + f"; ferropool faster in {sum(v < 1 for v in results['submit time ratio, ferropool/dask, same repeat'])}"
+            f" of {len(results['submit time ratio, ferropool/dask, same repeat'])}",
             f"- one call alone: ferropool {med['ferropool one submit+result, ms']:.1f} ms, "
             f"Dask {med['dask one submit+result, ms']:.1f} ms",
         ]
