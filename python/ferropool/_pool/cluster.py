@@ -74,12 +74,6 @@ SCATTER_MIN = 1 << 20
 #: (docs/cluster-bench.md).
 GATHER_BATCH = 64
 COALESCE_S = 0.1
-#: While calls wait here for room with Dask, a fetch waits for up to this many results, and this
-#: long: each result waits behind that queue anyway, and a fetch costs the workers and the
-#: scheduler the same whatever it carries (2,000 short calls: ~21 fetches instead of ~47, CPU
-#: per call 0.82x Dask's own against 0.96x, in one alternated run).
-GATHER_BATCH_QUEUED = 256
-COALESCE_QUEUED_S = 0.5
 #: ...but a fetch waits no longer once this many seconds pass without a task finishing: longer
 #: tasks are fetched as before, without being held for the batch.
 COALESCE_GAP_S = 0.02
@@ -372,10 +366,9 @@ class ClusterBackend(PickledBackend):
         Each fetch is a round trip through the scheduler, whose cost hardly depends on how many
         results it carries; short tasks finish in bursts (with the lock held).
         """
-        batch, hold = (GATHER_BATCH_QUEUED, COALESCE_QUEUED_S) if self._queue else (GATHER_BATCH, COALESCE_S)
-        self._wanted = min(batch, len(self._sent) // 2)
+        self._wanted = min(GATHER_BATCH, len(self._sent) // 2)
         now = time.monotonic()
-        deadline = now + hold
+        deadline = now + COALESCE_S
         seen, last_arrival = len(self._arrived), now
         while seen < self._wanted and (left := deadline - now) > 0:
             # the lock is also notified for other reasons (a batch sent, a batch settled): only
