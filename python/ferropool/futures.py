@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import copy
 import itertools
+import queue
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, _base
-from concurrent.futures import as_completed as _stdlib_as_completed
 from concurrent.futures import process as _process
 from concurrent.futures import thread as _thread
 from concurrent.futures import wait as _stdlib_wait
@@ -45,7 +45,7 @@ from ._pool.backend import (
     process_backend,
 )
 from ._pool.batching import EagerMap
-from ._pool.future import Future
+from ._pool.future import _SIGNAL_SLICE, Future
 from ._runtime import start_methods
 from ._worker import state as _state
 from .errors import TimeoutError
@@ -74,7 +74,50 @@ def wait(fs: Iterable[Future[Any]], timeout: float | None = None, return_when: s
     Returns:
         A named 2-tuple of sets, ``done`` and ``not_done``.
     """
-    return _stdlib_wait(fs, timeout, return_when)
+    fs = set(fs)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    # In slices, as Future.result() waits: a lock wait notices Ctrl-C only if the signal comes
+    # while it sleeps, and one that lands just before would go unseen until the futures finish.
+    while True:
+        left = _SIGNAL_SLICE if deadline is None else min(_SIGNAL_SLICE, max(0.0, deadline - time.monotonic()))
+        outcome = _stdlib_wait(fs, left, return_when)
+        if _wait_is_over(*outcome, return_when) or (deadline is not None and time.monotonic() >= deadline):
+            return outcome
+
+
+def _wait_is_over(done: set[Any], not_done: set[Any], return_when: str) -> bool:
+    """Whether ``wait(..., return_when)`` returns with ``done`` and ``not_done`` as they are."""
+    if not not_done:
+        return True
+    if return_when == FIRST_COMPLETED:
+        return bool(done)
+    if return_when == FIRST_EXCEPTION:
+        return any(not f.cancelled() and f.exception(0) is not None for f in done)
+    return False
+
+
+def _as_completed(fs: Iterable[Future[T]], timeout: float | None) -> Iterator[Future[T]]:
+    """The futures of ``fs`` as they complete, each once; waits in slices, as ``wait`` does.
+
+    Each future's done-callback puts it on one queue, which this generator reads: no waiter is
+    installed and removed on every future per completion.
+    """
+    futures = set(fs)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    arrived: queue.SimpleQueue[Future[T]] = queue.SimpleQueue()
+    for fut in futures:
+        fut.add_done_callback(arrived.put)  # at once for a future already done
+    for left in range(len(futures), 0, -1):
+        while True:
+            wait_for = _SIGNAL_SLICE if deadline is None else min(_SIGNAL_SLICE, deadline - time.monotonic())
+            if wait_for < 0:
+                raise TimeoutError(f"{left} (of {len(futures)}) futures unfinished")
+            try:
+                fut = arrived.get(timeout=wait_for)
+            except queue.Empty:
+                continue
+            break
+        yield fut
 
 
 def as_completed(
@@ -93,8 +136,8 @@ def as_completed(
     if progress is not None and progress is not False:
         fs = set(fs)
     try:
-        yield from _progress.iterate(  # type: ignore[misc]
-            _stdlib_as_completed(fs, timeout),  # type: ignore[arg-type]
+        yield from _progress.iterate(
+            _as_completed(fs, timeout),
             progress,
             _progress.length_hint(fs),
         )
