@@ -28,6 +28,7 @@ import time
 
 import ferropool
 import psutil
+from scaling import thread_cpu  # benches/, the script's directory
 
 N = 20_000
 WORKERS = 2
@@ -37,23 +38,6 @@ REPEAT = 5
 def _cpu_seconds(proc: psutil.Process) -> float:
     times = proc.cpu_times()
     return float(times.user + times.system)
-
-
-def _threads_cpu_seconds() -> dict[str, float]:
-    """CPU seconds of each of this process's threads, by thread name (the core names its own)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                name = f.read().strip()
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # a thread that ended meanwhile
-        name = "caller" if tid == str(os.getpid()) else name
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return out
 
 
 def identity(x: int) -> int:
@@ -83,7 +67,7 @@ def main() -> int:
         workers = [psutil.Process(pid) for pid in ex._backend.engine.pids]
         by_thread: dict[str, list[float]] = {}
         for _ in range(REPEAT):
-            threads0 = _threads_cpu_seconds()
+            threads0 = thread_cpu()
             parent0 = _cpu_seconds(me)
             worker0 = sum(map(_cpu_seconds, workers))
             start = time.perf_counter()
@@ -93,7 +77,7 @@ def main() -> int:
             rates.append(N / wall)
             parent_us.append((_cpu_seconds(me) - parent0) / N * 1e6)
             worker_us.append((sum(map(_cpu_seconds, workers)) - worker0) / N * 1e6)
-            for name, seconds in _threads_cpu_seconds().items():
+            for name, seconds in thread_cpu().items():
                 by_thread.setdefault(name, []).append((seconds - threads0.get(name, 0.0)) / N * 1e6)
         profile = cProfile.Profile()
         profile.enable()
@@ -104,6 +88,7 @@ def main() -> int:
     print(f"tasks/s (median of {REPEAT}): {statistics.median(rates):,.0f}")
     print(f"parent CPU per task: {p:.1f} us (all threads); workers' CPU per task: {w:.1f} us")
     print(f"bound from CPU on {cores} cores: {cores / (p + w) * 1e6:,.0f} tasks/s")
+    # the main thread and the Python threads share the process's name ("python": the caller)
     threads = ", ".join(f"{name} {statistics.median(us):.1f}" for name, us in sorted(by_thread.items()))
     print(f"parent CPU per task by thread, us: {threads}")
     out = io.StringIO()
