@@ -35,7 +35,7 @@ class Ticker:
         self._thread.join(WAIT)
 
 
-def test_ticker_advances_during_map(make_executor):
+def test_ticker_advances_during_map(make_executor, kind):
     with make_executor() as ex:
         ex.submit(_tasks.square, 1).result(timeout=WAIT)  # workers started
         with Ticker() as ticker:
@@ -43,7 +43,12 @@ def test_ticker_advances_during_map(make_executor):
             results = list(ex.map(_tasks.cpu_bound, CPU_ITEMS))
             during = ticker.count - start
     assert results == [_tasks.cpu_bound(CPU_ITEMS[0])] * len(CPU_ITEMS)
-    assert during > 5, f"the ticker advanced only {during} times during the map"
+    # A thread pool's tasks are Python code holding the GIL, and CPython hands it to the ticker
+    # only at its switch interval, as often as the machine's load lets the ticker run: that it
+    # runs at all is what a thread pool can promise (CI saw 5 ticks on a loaded 3.10). A process
+    # pool leaves the parent's GIL free the whole time.
+    least = 1 if kind == "thread" else 6
+    assert during >= least, f"the ticker advanced only {during} times during the map"
 
 
 def test_ticker_advances_while_waiting_on_result(make_executor):
