@@ -194,15 +194,17 @@ class Future(_base.Future[T]):
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 raise CancelledError()
             if self._state != FINISHED:
-                if timeout is None:
-                    # In slices: a lock wait is interrupted by a signal only if the signal
-                    # comes while it sleeps. Ctrl-C landing just before the wait begins would
-                    # otherwise go unnoticed until the call finished (a hang, with tasks that
-                    # wait for the program). After a slice the interpreter runs the handler.
-                    while self._state not in _DONE:
-                        self._condition.wait(_SIGNAL_SLICE)
-                else:
-                    self._condition.wait(timeout)
+                # In slices, with a timeout or without: a lock wait is interrupted by a signal
+                # only if the signal comes while it sleeps. Ctrl-C landing just before the wait
+                # begins would otherwise go unnoticed until the call finished or the timeout
+                # passed (a hang, with tasks that wait for the program). After a slice the
+                # interpreter runs the handler.
+                deadline = None if timeout is None else monotonic() + timeout
+                while self._state not in _DONE:
+                    left = _SIGNAL_SLICE if deadline is None else min(_SIGNAL_SLICE, deadline - monotonic())
+                    if left <= 0:
+                        break
+                    self._condition.wait(left)
                 if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                     raise CancelledError()
                 if self._state != FINISHED:
