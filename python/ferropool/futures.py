@@ -45,7 +45,7 @@ from ._pool.backend import (
     process_backend,
 )
 from ._pool.batching import EagerMap
-from ._pool.future import _SIGNAL_SLICE, Future
+from ._pool.future import Future, slice_until
 from ._runtime import start_methods
 from ._worker import state as _state
 from .errors import TimeoutError
@@ -79,8 +79,7 @@ def wait(fs: Iterable[Future[Any]], timeout: float | None = None, return_when: s
     # In slices, as Future.result() waits: a lock wait notices Ctrl-C only if the signal comes
     # while it sleeps, and one that lands just before would go unseen until the futures finish.
     while True:
-        left = _SIGNAL_SLICE if deadline is None else min(_SIGNAL_SLICE, max(0.0, deadline - time.monotonic()))
-        outcome = _stdlib_wait(fs, left, return_when)
+        outcome = _stdlib_wait(fs, max(0.0, slice_until(deadline)), return_when)
         if _wait_is_over(*outcome, return_when) or (deadline is not None and time.monotonic() >= deadline):
             return outcome
 
@@ -109,7 +108,7 @@ def _as_completed(fs: Iterable[Future[T]], timeout: float | None) -> Iterator[Fu
         fut.add_done_callback(arrived.put)  # at once for a future already done
     for left in range(len(futures), 0, -1):
         while True:
-            wait_for = _SIGNAL_SLICE if deadline is None else min(_SIGNAL_SLICE, deadline - time.monotonic())
+            wait_for = slice_until(deadline)
             if wait_for < 0:
                 raise TimeoutError(f"{left} (of {len(futures)}) futures unfinished")
             try:

@@ -30,6 +30,17 @@ _SIGNAL_SLICE = 0.05
 _condition_lock = threading.Lock()
 
 
+def slice_until(deadline: float | None) -> float:
+    """Seconds the next slice of a wait on futures may sleep; ``<= 0`` once ``deadline`` passed.
+
+    At most ``_SIGNAL_SLICE``, and no further than ``deadline`` (a ``time.monotonic()`` instant,
+    or ``None`` for none): every wait on futures sleeps in such slices (``Future._wait_finished``).
+    """
+    if deadline is None:
+        return _SIGNAL_SLICE
+    return min(_SIGNAL_SLICE, deadline - monotonic())
+
+
 class Future(_base.Future[T]):
     """The result of a call that runs elsewhere; a ``concurrent.futures.Future``.
 
@@ -176,20 +187,15 @@ class Future(_base.Future[T]):
 
     def _wait_finished(self, timeout: float | None) -> None:
         """Waits (with the GIL released) until the call finished; raises if it cannot."""
+        deadline = None if timeout is None else monotonic() + timeout
         task = self._ferro_task
         if task is not None and not self._done_callbacks and self._state not in _DONE:
             # A process pool's call: for its first slice this thread reads the outcome off the
             # worker's link itself and completes the future (two thread hand-offs fewer per
             # round trip; see scheduler/claim.rs). Not with done-callbacks, which then would
             # run in this thread instead of the pool's completion thread.
-            if timeout is None:
-                if task.wait_own(_SIGNAL_SLICE) and self._state == FINISHED:
-                    return
-            else:
-                began = monotonic()
-                if task.wait_own(min(timeout, _SIGNAL_SLICE)) and self._state == FINISHED:
-                    return
-                timeout = max(0.0, timeout - (monotonic() - began))
+            if task.wait_own(max(0.0, slice_until(deadline))) and self._state == FINISHED:
+                return
         with self._condition:
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 raise CancelledError()
@@ -199,9 +205,8 @@ class Future(_base.Future[T]):
                 # begins would otherwise go unnoticed until the call finished or the timeout
                 # passed (a hang, with tasks that wait for the program). After a slice the
                 # interpreter runs the handler.
-                deadline = None if timeout is None else monotonic() + timeout
                 while self._state not in _DONE:
-                    left = _SIGNAL_SLICE if deadline is None else min(_SIGNAL_SLICE, deadline - monotonic())
+                    left = slice_until(deadline)
                     if left <= 0:
                         break
                     self._condition.wait(left)
