@@ -5,6 +5,7 @@ Usage (from the repository root)::
 
     python benches/latency.py                  # 2,000 round trips per front end, 7 rounds
     python benches/latency.py --rounds 3 --n 500
+    python benches/latency.py --also old=/tmp/oldvenv/bin/python   # another build, same rounds
 
 Each round measures, in this order and each in a fresh child process, the raw pipe ping-pong
 with a forked process, ``ProcessPoolExecutor.submit(...).result()``, ``Pool.apply(...)`` and
@@ -13,6 +14,10 @@ Rounds alternate the front ends, so a noisy moment of the machine lands on all o
 table gives the median over rounds of each round's p50 and p99, and their ratio to the pipe's
 in the same rounds. It also measures the CPU an idle pool takes: parent and workers, over one
 second with nothing submitted.
+
+``--also LABEL=PYTHON`` measures the three front ends once more per round with another
+interpreter (a virtual environment holding another build of ferropool), interleaved with this
+one's, so a before/after comparison comes from one run.
 """
 
 from __future__ import annotations
@@ -101,29 +106,35 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--also", action="append", default=[], metavar="LABEL=PYTHON")
     parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
         _child(options.child, options.n, 100)
         return 0
-    got: dict[str, list[dict[str, float]]] = {k: [] for k in KINDS}
+    # (row name, interpreter, child kind): the pipe once, then each build's three front ends
+    runs = [(k, sys.executable, k) for k in KINDS]
+    for also in options.also:
+        label, _, python = also.partition("=")
+        runs += [(f"{label} {k}", python, k) for k in KINDS[1:]]
+    got: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in runs}
     for r in range(options.rounds):
-        for kind in KINDS if r % 2 == 0 else reversed(KINDS):
+        for name, python, kind in runs if r % 2 == 0 else reversed(runs):
             out = subprocess.run(
-                [sys.executable, __file__, "--child", kind, "--n", str(options.n)],
+                [python, __file__, "--child", kind, "--n", str(options.n)],
                 check=True,
                 capture_output=True,
                 text=True,
                 timeout=300,
             ).stdout
-            got[kind].append(json.loads(out.strip().splitlines()[-1]))
-        print(f"round {r + 1}/{options.rounds}: " + ", ".join(f"{k} p50 {got[k][-1]['p50']:.0f}" for k in KINDS))
+            got[name].append(json.loads(out.strip().splitlines()[-1]))
+        print(f"round {r + 1}/{options.rounds}: " + ", ".join(f"{k} p50 {g[-1]['p50']:.0f}" for k, g in got.items()))
     ratios = {
         k: (
             statistics.median(g["p50"] / p["p50"] for g, p in zip(got[k], got["pipe"], strict=True)),
             statistics.median(g["p99"] / p["p99"] for g, p in zip(got[k], got["pipe"], strict=True)),
         )
-        for k in KINDS
+        for k in got
     }
     print()
     print(f"{options.n:,} round trips x {options.rounds} rounds; medians over rounds; ratios to the same round's pipe")
@@ -136,12 +147,13 @@ def main() -> int:
         "apply": "`Pool.apply()`",
         "apply_async": "`Pool.apply_async().get()`",
     }
-    for k in KINDS:
+    for k in got:
+        label, _, kind = k.rpartition(" ")
         p50 = statistics.median(g["p50"] for g in got[k])
         p99 = statistics.median(g["p99"] for g in got[k])
         idle = statistics.median(g["idle_ms"] for g in got[k])
         idle_s = "-" if k == "pipe" else f"{idle:.1f}"
-        print(f"| {names[k]} | {p50:.1f} | {p99:.0f} | {ratios[k][0]:.2f}x | {ratios[k][1]:.2f}x | {idle_s} |")
+        print(f"| {label + ': ' if label else ''}{names[kind]} | {p50:.1f} | {p99:.0f} | {ratios[k][0]:.2f}x | {ratios[k][1]:.2f}x | {idle_s} |")
     return 0
 
 

@@ -334,6 +334,9 @@ impl TaskControl for PoolControl {
             return Ok(false);
         }
         let engine = &self.engine;
+        if !engine.may_wait_own(id) {
+            return Ok(false);
+        }
         let Some(outcome) = py.detach(|| engine.wait_own(id, within)) else {
             return Ok(false);
         };

@@ -17,34 +17,41 @@
 //! exit, finds its task no longer running there, and waits on its future like anyone else.
 
 use std::mem;
+use std::sync::TryLockError;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use super::link::{pull_frames, READ_BUDGET};
 use super::phase::Phase;
 use super::slot::ReaderAt;
-use super::EngineState;
+use super::{EngineState, Sched};
 use crate::task::Completion;
 
 impl EngineState {
+    /// Whether [`EngineState::wait_own`] could read task `id`'s outcome now, answered without
+    /// waiting for the lock (`true` when it is busy: the caller then asks without the GIL).
+    /// A caller whose task is not there returns at once and keeps the GIL: in a flood, giving
+    /// it up for every `result()` handed it to the completion thread and back each time.
+    pub fn may_wait_own(&self, id: u64) -> bool {
+        match self.sched.try_lock() {
+            Ok(s) => s.claimable(id).is_some(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().claimable(id).is_some(),
+            Err(TryLockError::WouldBlock) => true,
+        }
+    }
+
     /// Waits up to `within` for task `id` by reading its worker's link in this thread. Returns
     /// its outcome, or `None` when it did not come this way: the task is queued, is not the one
-    /// its worker runs now, another thread reads that link, the worker died or was stopped, or
-    /// `within` passed. The outcome then reaches the task's future as usual.
+    /// its worker runs now or has others sent behind it, another thread reads that link, the
+    /// worker died or was stopped, or `within` passed. The outcome then reaches the task's
+    /// future as usual.
     pub fn wait_own(&self, id: u64, within: Duration) -> Option<Completion> {
         let deadline = Instant::now() + within;
         loop {
             let (pid, link, exit_fd, mut reader, expect) = {
                 let mut s = self.lock();
-                let w = s
-                    .workers
-                    .iter_mut()
-                    .find(|w| w.inflight.front().is_some_and(|t| t.id == id))?;
-                // only the task a worker runs now: results come in order, so no outcome of the
-                // same worker can be handed to the completion thread behind this one
-                if w.reader_at != ReaderAt::Slot || w.link_closed || w.stopping {
-                    return None;
-                }
+                let idx = s.claimable(id)?;
+                let w = &mut s.workers[idx];
                 w.reader_at = ReaderAt::Caller;
                 let reader = mem::take(&mut w.reader);
                 (
@@ -90,8 +97,9 @@ impl EngineState {
             } else {
                 None
             };
-            if s.phase == Phase::Running {
+            if s.phase == Phase::Running && !exited {
                 // room on that worker: what is queued goes now, as the engine would send it
+                // (not to a worker seen to exit: the engine reaps it first)
                 s.dispatch();
             }
             s.flush_links();
@@ -107,5 +115,24 @@ impl EngineState {
                 return own;
             }
         }
+    }
+}
+
+impl Sched {
+    /// The worker whose link a caller may read for task `id`: the one running it now as its
+    /// only task, with the reader in its slot and the link open.
+    fn claimable(&self, id: u64) -> Option<usize> {
+        let idx = self
+            .workers
+            .iter()
+            .position(|w| w.inflight.front().is_some_and(|t| t.id == id))?;
+        let w = &self.workers[idx];
+        // only the task a worker runs now: results come in order, so no outcome of the same
+        // worker can be handed to the completion thread behind this one. And only a worker's
+        // lone task: with more sent behind it the pool is in a flood, where the engine reads
+        // many results per wake-up and a caller claiming the link per result (and looking
+        // before it sleeps) only adds CPU on every core
+        let alone = w.inflight.len() == 1;
+        (alone && w.reader_at == ReaderAt::Slot && !w.link_closed && !w.stopping).then_some(idx)
     }
 }

@@ -271,6 +271,20 @@ fn one_worker_with_tasks(n: u64) -> (Harness, FakeWorker) {
     (h, worker)
 }
 
+/// One worker running task 1 as its only task, and tasks 2..=1+queued waiting in the pool: a
+/// round trip a caller may read itself (`claim.rs`).
+fn one_worker_running_one(queued: u64) -> (Harness, FakeWorker) {
+    let mut h = Harness::new();
+    let mut worker = h.add_worker();
+    h.submit(1, None);
+    h.dispatch();
+    assert_eq!(worker.calls(), vec![1]);
+    for id in 2..=1 + queued {
+        h.submit(id, None);
+    }
+    (h, worker)
+}
+
 fn ids(outcomes: &[Completion]) -> Vec<u64> {
     outcomes.iter().map(|c| c.id).collect()
 }
@@ -501,8 +515,9 @@ fn a_worker_that_finished_starting_after_the_pool_was_terminated_is_killed_at_on
 
 #[test]
 fn a_waiting_caller_takes_its_own_result_and_the_rest_goes_on_as_usual() {
-    let (mut h, mut a) = one_worker_with_tasks(3);
+    let (h, mut a) = one_worker_running_one(2);
     a.send(kind::OK, 1, 100);
+    let mut h = h;
     let shared = h.share();
     let own = shared
         .0
@@ -517,21 +532,24 @@ fn a_waiting_caller_takes_its_own_result_and_the_rest_goes_on_as_usual() {
         assert_eq!(w.inflight.iter().map(|t| t.id).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(w.counters.tasks_done, 1, "counted as any result is");
     }
-    // the room it left was filled, as the engine would have: task 3 went to the worker
-    assert_eq!(a.calls(), vec![3]);
+    // the room it left was filled, as the engine would have: the queued tasks went to the worker
+    assert_eq!(a.calls(), vec![2, 3]);
     assert!(
         h.results.try_iter().flatten().next().is_none(),
         "the caller's outcome never reaches the completion thread"
     );
-    // task 2 is not its worker's running task: no caller reads for it
+    // task 2 runs with task 3 sent behind it (a flood): the engine reads it, not a caller
+    assert!(!shared.0.may_wait_own(2));
     assert!(shared.0.wait_own(2, Duration::ZERO).is_none());
-    // a queued task neither
+    // task 3 is not its worker's running task, and a queued task is on no worker
+    assert!(shared.0.wait_own(3, Duration::ZERO).is_none());
+    assert!(!shared.0.may_wait_own(99));
     assert!(shared.0.wait_own(99, Duration::ZERO).is_none());
 }
 
 #[test]
 fn a_caller_whose_worker_dies_stops_waiting_and_the_engine_reports_the_death() {
-    let (mut h, mut a) = one_worker_with_tasks(2);
+    let (mut h, mut a) = one_worker_running_one(1);
     let shared = h.share();
     let pid = shared.0.lock().workers[0].pid();
     // SAFETY: plain kill(2) of the test's own `sleep` child, which is not reaped yet
@@ -552,7 +570,7 @@ fn a_caller_whose_worker_dies_stops_waiting_and_the_engine_reports_the_death() {
 
 #[test]
 fn while_a_caller_reads_a_link_the_engine_neither_reads_nor_reaps_that_worker() {
-    let (mut h, _a) = one_worker_with_tasks(2);
+    let (mut h, _a) = one_worker_running_one(1);
     let shared = h.share();
     let waiter = {
         let state = Arc::clone(&shared.0);
