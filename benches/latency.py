@@ -153,7 +153,8 @@ def main() -> int:
         p99 = statistics.median(g["p99"] for g in got[k])
         idle = statistics.median(g["idle_ms"] for g in got[k])
         idle_s = "-" if k == "pipe" else f"{idle:.1f}"
-        print(f"| {label + ': ' if label else ''}{names[kind]} | {p50:.1f} | {p99:.0f} | {ratios[k][0]:.2f}x | {ratios[k][1]:.2f}x | {idle_s} |")
+        name = f"{label}: {names[kind]}" if label else names[kind]
+        print(f"| {name} | {p50:.1f} | {p99:.0f} | {ratios[k][0]:.2f}x | {ratios[k][1]:.2f}x | {idle_s} |")
     return 0
 
 

@@ -17,8 +17,8 @@
 //! exit, finds its task no longer running there, and waits on its future like anyone else.
 
 use std::mem;
-use std::sync::TryLockError;
 use std::os::fd::AsRawFd;
+use std::sync::TryLockError;
 use std::time::{Duration, Instant};
 
 use super::link::{pull_frames, READ_BUDGET};
