@@ -101,6 +101,8 @@ class _Running:
     At most one exception is raised into the thread, and none once the call has finished.
     """
 
+    __slots__ = ("thread_id", "lock", "finished", "stopped_by")
+
     def __init__(self) -> None:
         self.thread_id = threading.get_ident()
         self.lock = threading.Lock()
@@ -314,19 +316,22 @@ def _worker_name() -> str:
 class _Capture:
     """Captures this thread's output and records while one call runs."""
 
+    __slots__ = ("prefix", "active", "root_level")
+
     def __init__(self, prefix: str | None, level: int | None) -> None:
         output = prefix is not None
         self.prefix = prefix
         self.active = output or level is not None
+        self.root_level: int | None = None
         if not self.active:
             return
-        _install()
-        self.root_level = None
+        if not _installed:
+            _install()
         _capturing.output = [] if output else None
         _capturing.records = [] if level is not None else None
         _capturing.level = level
         if level is not None:
-            root = logging.getLogger()
+            root = logging.root
             if root.level > level:  # the pool asked for records the worker's level would drop
                 self.root_level = root.level
                 root.setLevel(level)
@@ -334,19 +339,21 @@ class _Capture:
     def taken(self) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
         if not self.active:
             return [], []
-        output, records = _merged(_capturing.output or [], self.prefix), _capturing.records or []
+        output, records = _capturing.output, _capturing.records
+        if not output and not records:  # nothing printed or logged: the common case, nothing to reset
+            return [], []
         _capturing.output, _capturing.records = (
-            ([] if _capturing.output is not None else None),
-            ([] if _capturing.records is not None else None),
+            ([] if output is not None else None),
+            ([] if records is not None else None),
         )
-        return output, records
+        return _merged(output or [], self.prefix), records or []
 
     def stop(self) -> None:
         if not self.active:
             return
         _capturing.output = _capturing.records = None
         if self.root_level is not None:
-            logging.getLogger().setLevel(self.root_level)
+            logging.root.setLevel(self.root_level)
 
 
 # --------------------------------------------------------------------------------------------
