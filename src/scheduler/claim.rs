@@ -18,7 +18,6 @@
 
 use std::mem;
 use std::os::fd::AsRawFd;
-use std::sync::TryLockError;
 use std::time::{Duration, Instant};
 
 use super::link::{pull_frames, READ_BUDGET};
@@ -33,11 +32,7 @@ impl EngineState {
     /// A caller whose task is not there returns at once and keeps the GIL: in a flood, giving
     /// it up for every `result()` handed it to the completion thread and back each time.
     pub fn may_wait_own(&self, id: u64) -> bool {
-        match self.sched.try_lock() {
-            Ok(s) => s.claimable(id).is_some(),
-            Err(TryLockError::Poisoned(p)) => p.into_inner().claimable(id).is_some(),
-            Err(TryLockError::WouldBlock) => true,
-        }
+        self.try_lock().is_none_or(|s| s.claimable(id).is_some())
     }
 
     /// Waits up to `within` for task `id` by reading its worker's link in this thread. Returns

@@ -45,7 +45,7 @@ use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::mem;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -163,10 +163,9 @@ impl Engine {
     /// caller holding the GIL can release it before waiting (another thread may hold the lock for
     /// a while, and must never wait for the GIL while it does).
     pub fn try_submit(&self, task: Task) -> std::result::Result<Result<()>, Task> {
-        match self.shared.sched.try_lock() {
-            Ok(s) => Ok(submit_locked(s, task)),
-            Err(std::sync::TryLockError::Poisoned(p)) => Ok(submit_locked(p.into_inner(), task)),
-            Err(std::sync::TryLockError::WouldBlock) => Err(task),
+        match self.shared.try_lock() {
+            Some(s) => Ok(submit_locked(s, task)),
+            None => Err(task),
         }
     }
     /// Stops accepting work; finishes what is queued (or cancels it) and running, then stops
@@ -294,6 +293,15 @@ impl registry::Pool for EngineState {
 impl EngineState {
     fn lock(&self) -> MutexGuard<'_, Sched> {
         self.sched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// [`EngineState::lock`] if the lock is free now, `None` if another thread holds it.
+    fn try_lock(&self) -> Option<MutexGuard<'_, Sched>> {
+        match self.sched.try_lock() {
+            Ok(s) => Some(s),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     fn shutdown(&self, cancel_pending: bool) {

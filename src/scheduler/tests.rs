@@ -515,9 +515,8 @@ fn a_worker_that_finished_starting_after_the_pool_was_terminated_is_killed_at_on
 
 #[test]
 fn a_waiting_caller_takes_its_own_result_and_the_rest_goes_on_as_usual() {
-    let (h, mut a) = one_worker_running_one(2);
+    let (mut h, mut a) = one_worker_running_one(2);
     a.send(kind::OK, 1, 100);
-    let mut h = h;
     let shared = h.share();
     let own = shared
         .0
