@@ -151,16 +151,15 @@ def measure(
         """
         wait_until_forgotten(client)
         before = cpu_seconds(procs)
-        started = time.perf_counter()
-        run()
-        seconds = time.perf_counter() - started
+        seconds = timed(run)
+        ended = time.perf_counter()
         after = cpu_seconds(procs)
         for name in procs:
             add(f"{who} CPU us/call: {name}", (after[name] - before[name]) / calls * 1e6)
         # the freeing of the results once the run is over (Dask's: its futures are dropped
         # when its gather returns): how much of each run's cost lies outside its time
         wait_until_forgotten(client)
-        add(f"{who} us/call until the results are freed", (time.perf_counter() - started) / calls * 1e6)
+        add(f"{who} us/call until the results are freed", (seconds + time.perf_counter() - ended) / calls * 1e6)
         freed = cpu_seconds(procs)
         add(f"{who} CPU us/call after the run (freeing), all", sum(freed[n] - after[n] for n in procs) / calls * 1e6)
         return seconds
