@@ -278,6 +278,8 @@ class _RecordHandler(logging.Handler):
 
 def _install() -> None:
     global _installed
+    if _installed:  # every call of every captured task comes here: no lock once done
+        return
     with _install_lock:
         if _installed:
             return
@@ -325,8 +327,7 @@ class _Capture:
         self.root_level: int | None = None
         if not self.active:
             return
-        if not _installed:
-            _install()
+        _install()
         _capturing.output = [] if output else None
         _capturing.records = [] if level is not None else None
         _capturing.level = level
