@@ -64,7 +64,7 @@ pub mod _core {
     #[pymodule_export]
     use crate::threads::PyThreadEngine;
     #[pymodule_export]
-    use crate::worker::{die_with_parent, worker_main};
+    use crate::worker::{die_with_parent, worker_main, worker_output_behind};
 
     use pyo3::prelude::*;
 

@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use pyo3::prelude::*;
@@ -24,12 +25,27 @@ const EXIT_INIT_FAILED: i32 = 3;
 const EXIT_ORPHANED: i32 = 4;
 const EXIT_BAD_FRAME: i32 = 5;
 
+/// Whether the worker holds output its output socket could not take yet (set by the Python
+/// side, `_worker/forwarding.py`, when its queue fills and empties). While it does, a result
+/// waits for that output: a task's prints reach the parent before its result, so a pool
+/// terminated once its results are in (the end of a `with Pool()` block) loses none of them.
+/// An atomic so that the task path pays one load, not a call into Python, when nothing waits.
+static OUTPUT_BEHIND: AtomicBool = AtomicBool::new(false);
+
+/// Marks the worker's output as behind (queued in the worker) or caught up.
+#[pyfunction]
+pub fn worker_output_behind(behind: bool) {
+    OUTPUT_BEHIND.store(behind, Ordering::Release);
+}
+
 /// Runs the worker until told to stop or until the parent goes away; returns the exit code.
 ///
 /// `handler.init(body, fn_len, flags)` and `handler.call(body, fn_len, flags)` each return
 /// `(ok, payload, fds)`; a frame that brought descriptors (memfd segments of large buffers) adds
 /// them as a fourth argument, and `fds` (or `None`) are the segments of the payload's buffers.
 /// Either way the descriptors change owner: Python closes what it is given, Rust what it sends.
+/// `handler.catch_up_output()` runs before a result is sent while output waits in the worker
+/// (`OUTPUT_BEHIND`).
 #[pyfunction]
 pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -> PyResult<i32> {
     let mut link = take_link()?;
@@ -38,6 +54,7 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
     }
     let call = handler.getattr("call")?;
     let init = handler.getattr("init")?;
+    let catch_up = handler.getattr("catch_up_output")?;
     let mut reader = FrameReader::default();
     let mut out = WriteBuf::default();
     let mut memory = MemoryWatch::default();
@@ -78,6 +95,11 @@ pub fn worker_main(py: Python<'_>, handler: Bound<'_, PyAny>, parent_pid: u32) -
                 let id = frame.id;
                 let (ok, payload, fds) = run_handler(py, &call, frame)?;
                 let us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+                if OUTPUT_BEHIND.load(Ordering::Acquire) {
+                    // output that could not be sent in time is the output's loss (counted and
+                    // reported by the parent), never the result's: an error here sends it anyway
+                    let _ = catch_up.call0();
+                }
                 let k = if ok { kind::OK } else { kind::ERR };
                 wire::encode_fds(&mut out, k, 0, id, us, &[payload.as_bytes()], fds);
                 if memory.over_limit() {

@@ -58,9 +58,18 @@ def flood(nbytes: int) -> int:
 
 
 def print_after_backlog_is_sent(text: str) -> int:
-    forwarding._link.finish(WAIT)  # type: ignore[union-attr]
+    link = forwarding._link
+    assert link is not None
+    with link._lock:  # the parent takes output again: the worker no longer counts it as stuck
+        link._sent_one.wait_for(lambda: not link._stalled, WAIT)
+    forwarding.catch_up()
     print(text)
     return os.getpid()
+
+
+def stall_after(seconds: float) -> None:
+    """An initializer: the worker counts a parent that takes nothing for ``seconds`` as stuck."""
+    forwarding.STALL = seconds
 
 
 def print_without_newline(text: str) -> int:
@@ -160,8 +169,9 @@ class StuckStream:
 def test_a_flooding_worker_cannot_stall_the_pool(monkeypatch, capsys):
     stuck = StuckStream()
     monkeypatch.setattr(sys, "stdout", stuck)
-    with ferropool.ProcessPoolExecutor(1) as ex:
-        # 20 MB of output while the parent writes nothing: the task still finishes
+    with ferropool.ProcessPoolExecutor(1, initializer=stall_after, initargs=(0.5,)) as ex:
+        # 20 MB of output while the parent writes nothing: the task still finishes (its output
+        # waits for the parent until it has taken nothing for half a second, then is dropped)
         pid = ex.submit(flood, 20_000_000).result(timeout=WAIT)
         assert stuck.entered.is_set()
         assert ex.submit(os.getpid).result(timeout=WAIT) == pid  # and the pool goes on

@@ -65,3 +65,41 @@ def test_prints_from_tasks_reach_the_parent(tmp_path, start, tty, unbuffered):
     task_lines = [line for line in out if not line.startswith(("map ", "executor "))]
     assert sorted(task_lines) == sorted([*expected_stdout(range(8)), "submitted"]), detail
     assert sorted(stderr.splitlines()) == sorted(f"stderr {x}" for x in range(8)), detail
+
+
+FLOOD = """
+import ferropool as mp
+
+LINES = 3000
+
+def task(x):
+    for i in range(LINES):
+        print(f"task {x} line {i} " + "z" * 80)
+    return x
+
+if __name__ == "__main__":
+    with mp.Pool(2) as p:
+        p.map(task, range(0, 3))
+    print("after the pool")
+    with mp.ProcessPoolExecutor(2) as ex:
+        list(ex.map(task, range(3, 6)))
+    print("after the executor")
+    left = mp.Pool(2)  # never closed: the program's exit finishes it
+    left.map(task, range(6, 9))
+    print("end of the program")
+"""
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["pipe", "terminal"])
+def test_a_flood_of_prints_arrives_whole_before_the_pool_ends(tmp_path, tty):
+    # each task prints more than its output socket holds, faster than the parent writes: the
+    # rest waits in the worker, and must neither be lost when the with block ends the workers
+    # (Pool's terminate()) or the program exits, nor come after the program's next line
+    out, stderr, detail = program_output(tmp_path, FLOOD, tty=tty)
+    assert "dropped" not in stderr, detail
+    lines = {x: [line for line in out if line.startswith(f"task {x} ")] for x in range(9)}
+    for x, got in lines.items():
+        assert got == [f"task {x} line {i} " + "z" * 80 for i in range(3000)], f"task {x}: {len(got)} lines"
+    last = {x: out.index(got[-1]) for x, got in lines.items()}
+    assert max(last[x] for x in range(3)) < out.index("after the pool")
+    assert max(last[x] for x in range(3, 6)) < out.index("after the executor")

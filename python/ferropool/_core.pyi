@@ -58,6 +58,7 @@ __all__ = [
     "spin_until_readable_fd",
     "wait_readable",
     "worker_main",
+    "worker_output_behind",
 ]
 
 def cpu_count() -> int:
@@ -74,6 +75,9 @@ def after_fork_in_child() -> None:
 
 def worker_main(handler: Any, parent_pid: int) -> int:
     """The worker loop; returns the process exit code."""
+
+def worker_output_behind(behind: bool) -> None:
+    """Marks a worker's output as queued in the worker (a result then waits for it) or sent."""
 
 def die_with_parent(parent_pid: int) -> bool:
     """Sets the parent-death signal; ``False`` if the parent is already gone."""

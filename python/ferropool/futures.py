@@ -457,7 +457,6 @@ class ProcessPoolExecutor(_Executor, _process.ProcessPoolExecutor):
         Pending futures are cancelled; running ones fail with ``BrokenProcessPool``.
         """
         self._backend.terminate()
-        self._backend.join()
 
     def _interrupted(self) -> None:
         self.terminate_workers()

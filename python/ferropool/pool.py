@@ -810,7 +810,11 @@ class Pool:
             self._backend.shutdown(cancel_pending=False)
 
     def terminate(self) -> None:
-        """Stops the workers now: queued work is cancelled, running work fails."""
+        """Stops the workers now: queued work is cancelled, running work fails.
+
+        With local worker processes, returns once they have exited and what they printed is
+        written, as the stdlib's returns once it has joined them.
+        """
         if self._state != TERMINATE:
             self._state = TERMINATE
             self._backend.terminate()

@@ -383,9 +383,15 @@ class ProcessBackend(PickledBackend):
         self.engine.shutdown(cancel_pending)
 
     def terminate(self) -> None:
-        """Kills every worker now; queued work is cancelled, running work fails."""
+        """Kills every worker now; queued work is cancelled, running work fails.
+
+        Returns once the workers have exited and what they printed is written, as the stdlib's
+        ``terminate()`` returns once it has joined them: the end of a ``with Pool()`` block
+        loses none of its tasks' output to the program's next lines or to its exit.
+        """
         self.closed = True
         self.engine.terminate()
+        self.join()
 
     def join(self, timeout: float | None = None) -> bool:
         """Waits for the workers to exit and every outcome to be delivered."""

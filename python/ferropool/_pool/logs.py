@@ -179,8 +179,11 @@ class _Conn:
 
 _collectors: weakref.WeakSet[Collector] = weakref.WeakSet()
 
-#: Messages read from one worker before the others get a turn.
+#: Messages, and bytes, read from one worker before the others get a turn: a worker waits for
+#: the parent to take its output (``_worker/forwarding._Link``), and takes a parent that takes
+#: nothing of it for seconds as stuck, so turns stay short even on a slow terminal.
 _BURST = 1024
+_BURST_BYTES = 256 * 1024
 
 
 class Collector:
@@ -362,12 +365,15 @@ class Collector:
             self._lock.release()
 
     def _read(self, conn: _Conn, hang_up: bool = True) -> bool:
-        """Delivers up to ``_BURST`` messages waiting on ``conn``; ``True`` if more may wait.
+        """Delivers up to ``_BURST`` messages (``_BURST_BYTES``) from ``conn``; ``True`` if more wait.
 
         At its end, forgets it (``hang_up``). Only the output thread hangs up: it may be waiting
         in ``poll`` on the socket.
         """
+        taken = 0
         for _ in range(_BURST):
+            if taken >= _BURST_BYTES:
+                break
             try:
                 size = conn.sock.recv_into(self._buffer)
             except (BlockingIOError, InterruptedError):
@@ -378,6 +384,7 @@ class Collector:
                 if hang_up:
                     self._hang_up(conn)
                 return False
+            taken += size
             if size > MESSAGE_MAX:
                 continue  # longer than any message a worker sends (the kernel dropped the rest)
             message = bytes(self._buffer[:size])
@@ -547,4 +554,11 @@ def _forget_collectors_after_fork() -> None:
     _collectors.clear()
 
 
+def _deliver_at_exit() -> None:
+    """At exit, every pool has shut down: each output thread writes what arrived and ends."""
+    for collector in list(_collectors):
+        collector.close(wait=True)
+
+
 lifecycle.after_fork_in_child(_forget_collectors_after_fork)
+lifecycle.deliver_at_exit(_deliver_at_exit)

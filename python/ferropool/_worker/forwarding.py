@@ -12,42 +12,58 @@ import _thread
 import collections
 import sys
 
+from .. import _core
 from . import start
-from .start import DROPPED, PENDING_MAX, PIECE, RECORD, RECORD_MAX
+from .start import DROPPED, PENDING_MAX, PIECE, RECORD, RECORD_MAX, STDERR, STDOUT
+
+#: Seconds without the parent taking any output after which it counts as stuck (see ``_Link``):
+#: long enough for a slow terminal that many flooding workers share (the parent's output thread
+#: takes at most ``_pool/logs._BURST_BYTES`` from each in turn).
+STALL = 5.0
+_LINES = (STDOUT, STDERR)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
     from _socket import socket as _Socket
+    from collections.abc import Callable
     from typing import Any
 
 
 class _Link:
-    """The worker's end of its output socket: sends without ever blocking the worker."""
+    """The worker's end of its output socket.
+
+    What the socket cannot take at once waits in a queue (up to ``PENDING_MAX`` bytes) that a
+    sender thread empties as the parent reads. Beyond that, the writing thread waits for room, as a
+    pipe would make it, and a task's result waits for the queue to empty (``catch_up``): output
+    is neither lost nor overtaken by the result while the parent keeps reading. A parent that
+    takes nothing for ``STALL`` seconds (its ``sys.stdout`` blocks) is stuck: then nothing waits
+    for it, output beyond the queue is dropped and counted, and results keep coming.
+    """
 
     def __init__(self, sock: _Socket) -> None:
         self._sock = sock
         self._lock = _thread.allocate_lock()
-        # made with the sender thread, the first time the parent falls behind
-        self._drained: Any = None
-        self._pending: collections.deque[bytes] = collections.deque()
+        # made with the sender thread, the first time the parent falls behind; notified at each
+        # message the sender sends
+        self._sent_one: Any = None
+        self._pending: collections.deque[bytearray] = collections.deque()
         self._pending_bytes = 0
+        self._sent = 0  # messages the sender has sent: the parent's progress
+        self._stalled = False  # the parent took nothing for STALL seconds; cleared when it takes one
         self._dropped_lines = 0
         self._dropped_bytes = 0
         self._closed = False
         self._sender: Any = None
 
     def send(self, kind: bytes, payload: bytes) -> None:
-        """Sends one message now, or queues it, or drops it if the queue is full."""
+        """Sends one message now, or queues it, or waits for room, or drops it if the parent is stuck."""
         message = kind + payload
         with self._lock:
             if self._closed:
                 return
-            if self._dropped_lines and self._pending_bytes <= PENDING_MAX // 2:
-                notice = f"{self._dropped_lines} {self._dropped_bytes}".encode()
-                self._dropped_lines = self._dropped_bytes = 0
-                self._queue(DROPPED + notice)
             if self._pending:
-                if self._pending_bytes + len(message) > PENDING_MAX:
+                room = PENDING_MAX - len(message)
+                if self._pending_bytes > room and not self._wait_while_sent(lambda: self._pending_bytes <= room):
                     self._dropped_lines += max(1, payload.count(b"\n"))
                     self._dropped_bytes += len(payload)
                     return
@@ -60,16 +76,50 @@ class _Link:
             except OSError:
                 self._closed = True  # the parent is gone: nobody reads output any more
 
+    def catch_up(self) -> None:
+        """Waits until what is queued has been sent, while the parent keeps taking it."""
+        with self._lock:
+            if self._pending:
+                self._wait_while_sent(lambda: not self._pending)
+
+    def _wait_while_sent(self, done: Callable[[], bool]) -> bool:
+        """Waits (holding the lock) until ``done()``; ``False`` once the parent is stuck or gone."""
+        while not done():
+            if self._stalled or self._closed:
+                return False
+            if not self._sent_one.wait_for(self._moved(self._sent, done), STALL):
+                self._stalled = True
+        return True
+
+    def _moved(self, sent: int, done: Callable[[], bool]) -> Callable[[], bool]:
+        """What ends one wait: the sender sent a message since ``sent``, or the link closed, or ``done()``."""
+        return lambda: self._sent != sent or self._closed or done()
+
     def _queue(self, message: bytes) -> None:
-        self._pending.append(message)
-        self._pending_bytes += len(message)
+        pending = self._pending
+        # lines of one stream queued one after another travel as one message (of PIECE at most):
+        # a parent behind a flood of short lines reads and writes far fewer of them. The first
+        # message is not touched: the sender may be sending it.
+        if (
+            len(pending) > 1
+            and message[:1] in _LINES
+            and pending[-1][:1] == message[:1]
+            and len(pending[-1]) + len(message) - 1 <= 1 + PIECE  # one kind byte, PIECE at most
+        ):
+            pending[-1] += memoryview(message)[1:]
+            self._pending_bytes += len(message) - 1
+        else:
+            pending.append(bytearray(message))
+            self._pending_bytes += len(message)
         if self._sender is None:
             import threading
 
-            self._drained = threading.Condition(self._lock)
+            self._sent_one = threading.Condition(self._lock)
             self._sender = threading.Thread(target=self._send_pending, name="ferropool-output", daemon=True)
             self._sender.start()
-        self._drained.notify_all()
+        if len(pending) == 1:
+            _core.worker_output_behind(True)
+            self._sent_one.notify_all()
 
     def _send_pending(self) -> None:
         """The sender thread: sends what is queued as the socket takes it."""
@@ -81,7 +131,7 @@ class _Link:
         while True:
             with self._lock:
                 while not self._pending and not self._closed:
-                    self._drained.wait()
+                    self._sent_one.wait()
                 if self._closed:
                     return
                 message = self._pending[0]
@@ -94,19 +144,23 @@ class _Link:
                 with self._lock:
                     self._closed = True
                     self._pending.clear()
-                    self._drained.notify_all()
+                    self._pending_bytes = 0
+                    _core.worker_output_behind(False)
+                    self._sent_one.notify_all()
                 return
             with self._lock:
                 self._pending.popleft()
                 self._pending_bytes -= len(message)
+                self._sent += 1
+                self._stalled = False
+                if self._dropped_lines and self._pending_bytes <= PENDING_MAX // 2:
+                    # what was dropped is counted once the backlog has halved, in its place
+                    notice = f"{self._dropped_lines} {self._dropped_bytes}".encode()
+                    self._dropped_lines = self._dropped_bytes = 0
+                    self._queue(DROPPED + notice)
                 if not self._pending:
-                    self._drained.notify_all()
-
-    def finish(self, timeout: float) -> None:
-        """Waits up to ``timeout`` seconds for queued output to be sent (at worker exit)."""
-        with self._lock:
-            if self._drained is not None:  # else nothing was ever queued
-                self._drained.wait_for(lambda: not self._pending or self._closed, timeout)
+                    _core.worker_output_behind(False)
+                self._sent_one.notify_all()
 
 
 class _LineSink:
@@ -265,12 +319,17 @@ def forward_records(logging: Any, level: int) -> None:
     root.setLevel(level)
 
 
-def finish_in_worker(timeout: float = 2.0) -> None:
+def catch_up() -> None:
+    """Waits while the parent takes the output this worker has queued (before a result)."""
+    if _link is not None:
+        _link.catch_up()
+
+
+def finish_in_worker() -> None:
     """Sends what output is still queued (the worker is about to exit)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:
             pass
-    if _link is not None:
-        _link.finish(timeout)
+    catch_up()

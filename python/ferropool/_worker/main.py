@@ -122,6 +122,17 @@ class Handler:
 
     init = call
 
+    @staticmethod
+    def catch_up_output() -> None:
+        """Waits while the parent takes the output this worker has queued.
+
+        ``worker_main`` calls it before it sends a result while ``_core.worker_output_behind``
+        says output is queued: a task's prints reach the parent before its result.
+        """
+        from .forwarding import catch_up
+
+        catch_up()
+
 
 def main(parent_pid: int) -> None:
     """Entry point of a worker process."""
