@@ -349,14 +349,16 @@ class Collector:
     def drain(self) -> None:
         """Delivers whatever output already arrived (the result thread, before futures complete).
 
-        Gives up after a short wait if the output thread is stuck writing to a slow stream, so
-        results are never held up by output.
+        The output thread holds the lock while it writes what it took, which may be the lines of
+        a task whose result is in this batch: that write ends first. Gives up after a short wait
+        if the output thread is stuck writing to a slow stream, so results are never held up by
+        output.
         """
-        if not _core.any_readable(self._fds):
-            return  # the common case: nothing arrived; one poll, and the GIL kept
         if not self._lock.acquire(timeout=0.05):
             return
         try:
+            if not _core.any_readable(self._fds):
+                return  # the common case: nothing arrived; one poll, and the GIL kept
             if self._register():
                 self._wake()  # the output thread must wait on the new sockets too
             for conn in list(self._conns.values()):
