@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import sys
 import threading
 
@@ -186,6 +187,60 @@ def test_a_flooding_worker_cannot_stall_the_pool(monkeypatch, capsys):
     assert m, err
     assert 0 < received < 200_000
     assert received + int(m.group(1)) == 200_000  # every line arrived whole or was counted
+
+
+def test_dropped_lines_are_counted_where_they_would_have_been(monkeypatch):
+    # the worker's side alone, against a parent (the other end) that reads nothing, then reads
+    monkeypatch.setattr(forwarding, "STALL", 0.2)
+    monkeypatch.setattr(forwarding, "PENDING_MAX", 64 * 1024)
+    worker_end, parent_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    worker_end.setblocking(False)
+    link = forwarding._Link(worker_end)
+    line = b"x" * 99 + b"\n"
+    try:
+        attempts = 0
+        while not link._stalled:  # the socket fills, then the queue, then one wait of STALL
+            link.send(b"o", line)
+            attempts += 1
+        for _ in range(10):
+            link.send(b"o", line)  # the parent is stuck: counted, not waited for
+        parent_end.settimeout(WAIT)
+        received, notices = 0, []
+        link.send(b"o", b"after\n")  # queued behind the notice once the parent reads again
+        while True:
+            message = parent_end.recv(1 << 20)
+            if message.startswith(b"d"):
+                notices.append(message[1:].split())
+                continue
+            received += message.count(line)
+            if message.endswith(b"after\n"):
+                break
+        assert notices == [[b"11", str(11 * len(line)).encode()]]
+        assert received + 11 == attempts + 10
+    finally:
+        with link._lock:
+            link._closed = True
+            link._sent_one.notify_all()
+        link._sender.join(WAIT)
+        worker_end.close()
+        parent_end.close()
+
+
+def test_a_print_made_while_a_line_is_sent_goes_once():
+    # a signal handler that prints runs in the thread whose print is waiting for the parent
+    sent = []
+
+    class Link:
+        def send(self, kind: bytes, payload: bytes) -> None:
+            sent.append(payload)
+            if len(sent) == 1:
+                sink.write(b"from a handler\n")
+
+    sink = forwarding._LineSink(Link(), b"o")  # type: ignore[arg-type]
+    sink.write(b"first\npartial")
+    sink.flush()
+    # as on any stream, the handler's line ends the unfinished one; no byte goes twice
+    assert sent == [b"first\n", b"partialfrom a handler\n"]
 
 
 def test_worker_output_false_leaves_prints_in_the_worker(capsys):

@@ -13,10 +13,10 @@
 Why a socket of its own rather than a frame kind on the worker's task link: the task path stays
 exactly as fast as before (nothing is added to a result, nothing is parsed by the engine), a
 flood of output can never delay a result frame or the engine's reading, and the engine stays
-free of Python. The price is ordering across the two channels; the pool's result thread reads
-whatever output already arrived before it completes a batch of futures, so what a task printed
-is written before its result is handed to you, unless that worker had a backlog of output
-waiting (below): neither side waits for output, so its lines may then follow the result.
+free of Python. The price is ordering across the two channels, which two waits restore: a worker
+sends a task's result only once the task's output has left it (``forwarding._Link.catch_up``),
+and the pool's result thread writes whatever output already arrived before it completes a batch
+of futures, so what a task printed is written before its result is handed to you.
 
 Each worker is started holding its end of a ``SOCK_SEQPACKET`` socket pair the engine made for
 it; the engine sends the other end to the output thread. Nothing has an address, so no process
@@ -27,10 +27,12 @@ longer line travels in pieces written one after the other. A log record is at mo
 ``RECORD_MAX`` (the worker cuts a longer message or traceback down to fit); the output thread
 drops anything longer, and junk, and never creates a logger for a worker's record.
 
-Drop policy: a worker never blocks on its output. What the socket cannot take at once waits in
-the worker, up to ``PENDING_MAX`` (4 MiB), and a small thread sends it as the parent catches up.
-Beyond that, new output is dropped and counted, and once the backlog has halved the parent
-writes ``[ferropool] <worker>: <n> lines (<m> bytes) of output dropped`` to ``sys.stderr``.
+Backpressure and drop policy: what the socket cannot take at once waits in the worker, up to
+``PENDING_MAX`` (4 MiB), and a small thread sends it as the parent catches up. Beyond that, a
+print waits for room while the parent keeps taking output. A parent that takes nothing from
+the worker for ``forwarding.STALL`` (5 s) is stuck: nothing waits for it any more, new output
+beyond the queue is dropped and counted, and the parent writes ``[ferropool] <worker>: <n>
+lines (<m> bytes) of output dropped`` to ``sys.stderr`` where the lines would have been.
 Bytes that are not UTF-8 are written with replacement characters.
 """
 
@@ -45,6 +47,7 @@ import select
 import socket
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
@@ -244,8 +247,8 @@ class Collector:
         finally:
             self._launched.set()
 
-    def close(self, wait: bool = False) -> None:
-        """Delivers what arrived and stops; ``wait``: wait for that (5 s at most).
+    def close(self, wait: float = 0.0) -> None:
+        """Delivers what arrived and stops; waits up to ``wait`` seconds for that.
 
         Call it once the engine has finished (its workers have all exited): what they sent
         is all here. Output still sent after that, by a process a task left behind, is not.
@@ -253,10 +256,11 @@ class Collector:
         self._closing = True
         self._wake()
         thread = self._thread
+        deadline = time.monotonic() + wait
         if thread is None:
             self._close_sockets()
-        elif wait and thread is not threading.current_thread() and self._launched.wait(5.0) and thread.ident:
-            thread.join(5.0)
+        elif wait > 0 and thread is not threading.current_thread() and self._launched.wait(wait) and thread.ident:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _wake(self) -> None:
         try:
@@ -556,10 +560,15 @@ def _forget_collectors_after_fork() -> None:
     _collectors.clear()
 
 
-def _deliver_at_exit() -> None:
-    """At exit, every pool has shut down: each output thread writes what arrived and ends."""
+def _deliver_at_exit(interrupted: bool) -> None:
+    """At exit, every pool has shut down: each output thread writes what arrived and ends.
+
+    Within 5 s in all; not waited for when the program dies of Ctrl-C (a terminal that stopped
+    taking output is a common reason to press it).
+    """
+    deadline = time.monotonic() + 5.0
     for collector in list(_collectors):
-        collector.close(wait=True)
+        collector.close(wait=0.0 if interrupted else max(0.0, deadline - time.monotonic()))
 
 
 lifecycle.after_fork_in_child(_forget_collectors_after_fork)

@@ -109,5 +109,5 @@ class WorkerSetup:
     def close(self) -> None:
         """The pool has finished: deliver the last output, then stop the output thread."""
         if self.collector is not None:
-            self.collector.close(wait=True)
+            self.collector.close(wait=5.0)
             logs.get_logger().debug("pool shut down")

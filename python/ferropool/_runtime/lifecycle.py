@@ -15,8 +15,9 @@ pools' threads must be gone before the interpreter they attach to is). Its steps
    are joined (daemonic ones terminated; every one when interrupted);
 4. every pool shuts down (``_core.shutdown_all``; terminated when interrupted, or on a second
    Ctrl-C);
-5. ``deliver_at_exit`` steps: what the pools' workers printed is written (their output threads
-   are daemon threads, which finalization would stop mid-delivery).
+5. ``deliver_at_exit`` steps, told whether the program dies of Ctrl-C: what the pools' workers
+   printed is written (their output threads are daemon threads, which finalization would stop
+   mid-delivery).
 
 Then, among the ``atexit`` callbacks in their usual last-registered-first order (from where the
 first step was registered), the ``after_exit`` steps: queue backlogs written to their rings, as
@@ -50,7 +51,7 @@ _flush_steps: list[Callable[[], object]] = []
 _finish_steps: list[Callable[[bool], object]] = []
 _fork_steps: list[Callable[[], object]] = [_core.after_fork_in_child]
 _after_exit_steps: list[Callable[[], object]] = []
-_deliver_steps: list[Callable[[], object]] = []
+_deliver_steps: list[Callable[[bool], object]] = []
 
 
 def flush_at_exit(step: Callable[[], object]) -> None:
@@ -70,8 +71,8 @@ def finish_at_exit(step: Callable[[bool], object], first: bool = False) -> None:
         _finish_steps.append(step)
 
 
-def deliver_at_exit(step: Callable[[], object]) -> None:
-    """Runs ``step`` at exit once every pool has shut down, interrupted or not (step 5)."""
+def deliver_at_exit(step: Callable[[bool], object]) -> None:
+    """Runs ``step(interrupted)`` at exit once every pool has shut down (step 5)."""
     _deliver_steps.append(step)
 
 
@@ -131,7 +132,7 @@ def _python_exit() -> None:
         _shut_down_pools(interrupted)
     finally:
         for deliver in _deliver_steps:
-            deliver()
+            deliver(interrupted)
 
 
 def _shut_down_pools(interrupted: bool) -> None:

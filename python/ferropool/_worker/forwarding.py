@@ -2,8 +2,9 @@
 
 The first write to ``sys.stdout``/``sys.stderr`` (text streams ``start.py`` installed for
 good) gives their sink a line writer (``_LineSink``), and the root logger gets a forwarding handler;
-all send on the connection ``start.py`` opened, through one ``_Link`` that never blocks the
-worker. The parent's side, and the design, are in ``_pool/logs.py``.
+all send on the connection ``start.py`` opened, through one ``_Link``, which waits for a parent
+that is behind but never for one that is stuck. The parent's side, and the design, are in
+``_pool/logs.py``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from .. import _core
 from . import start
 from .start import DROPPED, PENDING_MAX, PIECE, RECORD, RECORD_MAX, STDERR, STDOUT
 
-#: Seconds without the parent taking any output after which it counts as stuck (see ``_Link``):
-#: long enough for a slow terminal that many flooding workers share (the parent's output thread
-#: takes at most ``_pool/logs._BURST_BYTES`` from each in turn).
+#: Seconds without the parent taking any output after which it counts as stuck (see ``_Link``).
+#: The parent's output thread takes at most ``_pool/logs._BURST_BYTES`` (256 KiB) from each
+#: worker in turn, so on a terminal that writes 1 MB/s about 20 workers can flood at once before
+#: the last in the round waits this long.
 STALL = 5.0
 _LINES = (STDOUT, STDERR)
 
@@ -50,8 +52,9 @@ class _Link:
         self._pending_bytes = 0
         self._sent = 0  # messages the sender has sent: the parent's progress
         self._stalled = False  # the parent took nothing for STALL seconds; cleared when it takes one
-        self._dropped_lines = 0
+        self._dropped_lines = 0  # counted in the notice at the end of the queue, ``_notice``
         self._dropped_bytes = 0
+        self._notice = bytearray()  # the queued notice of drops; none queued yet
         self._closed = False
         self._sender: Any = None
 
@@ -63,11 +66,15 @@ class _Link:
                 return
             if self._pending:
                 room = PENDING_MAX - len(message)
-                if self._pending_bytes > room and not self._wait_while_sent(lambda: self._pending_bytes <= room):
-                    self._dropped_lines += max(1, payload.count(b"\n"))
-                    self._dropped_bytes += len(payload)
-                    return
-                self._queue(message)
+                try:
+                    fits = self._pending_bytes <= room or self._wait_while_sent(lambda: self._pending_bytes <= room)
+                except BaseException:  # Ctrl-C, or a signal handler's exception, during the wait
+                    self._drop(payload)
+                    raise
+                if fits:
+                    self._queue(message)
+                else:
+                    self._drop(payload)
                 return
             try:
                 self._sock.send(message)
@@ -75,6 +82,26 @@ class _Link:
                 self._queue(message)
             except OSError:
                 self._closed = True  # the parent is gone: nobody reads output any more
+
+    def _drop(self, payload: bytes) -> None:
+        """Counts a message that was not sent, in a notice queued where it would have been.
+
+        Messages dropped one after another share one notice, rewritten while it is the last in
+        the queue and not the first (which the sender may be sending).
+        """
+        pending = self._pending
+        if self._closed:
+            return  # nobody reads output any more
+        if not (len(pending) > 1 and pending[-1] is self._notice):
+            self._dropped_lines = self._dropped_bytes = 0
+            self._queue(DROPPED)
+            self._notice = pending[-1]
+        self._dropped_lines += max(1, payload.count(b"\n"))
+        self._dropped_bytes += len(payload)
+        notice = self._notice
+        size = len(notice)
+        notice[:] = DROPPED + f"{self._dropped_lines} {self._dropped_bytes}".encode()
+        self._pending_bytes += len(notice) - size
 
     def catch_up(self) -> None:
         """Waits until what is queued has been sent, while the parent keeps taking it."""
@@ -153,11 +180,6 @@ class _Link:
                 self._pending_bytes -= len(message)
                 self._sent += 1
                 self._stalled = False
-                if self._dropped_lines and self._pending_bytes <= PENDING_MAX // 2:
-                    # what was dropped is counted once the backlog has halved, in its place
-                    notice = f"{self._dropped_lines} {self._dropped_bytes}".encode()
-                    self._dropped_lines = self._dropped_bytes = 0
-                    self._queue(DROPPED + notice)
                 if not self._pending:
                     _core.worker_output_behind(False)
                 self._sent_one.notify_all()
@@ -176,19 +198,26 @@ class _LineSink:
         self._link = link
         self._kind = kind
         self._partial = bytearray()
-        self._lock = _thread.allocate_lock()
+        # reentrant: a send may wait for the parent, and a signal handler that prints may run in
+        # that wait, in the same thread; what is sent is taken out first, so it goes once
+        self._lock = _thread.RLock()
 
     def write(self, data: Any) -> int:
         data = bytes(data)
         with self._lock:
-            self._partial += data
-            end = self._partial.rfind(b"\n") + 1
-            if end:
-                self._send(bytes(self._partial[:end]))
-                del self._partial[:end]
-            while len(self._partial) >= PIECE:
-                self._link.send(self._kind, bytes(self._partial[:PIECE]))
-                del self._partial[:PIECE]
+            partial = self._partial
+            partial += data
+            end = partial.rfind(b"\n") + 1
+            lines = bytes(partial[:end])
+            del partial[:end]
+            pieces = []
+            while len(partial) >= PIECE:
+                pieces.append(bytes(partial[:PIECE]))
+                del partial[:PIECE]
+            if lines:
+                self._send(lines)
+            for piece in pieces:
+                self._link.send(self._kind, piece)
         return len(data)
 
     def _send(self, lines: bytes) -> None:
@@ -205,8 +234,9 @@ class _LineSink:
     def flush(self) -> None:
         with self._lock:
             if self._partial:
-                self._link.send(self._kind, bytes(self._partial))
+                text = bytes(self._partial)
                 self._partial.clear()
+                self._link.send(self._kind, text)
 
 
 def _forwarding_handler(link: _Link) -> Any:
@@ -305,6 +335,7 @@ def forget_after_fork() -> None:
     if _link is not None:
         _link._closed = True  # without its lock: another thread may have held it at the fork
         _link = None
+        _core.worker_output_behind(False)  # the flag came with the fork; nothing is queued here
 
 
 def forward_records(logging: Any, level: int) -> None:
